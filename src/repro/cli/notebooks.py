@@ -1,0 +1,57 @@
+"""`repro notebook run|list|params`: execute the book's chapters with checked parameters."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def register(sub) -> None:
+    p = sub.add_parser("notebook", help="run the book's notebooks (papermill) with checked parameters")
+    nsub = p.add_subparsers(dest="notebook_command", metavar="ACTION", required=True)
+
+    run = nsub.add_parser("run", help="execute chapters into book/chapters/")
+    run.add_argument("names", nargs="*", help="chapter names (default: all, in order)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                     help="a papermill parameter, checked against the chapter's defaults")
+    run.add_argument("--profile", default=None, help="shortcut for -p profile NAME (toy or paper)")
+    run.set_defaults(run=run_notebooks)
+
+    ls = nsub.add_parser("list", help="list chapters and their parameters")
+    ls.set_defaults(run=list_chapters)
+    register_book(sub)
+
+
+def run_notebooks(args: argparse.Namespace) -> int:
+    from repro.notebooks import default_parameters, list_notebooks, run_notebook
+
+    names = args.names or list_notebooks()
+    given_all = dict(args.parameter)
+    if args.profile is not None:
+        given_all["profile"] = args.profile
+    for name in names:
+        defaults = default_parameters(name)
+        given = {k: v for k, v in given_all.items() if k in defaults or len(names) == 1}
+        started = time.time()
+        print(f"[repro] running {name} ...", file=sys.stderr, flush=True)
+        path = run_notebook(name, given)
+        print(f"[repro] {name}: done in {time.time() - started:.0f} s -> {path}", file=sys.stderr, flush=True)
+    return 0
+
+
+def list_chapters(args: argparse.Namespace) -> int:
+    from repro.notebooks import default_parameters, list_notebooks
+
+    for name in list_notebooks():
+        params = ", ".join(f"{k}={v!r}" for k, v in default_parameters(name).items())
+        print(f"{name}: {params}")
+    return 0
+
+
+def register_book(sub) -> None:
+    p = sub.add_parser("book", help="build the book from executed chapters")
+    bsub = p.add_subparsers(dest="book_command", metavar="ACTION", required=True)
+    b = bsub.add_parser("build", help="build book/_build/html (jupyter-book v1)")
+    b.add_argument("--strict", action="store_true", help="fail if a chapter has not been executed")
+    b.set_defaults(run=lambda args: print(__import__("repro.book", fromlist=["build_book"]).build_book(strict=args.strict)) or 0)

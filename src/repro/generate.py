@@ -1,0 +1,95 @@
+"""Generate images with a fixed seed per prompt, in batches, with the block hooks around.
+
+Each prompt gets its own CPU generator seeded by its seed, so an image depends only on
+(prompt, seed, settings) — not on the batch it landed in or the device — which is what
+makes resumed collections equal to uninterrupted ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from repro.errors import ReproError
+from repro.models.loading import default_resolution
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How to sample: the paper's SDXL Turbo setting is 1 step, guidance 0, 512 px."""
+
+    steps: int = 1
+    """Denoising steps (one UNet call each)."""
+    guidance: float = 0.0
+    """Classifier-free guidance scale; above 1 the UNet sees [uncond; cond] batches."""
+    resolution: int | None = None
+    """Image side in pixels; None takes the model's own (`sample_size` x VAE factor)."""
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ReproError(f"steps must be at least 1, got {self.steps}")
+        if self.resolution is not None and self.resolution % 8:
+            raise ReproError(f"resolution must be a multiple of 8 pixels, got {self.resolution}")
+
+    @property
+    def cfg(self) -> bool:
+        """Whether the pipeline runs classifier-free guidance (diffusers: guidance > 1)."""
+        return self.guidance > 1.0
+
+
+def generators(seeds: Sequence[int]) -> list[torch.Generator]:
+    return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+
+
+@torch.no_grad()
+def generate(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int] | None = None,
+    sampling: Sampling = Sampling(),
+    output: str = "np",
+    negative_prompts: Sequence[str] | None = None,
+) -> np.ndarray | torch.Tensor:
+    """Images for `prompts` (one call: use your own loop for batching).
+
+    Returns uint8 [B, H, W, 3] for `output="np"`, or the final latents [B, 4, h, w] for
+    `output="latent"` (decode later, only what a person will look at).
+    """
+    prompts = list(prompts)
+    seeds = list(range(len(prompts))) if seeds is None else list(seeds)
+    if len(seeds) != len(prompts):
+        raise ReproError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
+    resolution = sampling.resolution or default_resolution(pipe)
+    result = pipe(
+        prompt=prompts,
+        negative_prompt=list(negative_prompts) if negative_prompts is not None else None,
+        num_inference_steps=sampling.steps,
+        guidance_scale=sampling.guidance,
+        height=resolution,
+        width=resolution,
+        generator=generators(seeds),
+        output_type="latent" if output == "latent" else "np",
+    )
+    if output == "latent":
+        return result.images
+    return to_uint8(result.images)
+
+
+def to_uint8(images) -> np.ndarray:
+    """Float images in [0, 1] ([B, H, W, 3], numpy or torch) -> uint8."""
+    if isinstance(images, torch.Tensor):
+        images = images.float().cpu().numpy()
+    return (np.clip(images, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+@torch.no_grad()
+def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
+    """Final latents [B, 4, h, w] -> uint8 images [B, H, W, 3], as the pipeline would."""
+    vae = pipe.vae
+    latents = latents.to(device=vae.device, dtype=vae.dtype)
+    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
+    return to_uint8(image)

@@ -1,0 +1,273 @@
+"""Hooks on transformer blocks: capture their updates, or change them, during generation.
+
+A block's *update* is `output - input` of its `Transformer2DModel`: what it writes into
+the residual stream, shape [B, C, H, W] per UNet call. One UNet call is one denoising
+step; under classifier-free guidance diffusers runs both halves in one call, the
+unconditional half first: `[uncond; cond]` along the batch.
+
+Everything here is a context manager that removes its hooks on exit, also when the
+generation inside raises. Hooks run in the order they were installed: a capture opened
+inside an `intervene` block sees the edited updates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from repro.blocks import get_block, short_name
+
+Half = Literal["cond", "uncond", "all"]
+
+
+class StepCounter:
+    """Counts UNet forward calls since the context opened: `step` is 0 during the first."""
+
+    def __init__(self) -> None:
+        self.step = -1
+
+    def __call__(self, module, args, kwargs=None) -> None:
+        self.step += 1
+
+
+def _block_io(args, kwargs, output):
+    """(input, output tensor, rebuild) for a Transformer2DModel call, whatever its return type."""
+    inp = args[0] if args else kwargs["hidden_states"]
+    if isinstance(output, tuple):
+        return inp, output[0], lambda new: (new,) + tuple(output[1:])
+    return inp, output.sample, lambda new: type(output)(sample=new)
+
+
+@contextlib.contextmanager
+def block_hooks(unet: nn.Module, hooks: dict[str, Callable]) -> Iterator[StepCounter]:
+    """Install `hooks[block](update, inp, step) -> new_update | None` on each block.
+
+    Returning None leaves the block's output exactly as it was. Yields the step counter.
+    """
+    counter = StepCounter()
+    handles = [unet.register_forward_pre_hook(counter)]
+    try:
+        for name, fn in hooks.items():
+            handles.append(get_block(unet, name).register_forward_hook(_wrap(fn, counter), with_kwargs=True))
+        yield counter
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _wrap(fn: Callable, counter: StepCounter):
+    def hook(module, args, kwargs, output):
+        inp, out, rebuild = _block_io(args, kwargs, output)
+        new_update = fn(out - inp, inp, counter.step)
+        if new_update is None:
+            return None
+        return rebuild(inp + new_update.to(out.dtype))
+
+    return hook
+
+
+def split_halves(x: torch.Tensor, cfg: bool) -> dict[str, torch.Tensor]:
+    """{"uncond": first half, "cond": second half} under guidance, else {"all": x}."""
+    if not cfg:
+        return {"all": x}
+    if x.shape[0] % 2:
+        raise ValueError(f"guidance is on but the batch of {x.shape[0]} is odd: cannot split cond/uncond")
+    uncond, cond = x.chunk(2)
+    return {"uncond": uncond, "cond": cond}
+
+
+# ---------------------------------------------------------------------------------------
+# Capture
+
+
+@dataclass
+class UpdateCapture:
+    """Updates recorded per block and step. `raw[block][i]` is [B_total, C, H, W] of step `steps[block][i]`."""
+
+    cfg: bool = False
+    raw: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    steps: dict[str, list[int]] = field(default_factory=dict)
+
+    def updates(self, block: str, half: Half | None = None) -> torch.Tensor:
+        """Stacked updates of `block`: [steps, B, C, H, W]. Under guidance pick `half`
+        ("cond" by default, "uncond", or "all" for the doubled batch)."""
+        block = short_name(block)
+        if block not in self.raw or not self.raw[block]:
+            raise KeyError(f"no updates captured for block {block!r}; captured: {sorted(self.raw)}")
+        stacked = torch.stack(self.raw[block])
+        if not self.cfg or half == "all":
+            return stacked
+        uncond, cond = stacked.chunk(2, dim=1)
+        return uncond if half == "uncond" else cond
+
+    def __getitem__(self, block: str) -> torch.Tensor:
+        return self.updates(block)
+
+    def clear(self) -> None:
+        self.raw.clear()
+        self.steps.clear()
+
+
+@contextlib.contextmanager
+def capture_updates(
+    unet: nn.Module,
+    blocks: Iterable[str],
+    *,
+    cfg: bool = False,
+    steps: Iterable[int] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    on_update: Callable[[str, int, torch.Tensor], None] | None = None,
+) -> Iterator[UpdateCapture]:
+    """Record the update of each block at every step (or only `steps`).
+
+    `device`/`dtype` move each update as it is taken (default: leave it where it is, no
+    GPU sync). `on_update(block, step, update)` is called instead of storing when given:
+    the streaming path uses it to hand updates on without keeping them.
+    """
+    capture = UpdateCapture(cfg=cfg)
+    wanted = None if steps is None else set(steps)
+    names = [short_name(b) for b in blocks]
+
+    def recorder(name):
+        def fn(update, inp, step):
+            if wanted is not None and step not in wanted:
+                return None
+            update = update.detach()
+            if device is not None or dtype is not None:
+                update = update.to(device=device, dtype=dtype, non_blocking=True)
+            if on_update is not None:
+                on_update(name, step, update)
+            else:
+                capture.raw.setdefault(name, []).append(update)
+                capture.steps.setdefault(name, []).append(step)
+            return None
+
+        return fn
+
+    with block_hooks(unet, {name: recorder(name) for name in names}):
+        yield capture
+
+
+# ---------------------------------------------------------------------------------------
+# Interventions
+
+
+def _mask_weights(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A [H, W] or [B, H, W] mask (bool or weights in [0, 1]) as [B|1, 1, H, W] weights."""
+    m = mask.to(device=like.device, dtype=like.dtype)
+    if m.dim() == 2:
+        m = m[None]
+    if m.shape[-2:] != like.shape[-2:]:
+        raise ValueError(f"mask of spatial size {tuple(m.shape[-2:])} does not match the block's {tuple(like.shape[-2:])}")
+    return m[:, None]
+
+
+@dataclass
+class Edit:
+    """How to change a block's update, restricted to `mask` positions and `steps`.
+
+    Subclasses define `edited(update, step, half)`; the result is blended in by the mask:
+    `update + mask * (edited - update)`. `steps=None` means every step.
+    """
+
+    mask: torch.Tensor | None = None
+    steps: Iterable[int] | None = None
+
+    def active(self, step: int) -> bool:
+        return self.steps is None or step in set(self.steps)
+
+    def edited(self, update: torch.Tensor, step: int, half: Half) -> torch.Tensor:
+        raise NotImplementedError
+
+    def apply(self, update: torch.Tensor, step: int, half: Half) -> torch.Tensor:
+        new = self.edited(update, step, half)
+        if self.mask is None:
+            return new
+        return update + _mask_weights(self.mask, update) * (new - update)
+
+
+@dataclass
+class Ablate(Edit):
+    """The block writes nothing: its output is its input (the paper's block ablation)."""
+
+    def edited(self, update, step, half):
+        return torch.zeros_like(update)
+
+
+@dataclass
+class Scale(Edit):
+    """Multiply the update by `factor`."""
+
+    factor: float = 1.0
+
+    def edited(self, update, step, half):
+        return update * self.factor
+
+
+@dataclass
+class Replace(Edit):
+    """Replace the update by `value` (broadcastable to [B, C, H, W]) or by `value(update, step, half)`."""
+
+    value: torch.Tensor | Callable | None = None
+
+    def edited(self, update, step, half):
+        new = self.value(update, step, half) if callable(self.value) else self.value
+        return torch.broadcast_to(new.to(device=update.device, dtype=update.dtype), update.shape)
+
+
+@dataclass
+class Add(Edit):
+    """Add `strength * direction` ([C], [C, H, W] or [B, C, H, W]) to the update.
+
+    Under guidance (the paper's rule) it is added to the conditional half and subtracted
+    from the unconditional half, which pushes the guided prediction the same way twice;
+    `cfg_rule="both"` adds it to both halves instead.
+    """
+
+    direction: torch.Tensor | None = None
+    strength: float = 1.0
+    cfg_rule: Literal["signed", "both", "cond"] = "signed"
+
+    def edited(self, update, step, half):
+        d = self.direction.to(device=update.device, dtype=update.dtype)
+        if d.dim() == 1:
+            d = d[:, None, None]
+        sign = 1.0
+        if half == "uncond":
+            sign = {"signed": -1.0, "both": 1.0, "cond": 0.0}[self.cfg_rule]
+        return update + sign * self.strength * d
+
+
+@contextlib.contextmanager
+def intervene(
+    unet: nn.Module, edits: dict[str, Edit | list[Edit]], *, cfg: bool = False
+) -> Iterator[StepCounter]:
+    """Apply `edits[block]` (one edit or a list, applied in order) while generating.
+
+    With `cfg=True` each edit sees the two halves of the batch separately (`half` is
+    "uncond" then "cond"); otherwise it sees the whole batch with `half="all"`.
+    """
+
+    def editor(edit_list: list[Edit]):
+        def fn(update, inp, step):
+            live = [e for e in edit_list if e.active(step)]
+            if not live:
+                return None
+            parts = []
+            for half, part in split_halves(update, cfg).items():
+                for edit in live:
+                    part = edit.apply(part, step, half)
+                parts.append(part)
+            return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+        return fn
+
+    hooks = {short_name(b): editor(e if isinstance(e, list) else [e]) for b, e in edits.items()}
+    with block_hooks(unet, hooks) as counter:
+        yield counter

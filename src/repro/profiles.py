@@ -1,0 +1,60 @@
+"""Profiles: which models and settings a whole reproduction runs on.
+
+`toy` (the default) runs every chapter on the embedded ShapesWorld models on a CPU in
+minutes; `paper` points the same notebooks at SDXL Turbo / SDXL base as in the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from repro.errors import ReproError, choices_hint
+from repro.generate import Sampling
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Models and settings for one reproduction."""
+
+    name: str
+    turbo_model: str
+    """The 1-step model the SAEs are trained on (SDXL Turbo's role)."""
+    base_model: str
+    """The multi-step model of the transfer chapter (SDXL base's role)."""
+    turbo: Sampling
+    """Sampling of the turbo model (paper: 1 step, no guidance)."""
+    turbo_multistep: Sampling
+    """The turbo model at several steps (paper: 4)."""
+    base: Sampling
+    """Sampling of the base model (paper: ~25 steps, guidance ~8)."""
+    dtype: str = "auto"
+    """Inference dtype (auto: fp16 on GPU, fp32 on CPU)."""
+    description: str = ""
+
+
+PROFILES: dict[str, Profile] = {
+    "toy": Profile(
+        name="toy",
+        turbo_model="tiny-random",
+        base_model="tiny-random-base",
+        turbo=Sampling(steps=1, guidance=0.0),
+        turbo_multistep=Sampling(steps=4, guidance=0.0),
+        base=Sampling(steps=20, guidance=3.0),
+        description="embedded toy models on the CPU (until ShapesWorld lands: tiny random SDXL-format models)",
+    ),
+    "paper": Profile(
+        name="paper",
+        turbo_model="stabilityai/sdxl-turbo",
+        base_model="stabilityai/stable-diffusion-xl-base-1.0",
+        turbo=Sampling(steps=1, guidance=0.0, resolution=512),
+        turbo_multistep=Sampling(steps=4, guidance=0.0, resolution=512),
+        base=Sampling(steps=25, guidance=8.0, resolution=1024),
+        description="SDXL Turbo and SDXL base as in the paper (GPU strongly advised)",
+    ),
+}
+
+
+def get_profile(name: str) -> Profile:
+    if name not in PROFILES:
+        raise ReproError(f"unknown profile {name!r}: use {choices_hint(PROFILES)}")
+    return PROFILES[name]

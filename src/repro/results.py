@@ -1,0 +1,25 @@
+"""Each notebook's headline numbers, written to `results/<notebook>.json` with provenance."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from repro.io import provenance, write_json_atomic
+from repro.paths import results_dir
+
+
+def write_results(notebook: str, numbers: dict[str, Any], folder: str | Path | None = None, **context: Any) -> Path:
+    """Write `{"notebook", "numbers", "context", "provenance"}` atomically; returns the path.
+
+    `context` records what the numbers were computed on (profile, model, device, counts).
+    """
+    folder = Path(folder) if folder else results_dir()
+    record = {"notebook": notebook, "numbers": numbers, "context": context, "provenance": provenance()}
+    return write_json_atomic(folder / f"{notebook}.json", record)
+
+
+def read_results(notebook: str, folder: str | Path | None = None) -> dict[str, Any]:
+    folder = Path(folder) if folder else results_dir()
+    return json.loads((folder / f"{notebook}.json").read_text())

@@ -1,0 +1,123 @@
+"""Configuration of a TopK SAE (`SAEConfig`) and of its training run (`TrainConfig`).
+
+Defaults are the paper's released SAEs (d 1280, 5120 features, k 10) and training recipe
+(Gao et al. 2024: AuxK 256 at 1/32, dead after 10M tokens, Adam 1e-4, eps 6.25e-10, batch
+4096, no schedule). Both classes check themselves on construction and raise `ReproError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from repro.errors import ReproError, choices_hint
+
+ARCHITECTURE = "topk"
+IMPLS = ("fast", "reference")
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
+
+
+@dataclass
+class SAEConfig:
+    """Shape and sparsity of one TopK SAE: z = ReLU(TopK_k(W_enc (x - b_pre) + b_lat))."""
+
+    d_model: int = 1280
+    """Width of the input vectors x (1280 for the four SDXL blocks)."""
+    n_features: int = 5120
+    """Number of latents (dictionary size); the paper's released SAEs use 4 x 1280."""
+    k: int = 10
+    """Latents kept per input by TopK (10 for the released SAEs, 160 for RIEBench)."""
+    k_aux: int = 256
+    """Dead latents used by the AuxK loss to reconstruct the residual (0 turns AuxK off)."""
+    auxk_coef: float = 1 / 32
+    """Weight of the AuxK loss in the total loss."""
+    dead_tokens_threshold: int = 10_000_000
+    """A latent is dead after more than this many training tokens without firing (2441 steps at batch 4096)."""
+    fire_threshold: float = 1e-3
+    """A selected latent counts as having fired when its value exceeds this (OpenAI's 1e-3)."""
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "n_features", "k"):
+            if int(getattr(self, name)) < 1:
+                raise ReproError(f"SAE {name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.k < self.n_features:
+            raise ReproError(
+                f"SAE k={self.k} must be smaller than n_features={self.n_features}: lower k or raise n_features"
+            )
+        if self.k_aux < 0 or self.k_aux > self.n_features:
+            raise ReproError(f"SAE k_aux={self.k_aux} must lie in 0..n_features={self.n_features} (0 turns AuxK off)")
+        if self.auxk_coef < 0:
+            raise ReproError(f"SAE auxk_coef must be >= 0, got {self.auxk_coef}")
+        if self.dead_tokens_threshold < 0:
+            raise ReproError(f"SAE dead_tokens_threshold must be >= 0, got {self.dead_tokens_threshold}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SAEConfig":
+        """Build from a saved dict, ignoring keys this version does not know (files outlive code)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclass
+class TrainConfig:
+    """One training run of one or several SAEs on one batch source."""
+
+    steps: int = 100_000
+    """Optimisation steps (batches) to train for; the run ends earlier if the source runs out."""
+    lr: float = 1e-4
+    """Adam learning rate (constant: the paper uses no schedule)."""
+    adam_eps: float = 6.25e-10
+    """Adam epsilon (Gao et al.)."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas (PyTorch defaults, as in the original code)."""
+    impl: Literal["fast", "reference"] = "fast"
+    """Loss implementation: sparse "fast" path or the dense "reference" twin (same numbers)."""
+    device: str = "auto"
+    """Where to train: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N."""
+    compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Matmul dtype under autocast; auto = bfloat16 on CUDA, float32 elsewhere. Master weights stay float32."""
+    init_b_pre: bool = True
+    """On a fresh start set b_pre to the geometric median of the first training vectors."""
+    geometric_median_samples: int = 32_768
+    """How many training vectors the b_pre geometric median is computed from."""
+    on_nonfinite: Literal["skip", "stop"] = "stop"
+    """A batch holding NaN/inf: skip it for that block and count it, or stop with an error."""
+    log_every: int = 100
+    """Steps between metrics lines (averaged over the interval) and progress-bar updates."""
+    checkpoint_every: int = 5_000
+    """Steps between checkpoints (0: none besides the final SAEs)."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep on disk."""
+    stats_batches: int = 0
+    """Batches of a pass after training that measure per-feature statistics (0: skip)."""
+    progress: bool = True
+    """Show a tqdm progress bar."""
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)
+        if self.impl not in IMPLS:
+            raise ReproError(f"unknown SAE impl {self.impl!r}: use {choices_hint(IMPLS)}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise ReproError(f"unknown compute_dtype {self.compute_dtype!r}: use {choices_hint(COMPUTE_DTYPES)}")
+        if self.on_nonfinite not in ("skip", "stop"):
+            raise ReproError(f"unknown on_nonfinite {self.on_nonfinite!r}: use {choices_hint(['skip', 'stop'])}")
+        if self.steps < 0:
+            raise ReproError(f"steps must be >= 0, got {self.steps}")
+        if self.lr <= 0 or self.adam_eps <= 0:
+            raise ReproError(f"lr and adam_eps must be positive, got lr={self.lr}, adam_eps={self.adam_eps}")
+        if self.log_every < 1:
+            raise ReproError(f"log_every must be >= 1, got {self.log_every}")
+        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
+            raise ReproError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
+        if self.stats_batches < 0 or self.geometric_median_samples < 1:
+            raise ReproError("stats_batches must be >= 0 and geometric_median_samples >= 1")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+__all__ = ["ARCHITECTURE", "SAEConfig", "TrainConfig"]

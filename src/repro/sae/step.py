@@ -1,0 +1,65 @@
+"""One optimisation step of one SAE: loss, decoder-gradient projection, Adam, renormalisation.
+
+Shared by the trainer and `benchmarks/sae_speed.py`, so the benchmark times the real step.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from repro.errors import ReproError, choices_hint
+from repro.sae.fast import fast_loss
+from repro.sae.losses import LossOutput, reference_loss
+from repro.sae.model import TopKSAE
+
+LOSS_IMPLS: dict[str, Callable[..., LossOutput]] = {"fast": fast_loss, "reference": reference_loss}
+
+
+def loss_fn(impl: str) -> Callable[..., LossOutput]:
+    """The loss function registered under `impl` ("fast" or "reference")."""
+    if impl not in LOSS_IMPLS:
+        raise ReproError(f"unknown SAE impl {impl!r}: use {choices_hint(LOSS_IMPLS)}")
+    return LOSS_IMPLS[impl]
+
+
+def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
+    """"auto" -> bfloat16 on CUDA (the paper's mixed precision), float32 elsewhere."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def make_optimizer(
+    sae: TopKSAE, lr: float = 1e-4, eps: float = 6.25e-10, betas: tuple[float, float] = (0.9, 0.999)
+) -> torch.optim.Adam:
+    """Adam over the SAE's float32 master weights (fused kernel on CUDA; the deterministic loop on CPU)."""
+    for name, p in sae.named_parameters():
+        if p.dtype != torch.float32:
+            raise ReproError(f"SAE parameter {name} is {p.dtype}; training needs float32 master weights: call sae.float()")
+    return torch.optim.Adam(sae.parameters(), lr=lr, eps=eps, betas=betas, fused=sae.device.type == "cuda")
+
+
+def train_step(
+    sae: TopKSAE,
+    opt: torch.optim.Optimizer,
+    x: torch.Tensor,
+    *,
+    impl: str = "fast",
+    compute_dtype: torch.dtype = torch.float32,
+    force_dead: torch.Tensor | None = None,
+) -> LossOutput:
+    """Train `sae` one step on x [B, d]; returns the step's loss and diagnostics (before the update).
+
+    Order (Gao et al.): backward; remove the gradient component parallel to each decoder
+    column; Adam step; renormalise decoder columns; update the dead-latent counters.
+    """
+    out = loss_fn(impl)(sae, x, compute_dtype=compute_dtype, force_dead=force_dead)
+    out.loss.backward()
+    sae.remove_parallel_grad_()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sae.normalize_decoder_()
+    sae.update_fire_counters_(out.fired, x.shape[0])
+    return out

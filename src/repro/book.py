@@ -79,7 +79,9 @@ def build_book(root: Path | None = None, strict: bool = False) -> Path:
     write_status_page(root, chapters)
     for name in missing:
         _placeholder(root, name)
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(root), "--path-output", str(root / "book"),
+    # jupyter-book has no `python -m jupyter_book`: call its CLI from this interpreter.
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
+           "build", str(root), "--path-output", str(root / "book"),
            "--config", str(root / "_config.yml"), "--toc", str(root / "_toc.yml")]
     if subprocess.run(cmd, cwd=root).returncode != 0:
         raise ReproError("jupyter-book failed to build the book: see its output above")

@@ -1,0 +1,36 @@
+"""TopK sparse autoencoders of the paper: model, training, statistics and files.
+
+Re-exports only; each submodule has one job (config, model, losses, fast, step, sources,
+train, checkpoint, stats, io, geometric_median).
+"""
+
+from repro.sae.config import SAEConfig, TrainConfig
+from repro.sae.fast import fast_loss
+from repro.sae.geometric_median import geometric_median
+from repro.sae.io import load_sae, save_sae
+from repro.sae.losses import LossOutput, reference_loss
+from repro.sae.model import TopKSAE
+from repro.sae.sources import BatchSource, TensorSource
+from repro.sae.stats import FeatureStats, feature_stats
+from repro.sae.step import make_optimizer, train_step
+from repro.sae.train import TrainResult, train_saes
+
+__all__ = [
+    "BatchSource",
+    "FeatureStats",
+    "LossOutput",
+    "SAEConfig",
+    "TensorSource",
+    "TopKSAE",
+    "TrainConfig",
+    "TrainResult",
+    "fast_loss",
+    "feature_stats",
+    "geometric_median",
+    "load_sae",
+    "make_optimizer",
+    "reference_loss",
+    "save_sae",
+    "train_saes",
+    "train_step",
+]

@@ -1,0 +1,123 @@
+"""Training checkpoints: written as a temporary folder and renamed, so none is ever half-visible.
+
+    <out_dir>/checkpoints/step_000001000/
+        <block>/sae.safetensors, <block>/cfg.json   weights + dead-latent counters (our SAE layout)
+        trainer.pt                                 Adam states, step, tokens, skip counts,
+                                                   RNG states, the source's state_dict()
+
+`trainer.pt` is read back with `torch.load(weights_only=True)`. Temporary folders left
+by a killed run (`.tmp-*`) are ignored by `latest_checkpoint` and removed at the next save.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from repro.errors import ReproError
+from repro.io import atomic_path
+from repro.sae.io import PARAM_NAMES, load_sae, save_sae
+from repro.sae.model import TopKSAE
+
+PREFIX = "step_"
+TRAINER_STATE = "trainer.pt"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"{PREFIX}{step:09d}"
+
+
+def save_checkpoint(
+    root: str | os.PathLike,
+    step: int,
+    saes: dict[str, TopKSAE],
+    optimizers: dict[str, torch.optim.Optimizer],
+    state: dict[str, Any],
+    *,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint `step` under `root` atomically; keep only the `keep` newest. Returns its folder."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(".tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    final = root / checkpoint_name(step)
+    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
+    tmp.mkdir()
+    try:
+        for block, sae in saes.items():
+            save_sae(sae, tmp / block)
+        payload = {**state, "step": step, "optimizers": {b: opt.state_dict() for b, opt in optimizers.items()}}
+        with atomic_path(tmp / TRAINER_STATE) as path:
+            torch.save(payload, path)
+        if final.exists():  # the same step written again (a resumed run): swap, never leave a gap
+            old = root / f".tmp-old-{checkpoint_name(step)}-{os.getpid()}"
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(root)
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under `root`, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / TRAINER_STATE).is_file()]
+    return sorted(found, key=lambda p: int(p.name[len(PREFIX) :]))
+
+
+def latest_checkpoint(root: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    saes: dict[str, TopKSAE],
+    optimizers: dict[str, torch.optim.Optimizer],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Restore weights, counters and Adam states in place from checkpoint `path`; return its trainer state."""
+    path = Path(path)
+    state = torch.load(path / TRAINER_STATE, map_location=device, weights_only=True)
+    for block, sae in saes.items():
+        if not (path / block).is_dir() or block not in state["optimizers"]:
+            raise ReproError(
+                f"checkpoint {path} has no block {block!r} (it holds {sorted(state['optimizers'])}); "
+                "resume with the same blocks or start a new output folder"
+            )
+        saved = load_sae(path / block, device=device)
+        if saved.cfg != sae.cfg:
+            raise ReproError(f"checkpoint {path} holds block {block!r} with config {saved.cfg}, not {sae.cfg}")
+        with torch.no_grad():
+            for name in PARAM_NAMES:
+                getattr(sae, name).copy_(getattr(saved, name))
+            sae.tokens_since_fired.copy_(saved.tokens_since_fired)
+        optimizers[block].load_state_dict(state["optimizers"][block])
+    return state
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,185 @@
+"""SAE files: our folder layout, and the original project's released layout (read-only).
+
+Our layout (one folder per SAE / block):
+    sae.safetensors            W_enc [n, d], b_lat [n], W_dec [d, n], b_pre [d] (saved dtype),
+                               tokens_since_fired [n] int64
+    cfg.json                   SAEConfig fields + "architecture": "topk" + block, model,
+                               training data, ... + "provenance" (version, commit, time)
+    feature_stats.safetensors  optional: mean, std, frequency, count, n_tokens
+
+The original release (`unet.down_blocks.2.attentions.1_k10_hidden5120_auxk256_bs4096_lr0.0001/final`):
+    config.json     {"n_dirs_local", "d_model", "k", "auxk", "dead_steps_threshold"}
+    state_dict.pth  {"state_dict": {"encoder.weight" [n, d], "decoder.weight" [d, n],
+                     "pre_bias" [d], "latent_bias" [n], "stats_last_nonzero" [n] int64}}
+    mean.pt, std.pt [n] each (optional here)
+It is read with `torch.load(weights_only=True)` only: no pickled code is ever run.
+`load_sae` tells the layouts apart by their files and accepts a parent folder that holds
+a single `final` subfolder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from repro.devices import dtype_name, pick_device
+from repro.errors import ReproError, choices_hint
+from repro.io import atomic_path, provenance, write_json_atomic
+from repro.sae.config import ARCHITECTURE, SAEConfig
+from repro.sae.model import TopKSAE
+from repro.sae.stats import FeatureStats
+
+SAE_WEIGHTS = "sae.safetensors"
+SAE_CONFIG = "cfg.json"
+FEATURE_STATS = "feature_stats.safetensors"
+ORIG_CONFIG = "config.json"
+ORIG_WEIGHTS = "state_dict.pth"
+ORIG_MEAN = "mean.pt"
+ORIG_STD = "std.pt"
+ARCHITECTURES = {ARCHITECTURE: TopKSAE}
+PARAM_NAMES = ("W_enc", "b_lat", "W_dec", "b_pre")
+
+
+def save_sae(sae: TopKSAE, folder: str | os.PathLike, *, dtype: torch.dtype | None = None, **metadata: Any) -> Path:
+    """Write `sae` (weights in `dtype`, default their own) and its config + metadata into `folder`.
+
+    `metadata` (block=, model=, data=, ...) goes into cfg.json beside `sae.metadata`.
+    Each file is written atomically; cfg.json last, so a folder with cfg.json is complete.
+    Per-feature statistics are written when `sae.feature_stats` is set.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {name: getattr(sae, name).detach().to(dtype or sae.dtype).contiguous().cpu() for name in PARAM_NAMES}
+    tensors["tokens_since_fired"] = sae.tokens_since_fired.detach().cpu().contiguous()
+    with atomic_path(folder / SAE_WEIGHTS) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": ARCHITECTURE})
+    if sae.feature_stats is not None:
+        with atomic_path(folder / FEATURE_STATS) as tmp:
+            save_file(sae.feature_stats.to_tensors(), str(tmp))
+    meta = {key: value for key, value in sae.metadata.items() if key != "provenance"}
+    meta.update(metadata)
+    cfg = {
+        **meta,
+        **sae.cfg.to_dict(),
+        "architecture": ARCHITECTURE,
+        "dtype": dtype_name(tensors["W_enc"].dtype),
+        "provenance": provenance(),
+    }
+    write_json_atomic(folder / SAE_CONFIG, cfg)
+    return folder
+
+
+def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -> TopKSAE:
+    """Load an SAE folder in our layout or the original release's; the dtype comes from the weights.
+
+    The result has `.metadata` (cfg.json's other keys) and `.feature_stats` (or None).
+    """
+    folder = _resolve_folder(Path(folder))
+    dev = pick_device(device)
+    has = lambda name: (folder / name).is_file()  # noqa: E731
+    if has(SAE_WEIGHTS) or has(SAE_CONFIG):
+        missing = [name for name in (SAE_WEIGHTS, SAE_CONFIG) if not has(name)]
+        if missing:
+            raise ReproError(f"SAE folder {folder} lacks {missing[0]}: it is half of our layout; re-save or re-train it")
+        return _load_ours(folder, dev)
+    if has(ORIG_CONFIG) or has(ORIG_WEIGHTS):
+        missing = [name for name in (ORIG_CONFIG, ORIG_WEIGHTS) if not has(name)]
+        if missing:
+            raise ReproError(
+                f"SAE folder {folder} lacks {missing[0]} of the original release's layout; download the folder again"
+            )
+        return _load_original(folder, dev)
+    raise ReproError(
+        f"no SAE in {folder}: it holds neither {SAE_WEIGHTS} + {SAE_CONFIG} (this project) nor "
+        f"{ORIG_CONFIG} + {ORIG_WEIGHTS} (original release); point at the SAE's own folder"
+    )
+
+
+def _resolve_folder(folder: Path) -> Path:
+    if not folder.is_dir():
+        raise ReproError(f"SAE folder {folder} does not exist; check the path")
+    known = (SAE_WEIGHTS, SAE_CONFIG, ORIG_CONFIG, ORIG_WEIGHTS)
+    if not any((folder / name).is_file() for name in known) and (folder / "final").is_dir():
+        return folder / "final"  # the original release nests each SAE in <name>/final
+    return folder
+
+
+def _load_ours(folder: Path, dev: torch.device) -> TopKSAE:
+    raw = json.loads((folder / SAE_CONFIG).read_text())
+    arch = raw.get("architecture", ARCHITECTURE)
+    if arch not in ARCHITECTURES:
+        raise ReproError(f"SAE in {folder} has architecture {arch!r}; this version reads {choices_hint(ARCHITECTURES)}")
+    cfg = SAEConfig.from_dict(raw)
+    tensors = load_file(str(folder / SAE_WEIGHTS), device=str(dev))
+    missing = [name for name in PARAM_NAMES if name not in tensors]
+    if missing:
+        raise ReproError(f"{folder / SAE_WEIGHTS} lacks tensor(s) {', '.join(missing)}; re-save the SAE")
+    sae = _build(cfg, tensors, tensors.get("tokens_since_fired"), folder, dev)
+    known = set(cfg.to_dict()) | {"architecture", "dtype"}
+    sae.metadata = {key: value for key, value in raw.items() if key not in known}
+    if (folder / FEATURE_STATS).is_file():
+        sae.feature_stats = FeatureStats.from_tensors(load_file(str(folder / FEATURE_STATS), device=str(dev)))
+    return sae
+
+
+def _load_original(folder: Path, dev: torch.device) -> TopKSAE:
+    raw = json.loads((folder / ORIG_CONFIG).read_text())
+    name = folder.parent.name if folder.name == "final" else folder.name
+    match = re.search(r"_bs(\d+)", name)
+    batch_size = int(match.group(1)) if match else 4096  # step counters -> tokens
+    try:
+        cfg = SAEConfig(
+            d_model=int(raw["d_model"]),
+            n_features=int(raw["n_dirs_local"]),
+            k=int(raw["k"]),
+            k_aux=int(raw.get("auxk") or 0),
+            dead_tokens_threshold=int(raw.get("dead_steps_threshold", 2441)) * batch_size,
+        )
+    except KeyError as exc:
+        raise ReproError(f"{folder / ORIG_CONFIG} lacks the key {exc.args[0]!r}; download the folder again") from exc
+    obj = torch.load(folder / ORIG_WEIGHTS, map_location="cpu", weights_only=True)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    keys = {"W_enc": "encoder.weight", "b_lat": "latent_bias", "W_dec": "decoder.weight", "b_pre": "pre_bias"}
+    if state is None or any(key not in state for key in keys.values()):
+        raise ReproError(
+            f"{folder / ORIG_WEIGHTS} does not hold the original SAE's tensors ({', '.join(keys.values())})"
+        )
+    tensors = {ours: state[theirs].to(dev) for ours, theirs in keys.items()}
+    steps = state.get("stats_last_nonzero")
+    sae = _build(cfg, tensors, None if steps is None else steps.to(dev) * batch_size, folder, dev)
+    block = name.split("_k")[0] if "_k" in name else None
+    sae.metadata = {"block": block, "format": "original", "converted_from": str(folder), "batch_size": batch_size}
+    if (folder / ORIG_MEAN).is_file() and (folder / ORIG_STD).is_file():
+        mean = torch.load(folder / ORIG_MEAN, map_location=dev, weights_only=True)
+        std = torch.load(folder / ORIG_STD, map_location=dev, weights_only=True)
+        sae.feature_stats = FeatureStats(mean=mean, std=std)
+    return sae
+
+
+def _build(cfg: SAEConfig, tensors: dict, since: torch.Tensor | None, folder: Path, dev: torch.device) -> TopKSAE:
+    expected = {
+        "W_enc": (cfg.n_features, cfg.d_model),
+        "b_lat": (cfg.n_features,),
+        "W_dec": (cfg.d_model, cfg.n_features),
+        "b_pre": (cfg.d_model,),
+    }
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise ReproError(
+                f"SAE tensor {name} in {folder} has shape {tuple(tensors[name].shape)} but its config says {shape}; "
+                "the folder's files do not belong together"
+            )
+    dtype = tensors["W_enc"].dtype
+    sae = TopKSAE(cfg, dtype=dtype)
+    with torch.no_grad():
+        for name in PARAM_NAMES:
+            getattr(sae, name).data = tensors[name].to(dtype).contiguous()
+        if since is not None:
+            sae.tokens_since_fired = since.to(torch.int64).contiguous()
+    return sae.to(dev)

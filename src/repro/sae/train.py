@@ -1,0 +1,252 @@
+"""Train one or several SAEs (one per block) on a batch source, with logs, checkpoints and resume.
+
+`train_saes(saes, source, cfg, out_dir=...)` writes into `out_dir`:
+    metrics.jsonl          one line per block per logging interval: step, tokens, loss,
+                           nmse, auxk, ev, l0 (averaged over the interval), dead_frac, lr,
+                           skipped_nonfinite, tokens_per_s
+    checkpoints/step_*/    see `checkpoint.py`; `resume=True` continues from the newest
+    <block>/               the final SAE (`io.save_sae` layout, with feature stats if asked)
+
+A run killed at any moment and resumed gives bitwise the same weights as an uninterrupted
+run on CPU (fixed seeds, same source): everything that changes during training (weights,
+Adam state, dead counters, step, source position, RNG states) is in the checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from repro.devices import pick_device
+from repro.errors import ReproError, choices_hint
+from repro.io import write_bytes_atomic
+from repro.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from repro.sae.config import TrainConfig
+from repro.sae.geometric_median import geometric_median
+from repro.sae.io import save_sae
+from repro.sae.model import TopKSAE
+from repro.sae.sources import BatchSource
+from repro.sae.stats import feature_stats
+from repro.sae.step import make_optimizer, resolve_compute_dtype, train_step
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+METRIC_NAMES = ("loss", "nmse", "auxk", "ev", "l0")
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or source-exhausted) run did."""
+
+    steps: int
+    tokens: int
+    skipped_nonfinite: dict[str, int]
+    last_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    out_dir: Path | None = None
+
+
+def block_batch(batch: dict[str, torch.Tensor], block: str, sae: TopKSAE) -> torch.Tensor:
+    """The [B, d] tensor of `block` in `batch`, checked against the SAE's width."""
+    if block not in batch:
+        raise ReproError(f"the batch source yields no block {block!r} for its SAE; it yields {choices_hint(batch)}")
+    x = batch[block]
+    if x.ndim != 2 or x.shape[-1] != sae.cfg.d_model:
+        raise ReproError(
+            f"block {block!r}: the SAE has d_model={sae.cfg.d_model} but the source gives batches of shape "
+            f"{tuple(x.shape)}; build the SAE with d_model={x.shape[-1]} or feed [B, {sae.cfg.d_model}] batches"
+        )
+    return x
+
+
+@torch.no_grad()
+def init_b_pre(saes: dict[str, TopKSAE], source: BatchSource, n_samples: int) -> None:
+    """Set each SAE's b_pre to the geometric median of the source's first `n_samples` finite vectors.
+
+    The source's position is restored afterwards, so training still starts at its beginning.
+    """
+    state = copy.deepcopy(source.state_dict())
+    rows: dict[str, list[torch.Tensor]] = {block: [] for block in saes}
+    got = 0
+    for batch in source:
+        for block, sae in saes.items():
+            x = block_batch(batch, block, sae)[: n_samples - got].float()
+            rows[block].append(x)
+        got += rows[next(iter(saes))][-1].shape[0]
+        if got >= n_samples:
+            break
+    source.load_state_dict(state)
+    for block, sae in saes.items():
+        if not rows[block]:
+            raise ReproError("the batch source yielded nothing; cannot initialise b_pre (or set init_b_pre=False)")
+        x = torch.cat(rows[block]).to(sae.device)
+        x = x[torch.isfinite(x).all(1)]  # NaN rows would poison the median
+        sae.b_pre.copy_(geometric_median(x))
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after `step` (a resumed run writes them again)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
+
+
+def train_saes(
+    saes: dict[str, TopKSAE],
+    source: BatchSource,
+    cfg: TrainConfig,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    metadata: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Train `saes` {block: SAE} for `cfg.steps` batches of `source`; each SAE sees its block's [B, d] rows.
+
+    `out_dir` (needed for checkpoints, logs and resume) receives the metrics log, the
+    checkpoints and the final SAEs; `metadata` (model=, ...) goes into each SAE's cfg.json.
+    With `resume=True` the newest checkpoint in `out_dir` is restored (a fresh start if
+    there is none). SAEs are trained in place and moved to `cfg.device`.
+    """
+    if not saes:
+        raise ReproError("train_saes needs at least one SAE: pass {block_name: TopKSAE(...)}")
+    for block in saes:
+        if not block or "/" in block or block.startswith("."):
+            raise ReproError(f"block name {block!r} cannot be a folder name; use names like 'unet.mid_block.attentions.0'")
+    out = Path(out_dir) if out_dir is not None else None
+    if out is None and (resume or cfg.checkpoint_every):
+        raise ReproError("checkpoints and resume need an output folder: pass out_dir=, or set checkpoint_every=0")
+    device = pick_device(cfg.device)
+    cdt = resolve_compute_dtype(cfg.compute_dtype, device)
+    for block, sae in saes.items():
+        sae.to(device=device, dtype=torch.float32)
+        sae.metadata["block"] = block
+    opts = {block: make_optimizer(sae, cfg.lr, cfg.adam_eps, cfg.adam_betas) for block, sae in saes.items()}
+    step, tokens, skipped = 0, 0, {block: 0 for block in saes}
+    metrics_path = out / METRICS_FILE if out else None
+
+    ckpt = latest_checkpoint(out / CHECKPOINTS) if (out and resume) else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, saes, opts, device)
+        step, tokens, skipped = int(state["step"]), int(state["tokens"]), dict(state["skipped"])
+        source.load_state_dict(state["source"])
+        _set_rng_state(state["rng"])
+        _truncate_metrics(metrics_path, step)
+    else:
+        if metrics_path is not None and metrics_path.exists():
+            metrics_path.unlink()  # a fresh run starts a fresh log
+        if cfg.init_b_pre:
+            init_b_pre(saes, source, cfg.geometric_median_samples)
+
+    last: dict[str, dict[str, float]] = {}
+    acc = {block: torch.zeros(len(METRIC_NAMES), device=device) for block in saes}
+    n_acc = {block: 0 for block in saes}
+    bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", desc="SAE")
+    t_last, tokens_last = time.perf_counter(), tokens
+    batches = iter(source)
+    try:
+        while step < cfg.steps:
+            batch = next(batches, None)
+            if batch is None:
+                bar.write(f"batch source ran out after {step} steps ({tokens} tokens per block)")
+                break
+            xs = {block: block_batch(batch, block, sae).to(device, non_blocking=True).float() for block, sae in saes.items()}
+            finite = torch.stack([torch.isfinite(x).all() for x in xs.values()]).tolist()  # one host sync
+            for (block, sae), ok in zip(saes.items(), finite):
+                if not ok:
+                    if cfg.on_nonfinite == "stop":
+                        raise ReproError(
+                            f"batch {step} of block {block!r} holds NaN or inf values; fix the activations "
+                            "or train with on_nonfinite='skip' to skip such batches"
+                        )
+                    skipped[block] += 1
+                    continue
+                res = train_step(sae, opts[block], xs[block], impl=cfg.impl, compute_dtype=cdt)
+                acc[block] += torch.stack([getattr(res, name).float() for name in METRIC_NAMES])
+                n_acc[block] += 1
+            step += 1
+            tokens += next(iter(xs.values())).shape[0]
+            bar.update(1)
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                now = time.perf_counter()
+                rate = (tokens - tokens_last) / max(now - t_last, 1e-9)
+                t_last, tokens_last = now, tokens
+                last = _log(saes, opts, acc, n_acc, skipped, step, tokens, rate, metrics_path)
+                bar.set_postfix(_postfix(last, rate), refresh=False)
+            if out is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                _checkpoint(out, step, tokens, skipped, saes, opts, source, cfg)
+    finally:
+        bar.close()
+
+    if out is not None:
+        if cfg.checkpoint_every and step % cfg.checkpoint_every != 0:
+            _checkpoint(out, step, tokens, skipped, saes, opts, source, cfg)
+        for block, sae in saes.items():
+            if cfg.stats_batches:
+                sae.feature_stats = feature_stats(sae, source, cfg.stats_batches, block=block)
+            training = {"steps": step, "tokens": tokens, "skipped_nonfinite": skipped[block], "config": cfg.to_dict()}
+            data = source.describe() if hasattr(source, "describe") else {"source": type(source).__name__}
+            save_sae(sae, out / block, **(metadata or {}), training=training, data=data)
+    return TrainResult(steps=step, tokens=tokens, skipped_nonfinite=skipped, last_metrics=last, out_dir=out)
+
+
+def _checkpoint(out, step, tokens, skipped, saes, opts, source, cfg) -> None:
+    state = {"tokens": tokens, "skipped": skipped, "rng": _rng_state(), "source": source.state_dict()}
+    save_checkpoint(out / CHECKPOINTS, step, saes, opts, state, keep=cfg.keep_checkpoints)
+
+
+def _log(saes, opts, acc, n_acc, skipped, step, tokens, rate, path) -> dict[str, dict[str, float]]:
+    """Average the interval's metrics per block, write them as JSON lines, reset the accumulators."""
+    rows = {}
+    for block, sae in saes.items():
+        means = (acc[block] / max(n_acc[block], 1)).tolist() if n_acc[block] else [float("nan")] * len(METRIC_NAMES)
+        row = {"block": block, "step": step, "tokens": tokens, **dict(zip(METRIC_NAMES, means))}
+        row.update(
+            dead_frac=sae.dead_mask().float().mean().item(),
+            lr=opts[block].param_groups[0]["lr"],
+            skipped_nonfinite=skipped[block],
+            tokens_per_s=rate,
+        )
+        rows[block] = row
+        acc[block].zero_()
+        n_acc[block] = 0
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh:
+            fh.writelines(json.dumps(row) + "\n" for row in rows.values())
+    return rows
+
+
+def _postfix(rows: dict[str, dict[str, float]], rate: float) -> dict[str, str]:
+    """Progress-bar fields, averaged over blocks."""
+    mean = lambda key: sum(r[key] for r in rows.values()) / len(rows)  # noqa: E731
+    return {
+        "tok/s": f"{rate:,.0f}",
+        "loss": f"{mean('loss'):.4f}",
+        "EV": f"{mean('ev'):.3f}",
+        "L0": f"{mean('l0'):.1f}",
+        "dead": f"{mean('dead_frac'):.3f}",
+    }
+
+
+__all__ = ["TrainResult", "block_batch", "init_b_pre", "train_saes"]

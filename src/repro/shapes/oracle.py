@@ -1,0 +1,287 @@
+"""The ShapesWorld oracle: read a (generated) image back into scene attributes.
+
+A small CNN (~0.35 M parameters) trained on degraded renders (see `oracle_train.py`) reads
+uint8 images [N, H, W, 3] (any size; resized to 128) into, per position slot, "empty" or
+the object's shape and pose, colour, texture and size, plus the background colour and the
+style. `compare(read, scene)` scores a reading against the scene a caption asked for
+("prompt following").
+
+    oracle = load_oracle()                 # models/oracle, or $REPRO_MODELS_DIR/oracle
+    readings = oracle.read(images)         # list of dicts, one per image
+    compare(readings[0], scene)            # {"shape": True, "colour": False, ..., "all": False}
+
+Train or evaluate again with `python -m repro.shapes.oracle --train` / `--eval`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from repro.errors import ReproError
+from repro.shapes.render import IMAGE_SIZE
+from repro.shapes.world import (
+    BACKGROUNDS,
+    COLOURS,
+    ORIENTED_SHAPES,
+    POSITIONS,
+    SHAPE_VARIANTS,
+    SIZES,
+    STYLES,
+    TEXTURES,
+    Scene,
+    ShapeObject,
+)
+
+WEIGHTS_FILE = "oracle.safetensors"
+CONFIG_FILE = "config.json"
+ARCH = "shapes-oracle-cnn-v1"
+
+# The label layout: one block of heads per slot, then two global heads.
+OBJECT_CLASSES = ("empty",) + tuple(f"{s}:{o}" if o else s for s, o in SHAPE_VARIANTS)
+SLOT_HEADS = {"object": len(OBJECT_CLASSES), "colour": len(COLOURS), "texture": len(TEXTURES), "size": len(SIZES)}
+GLOBAL_HEADS = {"background": len(BACKGROUNDS), "style": len(STYLES)}
+
+
+def _block(c_in: int, c_out: int, stride: int, k: int = 3) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class OracleNet(nn.Module):
+    """uint8-range float images [B, 3, 128, 128] -> dict of logits.
+
+    Slot heads read the feature map average-pooled onto the 3x3 slot grid (one shared head
+    for all slots, so an object looks the same wherever it sits; a learned slot embedding
+    lets it know which cell it reads); global heads read the mean over the whole map.
+    """
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            nn.Conv2d(3, w, 4, 2, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),  # 128 -> 64
+            *_block(w, w, 2),  # 32
+            *_block(w, 2 * w, 1),
+            *_block(2 * w, 2 * w, 2),  # 16
+            *_block(2 * w, 3 * w, 1),
+            *_block(3 * w, 3 * w, 2),  # 8
+            *_block(3 * w, 4 * w, 1),
+        )
+        c = 4 * w
+        self.slot_embed = nn.Parameter(torch.zeros(len(POSITIONS), c))
+        self.slot_mlp = nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, sum(SLOT_HEADS.values())))
+        self.global_head = nn.Linear(c, sum(GLOBAL_HEADS.values()))
+        # Each slot's cell on the pooled 3x3 grid, as a flat index.
+        from repro.shapes.render import SLOT_CELL
+
+        self.register_buffer("slot_index", torch.tensor([SLOT_CELL[p][0] * 3 + SLOT_CELL[p][1] for p in POSITIONS]),
+                             persistent=False)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = (x - 128.0) / 64.0
+        f = self.features(x)  # [B, C, 8, 8]
+        cells = F.adaptive_avg_pool2d(f, 3).flatten(2).transpose(1, 2)  # [B, 9, C]
+        slots = cells[:, self.slot_index] + self.slot_embed  # [B, 5, C]
+        logits = self.slot_mlp(slots)  # [B, 5, sum(SLOT_HEADS)]
+        out = dict(zip(SLOT_HEADS, logits.split(list(SLOT_HEADS.values()), dim=-1)))  # each [B, 5, K]
+        g = self.global_head(f.mean((2, 3)))
+        out.update(zip(GLOBAL_HEADS, g.split(list(GLOBAL_HEADS.values()), dim=-1)))  # each [B, K]
+        return out
+
+
+def scene_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
+    """Integer targets per head: slot heads [N, 5] (-100 = ignore where the slot is empty), globals [N]."""
+    n = len(scenes)
+    t = {k: torch.full((n, len(POSITIONS)), -100, dtype=torch.long) for k in SLOT_HEADS}
+    t["object"].fill_(0)
+    colours, textures = list(COLOURS), list(TEXTURES)
+    for i, s in enumerate(scenes):
+        for o in s.objects:
+            j = POSITIONS.index(o.position)
+            t["object"][i, j] = 1 + SHAPE_VARIANTS.index((o.shape, o.orientation))
+            t["colour"][i, j] = colours.index(o.colour)
+            t["texture"][i, j] = textures.index(o.texture)
+            t["size"][i, j] = SIZES.index(o.size)
+    t["background"] = torch.tensor([list(BACKGROUNDS).index(s.background) for s in scenes])
+    t["style"] = torch.tensor([STYLES.index(s.style) for s in scenes])
+    return t
+
+
+def decode(logits: dict[str, torch.Tensor]) -> list[dict]:
+    """Argmax logits into readings: {"background", "style", "slots": {position: None | object dict}}."""
+    am = {k: v.argmax(-1).cpu() for k, v in logits.items()}
+    colours, backgrounds = list(COLOURS), list(BACKGROUNDS)
+    out = []
+    for i in range(am["background"].shape[0]):
+        slots = {}
+        for j, p in enumerate(POSITIONS):
+            k = int(am["object"][i, j])
+            if k == 0:
+                slots[p] = None
+                continue
+            shape, orientation = SHAPE_VARIANTS[k - 1]
+            slots[p] = {
+                "shape": shape,
+                "orientation": orientation,
+                "colour": colours[int(am["colour"][i, j])],
+                "texture": TEXTURES[int(am["texture"][i, j])],
+                "size": SIZES[int(am["size"][i, j])],
+            }
+        out.append({"background": backgrounds[int(am["background"][i])], "style": STYLES[int(am["style"][i])],
+                    "slots": slots})
+    return out
+
+
+def reading_to_scene(reading: dict) -> Scene | None:
+    """The Scene a reading describes, or None if it holds no object or more than two."""
+    objs = [ShapeObject(position=p, **o) for p, o in reading["slots"].items() if o is not None]
+    if not 1 <= len(objs) <= 2:
+        return None
+    return Scene(tuple(objs), reading["background"], reading["style"])
+
+
+def compare(reading: dict, scene: Scene) -> dict[str, bool]:
+    """Which attributes of `scene` the image (as read) got right.
+
+    layout: exactly the scene's slots hold objects (none missing, none extra).
+    shape / colour / texture / size: right for every object of the scene, read in its slot.
+    pose: orientation right for every oriented object (key absent if the scene has none).
+    background, style: the global attributes. all: every key above is True.
+    """
+    slots = reading["slots"]
+    got = [slots.get(o.position) for o in scene.objects]
+    res = {"layout": {p for p, o in slots.items() if o is not None} == {o.position for o in scene.objects}}
+    for attr in ("shape", "colour", "texture", "size"):
+        res[attr] = all(g is not None and g[attr] == getattr(o, attr) for g, o in zip(got, scene.objects))
+    oriented = [(g, o) for g, o in zip(got, scene.objects) if o.shape in ORIENTED_SHAPES]
+    if oriented:
+        res["pose"] = all(g is not None and g["orientation"] == o.orientation for g, o in oriented)
+    res["background"] = reading["background"] == scene.background
+    res["style"] = reading["style"] == scene.style
+    res["all"] = all(res.values())
+    return res
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The folder holding pyproject.toml, walking up from this file."""
+    here = (start or Path(__file__)).resolve()
+    for folder in [here, *here.parents]:
+        if (folder / "pyproject.toml").is_file():
+            return folder
+    raise ReproError("cannot find the project root (a folder with pyproject.toml) above "
+                     f"{here}; set REPRO_MODELS_DIR to the folder that holds oracle/")
+
+
+def default_oracle_dir() -> Path:
+    """$REPRO_MODELS_DIR/oracle if set, else <project root>/models/oracle."""
+    env = os.environ.get("REPRO_MODELS_DIR")
+    return Path(env) / "oracle" if env else project_root() / "models" / "oracle"
+
+
+class Oracle:
+    """A loaded OracleNet and its config; `read(images)` is all most callers need."""
+
+    def __init__(self, net: OracleNet, config: dict, device: torch.device):
+        self.net = net.eval().to(device)
+        self.config = config
+        self.device = device
+
+    @torch.no_grad()
+    def logits(self, images, batch_size: int = 256) -> dict[str, torch.Tensor]:
+        """uint8 [N, H, W, 3] or [H, W, 3] (numpy or torch) -> logits per head (CPU)."""
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.ndim == 3:
+            x = x[None]
+        if x.ndim != 4 or x.shape[-1] != 3:
+            raise ReproError(f"oracle.read wants uint8 images [N, H, W, 3] or [H, W, 3], got shape {tuple(x.shape)}")
+        if x.dtype != torch.uint8:
+            raise ReproError(f"oracle.read wants uint8 images (0..255), got {x.dtype}; convert with "
+                             "(img.clamp(0, 1) * 255).round().to(torch.uint8) or similar")
+        parts: list[dict] = []
+        for a in range(0, x.shape[0], batch_size):
+            xb = x[a : a + batch_size].to(self.device).permute(0, 3, 1, 2).float()
+            if xb.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+                xb = F.interpolate(xb, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True,
+                                   align_corners=False)
+            xb = xb.contiguous(memory_format=torch.channels_last)
+            parts.append({k: v.float().cpu() for k, v in self.net(xb).items()})
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def read(self, images, batch_size: int = 256) -> list[dict]:
+        """Readings for uint8 images [N, H, W, 3] (or one [H, W, 3]): see `decode` for the dict."""
+        return decode(self.logits(images, batch_size))
+
+
+def save_oracle(net: OracleNet, config: dict, folder: str | os.PathLike) -> Path:
+    """Write oracle.safetensors (fp16: ~0.7 MB) + config.json atomically into `folder`."""
+    from safetensors.torch import save_file
+
+    from repro.io import atomic_path, write_json_atomic
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in net.state_dict().items()}
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"arch": ARCH})
+    write_json_atomic(folder / CONFIG_FILE, config)
+    return folder
+
+
+def load_oracle(folder: str | os.PathLike | None = None, device: str | torch.device = "cpu") -> Oracle:
+    """Load the oracle from `folder` (default: `default_oracle_dir()`) onto `device`."""
+    from safetensors.torch import load_file
+
+    from repro.devices import pick_device
+
+    folder = Path(folder) if folder else default_oracle_dir()
+    weights, cfg_path = folder / WEIGHTS_FILE, folder / CONFIG_FILE
+    if not weights.is_file() or not cfg_path.is_file():
+        raise ReproError(f"no oracle in {folder} (need {WEIGHTS_FILE} and {CONFIG_FILE}); train one with "
+                         "`python -m repro.shapes.oracle --train` or set REPRO_MODELS_DIR")
+    config = json.loads(cfg_path.read_text())
+    if config.get("arch") != ARCH:
+        raise ReproError(f"{cfg_path} is a {config.get('arch')!r} model, not {ARCH!r}; retrain the oracle")
+    device = pick_device(device)
+    net = OracleNet(width=int(config.get("width", 32)))
+    state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
+    net.load_state_dict(state)
+    net = net.to(memory_format=torch.channels_last)
+    return Oracle(net, config, device)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m repro.shapes.oracle --train [--steps N] [--out DIR]` or `--eval [--n N]`."""
+    import argparse
+
+    from repro.shapes.oracle_train import OracleTrainConfig, evaluate_oracle, train_oracle
+
+    ap = argparse.ArgumentParser(prog="python -m repro.shapes.oracle", description=__doc__.split("\n")[0])
+    mode = ap.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--train", action="store_true", help="train and save a new oracle")
+    mode.add_argument("--eval", action="store_true", help="score the saved oracle on held-out renders")
+    ap.add_argument("--steps", type=int, default=OracleTrainConfig.steps)
+    ap.add_argument("--seed", type=int, default=OracleTrainConfig.seed)
+    ap.add_argument("--out", default=None, help="folder to write to / read from (default: models/oracle)")
+    ap.add_argument("--n", type=int, default=2000, help="--eval: held-out scenes to score")
+    args = ap.parse_args(argv)
+    try:
+        if args.train:
+            cfg = OracleTrainConfig(steps=args.steps, seed=args.seed, out_dir=args.out)
+            metrics = train_oracle(cfg)
+        else:
+            metrics = evaluate_oracle(load_oracle(args.out), n=args.n)
+    except ReproError as exc:
+        print(f"error: {exc}")
+        return 2
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

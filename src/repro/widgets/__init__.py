@@ -1,0 +1,6 @@
+"""Notebook widgets that also work in the built book, with no kernel and no network."""
+
+from repro.widgets.encode import decode_image, encode_images
+from repro.widgets.gallery import Gallery, ImageCarousel
+
+__all__ = ["Gallery", "ImageCarousel", "decode_image", "encode_images"]

@@ -1,0 +1,73 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from repro.devices import pick_device, pick_dtype
+from repro.errors import ReproError
+from repro.generate import generate
+from repro.models.loading import default_resolution, load_pipeline, vae_factor
+
+
+def test_round_trip_through_the_users_loader(tiny_pipe, tiny_pipe_dir):
+    loaded = load_pipeline(tiny_pipe_dir, device="cpu", dtype="float32")
+    assert type(loaded).__name__ == "StableDiffusionXLPipeline"
+    assert default_resolution(loaded) == 64 and vae_factor(loaded) == 4
+    a = generate(tiny_pipe, ["a red circle", "a cat"], [3, 4])
+    b = generate(loaded, ["a red circle", "a cat"], [3, 4])
+    np.testing.assert_array_equal(a, b)
+    for name, p in tiny_pipe.unet.state_dict().items():
+        torch.testing.assert_close(loaded.unet.state_dict()[name], p, rtol=0, atol=0)
+
+
+def test_load_in_half_precision_keeps_dtype(tiny_pipe_dir):
+    pipe = load_pipeline(tiny_pipe_dir, device="cpu", dtype="bfloat16")
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    "remove, expected",
+    [("unet/config.json", "unet/config.json is missing"),
+     ("model_index.json", "model_index.json is missing"),
+     ("vae/diffusion_pytorch_model.safetensors", "weights of vae")],
+)
+def test_incomplete_folder_names_the_missing_file(tiny_pipe_dir, tmp_path, remove, expected):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_pipe_dir, broken)
+    (broken / remove).unlink()
+    with pytest.raises(ReproError, match=expected):
+        load_pipeline(broken)
+
+
+def test_non_sdxl_pipeline_is_rejected(tiny_pipe_dir, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_pipe_dir, other)
+    index = json.loads((other / "model_index.json").read_text())
+    index["_class_name"] = "StableDiffusionPipeline"
+    (other / "model_index.json").write_text(json.dumps(index))
+    with pytest.raises(ReproError, match="not an SDXL pipeline"):
+        load_pipeline(other)
+
+
+def test_missing_model_gets_one_sentence(tmp_path, monkeypatch):
+    with pytest.raises(ReproError, match="does not exist"):
+        load_pipeline(tmp_path / "nothing-here")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ReproError) as err:
+        load_pipeline("someone/not-a-cached-model")
+    assert "hf download someone/not-a-cached-model" in str(err.value)
+    monkeypatch.setenv("REPRO_MODELS_DIR", str(tmp_path))
+    with pytest.raises(ReproError, match="make toy-model"):
+        load_pipeline("shapes-turbo")
+
+
+def test_device_and_dtype_choices():
+    assert pick_device("auto").type in ("cpu", "cuda", "mps")
+    assert pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert pick_dtype("auto", torch.device("cuda")) == torch.float16
+    with pytest.raises(ReproError, match="unknown dtype"):
+        pick_dtype("float8", torch.device("cpu"))
+    with pytest.raises(ReproError, match="unknown device"):
+        pick_device("gpu-please")

@@ -2,10 +2,12 @@
 // (see nb_ipywidgets_js in _config.yml). Widget libraries are looked up in this folder,
 // found from this script's own URL, so pages at any depth (and file:// copies) work.
 (function () {
-  var here = new URL(".", document.currentScript.src).href;
+  var here = new URL(".", document.currentScript.src).href.replace(/\/$/, "");
   window.require.config({
     baseUrl: here, // a module with no entry in `paths` is looked for here, never on a CDN
-    paths: { anywidget: here + "anywidget" }, // anywidget.js: anywidget's front-end (AMD)
+    paths: {
+      anywidget: here + "/anywidget", // anywidget.js: anywidget's front-end (AMD)
+      "@jupyter-widgets/html-manager/dist": here, // so embed-amd.js finds its fonts here
+    },
   });
-  window.__jupyter_widgets_assets_path__ = here; // font files of embed-amd.js
 })();

@@ -24,9 +24,13 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("generated"), help="folder for the PNG files")
     p.set_defaults(run=run_generate)
 
-    p = sub.add_parser("build-model", help="write a random-weight SDXL-format pipeline (tests, plumbing)")
+    p = sub.add_parser("build-model", help="write a random-weight SDXL-format pipeline (tests, stand-ins)")
     p.add_argument("out", type=Path, help="folder to write (save_pretrained layout)")
-    p.add_argument("--kind", choices=("turbo", "base"), default="turbo")
+    p.add_argument("--like", choices=("tiny", "sdxl-turbo", "sdxl-base"), default="tiny",
+                   help="tiny (64 px test pipeline) or a stand-in of SDXL's exact architecture")
+    p.add_argument("--kind", choices=("turbo", "base"), default="turbo", help="scheduler of the tiny pipeline")
+    p.add_argument("--device", default="auto", help="where to create the weights (auto, cpu, cuda)")
+    p.add_argument("--dtype", default="float16", help="dtype of the saved stand-in weights")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=run_build)
 
@@ -66,6 +70,17 @@ def run_build(args: argparse.Namespace) -> int:
     from repro.models.loading import quiet_libraries
 
     quiet_libraries()
-    save_pipeline(build_pipeline(seed=args.seed, kind=args.kind), args.out)
+    if args.out.exists() and any(args.out.iterdir()):
+        from repro.errors import ReproError
+
+        raise ReproError(f"{args.out} exists and is not empty: choose a new folder or remove it first")
+    if args.like == "tiny":
+        save_pipeline(build_pipeline(seed=args.seed, kind=args.kind), args.out)
+    else:
+        from repro.devices import pick_device, pick_dtype
+        from repro.models.standin import write_standin
+
+        device = pick_device(args.device)
+        write_standin(args.like, args.out, device=device, dtype=pick_dtype(args.dtype, device), seed=args.seed)
     print(args.out)
     return 0

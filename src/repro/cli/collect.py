@@ -1,0 +1,76 @@
+"""`repro collect`, `repro store info`, `repro store verify`: build and check activation stores."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("collect", help="generate images and store the updates of chosen blocks (resumes automatically)")
+    p.add_argument("--model", default="tiny-random",
+                   help="shapes-turbo, shapes-base, tiny-random, sdxl-turbo, sdxl-base, a local pipeline folder or a hub id")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
+    p.add_argument("--model-dtype", default="auto",
+                   help="compute dtype: auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
+    p.add_argument("--prompts", default="shapes",
+                   help="a .txt (one prompt a line), .jsonl or .parquet file, hf:DATASET[:SPLIT], or a generator (shapes)")
+    p.add_argument("--prompt-column", default="prompt", help="column holding the prompts in .jsonl/.parquet/hf sources")
+    p.add_argument("--n-prompts", type=int, required=True, help="prompts to collect (indices 0..N-1 of the source)")
+    p.add_argument("--blocks", default=None, help="comma-separated block names (default: the paper's four; 'all')")
+    p.add_argument("--steps", type=int, default=1)
+    p.add_argument("--guidance", type=float, default=0.0, help="above 1 stores the cond and uncond halves apart")
+    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8, help="images per UNet call")
+    p.add_argument("--shard-size", type=int, default=256, help="images per shard file (unit of resumption)")
+    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                   help="dtype of the stored updates (the model's is --model-dtype)")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompt 0; prompt i gets seed+i")
+    p.add_argument("--store-images", action="store_true", help="also store decoded uint8 images (small toy models)")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--out", type=Path, required=True, help="store folder (an existing store is resumed)")
+    p.set_defaults(run=run_collect)
+
+    store = sub.add_parser("store", help="look at or check an activation store")
+    ssub = store.add_subparsers(dest="store_command", metavar="ACTION", required=True)
+    p = ssub.add_parser("info", help="settings, size and progress of a store")
+    p.add_argument("store", type=Path)
+    p.set_defaults(run=run_info)
+    p = ssub.add_parser("verify", help="check the sha256 of every shard against the manifest")
+    p.add_argument("store", type=Path)
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_verify)
+
+
+def run_collect(args: argparse.Namespace) -> int:
+    from repro.collect import CollectConfig, collect
+
+    cfg = CollectConfig(
+        out=args.out, model=args.model, prompts=args.prompts, n_prompts=args.n_prompts, blocks=args.blocks,
+        steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
+        shard_size=args.shard_size, dtype=args.dtype, seed=args.seed, prompt_column=args.prompt_column,
+        store_images=args.store_images, device=args.device, model_dtype=args.model_dtype,
+    )
+    store = collect(cfg, progress=not args.no_progress)
+    print(store.summary())
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from repro.store import ActivationStore
+
+    print(ActivationStore(args.store).summary())
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from repro.errors import ReproError
+    from repro.store import ActivationStore
+
+    store = ActivationStore(args.store)
+    bad = store.verify_all(progress=not args.no_progress)
+    if bad:
+        raise ReproError(f"{len(bad)} of {len(store.shards)} shards of {args.store} are missing or corrupt: "
+                         f"{', '.join(bad)}; delete them and rerun the same `repro collect` command")
+    print(f"{len(store.shards)} shards of {args.store} verified")
+    return 0

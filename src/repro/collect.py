@@ -1,0 +1,339 @@
+"""Collect block updates while generating: into an activation store, or streamed to SAE training.
+
+Both paths generate prompts in batches fixed by global prompt index with seed
+`seed + index` (see `repro.prompts`), capture the update of each chosen block at every
+step (cond and uncond halves kept apart under guidance) and arrange it as
+[n, steps, halves, H*W, C] (see `repro.store`).
+
+* `collect(cfg)` writes a store shard by shard. Rerunning the same command after a crash
+  or a kill (SIGKILL included) skips the finished shards and redoes the interrupted one
+  from its first prompt: the result is bitwise the store an uninterrupted run writes
+  (same device and software). Different settings on an existing store are refused.
+* `StreamSource` feeds the SAE trainer directly, all blocks from one generation pass: it
+  generates `buffer_images` images at a time (a chunk), permutes their tokens together
+  and cuts batches (see `repro.store.chunks`). Its state is (chunk, offset): a resumed
+  stream regenerates the chunk it was in (at most `buffer_images` images of repeated
+  work) and skips the rows already handed out, so it yields exactly the batches an
+  uninterrupted stream would — provided generation is deterministic (CPU is; on GPU,
+  nondeterministic kernels can make the regenerated chunk differ in the last bits).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import torch
+
+from repro.blocks import resolve_blocks
+from repro.errors import ReproError
+from repro.generate import Sampling, decode_latents, generate, to_uint8
+from repro.hooks import capture_updates
+from repro.prompts import PromptSource, open_prompts, prompts_digest, seeds_for
+from repro.store.chunks import ChunkedSource
+from repro.store.layout import (
+    HALVES_CFG, HALVES_PLAIN, FORMAT_VERSION, half_index, select_tokens, shard_range, step_index, store_dtype,
+    to_layout,
+)
+
+
+@dataclass
+class CollectConfig:
+    """One collection run into an activation store (the CLI `repro collect` maps onto it)."""
+
+    out: Path
+    """Store folder; an existing store with the same settings is resumed / extended."""
+    model: str = "tiny-random"
+    """Pipeline to load (`load_pipeline` names, a folder or a hub id)."""
+    prompts: str = "shapes"
+    """Prompt source: a .txt/.jsonl/.parquet file, hf:DATASET[:SPLIT] or a generator name."""
+    n_prompts: int = 64
+    """Prompts to collect: indices 0..n_prompts-1 of the source (one image each)."""
+    blocks: tuple[str, ...] | None = None
+    """Blocks to capture (short names); None: the paper's four."""
+    steps: int = 1
+    """Denoising steps; every step is stored."""
+    guidance: float = 0.0
+    """Guidance scale; above 1 both halves (uncond, cond) are stored."""
+    resolution: int | None = None
+    """Image side in pixels; None: the model's own."""
+    batch_size: int = 8
+    """Images per UNet call (part of the settings: batch composition changes the floats)."""
+    shard_size: int = 256
+    """Images per shard file: the unit of atomic writes and of resumption."""
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    """Dtype of the stored updates."""
+    seed: int = 0
+    """Seed of prompt 0; prompt i gets seed + i (also keys generated prompts)."""
+    prompt_column: str = "prompt"
+    """Column holding the prompts in .jsonl/.parquet/hf sources."""
+    store_images: bool = False
+    """Also decode and store uint8 images (small toy models only: costs a VAE decode)."""
+    device: str = "auto"
+    """Where to generate: auto, cpu, cuda, cuda:N, mps."""
+    model_dtype: str = "auto"
+    """Compute dtype of the pipeline: auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16."""
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        store_dtype(self.dtype)
+        for name in ("n_prompts", "batch_size", "shard_size"):
+            if int(getattr(self, name)) < 1:
+                raise ReproError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if isinstance(self.blocks, str):
+            self.blocks = tuple(b.strip() for b in self.blocks.split(",") if b.strip())
+        Sampling(steps=self.steps, guidance=self.guidance, resolution=self.resolution)  # validates
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(steps=self.steps, guidance=self.guidance, resolution=self.resolution)
+
+
+# ---------------------------------------------------------------------------------------
+# One batch
+
+
+def capture_batch(
+    pipe,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    blocks: Sequence[str],
+    sampling: Sampling,
+    dtype: torch.dtype,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Generate one batch and return ({block: [B, steps, halves, H*W, C]} on the pipe's
+    device in `dtype`, final latents [B, 4, h, w])."""
+    with capture_updates(pipe.unet, blocks, cfg=sampling.cfg, dtype=dtype) as cap:
+        latents = generate(pipe, prompts, seeds, sampling, output="latent")
+    out = {}
+    for block in blocks:
+        stacked = cap.updates(block, half="all")  # [steps, B_total, C, H, W]
+        if stacked.shape[0] != sampling.steps:
+            raise ReproError(
+                f"block {block} was called {stacked.shape[0]} times for {sampling.steps} steps: this pipeline "
+                "does not run one UNet call per step; collection needs one"
+            )
+        out[block] = to_layout(stacked, sampling.cfg)
+    return out, latents
+
+
+def _compute_dtype_name(pipe) -> str:
+    return str(pipe.unet.dtype).replace("torch.", "")
+
+
+# ---------------------------------------------------------------------------------------
+# Into a store
+
+
+def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: PromptSource | None = None):
+    """Run (or resume) the collection `cfg` and return the store opened for reading.
+
+    `pipe` skips loading `cfg.model` (its name is still what the manifest records);
+    `source` replaces `cfg.prompts`.
+    """
+    from tqdm.auto import tqdm
+
+    from repro.models.loading import default_resolution, load_pipeline, vae_factor
+    from repro.store import ActivationStore, StoreWriter
+
+    source = source or open_prompts(cfg.prompts, column=cfg.prompt_column, seed=cfg.seed)
+    if source.length is not None and source.length < cfg.n_prompts:
+        raise ReproError(
+            f"{source.describe_short()} holds {source.length} prompts but {cfg.n_prompts} were asked for: "
+            f"lower --n-prompts to at most {source.length}"
+        )
+    if pipe is None:
+        pipe = load_pipeline(cfg.model, device=cfg.device, dtype=cfg.model_dtype)
+    blocks = resolve_blocks(pipe.unet, cfg.blocks)
+    sampling = cfg.sampling
+    resolution = sampling.resolution or default_resolution(pipe)
+    sampling = dataclasses.replace(sampling, resolution=resolution)
+    dtype = store_dtype(cfg.dtype)
+    settings = {
+        "format_version": FORMAT_VERSION, "model": cfg.model, "blocks": blocks, "steps": cfg.steps,
+        "guidance": cfg.guidance, "resolution": resolution, "dtype": cfg.dtype,
+        "compute_dtype": _compute_dtype_name(pipe), "shard_size": cfg.shard_size, "batch_size": cfg.batch_size,
+        "seed": cfg.seed, "prompt_kind": source.kind, "store_images": cfg.store_images,
+    }
+    info = {"prompts": source.describe(), "halves": list(HALVES_CFG if sampling.cfg else HALVES_PLAIN),
+            "vae_factor": vae_factor(pipe)}
+    n_shards = -(-cfg.n_prompts // cfg.shard_size)
+    device = str(pipe.device)
+    with StoreWriter(cfg.out, settings, info, cfg.n_prompts) as writer:
+        todo = []
+        for index in range(n_shards):
+            start, stop = shard_range(index, cfg.shard_size, cfg.n_prompts)
+            prompts = source.get(start, stop)
+            digest = prompts_digest(prompts)
+            if not writer.has_shard(index, start, stop, digest):
+                todo.append((index, start, stop, prompts, digest))
+        done = cfg.n_prompts - sum(t[2] - t[1] for t in todo)
+        bar = tqdm(total=cfg.n_prompts, initial=done, unit="img", desc=f"collect {cfg.out.name}",
+                   disable=not progress, dynamic_ncols=True)
+        try:
+            for index, start, stop, prompts, digest in todo:
+                parts: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
+                lat, imgs = [], []
+                for lo in range(start, stop, cfg.batch_size):  # batches fixed by global index
+                    hi = min(lo + cfg.batch_size, stop)
+                    updates, latents = capture_batch(
+                        pipe, prompts[lo - start : hi - start], seeds_for(lo, hi, cfg.seed), blocks, sampling, dtype
+                    )
+                    for b in blocks:
+                        parts[b].append(updates[b].cpu())
+                    lat.append(latents.float().cpu())
+                    if cfg.store_images:
+                        imgs.append(torch.from_numpy(decode_latents(pipe, latents)))
+                    bar.update(hi - lo)
+                tensors = {b: torch.cat(p) for b, p in parts.items()}
+                if "block_shapes" not in writer.manifest["info"]:
+                    writer.manifest["info"].update(_shape_info(pipe, tensors, torch.cat(lat), sampling))
+                writer.write_shard(
+                    index, start, stop, prompts, seeds_for(start, stop, cfg.seed), tensors, torch.cat(lat),
+                    torch.cat(imgs) if imgs else None, prompts_sha=digest, extra={"device": device},
+                )
+        finally:
+            bar.close()
+        writer.finish(n_shards)
+    return ActivationStore(cfg.out)
+
+
+def _shape_info(pipe, tensors: dict[str, torch.Tensor], latents: torch.Tensor, sampling: Sampling) -> dict[str, Any]:
+    shapes = {}
+    for b, t in tensors.items():
+        from repro.blocks import get_block
+
+        hw = t.shape[3]
+        # square maps: H = W = sqrt(HW); checked against the latent's aspect (always square here)
+        side = int(round(hw**0.5))
+        if side * side != hw:
+            raise ReproError(f"block {b} has a non-square map of {hw} positions: not supported by the store")
+        shapes[b] = {"height": side, "width": side, "channels": int(t.shape[4]),
+                     "module": type(get_block(pipe.unet, b)).__name__}
+    return {"block_shapes": shapes, "latent_shape": list(latents.shape[1:])}
+
+
+# ---------------------------------------------------------------------------------------
+# Streaming
+
+
+class StreamSource(ChunkedSource):
+    """Token batches `{block: [B, C]}` generated on the fly (SAE batch-source protocol).
+
+    Prompts `start .. start+n_prompts-1` of `prompts` (n_prompts None: endless, for
+    generator sources) are generated `gen_batch_size` at a time with seed `seed + index`,
+    `buffer_images` images per chunk; a chunk's tokens are permuted together (by
+    `shuffle_seed` and the chunk number) and cut into batches that may span chunks.
+    `step` / `half` keep one step / one half. Tokens stay on the pipeline's device, in
+    `dtype` (default: the pipeline's). See the module docstring for resume semantics.
+    """
+
+    def __init__(
+        self,
+        pipe,
+        prompts: PromptSource | str | Sequence[str],
+        batch_size: int,
+        *,
+        blocks: Sequence[str] | str | None = None,
+        sampling: Sampling = Sampling(),
+        seed: int = 0,
+        shuffle_seed: int = 0,
+        start: int = 0,
+        n_prompts: int | None = None,
+        gen_batch_size: int = 8,
+        buffer_images: int = 64,
+        step: int | None = None,
+        half: str | None = None,
+        dtype: torch.dtype | None = None,
+        shuffle: bool = True,
+        progress: bool = False,
+    ):
+        super().__init__(batch_size, shuffle_seed, shuffle)
+        self.pipe = pipe
+        self.source = prompts if isinstance(prompts, PromptSource) else open_prompts(prompts, seed=seed)
+        self._blocks = resolve_blocks(pipe.unet, blocks)
+        from repro.models.loading import default_resolution
+
+        self.sampling = dataclasses.replace(sampling, resolution=sampling.resolution or default_resolution(pipe))
+        self.image_seed = int(seed)
+        self.start = int(start)
+        length = self.source.length
+        if n_prompts is None and length is not None:
+            n_prompts = length - self.start
+        if n_prompts is not None and length is not None and self.start + n_prompts > length:
+            raise ReproError(f"{self.source.describe_short()} holds {length} prompts, fewer than start+n_prompts")
+        self.n_prompts = n_prompts
+        if gen_batch_size < 1 or buffer_images < 1 or batch_size < 1:
+            raise ReproError("batch_size, gen_batch_size and buffer_images must be at least 1")
+        self.gen_batch_size = gen_batch_size
+        self.buffer_images = buffer_images
+        halves = HALVES_CFG if self.sampling.cfg else HALVES_PLAIN
+        self.step = step_index(self.sampling.steps, step)
+        self.half = half_index(halves, half)
+        self._step_arg, self._half_arg = step, half
+        self.dtype = dtype or pipe.unet.dtype
+        self.progress = progress
+        self.images_generated = 0
+        self.cursor = self._chunk_cursor(0)
+
+    @property
+    def blocks(self) -> list[str]:
+        return list(self._blocks)
+
+    def _chunk_cursor(self, chunk: int):
+        first = chunk * self.buffer_images
+        if self.n_prompts is not None and first >= self.n_prompts:
+            return None
+        return (chunk,)
+
+    def _next_cursor(self, cursor):
+        return self._chunk_cursor(cursor[0] + 1)
+
+    def _load_chunk(self, cursor) -> dict[str, torch.Tensor]:
+        lo = self.start + cursor[0] * self.buffer_images
+        hi = lo + self.buffer_images
+        if self.n_prompts is not None:
+            hi = min(hi, self.start + self.n_prompts)
+        prompts = self.source.get(lo, hi)
+        parts: dict[str, list[torch.Tensor]] = {b: [] for b in self._blocks}
+        for a in range(lo, hi, self.gen_batch_size):  # batches fixed by global index within the chunk
+            b_ = min(a + self.gen_batch_size, hi)
+            updates, _ = capture_batch(self.pipe, prompts[a - lo : b_ - lo], seeds_for(a, b_, self.image_seed),
+                                       self._blocks, self.sampling, self.dtype)
+            for b in self._blocks:
+                parts[b].append(select_tokens(updates[b], self.step, self.half))
+            self.images_generated += b_ - a
+        sizes = {b: sum(p.shape[0] for p in ps) for b, ps in parts.items()}
+        if len(set(sizes.values())) != 1:
+            raise ReproError(
+                f"blocks {self._blocks} give different token counts {sizes}: rows cannot be aligned; "
+                "stream blocks of one map size together"
+            )
+        return {b: torch.cat(p) for b, p in parts.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self._position()
+        chunk = None if self.cursor is None else self.cursor[0]
+        state.update(start=self.start, image_seed=self.image_seed, buffer_images=self.buffer_images,
+                     prompt_position=None if chunk is None else self.start + chunk * self.buffer_images)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, mine in (("seed", self.seed), ("start", self.start), ("image_seed", self.image_seed),
+                          ("buffer_images", self.buffer_images)):
+            if state.get(key, mine) != mine:
+                raise ReproError(f"the saved stream state has {key}={state[key]} but this stream has {key}={mine}: "
+                                 "resume with the same stream settings")
+        self._restore(state)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": "StreamSource", "model": getattr(self.pipe, "repro_source", None),
+            "prompts": self.source.describe(), "start": self.start, "n_prompts": self.n_prompts,
+            "steps": self.sampling.steps, "guidance": self.sampling.guidance, "resolution": self.sampling.resolution,
+            "seed": self.image_seed, "shuffle_seed": self.seed, "buffer_images": self.buffer_images,
+            "step": self._step_arg, "half": self._half_arg, "batch_size": self.batch_size,
+        }

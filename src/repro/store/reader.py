@@ -1,0 +1,321 @@
+"""Reading an activation store: random access per image, and shuffled token batches.
+
+Checksums are verified lazily and cached: the first time an `ActivationStore` object
+touches a shard (for tokens, an image, latents or prompts) it hashes the whole file and
+compares it with the manifest; a mismatch raises a ReproError naming the shard, and the
+shard is never used. The verdict is kept for the life of the object (not on disk: a file
+may rot later). `verify=False` skips it; `verify_all()` (`repro store verify`) checks
+every shard at once.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load as st_load
+
+from repro.errors import ReproError, choices_hint
+from repro.store.chunks import ChunkedSource, chunk_seed
+from repro.store.layout import (
+    IMAGES, LATENTS, SEEDS, half_index, read_manifest, select_tokens, sha256_bytes, sha256_file, step_index,
+    store_dtype,
+)
+
+
+class ActivationStore:
+    """A store opened for reading: the shards listed in its manifest (complete or not)."""
+
+    def __init__(self, folder: str | os.PathLike, *, verify: bool = True):
+        self.folder = Path(folder)
+        self.manifest = read_manifest(self.folder)
+        self.settings: dict[str, Any] = self.manifest["settings"]
+        self.info: dict[str, Any] = self.manifest.get("info", {})
+        self.shards: list[dict[str, Any]] = sorted(self.manifest["shards"], key=lambda r: r["start"])
+        self.verify = verify
+        self._verified: set[str] = set()
+        self._starts = [r["start"] for r in self.shards]
+
+    # -- what it holds -------------------------------------------------------------------
+    @property
+    def blocks(self) -> list[str]:
+        return list(self.settings["blocks"])
+
+    @property
+    def steps(self) -> int:
+        return int(self.settings["steps"])
+
+    @property
+    def halves(self) -> list[str]:
+        return list(self.info["halves"])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return store_dtype(self.settings["dtype"])
+
+    @property
+    def n_images(self) -> int:
+        return sum(r["stop"] - r["start"] for r in self.shards)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    def block_shape(self, block: str) -> tuple[int, int, int]:
+        """(H, W, C) of `block`'s update."""
+        s = self.info["block_shapes"][self._block(block)]
+        return s["height"], s["width"], s["channels"]
+
+    def tokens_per_image(self, block: str, step: int | None = None, half: str | None = None) -> int:
+        H, W, _ = self.block_shape(block)
+        steps = self.steps if step_index(self.steps, step) is None else 1
+        halves = len(self.halves) if half_index(self.halves, half) is None else 1
+        return steps * halves * H * W
+
+    def _block(self, block: str) -> str:
+        from repro.blocks import short_name
+
+        name = short_name(block)
+        if name not in self.blocks:
+            raise ReproError(f"the store {self.folder} has no block {block!r}: use {choices_hint(self.blocks)}")
+        return name
+
+    # -- shards --------------------------------------------------------------------------
+    def _path(self, record: dict[str, Any]) -> Path:
+        return self.folder / record["file"]
+
+    def _check(self, record: dict[str, Any], data: bytes | None = None) -> None:
+        if not self.verify or record["file"] in self._verified:
+            return
+        path = self._path(record)
+        if not path.exists():
+            raise ReproError(f"shard {record['file']} of {self.folder} is missing: rerun the collection to rewrite it")
+        digest = sha256_bytes(data) if data is not None else sha256_file(path)
+        if digest != record["sha256"]:
+            raise ReproError(
+                f"shard {record['file']} of {self.folder} is corrupt (sha256 {digest[:12]}... differs from the "
+                "manifest's): delete it and rerun the same `repro collect` command to rewrite it"
+            )
+        self._verified.add(record["file"])
+
+    def load_shard(self, record: dict[str, Any], names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
+        """Tensors of one shard (all, or `names`), verified first when `verify` is on."""
+        path = self._path(record)
+        if self.verify and record["file"] not in self._verified:
+            if not path.exists():
+                self._check(record)  # raises "missing"
+            data = path.read_bytes()  # one read: hashed, then parsed
+            self._check(record, data)
+            tensors = st_load(data)
+            return tensors if names is None else {n: tensors[n] for n in names}
+        with safe_open(path, "pt") as fh:
+            return {n: fh.get_tensor(n) for n in (names or fh.keys())}
+
+    def locate(self, index: int) -> tuple[dict[str, Any], int]:
+        """(shard record, row in it) of global image `index`."""
+        i = bisect.bisect_right(self._starts, index) - 1
+        if i < 0 or not self.shards[i]["start"] <= index < self.shards[i]["stop"]:
+            raise ReproError(f"image {index} is not in the store {self.folder} (it holds {self.n_images} images)")
+        return self.shards[i], index - self.shards[i]["start"]
+
+    def _row(self, index: int, name: str) -> torch.Tensor:
+        record, row = self.locate(index)
+        self._check(record)
+        with safe_open(self._path(record), "pt") as fh:
+            if name not in fh.keys():
+                raise ReproError(f"the store {self.folder} holds no {name!r} (collect with --store-images)")
+            return fh.get_slice(name)[row : row + 1][0]
+
+    # -- random access -------------------------------------------------------------------
+    def image(self, index: int, block: str, half: str | None = "cond") -> torch.Tensor:
+        """Updates of image `index` at `block`: [steps, H, W, C] (one half: "cond" by
+        default under guidance; None returns [steps, halves, H, W, C])."""
+        block = self._block(block)
+        H, W, C = self.block_shape(block)
+        t = self._row(index, block)  # [steps, halves, HW, C]
+        if len(self.halves) == 1 and half is not None:
+            if half not in ("cond", "all"):
+                raise ReproError(f"the store {self.folder} was collected without guidance: it has no {half!r} half")
+            return t[:, 0].reshape(self.steps, H, W, C)
+        h = half_index(self.halves, half)
+        if h is None:
+            return t.reshape(self.steps, len(self.halves), H, W, C)
+        return t[:, h].reshape(self.steps, H, W, C)
+
+    def latents(self, indices: Sequence[int]) -> torch.Tensor:
+        """Final latents [n, 4, h, w] (float32) of images `indices`: decode with `repro.generate.decode_latents`."""
+        return torch.stack([self._row(int(i), LATENTS) for i in indices])
+
+    def images(self, indices: Sequence[int]) -> torch.Tensor:
+        """Stored uint8 images [n, H, W, 3] (only if collected with `store_images`)."""
+        return torch.stack([self._row(int(i), IMAGES) for i in indices])
+
+    def prompts(self, start: int = 0, stop: int | None = None) -> list[str]:
+        stop = self.n_images if stop is None else stop
+        out: list[str] = []
+        for record in self.shards:
+            if record["stop"] <= start or record["start"] >= stop:
+                continue
+            self._check(record)
+            with safe_open(self._path(record), "pt") as fh:
+                shard_prompts = json.loads(fh.metadata()["prompts"])
+            lo, hi = max(start, record["start"]), min(stop, record["stop"])
+            out += shard_prompts[lo - record["start"] : hi - record["start"]]
+        return out
+
+    def prompt(self, index: int) -> str:
+        return self.prompts(index, index + 1)[0]
+
+    def seeds(self, start: int = 0, stop: int | None = None) -> list[int]:
+        stop = self.n_images if stop is None else stop
+        out: list[int] = []
+        for record in self.shards:
+            if record["stop"] <= start or record["start"] >= stop:
+                continue
+            self._check(record)
+            with safe_open(self._path(record), "pt") as fh:
+                s = fh.get_tensor(SEEDS).tolist()
+            lo, hi = max(start, record["start"]), min(stop, record["stop"])
+            out += s[lo - record["start"] : hi - record["start"]]
+        return out
+
+    # -- checking ------------------------------------------------------------------------
+    def verify_all(self, progress: bool = False) -> list[str]:
+        """Hash every shard; returns the files that are missing or corrupt (empty: all good)."""
+        from tqdm.auto import tqdm
+
+        bad = []
+        for record in tqdm(self.shards, desc="verify", unit="shard", disable=not progress):
+            path = self._path(record)
+            if not path.exists() or sha256_file(path) != record["sha256"]:
+                bad.append(record["file"])
+            else:
+                self._verified.add(record["file"])
+        return bad
+
+    def summary(self) -> str:
+        s, i = self.settings, self.info
+        n_bytes = sum(r["bytes"] for r in self.shards)
+        nonfinite = {b: sum(r["nonfinite"].get(b, 0) for r in self.shards) for b in self.blocks}
+        lines = [
+            f"store      {self.folder}",
+            f"model      {s['model']}  ({s['compute_dtype']})",
+            f"sampling   steps={s['steps']} guidance={s['guidance']} resolution={s['resolution']} seed={s['seed']}",
+            f"prompts    {self.n_images} of {self.manifest.get('n_prompts')} collected"
+            f"{' (complete)' if self.complete else ' (incomplete: rerun the collection to finish)'}; "
+            f"source {i.get('prompts', {})}",
+            f"shards     {len(self.shards)} x {s['shard_size']} images, {n_bytes / 2**30:.3f} GiB, dtype {s['dtype']}",
+            f"halves     {', '.join(self.halves)}",
+        ]
+        for b in self.blocks:
+            H, W, C = self.block_shape(b)
+            lines.append(f"block      {b:<9} {H}x{W}x{C}  non-finite values: {nonfinite[b]}")
+        return "\n".join(lines)
+
+    def source(self, batch_size: int, **kwargs: Any) -> "StoreSource":
+        """Shuffled token batches of this store (see `StoreSource`)."""
+        return StoreSource(self, batch_size, **kwargs)
+
+
+class StoreSource(ChunkedSource):
+    """Token batches `{block: [B, C]}` from a store, following the SAE batch-source protocol.
+
+    Each epoch visits the shards in an order permuted by (seed, epoch), in groups of
+    `shards_per_chunk` shards (default: enough for `buffer_tokens` tokens per block);
+    the tokens of a group are permuted together (seed, epoch, group) and cut into batches,
+    which may span groups. Rows are aligned across blocks (same image, step, half and
+    position), which needs all chosen blocks to have the same map size. `step` / `half`
+    keep one step / one half; by default every stored token is used. `epochs=None` cycles
+    forever. The state is (epoch, group, offset): resuming reloads one group and yields
+    exactly the batches that would have come next.
+    """
+
+    def __init__(
+        self,
+        store: ActivationStore | str | os.PathLike,
+        batch_size: int,
+        *,
+        blocks: Sequence[str] | None = None,
+        step: int | None = None,
+        half: str | None = None,
+        seed: int = 0,
+        shuffle: bool = True,
+        buffer_tokens: int = 1 << 20,
+        shards_per_chunk: int | None = None,
+        epochs: int | None = None,
+    ):
+        super().__init__(batch_size, seed, shuffle)
+        self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+        if not self.store.shards:
+            raise ReproError(f"the store {self.store.folder} holds no shards yet: collect first")
+        self._blocks = [self.store._block(b) for b in (blocks or self.store.blocks)]
+        self.step = step_index(self.store.steps, step)
+        self.half = half_index(self.store.halves, half)
+        self._step_arg, self._half_arg = step, half
+        per_image = {b: self.store.tokens_per_image(b, step, half) for b in self._blocks}
+        if len(set(per_image.values())) != 1:
+            raise ReproError(
+                f"blocks {self._blocks} have different token counts per image {per_image}: rows cannot be "
+                "aligned; read them with one source per block"
+            )
+        per_shard = next(iter(per_image.values())) * self.store.settings["shard_size"]
+        self.n_shards = len(self.store.shards)
+        self.shards_per_chunk = min(self.n_shards, shards_per_chunk or max(1, buffer_tokens // max(1, per_shard)))
+        self.n_groups = -(-self.n_shards // self.shards_per_chunk)
+        if self.batch_size < 1:
+            raise ReproError(f"batch_size must be at least 1, got {batch_size}")
+        self.epochs = epochs
+        self.cursor = (0, 0)
+
+    @property
+    def blocks(self) -> list[str]:
+        return list(self._blocks)
+
+    def _shard_order(self, epoch: int) -> list[int]:
+        if not self.shuffle:
+            return list(range(self.n_shards))
+        gen = torch.Generator().manual_seed(chunk_seed(self.seed, epoch, 1 << 30))
+        return torch.randperm(self.n_shards, generator=gen).tolist()
+
+    def _next_cursor(self, cursor):
+        epoch, group = cursor
+        group += 1
+        if group == self.n_groups:
+            epoch, group = epoch + 1, 0
+        if self.epochs is not None and epoch >= self.epochs:
+            return None
+        return (epoch, group)
+
+    def _load_chunk(self, cursor) -> dict[str, torch.Tensor]:
+        epoch, group = cursor
+        order = self._shard_order(epoch)[group * self.shards_per_chunk : (group + 1) * self.shards_per_chunk]
+        parts: dict[str, list[torch.Tensor]] = {b: [] for b in self._blocks}
+        for i in order:
+            tensors = self.store.load_shard(self.store.shards[i], self._blocks)
+            for b in self._blocks:
+                parts[b].append(select_tokens(tensors[b], self.step, self.half))
+        return {b: p[0] if len(p) == 1 else torch.cat(p) for b, p in parts.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**self._position(), "n_shards": self.n_shards, "shards_per_chunk": self.shards_per_chunk}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, mine in (("seed", self.seed), ("n_shards", self.n_shards), ("shards_per_chunk", self.shards_per_chunk)):
+            if state.get(key, mine) != mine:
+                raise ReproError(
+                    f"the saved reader state has {key}={state[key]} but this reader has {key}={mine}: "
+                    "resume on the same store with the same reader settings"
+                )
+        self._restore(state)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": "ActivationStore", "store": str(self.store.folder), "model": self.store.settings["model"],
+            "images": self.store.n_images, "step": self._step_arg, "half": self._half_arg,
+            "batch_size": self.batch_size, "seed": self.seed,
+        }

@@ -1,0 +1,189 @@
+"""Writing an activation store: one shard at a time, atomically, manifest last.
+
+`StoreWriter` owns a store folder while a collection runs (an exclusive `flock` on
+`.lock`, released by the kernel even on SIGKILL). Opening it checks the settings against
+an existing manifest (any difference is a ReproError naming it) and removes temporary
+files a killed run left behind. `write_shard` serialises a shard in memory, hashes it,
+writes it under a hidden temporary name, fsyncs and renames it, and only then rewrites
+the manifest (atomically) with the shard's record: readers, which list shards from the
+manifest, never see a partial shard, and a shard file not yet in the manifest is simply
+written again by the resumed run.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save as st_save
+
+from repro.errors import ReproError
+from repro.io import atomic_path, provenance, write_json_atomic
+from repro.store.layout import (
+    IMAGES, LATENTS, LOCK, MANIFEST, SEEDS, SETTINGS_KEYS, SHARD_DIR,
+    read_manifest, sha256_bytes, shard_file,
+)
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write `data` to `path` (a module function so tests can simulate a full disk)."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+
+
+class StoreWriter:
+    """Append shards to the store at `folder` created (or to be created) with `settings`.
+
+    `settings` must hold every key of `SETTINGS_KEYS`; `info` (per-block shapes, prompt
+    source, ...) is recorded but not compared. Use as a context manager (releases the lock).
+    """
+
+    def __init__(self, folder: str | os.PathLike, settings: dict[str, Any], info: dict[str, Any], n_prompts: int):
+        self.folder = Path(folder)
+        missing = [k for k in SETTINGS_KEYS if k not in settings]
+        if missing:
+            raise ValueError(f"store settings lack {missing}")
+        self.settings = {k: settings[k] for k in SETTINGS_KEYS}
+        self._check_folder()
+        (self.folder / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.folder / LOCK, "a+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise ReproError(f"another collection is writing to {self.folder} right now: wait for it or use another --out")
+        self._clean_temporaries()
+        if (self.folder / MANIFEST).exists():
+            self.manifest = read_manifest(self.folder)
+            self._check_settings(self.manifest["settings"])
+            self.manifest["info"] = {**self.manifest.get("info", {}), **info}
+        else:
+            self.manifest = {"settings": self.settings, "info": info, "shards": [], "complete": False,
+                             "provenance": provenance()}
+        self.manifest["n_prompts"] = int(n_prompts)
+        self.records = {int(r["index"]): r for r in self.manifest["shards"]}
+
+    # -- opening -------------------------------------------------------------------------
+    def _check_folder(self) -> None:
+        if self.folder.exists() and not self.folder.is_dir():
+            raise ReproError(f"{self.folder} is a file: give --out a folder for the activation store")
+        if self.folder.is_dir() and not (self.folder / MANIFEST).exists():
+            ours = {SHARD_DIR, LOCK}
+            foreign = [p.name for p in self.folder.iterdir() if p.name not in ours and not p.name.startswith(".")]
+            if foreign:
+                raise ReproError(
+                    f"{self.folder} exists and is not an activation store (it holds {sorted(foreign)[:5]}): "
+                    "give --out an empty or new folder"
+                )
+
+    def _clean_temporaries(self) -> None:
+        # Hidden temporaries are atomic_path's: left only by a run killed mid-write.
+        for folder in (self.folder, self.folder / SHARD_DIR):
+            for p in folder.glob(".*.tmp-*"):
+                p.unlink(missing_ok=True)
+
+    def _check_settings(self, existing: dict[str, Any]) -> None:
+        diff = [k for k in SETTINGS_KEYS if existing.get(k) != self.settings[k]]
+        if diff:
+            was = ", ".join(f"{k}={existing.get(k)!r}" for k in diff)
+            now = ", ".join(f"{k}={self.settings[k]!r}" for k in diff)
+            raise ReproError(
+                f"the store {self.folder} was created with {was} but this run asks for {now}: "
+                "use the store's settings to append (see `repro store info`), or another --out folder"
+            )
+
+    # -- writing -------------------------------------------------------------------------
+    def has_shard(self, index: int, start: int, stop: int, prompts_sha: str) -> bool:
+        """Whether shard `index` is done with exactly prompts [start, stop) of that digest.
+
+        A recorded shard with another range (the last shard of a shorter earlier run) is
+        redone; one with other prompts means the prompt source changed: a ReproError.
+        """
+        rec = self.records.get(index)
+        if rec is None or (rec["start"], rec["stop"]) != (start, stop):
+            return False
+        if rec["prompts_sha256"] != prompts_sha:
+            raise ReproError(
+                f"the prompts of shard {rec['file']} (prompts {start}..{stop - 1}) differ from the prompts "
+                f"this run reads: append with the same prompt source, or use another --out folder"
+            )
+        if not (self.folder / rec["file"]).exists():
+            return False
+        return True
+
+    def write_shard(
+        self,
+        index: int,
+        start: int,
+        stop: int,
+        prompts: list[str],
+        seeds: list[int],
+        blocks: dict[str, torch.Tensor],
+        latents: torch.Tensor,
+        images: torch.Tensor | None = None,
+        prompts_sha: str = "",
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Write shard `index` holding `blocks` {block: [n, steps, halves, HW, C]} (already in
+        the store dtype, on CPU), latents [n, 4, h, w] float32, optional uint8 images [n, H, W, 3]."""
+        n = stop - start
+        tensors = {name: t.contiguous() for name, t in blocks.items()}
+        tensors[LATENTS] = latents.detach().float().cpu().contiguous()
+        tensors[SEEDS] = torch.tensor(seeds, dtype=torch.int64)
+        if images is not None:
+            tensors[IMAGES] = images.cpu().contiguous()
+        for name, t in tensors.items():
+            if t.shape[0] != n:
+                raise ValueError(f"shard {index}: {name} has {t.shape[0]} rows for {n} prompts")
+        nonfinite = {b: int((~torch.isfinite(t)).sum()) for b, t in blocks.items()}
+        meta = {"prompts": json.dumps(prompts, ensure_ascii=False), "start": str(start), "stop": str(stop)}
+        data = st_save(tensors, metadata=meta)
+        rel = shard_file(index)
+        try:
+            with atomic_path(self.folder / rel) as tmp:
+                _write_file(tmp, data)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise ReproError(
+                    f"the disk is full while writing {rel} of {self.folder} ({len(data) / 2**20:.1f} MiB): "
+                    "no partial shard was kept; free space and run the same command again to resume"
+                ) from exc
+            raise
+        record = {
+            "index": index, "file": rel, "start": start, "stop": stop, "bytes": len(data),
+            "sha256": sha256_bytes(data), "prompts_sha256": prompts_sha, "nonfinite": nonfinite, **(extra or {}),
+        }
+        self.records[index] = record
+        self._write_manifest()
+        return record
+
+    def _write_manifest(self, complete: bool = False) -> None:
+        self.manifest["shards"] = [self.records[i] for i in sorted(self.records)]
+        self.manifest["complete"] = complete
+        write_json_atomic(self.folder / MANIFEST, self.manifest)
+
+    def finish(self, n_shards: int) -> None:
+        """Mark the store complete once shards 0..n_shards-1 are all recorded."""
+        extra = sorted(i for i in self.records if i >= n_shards)
+        if extra:
+            raise ReproError(
+                f"the store {self.folder} already holds shards beyond the {self.manifest['n_prompts']} prompts "
+                f"asked for ({len(extra)} more): ask for at least as many prompts as it holds"
+            )
+        self._write_manifest(complete=all(i in self.records for i in range(n_shards)))
+
+    def close(self) -> None:
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
+
+    def __enter__(self) -> "StoreWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

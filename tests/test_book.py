@@ -1,0 +1,170 @@
+"""The built book: widgets render offline, no script comes from the network, and the site
+is a self-contained folder. The slow tests build the book once (and run the overview
+chapter first if needed), then open it from disk in Debian's chromium with the network off.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+
+from repro.paths import project_root
+
+ROOT = project_root()
+BUILD = ROOT / "book" / "_build"
+HTML = BUILD / "html"
+SHOTS = BUILD / "screenshots"
+WIDGET_JS = ROOT / "book" / "static" / "widgets"
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+OVERVIEW = "00_overview"
+
+ASSET = re.compile(r"<(script|link|img|source|iframe)\b([^>]*)>", re.I)
+ATTR = re.compile(r'\b(src|href)\s*=\s*"([^"]*)"', re.I)
+REMOTE = re.compile(r"^(https?:)?//", re.I)
+
+
+# --- fast: the configuration and the vendored files ----------------------------------------
+
+def test_vendored_anywidget_matches_installed():
+    installed = Path(os.sys.prefix) / "share" / "jupyter" / "nbextensions" / "anywidget" / "index.js"
+    if not installed.exists():
+        pytest.skip(f"no anywidget front-end at {installed}")
+    assert (WIDGET_JS / "anywidget.js").read_bytes() == installed.read_bytes(), (
+        "book/static/widgets/anywidget.js differs from the installed anywidget's front-end: "
+        f"cp {installed} {WIDGET_JS / 'anywidget.js'}"
+    )
+
+
+def test_config_loads_widget_js_from_the_book():
+    sphinx = yaml.safe_load((ROOT / "_config.yml").read_text())["sphinx"]["config"]
+    static = [Path(p) for p in sphinx["html_static_path"]]
+    assert all(p.name != "_static" for p in static), "jupyter-book puts every .js of a _static folder on every page"
+    scripts = list(sphinx["nb_ipywidgets_js"])
+    assert scripts == ["widgets/require.js", "widgets/loader.js", "widgets/embed-amd.js"]
+    for script in scripts:
+        assert not REMOTE.match(script)
+        assert any((ROOT / folder / script).is_file() for folder in static), f"{script} is not in {static}"
+
+
+# --- slow: build the book, look at it ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def built_book() -> Path:
+    """book/_build/html, built from scratch (the overview chapter re-run if stale)."""
+    from repro.book import build_book
+    from repro.notebooks import notebook_file, run_notebook
+
+    chapter = ROOT / "book" / "chapters" / f"{OVERVIEW}.ipynb"
+    if not chapter.exists() or chapter.stat().st_mtime < notebook_file(OVERVIEW).stat().st_mtime:
+        run_notebook(OVERVIEW, {"profile": "toy"})
+    shutil.rmtree(BUILD, ignore_errors=True)  # no stale pages from earlier builds
+    build_book(ROOT)
+    return HTML
+
+
+def pages(html: Path) -> list[Path]:
+    return [p for p in html.rglob("*.html") if "_static" not in p.relative_to(html).parts]
+
+
+def assets(page: Path) -> list[tuple[str, str]]:
+    """(tag, url) of what a page loads: scripts, stylesheets and icons, images, frames."""
+    found = []
+    for tag, attrs in ASSET.findall(page.read_text()):
+        rel = re.search(r'\brel\s*=\s*"([^"]*)"', attrs)
+        if tag.lower() == "link" and not (rel and re.search(r"stylesheet|preload|icon", rel.group(1))):
+            continue  # navigation links (next, index, search) load nothing
+        found += [(tag.lower(), url) for _, url in ATTR.findall(attrs)]
+    return found
+
+
+@pytest.mark.slow
+def test_no_script_or_style_from_the_network(built_book):
+    remote = [(p.name, url) for p in pages(built_book) for tag, url in assets(p) if REMOTE.match(url)]
+    assert not remote, f"pages load from the network: {remote}"
+    overview = (built_book / "book" / "chapters" / f"{OVERVIEW}.html").read_text()
+    assert "application/vnd.jupyter.widget-state+json" in overview, "no saved widget state in the page"
+    assert "_static/widgets/embed-amd.js" in overview
+
+
+@pytest.mark.slow
+def test_site_is_self_contained(built_book):
+    problems = []
+    for page in pages(built_book):
+        text = page.read_text()
+        if "file://" in text or re.search(r'(src|href)="' + re.escape(str(ROOT)), text):
+            problems.append(f"{page.name}: absolute file path")
+        for tag, url in assets(page):
+            if REMOTE.match(url) or url.startswith("data:"):
+                continue
+            target = (page.parent / unquote(urlsplit(url).path)).resolve()
+            if not target.is_relative_to(built_book.resolve()) or not target.is_file():
+                problems.append(f"{page.name}: <{tag}> {url} is not a file inside the site")
+    assert not problems, problems
+
+
+@pytest.mark.slow
+def test_pages_render_offline_and_carousel_turns(browser, built_book):
+    from playwright.sync_api import expect
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
+    attempted, missing, errors = [], [], []
+
+    def refuse(route):
+        attempted.append(route.request.url)
+        route.abort()
+
+    context.route(re.compile(r"^https?://"), refuse)
+    page = context.new_page()
+    page.on("requestfailed", lambda r: None if REMOTE.match(r.url) else missing.append(r.url))
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto((built_book / "index.html").as_uri())  # redirects to book/index.html
+        page.wait_for_url("**/book/index.html")
+        expect(page.locator("h1").first).to_contain_text("Unpacking SDXL Turbo")
+        page.screenshot(path=SHOTS / "index.png")
+
+        page.goto((built_book / "book" / "chapters" / f"{OVERVIEW}.html").as_uri())
+        expect(page.locator("h1").first).to_contain_text("Overview")
+        gallery = page.locator(".repro-gallery")
+        expect(gallery).to_have_count(1, timeout=30_000)  # rendered from saved state, no kernel
+        label, caption, image = (gallery.locator(s) for s in (".repro-gallery-label", "figcaption", "img"))
+        expect(label).to_have_text(re.compile(r"^1 / [2-9]"))
+        before = caption.inner_text(), image.get_attribute("src")
+        gallery.scroll_into_view_if_needed()
+        page.screenshot(path=SHOTS / "overview.png", full_page=True)
+        gallery.screenshot(path=SHOTS / "carousel-1.png")
+
+        gallery.locator(".repro-gallery-next").click()
+        expect(label).to_have_text(re.compile(r"^2 / "))
+        assert (caption.inner_text(), image.get_attribute("src")) != before
+        assert caption.inner_text() != before[0] and image.get_attribute("src") != before[1]
+        gallery.screenshot(path=SHOTS / "carousel-2.png")
+    finally:
+        context.close()
+    assert not attempted, f"the pages tried the network: {attempted}"
+    assert not missing, f"files the pages load are missing from the site: {missing}"
+    assert not errors, f"JavaScript errors: {errors}"

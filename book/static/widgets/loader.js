@@ -7,7 +7,9 @@
     baseUrl: here, // a module with no entry in `paths` is looked for here, never on a CDN
     paths: {
       anywidget: here + "/anywidget", // anywidget.js: anywidget's front-end (AMD)
-      "@jupyter-widgets/html-manager/dist": here, // so embed-amd.js finds its fonts here
+      // modules defined inside embed-amd.js: their URLs (hence its fonts) point here too
+      "@jupyter-widgets": here,
+      "@jupyter-widgets/html-manager/dist": here,
     },
   });
 })();

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,13 @@ def _load_original(folder: Path, dev: torch.device) -> TopKSAE:
         )
     except KeyError as exc:
         raise ReproError(f"{folder / ORIG_CONFIG} lacks the key {exc.args[0]!r}; download the folder again") from exc
-    obj = torch.load(folder / ORIG_WEIGHTS, map_location="cpu", weights_only=True)
+    try:
+        obj = torch.load(folder / ORIG_WEIGHTS, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ReproError(
+            f"{folder / ORIG_WEIGHTS} holds more than tensors and is refused (only weights-only loading is safe); "
+            "use the file from the original release"
+        ) from exc
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     keys = {"W_enc": "encoder.weight", "b_lat": "latent_bias", "W_dec": "decoder.weight", "b_pre": "pre_bias"}
     if state is None or any(key not in state for key in keys.values()):

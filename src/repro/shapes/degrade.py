@@ -62,19 +62,27 @@ def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
 
 
 def degrade(images: torch.Tensor, gen: torch.Generator, cfg: DegradeConfig = DegradeConfig()) -> torch.Tensor:
-    """Degraded copies of uint8 images [B, H, W, 3] -> uint8 [B, H, W, 3] (CPU tensors)."""
+    """Degraded copies of uint8 images [B, H, W, 3] -> uint8 [B, H, W, 3], on the images' device.
+
+    Random draws come from `gen` (a CPU generator), so results do not depend on the device
+    beyond float rounding.
+    """
     b, h, w, _ = images.shape
+    dev = images.device
     x = images.permute(0, 3, 1, 2).float()  # [B, 3, H, W], 0..255
 
     def u(*shape):
-        return torch.rand(*shape, generator=gen)
+        return torch.rand(*shape, generator=gen).to(dev)
 
     if cfg.shift:
         s = cfg.shift
         padded = F.pad(x, (s, s, s, s), mode="replicate")
-        dx = torch.randint(0, 2 * s + 1, (b,), generator=gen)
-        dy = torch.randint(0, 2 * s + 1, (b,), generator=gen)
-        x = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+        dx = torch.randint(0, 2 * s + 1, (b,), generator=gen).to(dev)
+        dy = torch.randint(0, 2 * s + 1, (b,), generator=gen).to(dev)
+        rows = (dy[:, None] + torch.arange(h, device=dev))[:, :, None]  # [B, H, 1]
+        cols = (dx[:, None] + torch.arange(w, device=dev))[:, None, :]  # [B, 1, W]
+        x = padded.permute(0, 2, 3, 1)[torch.arange(b, device=dev)[:, None, None], rows, cols]  # [B, H, W, 3]
+        x = x.permute(0, 3, 1, 2)
     gain = 1 + cfg.gain * (2 * u(b, 3, 1, 1) - 1)
     x = x * gain + cfg.offset * (2 * u(b, 3, 1, 1) - 1)
     if cfg.blur > 0:
@@ -83,10 +91,13 @@ def degrade(images: torch.Tensor, gen: torch.Generator, cfg: DegradeConfig = Deg
     if down.any():
         small = F.avg_pool2d(x[down], 2)
         x[down] = F.interpolate(small, size=(h, w), mode="bilinear", align_corners=False)
-    x = x + cfg.noise * u(b, 1, 1, 1) * torch.randn(x.shape, generator=gen)
+    x = x + cfg.noise * u(b, 1, 1, 1) * torch.randn(x.shape, generator=gen).to(dev)
     out = x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).contiguous()
-    jpeg = u(b) < cfg.p_jpeg
+    jpeg = (u(b) < cfg.p_jpeg).cpu()
     quality = torch.randint(30, 91, (b,), generator=gen)
-    for i in torch.nonzero(jpeg).flatten().tolist():
-        out[i] = torch.from_numpy(_jpeg(out[i].numpy(), int(quality[i])))
+    idx = torch.nonzero(jpeg).flatten().tolist()
+    if idx:
+        cpu = out[idx].cpu().numpy()
+        done = np.stack([_jpeg(img, int(quality[i])) for img, i in zip(cpu, idx)])
+        out[idx] = torch.from_numpy(done).to(dev)
     return out

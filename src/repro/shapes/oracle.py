@@ -267,15 +267,18 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--eval", action="store_true", help="score the saved oracle on held-out renders")
     ap.add_argument("--steps", type=int, default=OracleTrainConfig.steps)
     ap.add_argument("--seed", type=int, default=OracleTrainConfig.seed)
+    ap.add_argument("--batch-size", type=int, default=OracleTrainConfig.batch_size)
+    ap.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
     ap.add_argument("--out", default=None, help="folder to write to / read from (default: models/oracle)")
     ap.add_argument("--n", type=int, default=2000, help="--eval: held-out scenes to score")
     args = ap.parse_args(argv)
     try:
         if args.train:
-            cfg = OracleTrainConfig(steps=args.steps, seed=args.seed, out_dir=args.out)
+            cfg = OracleTrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size,
+                                    device=args.device, out_dir=args.out)
             metrics = train_oracle(cfg)
         else:
-            metrics = evaluate_oracle(load_oracle(args.out), n=args.n)
+            metrics = evaluate_oracle(load_oracle(args.out, device=args.device), n=args.n)
     except ReproError as exc:
         print(f"error: {exc}")
         return 2

@@ -56,6 +56,10 @@ class OracleTrainConfig:
     """Seeds scenes, augmentations and initialisation."""
     threads: int = 2
     """torch CPU threads."""
+    device: str = "auto"
+    """Where to train: auto (CUDA if there is one), cpu, cuda, ... The saved weights are the same kind."""
+    render_workers: int | None = None
+    """Processes rendering training chunks (default: all cores for big chunks)."""
     eval_scenes: int = 2000
     """Held-out (test split) scenes scored after training."""
     out_dir: str | None = None
@@ -85,7 +89,7 @@ def _train_chunks(cfg: OracleTrainConfig, rng: np.random.Generator):
             s = sample_scene(rng)
             if split_of(s) == "train":
                 scenes.append(s)
-        yield torch.from_numpy(render_batch(scenes, workers=1, with_masks=False).images), scenes
+        yield torch.from_numpy(render_batch(scenes, workers=cfg.render_workers, with_masks=False).images), scenes
 
 
 def attribute_accuracy(readings: list[dict], scenes: list) -> dict[str, float]:
@@ -142,11 +146,14 @@ def train_oracle(cfg: OracleTrainConfig = OracleTrainConfig(), save: bool = True
     """Train an oracle with `cfg`, evaluate it on held-out renders, save it; returns the metrics."""
     from repro.io import provenance
 
+    from repro.devices import pick_device
+
     torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    net = OracleNet(cfg.width).to(memory_format=torch.channels_last)  # channels_last: ~4x faster convs on CPU
+    net = OracleNet(cfg.width).to(device, memory_format=torch.channels_last)  # channels_last: ~4x faster convs on CPU
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.steps, pct_start=0.15)
     chunks = _train_chunks(cfg, rng)
@@ -154,13 +161,14 @@ def train_oracle(cfg: OracleTrainConfig = OracleTrainConfig(), save: bool = True
     net.train()
     while step < cfg.steps:
         images, scenes = next(chunks)
-        targets = scene_targets(scenes)
+        images = images.to(device)
+        targets = {k: v.to(device) for k, v in scene_targets(scenes).items()}
         for _ in range(cfg.passes):
             perm = torch.randperm(len(scenes), generator=gen)
             for a in range(0, len(scenes) - cfg.batch_size + 1, cfg.batch_size):
                 if step >= cfg.steps:
                     break
-                idx = perm[a : a + cfg.batch_size]
+                idx = perm[a : a + cfg.batch_size].to(device)
                 x = images[idx]
                 n_clean = int(cfg.clean_fraction * len(idx))
                 x = torch.cat([x[:n_clean], degrade(x[n_clean:], gen, cfg.degrade)])
@@ -174,9 +182,10 @@ def train_oracle(cfg: OracleTrainConfig = OracleTrainConfig(), save: bool = True
                 if log_every and step % log_every == 0:
                     print(f"step {step}/{cfg.steps} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
     train_s = time.time() - t0
-    oracle = Oracle(net, {}, torch.device("cpu"))
+    oracle = Oracle(net, {}, device)
     metrics = evaluate_oracle(oracle, n=cfg.eval_scenes, degrade_cfg=cfg.degrade)
     metrics["train_seconds"] = round(train_s, 1)
+    metrics["train_device"] = str(device)
     config = {
         "arch": ARCH,
         "width": cfg.width,
@@ -185,5 +194,5 @@ def train_oracle(cfg: OracleTrainConfig = OracleTrainConfig(), save: bool = True
         "provenance": provenance(command="python -m repro.shapes.oracle --train"),
     }
     if save:
-        save_oracle(net, config, cfg.out_dir or default_oracle_dir())
+        save_oracle(net.cpu(), config, cfg.out_dir or default_oracle_dir())
     return metrics

@@ -19,7 +19,8 @@ that a resumed collection rebuilds exactly the same shards). Its tensors:
     seeds      [n] int64                   seed of each image (= seed + global index)
     images     [n, H, W, 3] uint8          only with `store_images` (small toy images)
 
-and safetensors metadata {"prompts": JSON list, "start", "stop"}. A token is one
+and safetensors metadata {"repro": JSON {"prompts": [...], "start", "stop"}} (one key, so
+that identical shards are identical bytes). A token is one
 (image, step, half, position) vector of C channels.
 
 manifest.json: `settings` (what an append must match: model, blocks, steps, guidance,

@@ -163,7 +163,7 @@ class ActivationStore:
                 continue
             self._check(record)
             with safe_open(self._path(record), "pt") as fh:
-                shard_prompts = json.loads(fh.metadata()["prompts"])
+                shard_prompts = json.loads(fh.metadata()["repro"])["prompts"]
             lo, hi = max(start, record["start"]), min(stop, record["stop"])
             out += shard_prompts[lo - record["start"] : hi - record["start"]]
         return out

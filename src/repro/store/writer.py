@@ -36,6 +36,12 @@ def _write_file(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 class StoreWriter:
     """Append shards to the store at `folder` created (or to be created) with `settings`.
 
@@ -141,12 +147,15 @@ class StoreWriter:
             if t.shape[0] != n:
                 raise ValueError(f"shard {index}: {name} has {t.shape[0]} rows for {n} prompts")
         nonfinite = {b: int((~torch.isfinite(t)).sum()) for b, t in blocks.items()}
-        meta = {"prompts": json.dumps(prompts, ensure_ascii=False), "start": str(start), "stop": str(stop)}
+        # One metadata key only: safetensors writes several in hash order, which would make
+        # the bytes (and the checksum) of identical shards differ between runs.
+        meta = {"repro": json.dumps({"prompts": prompts, "start": start, "stop": stop}, ensure_ascii=False, sort_keys=True)}
         data = st_save(tensors, metadata=meta)
         rel = shard_file(index)
         try:
             with atomic_path(self.folder / rel) as tmp:
                 _write_file(tmp, data)
+                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; shards are for every reader
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ReproError(

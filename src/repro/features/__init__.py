@@ -1,0 +1,1 @@
+"""Feature analysis: SAE-feature interventions, statistics, visualisation, interpretability."""

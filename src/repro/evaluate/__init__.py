@@ -1,0 +1,1 @@
+"""Evaluating SAEs: reconstruction, reconstruction in the loop, transfer across steps and models."""

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import torch
+
+from repro.errors import ReproError
+from repro.evaluate.capture import capture_eval_updates
+from repro.evaluate.in_loop import in_loop_comparison, intervention_timing, manhattan, standard_variants
+from repro.evaluate.reconstruction import code_overlap, evaluate_reconstruction
+from repro.generate import Sampling
+from repro.hooks import Scale
+from repro.sae.config import SAEConfig
+from repro.sae.model import TopKSAE
+
+PROMPTS = ["a red circle", "a cat", "a blue square", "a green tree"]
+SEEDS = [0, 1, 2, 3]
+
+
+def _reference_ev(sae, x):
+    flat = x.reshape(-1, x.shape[-1])
+    x_hat = sae(flat)
+    x_hat = x_hat.detach()
+    return 1 - ((flat - x_hat) ** 2).sum() / ((flat - flat.mean(0)) ** 2).sum()
+
+
+def test_ev_equals_reference_and_identity_sae_is_perfect():
+    torch.manual_seed(0)
+    x = torch.randn(10, 4, 4, 16)
+    sae = TopKSAE(SAEConfig(d_model=16, n_features=64, k=4, k_aux=8), seed=1)
+    rec = evaluate_reconstruction(sae, x, batch_size=32)
+    assert rec.ev == pytest.approx(float(_reference_ev(sae, x)), abs=1e-5)
+    assert rec.fvu == pytest.approx(1 - rec.ev)
+    assert rec.l0 <= 4 and rec.n_tokens == 160 and np.array(rec.position_ev).shape == (4, 4)
+    # an SAE whose decoder can copy any 16-dim vector with k = 16 reconstructs exactly
+    eye = TopKSAE(SAEConfig(d_model=16, n_features=32, k=16, k_aux=0), seed=0)
+    with torch.no_grad():
+        eye.W_enc.zero_(); eye.W_dec.zero_()
+        eye.W_enc[:16] = torch.eye(16); eye.W_enc[16:] = -torch.eye(16)
+        eye.W_dec[:, :16] = torch.eye(16); eye.W_dec[:, 16:] = -torch.eye(16)
+    assert evaluate_reconstruction(eye, x).ev == pytest.approx(1.0, abs=1e-6)
+
+
+def test_width_mismatch_is_a_clear_error():
+    sae = TopKSAE(SAEConfig(d_model=16, n_features=64, k=4, k_aux=8))
+    with pytest.raises(ReproError, match="width 16"):
+        evaluate_reconstruction(sae, torch.randn(2, 4, 4, 32))
+
+
+def test_code_overlap_bounds():
+    sae = TopKSAE(SAEConfig(d_model=16, n_features=64, k=4, k_aux=8), seed=0)
+    x = torch.randn(50, 16)
+    assert code_overlap(sae, x, x) == pytest.approx(1.0, abs=1e-6)
+    assert code_overlap(sae, x, torch.randn(50, 16)) < 0.5
+
+
+def test_capture_and_in_loop_on_tiny_pipe(tiny_pipe):
+    sampling = Sampling(steps=2, guidance=3.0)
+    ups = capture_eval_updates(tiny_pipe, PROMPTS, SEEDS, sampling, ["mid.0"], batch_size=3)
+    assert set(ups["mid.0"]) == {"cond", "uncond"}
+    assert ups["mid.0"]["cond"].shape == (2, 4, 4, 4, 64)
+    sae = TopKSAE(SAEConfig(d_model=64, n_features=128, k=8, k_aux=8), seed=0)
+    mean = ups["mid.0"]["cond"].mean(1).permute(0, 3, 1, 2)  # [steps, C, H, W]
+    images, table = in_loop_comparison(tiny_pipe, PROMPTS, SEEDS, Sampling(steps=1),
+                                       standard_variants({"mid.0": sae}, {"mid.0": mean}), batch_size=2)
+    assert set(table) == {"mid.0: SAE", "mid.0: ablated", "mid.0: mean"}
+    assert images["original"].shape == (4, 64, 64, 3)
+    assert all(v["manhattan"] > 0 for v in table.values())
+    assert manhattan(images["original"], images["original"]).max() == 0
+
+
+def test_intervention_timing_windows(tiny_pipe):
+    timing = intervention_timing(tiny_pipe, PROMPTS[:2], SEEDS[:2], Sampling(steps=4), "up.0.1",
+                                 lambda steps: Scale(factor=3.0, steps=steps), [[0, 1], [2, 3]])
+    assert set(timing) == {"0-1", "2-3"} and all(v > 0 for v in timing.values())

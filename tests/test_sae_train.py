@@ -1,0 +1,218 @@
+"""SAE trainer: learning, AuxK, NaN handling, input checks, logs, checkpoints and bitwise resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from repro.errors import ReproError
+from repro.sae import SAEConfig, TensorSource, TopKSAE, TrainConfig, feature_stats, load_sae, train_saes
+from repro.sae.synthetic import sparse_dictionary_data
+
+PARAMS = ("W_enc", "b_lat", "W_dec", "b_pre")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _cfg(**kw):
+    base = dict(steps=40, lr=3e-3, log_every=5, checkpoint_every=0, progress=False, device="cpu")
+    base["geometric_median_samples"] = 1024  # 4 batches of 256
+    return TrainConfig(**{**base, **kw})
+
+
+def _saes(n=64, k=4, seed=0, **kw):
+    return {
+        "a": TopKSAE(SAEConfig(d_model=16, n_features=n, k=k, k_aux=16, dead_tokens_threshold=640, **kw), seed=seed),
+        "b": TopKSAE(SAEConfig(d_model=16, n_features=n, k=k, k_aux=16, dead_tokens_threshold=640, **kw), seed=seed + 1),
+    }
+
+
+def _data(rows=4096):
+    x, _ = sparse_dictionary_data(rows, 16, n_atoms=32, k_active=3, seed=0)
+    return {"a": x, "b": x.flip(1) * 0.5}
+
+
+class FailingSource(TensorSource):
+    """A TensorSource that raises once its `fail_at`-th batch is asked for (a simulated crash)."""
+
+    def __init__(self, *args, fail_at, **kw):
+        super().__init__(*args, **kw)
+        self.fail_at, self.served = fail_at, 0
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            self.served += 1
+            if self.served == self.fail_at:
+                raise RuntimeError("simulated crash")
+            yield batch
+
+
+def test_learns_sparse_structure_to_high_ev(tmp_path):
+    x, _ = sparse_dictionary_data(8192, 16, n_atoms=32, k_active=3, seed=0)
+    sae = TopKSAE(SAEConfig(d_model=16, n_features=64, k=4, k_aux=16, dead_tokens_threshold=256 * 20))
+    res = train_saes({"blk": sae}, TensorSource({"blk": x}, 256), _cfg(steps=1000, log_every=100), out_dir=tmp_path)
+    assert res.last_metrics["blk"]["ev"] > 0.9
+    assert res.last_metrics["blk"]["l0"] <= 4
+    torch.testing.assert_close(sae.W_dec.norm(dim=0), torch.ones(64))
+    # b_pre started at the geometric median of the data, so it is near the data's centre.
+    assert (sae.b_pre - x.median(0).values).norm() < x.std(0).norm()
+
+
+def test_auxk_revives_dead_latents():
+    # Uncentred data in a narrow cone: many latents start dead; AuxK brings them back.
+    gen = torch.Generator().manual_seed(0)
+    mu = torch.randn(32, generator=gen)
+    atoms = mu / mu.norm() + 0.5 * torch.randn(64, 32, generator=gen) / 32**0.5
+    atoms /= atoms.norm(dim=1, keepdim=True)
+    active = torch.rand(8192, 64, generator=gen).argsort(1)[:, :2]
+    x = ((0.5 + 1.5 * torch.rand(8192, 2, 1, generator=gen)) * atoms[active]).sum(1)
+    dead = {}
+    for coef in (0.0, 1 / 32):
+        sae = TopKSAE(SAEConfig(d_model=32, n_features=64, k=2, k_aux=16, auxk_coef=coef, dead_tokens_threshold=256 * 5))
+        res = train_saes({"x": sae}, TensorSource({"x": x}, 256), _cfg(steps=500, log_every=500, init_b_pre=False))
+        dead[coef] = res.last_metrics["x"]["dead_frac"]
+    assert dead[0.0] > 0.3
+    assert dead[1 / 32] < dead[0.0] - 0.15
+
+
+def _with_nan(data, row=300):
+    data = {k: v.clone() for k, v in data.items()}
+    data["b"][row, 3] = float("nan")
+    return data
+
+
+def test_nonfinite_batch_stop_is_a_clear_error():
+    src = TensorSource(_with_nan(_data()), 256, shuffle=False)
+    with pytest.raises(ReproError, match="block 'b' holds NaN"):
+        train_saes(_saes(), src, _cfg(init_b_pre=False))
+
+
+def test_nonfinite_batch_skip_counts_and_logs(tmp_path):
+    src = TensorSource(_with_nan(_data()), 256, shuffle=False, epochs=1)  # the NaN is in batch 1 only
+    saes = _saes()
+    res = train_saes(saes, src, _cfg(on_nonfinite="skip"), out_dir=tmp_path)
+    assert res.skipped_nonfinite == {"a": 0, "b": 1}
+    assert res.steps == 16  # the source ran out (1 epoch of 16 batches)
+    assert all(torch.isfinite(p).all() for sae in saes.values() for p in sae.parameters())
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {r["block"] for r in rows} == {"a", "b"}
+    assert rows[-1]["skipped_nonfinite"] == 1 and rows[-1]["block"] == "b"
+    want = {"step", "tokens", "loss", "nmse", "auxk", "ev", "l0", "dead_frac", "lr", "skipped_nonfinite"}
+    assert want <= set(rows[0])
+    assert json.loads((tmp_path / "b" / "cfg.json").read_text())["training"]["skipped_nonfinite"] == 1
+
+
+def test_input_checks():
+    with pytest.raises(ReproError, match="d_model=16.*shape \\(256, 12\\)"):
+        train_saes({"a": _saes()["a"]}, TensorSource({"a": torch.randn(1024, 12)}, 256), _cfg())
+    with pytest.raises(ReproError, match="no block 'b'.*one of: a"):
+        train_saes(_saes(), TensorSource({"a": torch.randn(1024, 16)}, 256), _cfg())
+
+
+def test_final_folders_and_feature_stats(tmp_path):
+    saes = _saes()
+    src = TensorSource(_data(), 256)
+    train_saes(saes, src, _cfg(stats_batches=4), out_dir=tmp_path, metadata={"model": "toy"})
+    back = load_sae(tmp_path / "a")
+    assert back.metadata["block"] == "a" and back.metadata["model"] == "toy"
+    assert back.metadata["training"]["steps"] == 40 and back.metadata["data"]["source"] == "TensorSource"
+    assert back.feature_stats.n_tokens == 4 * 256
+    # feature_stats against a brute-force pass over the same batches.
+    state = src.state_dict()
+    st = feature_stats(saes["a"], src, 3, block="a")
+    src.load_state_dict(state)
+    z = torch.cat([saes["a"].encode(next(iter(src))["a"]).detach() for _ in range(3)])
+    on = z > 0
+    torch.testing.assert_close(st.count, on.sum(0))
+    torch.testing.assert_close(st.frequency, on.float().mean(0))
+    for f in torch.nonzero(on.sum(0) > 1).flatten()[:10]:
+        vals = z[on[:, f], f]
+        torch.testing.assert_close(st.mean[f], vals.mean(), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(st.std[f], vals.std(unbiased=False), rtol=1e-3, atol=1e-5)
+
+
+def _weights(saes):
+    return {b: {n: getattr(s, n).detach().clone() for n in PARAMS} | {"since": s.tokens_since_fired.clone()} for b, s in saes.items()}
+
+
+def _assert_bitwise(w1, w2):
+    for block in w1:
+        for name in w1[block]:
+            assert torch.equal(w1[block][name], w2[block][name]), (block, name)
+
+
+def test_crash_and_resume_is_bitwise_identical(tmp_path):
+    cfg = _cfg(steps=30, checkpoint_every=4, keep_checkpoints=2)
+    full = _saes()
+    train_saes(full, TensorSource(_data(), 256, seed=3), cfg, out_dir=tmp_path / "full")
+
+    crashed = _saes()
+    # 4 batches feed the b_pre median, then training crashes when asking for its 19th batch.
+    src = FailingSource(_data(), 256, seed=3, fail_at=4 + 19)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_saes(crashed, src, cfg, out_dir=tmp_path / "run")
+    ckpts = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert ckpts == ["step_000000012", "step_000000016"]  # only complete ones, the 2 newest
+    resumed = _saes(seed=100)  # fresh objects: everything must come from the checkpoint
+    res = train_saes(resumed, TensorSource(_data(), 256, seed=3), cfg, out_dir=tmp_path / "run", resume=True)
+    assert res.steps == 30
+    _assert_bitwise(_weights(full), _weights(resumed))
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps) and len(steps) == 2 * 6  # no duplicated lines after the resume
+
+
+KILL_SCRIPT = textwrap.dedent(
+    """
+    import sys, time, torch
+    torch.set_num_threads(1)
+    sys.path.insert(0, {tests!r})
+    from test_sae_train import SlowSource, _data, _saes, _cfg
+    from repro.sae import train_saes
+    train_saes(_saes(), SlowSource(_data(), 256, seed=3), _cfg(steps=400, checkpoint_every=5), out_dir={out!r})
+    """
+)
+
+
+class SlowSource(TensorSource):
+    """A TensorSource that sleeps before each batch, so that a SIGKILL lands mid-run."""
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            time.sleep(0.01)
+            yield batch
+
+
+def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
+    out = tmp_path / "run"
+    script = KILL_SCRIPT.format(tests=str(Path(__file__).parent), out=str(out))
+    proc = subprocess.Popen([sys.executable, "-c", script], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (out / "checkpoints" / "step_000000010").exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    from repro.sae.checkpoint import latest_checkpoint
+
+    assert 10 <= int(latest_checkpoint(out / "checkpoints").name.split("_")[1]) < 60
+    cfg = _cfg(steps=60, checkpoint_every=5)
+    resumed = _saes(seed=7)
+    train_saes(resumed, TensorSource(_data(), 256, seed=3), cfg, out_dir=out, resume=True)
+    full = _saes()
+    train_saes(full, TensorSource(_data(), 256, seed=3), cfg, out_dir=tmp_path / "full")
+    _assert_bitwise(_weights(full), _weights(resumed))

@@ -126,6 +126,18 @@ def test_site_is_self_contained(built_book):
 
 
 @pytest.mark.slow
+def test_no_repo_paths_in_site(built_book):
+    """The folder can be published anywhere: no text in it names this checkout."""
+    leaks = {}
+    for path in built_book.rglob("*"):
+        if path.is_file() and path.suffix in {".html", ".js", ".ipynb", ".json", ".txt", ".md"}:
+            found = re.findall(re.escape(str(ROOT)) + r"[^\s\"'<>]*", path.read_text(errors="replace"))
+            if found:
+                leaks[str(path.relative_to(built_book))] = sorted(set(found))
+    assert not leaks, f"absolute paths of the checkout in the site: {leaks}"
+
+
+@pytest.mark.slow
 def test_pages_render_offline_and_carousel_turns(browser, built_book):
     from playwright.sync_api import expect
 

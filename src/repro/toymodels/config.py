@@ -157,6 +157,8 @@ class ToyTrainConfig:
     """Turbo stage settings."""
     out: str | None = None
     """Folder receiving shapes-base/ and shapes-turbo/ (None: the project's models/ folder)."""
+    work: str | None = None
+    """Folder for the VAE between runs of single stages (None: <cache>/toymodels)."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N."""
     seed: int = 0

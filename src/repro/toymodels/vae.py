@@ -1,0 +1,71 @@
+"""Stage 1: train the 4x AutoencoderKL on renders as a plain autoencoder with a small KL term.
+
+Loss per image: MSE + `l1_weight` * L1 on pixels in [-1, 1], plus `kl_weight` times the
+posterior's KL per latent element. Afterwards `latent_scale` measures the latents' standard
+deviation and the VAE's `scaling_factor` is set to its inverse, so diffusion sees unit-scale
+latents (SDXL's VAE carries 0.13025 for the same reason).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from repro.toymodels.config import VaeStage
+from repro.toymodels.data import ToyData, to_model_images
+from repro.toymodels.loop import MetricLog, autocast, make_optimizer, run_steps
+
+
+def train_vae(vae, data: ToyData, cfg: VaeStage, gen: torch.Generator, log: MetricLog,
+              use_autocast: bool = True, log_every: int = 50, progress: bool = True) -> dict:
+    """Train `vae` (in place, on `data.device`); returns the stage summary."""
+    device = data.device
+    vae.train().requires_grad_(True)
+    params = [p for p in vae.parameters()]
+    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device, weight_decay=0.0)
+
+    def step(_: int) -> torch.Tensor:
+        idx, _ids = data.sample(gen, cfg.batch_size)
+        x = to_model_images(data.images[idx])  # [B, 3, H, W]
+        with autocast(device, use_autocast):
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen, device=device)
+            rec = vae.decode(z).sample.float()
+        kl = posterior.kl().float().sum() / posterior.mean.numel()
+        return F.mse_loss(rec, x) + cfg.l1_weight * F.l1_loss(rec, x) + cfg.kl_weight * kl
+
+    summary = run_steps("vae", cfg.steps, step, opt, sched, params, log, log_every, progress=progress)
+    vae.eval().requires_grad_(False)
+    return summary
+
+
+@torch.no_grad()
+def encode_images(vae, images: torch.Tensor, batch_size: int = 512, use_autocast: bool = True) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float32 posterior means [N, 4, H/4, W/4], times the VAE's scaling_factor."""
+    out = []
+    scale = float(vae.config.scaling_factor)
+    for a in range(0, images.shape[0], batch_size):
+        with autocast(images.device, use_autocast):
+            z = vae.encode(to_model_images(images[a : a + batch_size])).latent_dist.mean
+        out.append(z.float() * scale)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def latent_scale(vae, images: torch.Tensor, use_autocast: bool = True) -> float:
+    """1 / std of the unscaled posterior means of `images`: the `scaling_factor` to store."""
+    vae.register_to_config(scaling_factor=1.0)
+    z = encode_images(vae, images, use_autocast=use_autocast)
+    return float(1.0 / z.std().clamp_min(1e-6))
+
+
+@torch.no_grad()
+def decode_latents(vae, latents: torch.Tensor, batch_size: int = 512, use_autocast: bool = True) -> torch.Tensor:
+    """Scaled latents [N, 4, h, w] -> uint8 images [N, H, W, 3] (as the pipeline decodes)."""
+    out = []
+    scale = float(vae.config.scaling_factor)
+    for a in range(0, latents.shape[0], batch_size):
+        with autocast(latents.device, use_autocast):
+            x = vae.decode(latents[a : a + batch_size] / scale).sample.float()
+        out.append(((x / 2 + 0.5).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1))
+    return torch.cat(out)

@@ -34,3 +34,9 @@ def results_dir() -> Path:
 def cache_dir() -> Path:
     """Scratch space for built or collected data: `REPRO_CACHE_DIR` or `<root>/.cache`."""
     return Path(os.environ.get("REPRO_CACHE_DIR", project_root() / ".cache"))
+
+
+def artifacts_dir(profile: str = "toy") -> Path:
+    """What the chapters hand on to each other (activation stores, SAEs, feature data):
+    `REPRO_ARTIFACTS_DIR` or `<root>/artifacts`, one folder per profile."""
+    return Path(os.environ.get("REPRO_ARTIFACTS_DIR", project_root() / "artifacts")) / profile

@@ -178,6 +178,8 @@ class ToyTrainConfig:
             raise ReproError(f"unknown stage(s) {bad or '(none)'}: use {choices_hint(STAGES + ('all',))}")
         if list(self.stages) != sorted(self.stages, key=STAGES.index):
             raise ReproError(f"stages must run in the order {', '.join(STAGES)}, got {', '.join(self.stages)}")
+        if "vae" in self.stages and "turbo" in self.stages and "base" not in self.stages:
+            raise ReproError("a new VAE needs a new base model before turbo: run --stage all, or vae,base,turbo")
         if not 0 <= self.turbo.one_step_fraction <= 1:
             raise ReproError("turbo.one_step_fraction must lie in [0, 1]")
 

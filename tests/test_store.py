@@ -23,7 +23,12 @@ BLOCKS = ("down.2.1", "mid.0", "up.0.0", "up.0.1")
 
 @pytest.fixture(scope="module")
 def pipe():
-    return load_pipeline("tiny-random", device="cpu")
+    # One thread: the tiny model gains nothing from more, and on a busy 2-core machine
+    # oversubscribed threads make it ~100x slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield load_pipeline("tiny-random", device="cpu")
+    torch.set_num_threads(threads)
 
 
 def _collect(pipe, out, **kw):

@@ -23,7 +23,7 @@ from repro.shapes.splits import split_scenes
 ATTRIBUTES = ("layout", "shape", "pose", "colour", "texture", "size", "background", "style", "all")
 
 
-def test_prompts(n: int = 500, seed: int = 0) -> tuple[list, list[str]]:
+def heldout_prompts(n: int = 500, seed: int = 0) -> tuple[list, list[str]]:
     """n distinct test-split scenes and one caption of each (deterministic in n, seed)."""
     scenes = split_scenes("test", n, seed=seed)
     rng = np.random.default_rng([seed, 2])
@@ -44,7 +44,7 @@ def prompt_following(pipe, oracle, n: int = 500, steps: int = 1, guidance: float
     """Generate for n held-out captions and score with the oracle: {attribute: share right, ...}."""
     from repro.generate import Sampling, generate
 
-    scenes, captions = test_prompts(n, seed)
+    scenes, captions = heldout_prompts(n, seed)
     sampling = Sampling(steps=steps, guidance=guidance)
     t0 = time.time()
     images = np.concatenate([
@@ -62,7 +62,7 @@ def vae_ceiling(vae, oracle, n: int = 500, seed: int = 0) -> dict:
     """Oracle scores of the renders of the test scenes and of their VAE reconstructions."""
     from repro.toymodels.vae import decode_latents, encode_images
 
-    scenes, _ = test_prompts(n, seed)
+    scenes, _ = heldout_prompts(n, seed)
     renders = render_batch(scenes, with_masks=False).images
     device = next(vae.parameters()).device
     x = torch.from_numpy(renders).to(device)

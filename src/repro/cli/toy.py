@@ -1,0 +1,94 @@
+"""`repro toy train` and `repro toy eval`: train and score the embedded ShapesWorld models."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from repro.errors import ReproError
+
+
+def register(sub) -> None:
+    toy = sub.add_parser("toy", help="train or evaluate the ShapesWorld models (shapes-base, shapes-turbo)")
+    toy_sub = toy.add_subparsers(dest="toy_command", metavar="ACTION", required=True)
+
+    p = toy_sub.add_parser("train", help="render the data, train VAE -> base -> turbo, save both pipelines")
+    p.add_argument("--stage", default="all", help="vae, base, turbo, a comma list of them, or all (default)")
+    p.add_argument("--steps", default=None,
+                   help="steps of every selected stage (N), or per stage: vae=2000,base=6000,turbo=3000")
+    p.add_argument("--scenes", type=int, default=None, help="train-split scenes to render (default 100000)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    p.add_argument("--out", default=None, help="folder for shapes-base/ and shapes-turbo/ (default: models/)")
+    p.add_argument("--work", default=None, help="folder for the VAE between single-stage runs (default: .cache/toymodels)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (long GPU runs)")
+    p.add_argument("--tiny", action="store_true", help="tiny networks, few steps, CPU: a smoke test in seconds")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run_train)
+
+    p = toy_sub.add_parser("eval", help="prompt following of a model on held-out captions, read by the oracle")
+    p.add_argument("--model", default="shapes-turbo", help="shapes-turbo (default), shapes-base or a pipeline folder")
+    p.add_argument("--steps", type=int, default=1, help="denoising steps (default 1)")
+    p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance scale (default 0)")
+    p.add_argument("--n", type=int, default=500, help="held-out test-split captions (default 500)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--oracle", default=None, help="oracle folder (default: models/oracle)")
+    p.set_defaults(run=run_eval)
+
+
+def parse_steps(text: str | None, stages: tuple[str, ...]) -> dict[str, int]:
+    """"500" -> that many steps for each stage in `stages`; "vae=10,base=20" -> per stage."""
+    if not text:
+        return {}
+    try:
+        if "=" not in text:
+            return {s: int(text) for s in stages}
+        pairs = dict(part.split("=", 1) for part in text.split(","))
+        steps = {k.strip(): int(v) for k, v in pairs.items()}
+    except ValueError as exc:
+        raise ReproError(f"cannot read --steps {text!r}: give N or stage=N pairs, e.g. vae=2000,base=6000") from exc
+    bad = sorted(set(steps) - {"vae", "base", "turbo"})
+    if bad:
+        raise ReproError(f"--steps names unknown stage {bad[0]!r}: use vae, base, turbo")
+    return steps
+
+
+def build_config(args: argparse.Namespace):
+    from repro.toymodels.config import ToyTrainConfig, parse_stages
+
+    stages = parse_stages(args.stage)
+    cfg = ToyTrainConfig.tiny() if args.tiny else ToyTrainConfig(device=args.device)
+    changes: dict = {"stages": stages, "seed": args.seed, "compile": args.compile}
+    if args.out:
+        changes["out"] = args.out
+    if args.work:
+        changes["work"] = args.work
+    if args.scenes:
+        changes["data"] = dataclasses.replace(cfg.data, scenes=args.scenes)
+    for stage, n in parse_steps(args.steps, stages).items():
+        if n < 1:
+            raise ReproError(f"--steps for {stage} must be at least 1, got {n}")
+        changes[stage] = dataclasses.replace(getattr(cfg, stage), steps=n)
+    return cfg.replace(**changes)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from repro.toymodels.train import train_toy_models
+
+    result = train_toy_models(build_config(args), progress=not args.no_progress)
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from repro.models.loading import load_pipeline
+    from repro.shapes.oracle import load_oracle
+    from repro.toymodels.evaluate import prompt_following
+
+    pipe = load_pipeline(args.model, device=args.device)
+    oracle = load_oracle(args.oracle, device=pipe.device)
+    result = prompt_following(pipe, oracle, n=args.n, steps=args.steps, guidance=args.guidance)
+    result["model"] = args.model
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0

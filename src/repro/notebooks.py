@@ -171,6 +171,10 @@ def _stamp(path: Path, params: dict[str, Any], seconds: float) -> None:
     from repro.io import git_commit
 
     nb = nbformat.read(path, as_version=4)
+    # papermill records the temporary absolute input/output paths: the site must not leak them.
+    papermill_meta = nb.metadata.get("papermill", {})
+    for key in ("input_path", "output_path"):
+        papermill_meta.pop(key, None)
     nb.metadata["repro"] = {
         "parameters": params,
         "seconds": round(seconds, 1),

@@ -1,8 +1,10 @@
 """Load any SDXL-format diffusers pipeline: hub id, local folder, or one of our names.
 
 Names we know: `shapes-turbo` / `shapes-base` (the embedded ShapesWorld models under
-`models/`), `tiny-random` (built in code, random weights), and the aliases `sdxl-turbo`
-/ `sdxl-base` for the hub ids. Anything else is a local folder or a hub id.
+`models/`), `tiny-random` (built in code, random weights), `standin-sdxl-turbo` /
+`standin-sdxl-base` (SDXL's exact architecture with random weights, built in memory on
+the target device: see `repro.models.standin`), and the aliases `sdxl-turbo` / `sdxl-base`
+for the hub ids. Anything else is a local folder or a hub id.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ HUB_ALIASES = {
     "sdxl-base": "stabilityai/stable-diffusion-xl-base-1.0",
 }
 EMBEDDED = ("shapes-turbo", "shapes-base")
-BUILT = ("tiny-random", "tiny-random-base")
+BUILT = ("tiny-random", "tiny-random-base", "standin-sdxl-turbo", "standin-sdxl-base")
 
 # The files every SDXL pipeline folder holds (weights are checked per component below).
 REQUIRED_FILES = (
@@ -104,7 +106,11 @@ def load_pipeline(
     dtype = pick_dtype(dtype, device)
     quiet_libraries()
     resolved = resolve_source(source)
-    if isinstance(resolved, str) and resolved in BUILT:
+    if isinstance(resolved, str) and resolved.startswith("standin-"):
+        from repro.models.standin import build_standin
+
+        pipe = build_standin(resolved.removeprefix("standin-"), device=device, dtype=dtype)
+    elif isinstance(resolved, str) and resolved in BUILT:
         from repro.models.build import build_pipeline
 
         pipe = build_pipeline(kind="base" if resolved.endswith("base") else "turbo")

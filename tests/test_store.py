@@ -143,6 +143,8 @@ def test_extending_a_store_redoes_only_its_short_last_shard(pipe, tmp_path):
     store = _collect(pipe, tmp_path / "a", n_prompts=7)
     ref = _collect(pipe, tmp_path / "b", n_prompts=7)
     assert store.shards[0] == first
+    with pytest.raises(ReproError, match="already holds 7 prompts"):
+        _collect(pipe, tmp_path / "a", n_prompts=6)
     assert [r["sha256"] for r in store.shards] == [r["sha256"] for r in ref.shards]
 
 
@@ -265,3 +267,15 @@ def test_cli_collect_info_verify(tmp_path, capsys):
     assert "holds no prompts" in capsys.readouterr().err
     assert cli_main(["collect", "--n-prompts", "2", "--blocks", "down.9.9", "--out", str(tmp_path / "b")]) == 2
     assert "no block 'down.9.9'" in capsys.readouterr().err
+
+
+def test_one_writer_at_a_time(pipe, tmp_path):
+    store = _collect(pipe, tmp_path / "s", n_prompts=2)
+    from repro.store import StoreWriter
+
+    settings, info = store.settings, store.info
+    with StoreWriter(tmp_path / "s", settings, info, 2):
+        with pytest.raises(ReproError, match="another collection is writing"):
+            StoreWriter(tmp_path / "s", settings, info, 2)
+    with StoreWriter(tmp_path / "s", settings, info, 2) as w:  # released
+        assert w.has_shard(0, 0, 2, store.shards[0]["prompts_sha256"])

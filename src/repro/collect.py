@@ -21,7 +21,7 @@ step (cond and uncond halves kept apart under guidance) and arrange it as
 from __future__ import annotations
 
 import dataclasses
-import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Sequence
@@ -30,7 +30,7 @@ import torch
 
 from repro.blocks import resolve_blocks
 from repro.errors import ReproError
-from repro.generate import Sampling, decode_latents, generate, to_uint8
+from repro.generate import Sampling, decode_latents, generate
 from repro.hooks import capture_updates
 from repro.prompts import PromptSource, open_prompts, prompts_digest, seeds_for
 from repro.store.chunks import ChunkedSource
@@ -163,18 +163,22 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
     n_shards = -(-cfg.n_prompts // cfg.shard_size)
     device = str(pipe.device)
     with StoreWriter(cfg.out, settings, info, cfg.n_prompts) as writer:
-        todo = []
-        for index in range(n_shards):
-            start, stop = shard_range(index, cfg.shard_size, cfg.n_prompts)
-            prompts = source.get(start, stop)
-            digest = prompts_digest(prompts)
-            if not writer.has_shard(index, start, stop, digest):
-                todo.append((index, start, stop, prompts, digest))
-        done = cfg.n_prompts - sum(t[2] - t[1] for t in todo)
+        ranges = [shard_range(i, cfg.shard_size, cfg.n_prompts) for i in range(n_shards)]
+        done = sum(stop - start for i, (start, stop) in enumerate(ranges)
+                   if (r := writer.records.get(i)) and (r["start"], r["stop"]) == (start, stop))
         bar = tqdm(total=cfg.n_prompts, initial=done, unit="img", desc=f"collect {cfg.out.name}",
                    disable=not progress, dynamic_ncols=True)
+        # Shards are written by one background thread (serialise, hash, fsync, rename,
+        # manifest) while the next shard generates; at most one write is in flight and its
+        # error surfaces before the next shard is handed over. Order and bytes are unchanged.
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
+        pending: Future | None = None
         try:
-            for index, start, stop, prompts, digest in todo:
+            for index, (start, stop) in enumerate(ranges):
+                prompts = source.get(start, stop)  # per shard: generated prompts are made lazily
+                digest = prompts_digest(prompts)
+                if writer.has_shard(index, start, stop, digest):
+                    continue
                 parts: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
                 lat, imgs = [], []
                 for lo in range(start, stop, cfg.batch_size):  # batches fixed by global index
@@ -191,11 +195,16 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
                 tensors = {b: torch.cat(p) for b, p in parts.items()}
                 if "block_shapes" not in writer.manifest["info"]:
                     writer.manifest["info"].update(_shape_info(pipe, tensors, torch.cat(lat), sampling))
-                writer.write_shard(
-                    index, start, stop, prompts, seeds_for(start, stop, cfg.seed), tensors, torch.cat(lat),
-                    torch.cat(imgs) if imgs else None, prompts_sha=digest, extra={"device": device},
+                if pending is not None:
+                    pending.result()
+                pending = pool.submit(
+                    writer.write_shard, index, start, stop, prompts, seeds_for(start, stop, cfg.seed), tensors,
+                    torch.cat(lat), torch.cat(imgs) if imgs else None, prompts_sha=digest, extra={"device": device},
                 )
+            if pending is not None:
+                pending.result()
         finally:
+            pool.shutdown(wait=True)  # a shard being written when generation fails is still finished
             bar.close()
         writer.finish(n_shards)
     return ActivationStore(cfg.out)

@@ -9,7 +9,8 @@ never on the batch or the run that produced it. Sources, picked by `open_prompts
   (another column by `column=`);
 * `hf:NAME[:SPLIT]`: a Hugging Face dataset (needs the `datasets` package, and the
   network or its local cache);
-* a registered generator (`shapes`: ShapesWorld captions), endless, prompt `i` a pure
+* a registered generator (`shapes`: captions of ShapesWorld training scenes; `shapes-test`:
+  of held-out test scenes), endless, prompt `i` a pure
   function of (`i`, generator seed). `register_generator(name, fn)` adds or replaces one.
 
 Anything missing, empty or unreadable raises one `ReproError` that says what to do.
@@ -40,19 +41,28 @@ def generator_names() -> list[str]:
     return sorted(_GENERATORS)
 
 
-def _shapes_prompt(index: int, seed: int) -> str:
-    # ShapesWorld captions: a random scene and one random caption of it, both drawn from
-    # an RNG keyed by (seed, index) so that prompt i never depends on the range asked for.
-    import numpy as np
+def _shapes_generator(split: str) -> PromptFn:
+    def prompt(index: int, seed: int) -> str:
+        # ShapesWorld captions of scenes of one split (train for SAE data, test for held-out
+        # evaluation): a random scene and one random caption of it, both drawn from an RNG
+        # keyed by (seed, index) so that prompt i never depends on the range asked for.
+        import numpy as np
 
-    from repro.shapes.captions import caption
-    from repro.shapes.world import sample_scene
+        from repro.shapes.captions import caption
+        from repro.shapes.splits import split_of
+        from repro.shapes.world import sample_scene
 
-    rng = np.random.default_rng([int(seed), int(index)])
-    return caption(sample_scene(rng), rng)
+        rng = np.random.default_rng([int(seed), int(index)])
+        scene = sample_scene(rng)
+        while split_of(scene) != split:
+            scene = sample_scene(rng)
+        return caption(scene, rng)
+
+    return prompt
 
 
-register_generator("shapes", _shapes_prompt)
+register_generator("shapes", _shapes_generator("train"))
+register_generator("shapes-test", _shapes_generator("test"))
 
 
 def seeds_for(start: int, stop: int, base_seed: int = 0) -> list[int]:

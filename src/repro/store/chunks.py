@@ -28,20 +28,17 @@ def chunk_seed(*parts: int) -> int:
 
 
 class ChunkedSource:
-    """Base class: subclasses give `_first_cursor`, `_next_cursor(c)` (None at the end) and
-    `_load_chunk(c) -> Batch`; they may extend `state_dict`/`load_state_dict`."""
+    """Base class: subclasses set `self.cursor` to their first chunk (a tuple of ints) and
+    give `_next_cursor(c)` (None at the end) and `_load_chunk(c) -> Batch`."""
 
     def __init__(self, batch_size: int, seed: int, shuffle: bool):
         self.batch_size = int(batch_size)
         self.seed = int(seed)
         self.shuffle = shuffle
-        self.cursor: tuple[int, ...] | None = None  # set by subclasses via _first_cursor()
+        self.cursor: tuple[int, ...] | None = None  # the first chunk: set by the subclass
         self.offset = 0
 
     # -- to implement -------------------------------------------------------------------
-    def _first_cursor(self) -> tuple[int, ...] | None:
-        raise NotImplementedError
-
     def _next_cursor(self, cursor: tuple[int, ...]) -> tuple[int, ...] | None:
         raise NotImplementedError
 

@@ -36,12 +36,6 @@ def _write_file(path: Path, data: bytes) -> None:
         fh.write(data)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 class StoreWriter:
     """Append shards to the store at `folder` created (or to be created) with `settings`.
 
@@ -63,16 +57,26 @@ class StoreWriter:
         except BlockingIOError:
             self._lock.close()
             raise ReproError(f"another collection is writing to {self.folder} right now: wait for it or use another --out")
-        self._clean_temporaries()
-        if (self.folder / MANIFEST).exists():
-            self.manifest = read_manifest(self.folder)
-            self._check_settings(self.manifest["settings"])
-            self.manifest["info"] = {**self.manifest.get("info", {}), **info}
-        else:
-            self.manifest = {"settings": self.settings, "info": info, "shards": [], "complete": False,
-                             "provenance": provenance()}
+        try:
+            self._clean_temporaries()
+            if (self.folder / MANIFEST).exists():
+                self.manifest = read_manifest(self.folder)
+                self._check_settings(self.manifest["settings"])
+                self.manifest["info"] = {**self.manifest.get("info", {}), **info}
+            else:
+                self.manifest = {"settings": self.settings, "info": info, "shards": [], "complete": False,
+                                 "provenance": provenance()}
+            self.records = {int(r["index"]): r for r in self.manifest["shards"]}
+            held = max((r["stop"] for r in self.records.values()), default=0)
+            if held > n_prompts:
+                raise ReproError(
+                    f"the store {self.folder} already holds {held} prompts, more than the {n_prompts} asked for: "
+                    f"ask for at least {held} (a store only grows)"
+                )
+        except BaseException:
+            self.close()
+            raise
         self.manifest["n_prompts"] = int(n_prompts)
-        self.records = {int(r["index"]): r for r in self.manifest["shards"]}
 
     # -- opening -------------------------------------------------------------------------
     def _check_folder(self) -> None:
@@ -155,7 +159,6 @@ class StoreWriter:
         try:
             with atomic_path(self.folder / rel) as tmp:
                 _write_file(tmp, data)
-                os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; shards are for every reader
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ReproError(
@@ -178,12 +181,6 @@ class StoreWriter:
 
     def finish(self, n_shards: int) -> None:
         """Mark the store complete once shards 0..n_shards-1 are all recorded."""
-        extra = sorted(i for i in self.records if i >= n_shards)
-        if extra:
-            raise ReproError(
-                f"the store {self.folder} already holds shards beyond the {self.manifest['n_prompts']} prompts "
-                f"asked for ({len(extra)} more): ask for at least as many prompts as it holds"
-            )
         self._write_manifest(complete=all(i in self.records for i in range(n_shards)))
 
     def close(self) -> None:

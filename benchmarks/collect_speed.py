@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict:
         def stream_train():
             s = StreamSource(pipe, source, args.token_batch, n_prompts=n, gen_batch_size=bs,
                              buffer_images=args.shard_size, dtype=dtype)
-            saes = {b: TopKSAE(SAEConfig(d_model=w, n_features=4 * w, k=8, k_aux=min(256, 2 * w)), seed=0)
+            saes = {b: TopKSAE(SAEConfig(d_model=w, n_features=4 * w, k=min(10, w // 4), k_aux=min(256, 2 * w)), seed=0)
                     for b, w in widths.items()}
             cfg = TrainConfig(steps=args.train_steps or 10**9, device=str(pipe.device), checkpoint_every=0,
                               progress=False, geometric_median_samples=min(4096, args.token_batch * 4),

@@ -108,8 +108,10 @@ class RIEEdit:
     meta: dict = field(default_factory=dict)
     """Anything else the source file held."""
 
-    def validate(self, resolution: int | None = None) -> None:
-        """Raise ReproError saying what is wrong with this edit (the runner skips it)."""
+    def validate(self, resolution: int | None = None, check_masks: bool = True) -> None:
+        """Raise ReproError saying what is wrong with this edit (the runner skips it).
+
+        `check_masks=False` checks only what is known before generating (category, prompts)."""
         where = f"edit {self.id!r}"
         if self.problem:
             raise ReproError(f"{where}: {self.problem}")
@@ -119,7 +121,7 @@ class RIEEdit:
             raise ReproError(f"{where} has an empty prompt: give both the original and the edit prompt")
         if " ".join(self.original_prompt.lower().split()) == " ".join(self.edit_prompt.lower().split()):
             raise ReproError(f"{where}: the edit prompt is identical to the original prompt; nothing to edit")
-        for name in ("source_mask", "target_mask"):
+        for name in ("source_mask", "target_mask") if check_masks else ():
             mask = getattr(self, name)
             if mask is None:
                 raise ReproError(f"{where} has no {name}: give a mask directory or a segmenter")

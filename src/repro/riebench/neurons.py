@@ -1,0 +1,161 @@
+"""The neuron baseline's hooks: the GEGLU outputs of the blocks' feed-forward layers.
+
+Each transformer layer `i` of a block has a feed-forward net `ff.net = [GEGLU, Dropout,
+Linear]`; the GEGLU output `h` [B, HW, inner] (HW = the block's positions in row-major
+order, inner = 4 x channels in SDXL: 5120) is what the paper calls the neurons. SDXL's
+four blocks hold 10 layers each: 4 x 10 x 5120 = 204,800 neurons.
+
+A neuron is addressed by `(block, layer)` plus its index in `inner`. Both context
+managers count UNet calls (steps) themselves and remove every hook on exit, also when
+the generation inside raises.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from repro.blocks import get_block, short_name
+from repro.hooks import Half, StepCounter, split_halves
+
+NeuronKey = tuple[str, int]
+"""(block short name, transformer layer index)."""
+
+
+def ff_modules(unet: nn.Module, blocks: Iterable[str]) -> dict[NeuronKey, nn.Module]:
+    """The GEGLU module (`transformer_blocks[i].ff.net[0]`) of every layer of `blocks`, in order."""
+    out = {}
+    for block in blocks:
+        name = short_name(block)
+        for i, layer in enumerate(get_block(unet, name).transformer_blocks):
+            out[(name, i)] = layer.ff.net[0]
+    return out
+
+
+def ff_width(module: nn.Module) -> int:
+    """Neurons of one GEGLU (or GELU) module: its projection's width (halved for GEGLU's gate)."""
+    gated = type(module).__name__ in ("GEGLU", "SwiGLU")
+    return module.proj.out_features // (2 if gated else 1)
+
+
+def neuron_layout(unet: nn.Module, blocks: Iterable[str]) -> list[tuple[NeuronKey, int]]:
+    """[((block, layer), width), ...]: the order neurons are concatenated in for joint scoring."""
+    return [(key, ff_width(mod)) for key, mod in ff_modules(unet, blocks).items()]
+
+
+@dataclass
+class NeuronCapture:
+    """GEGLU outputs per layer and step: `raw[key][i]` is [B_total, HW, inner] of step `steps[key][i]`."""
+
+    cfg: bool = False
+    raw: dict[NeuronKey, list[torch.Tensor]] = field(default_factory=dict)
+    steps: dict[NeuronKey, list[int]] = field(default_factory=dict)
+
+    def acts(self, key: NeuronKey, half: Half | None = None) -> torch.Tensor:
+        """[steps, B, HW, inner] of layer `key`; under guidance pick `half` (default "cond")."""
+        if key not in self.raw:
+            raise KeyError(f"no neurons captured for {key}; captured: {sorted(self.raw)}")
+        stacked = torch.stack(self.raw[key])
+        if not self.cfg or half == "all":
+            return stacked
+        uncond, cond = stacked.chunk(2, dim=1)
+        return uncond if half == "uncond" else cond
+
+
+@contextlib.contextmanager
+def _module_hooks(unet: nn.Module, hooks: dict[nn.Module, Callable]) -> Iterator[StepCounter]:
+    counter = StepCounter()
+    handles = [unet.register_forward_pre_hook(counter)]
+    try:
+        for module, fn in hooks.items():
+            handles.append(module.register_forward_hook(_wrap(fn, counter)))
+        yield counter
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _wrap(fn, counter):
+    def hook(module, args, output):
+        return fn(output, counter.step)
+
+    return hook
+
+
+@contextlib.contextmanager
+def capture_neurons(
+    unet: nn.Module, blocks: Iterable[str], *, cfg: bool = False, steps: Iterable[int] | None = None,
+    device: torch.device | str | None = None,
+) -> Iterator[NeuronCapture]:
+    """Record every GEGLU output of `blocks` at every step (or only `steps`), [B, HW, inner] each."""
+    capture = NeuronCapture(cfg=cfg)
+    wanted = None if steps is None else set(steps)
+    modules = ff_modules(unet, blocks)
+
+    def recorder(key):
+        def fn(out, step):
+            if wanted is None or step in wanted:
+                capture.raw.setdefault(key, []).append(out.detach().to(device) if device else out.detach())
+                capture.steps.setdefault(key, []).append(step)
+            return None
+
+        return fn
+
+    with _module_hooks(unet, {mod: recorder(key) for key, mod in modules.items()}):
+        yield capture
+
+
+@dataclass
+class NeuronTransport:
+    """At step s add `sign * (acts[half][s] * weights)` inside `mask` to a GEGLU output.
+
+    acts: {half: [steps, HW, inner]} cached activations (of the source or target image);
+    weights: [B, inner] per batch element (m on the selected neurons, 0 elsewhere);
+    mask: [H, W] or [B, H, W] on the block grid (None: everywhere).
+    """
+
+    acts: dict[str, torch.Tensor]
+    weights: torch.Tensor
+    mask: torch.Tensor | None = None
+    sign: float = 1.0
+
+    def apply(self, out: torch.Tensor, step: int, half: Half) -> torch.Tensor:
+        """out [B, HW, inner] -> edited [B, HW, inner]."""
+        a = self.acts[half][step].to(device=out.device, dtype=out.dtype)  # [HW, inner]
+        delta = a[None] * self.weights.to(device=out.device, dtype=out.dtype)[:, None, :]  # [B, HW, inner]
+        if self.mask is not None:
+            m = self.mask.to(device=out.device, dtype=out.dtype)
+            m = m.reshape(-1, m.shape[-2] * m.shape[-1])  # [B|1, HW], row-major like diffusers
+            delta = delta * m[..., None]
+        return out + self.sign * delta
+
+
+@contextlib.contextmanager
+def edit_neurons(
+    unet: nn.Module, edits: dict[NeuronKey, NeuronTransport | list[NeuronTransport]], *, cfg: bool = False
+) -> Iterator[StepCounter]:
+    """Apply `edits[(block, layer)]` to those GEGLU outputs while generating (halves apart under guidance)."""
+    blocks = sorted({key[0] for key in edits})
+    modules = ff_modules(unet, blocks)
+    missing = [key for key in edits if key not in modules]
+    if missing:
+        raise KeyError(f"no feed-forward layer {missing[0]}; valid: {sorted(modules)}")
+
+    def editor(edit_list):
+        def fn(out, step):
+            parts = []
+            for half, part in split_halves(out, cfg).items():
+                for edit in edit_list:
+                    part = edit.apply(part, step, half)
+                parts.append(part)
+            return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+        return fn
+
+    hooks = {modules[key]: editor(e if isinstance(e, list) else [e]) for key, e in edits.items()}
+    with _module_hooks(unet, hooks) as counter:
+        yield counter

@@ -29,6 +29,22 @@ class Profile:
     """Sampling of the base model (paper: ~25 steps, guidance ~8)."""
     dtype: str = "auto"
     """Inference dtype (auto: fp16 on GPU, fp32 on CPU)."""
+    collect_prompts: int = 2000
+    """Training prompts whose updates are collected (paper: 1.5M LAION-COCO captions)."""
+    prompts: str = "shapes"
+    """Prompt source of the collection (a file, `hf:NAME`, or a generator such as `shapes`)."""
+    eval_prompts: str = "shapes-test"
+    """Held-out prompt source for evaluation chapters (never in SAE training)."""
+    sae_expansion: int = 4
+    """SAE features per channel (paper: 4, i.e. 5120 for 1280 channels)."""
+    sae_k: int = 10
+    """TopK of the SAEs (paper's released SAEs: 10)."""
+    sae_batch: int = 4096
+    """SAE training batch in tokens (paper: 4096)."""
+    sae_steps: int = 2000
+    """SAE training steps."""
+    dead_tokens: int = 10_000_000
+    """Tokens without firing after which a latent counts as dead (paper: 10M)."""
     description: str = ""
 
 
@@ -40,6 +56,10 @@ PROFILES: dict[str, Profile] = {
         turbo=Sampling(steps=1, guidance=0.0),
         turbo_multistep=Sampling(steps=4, guidance=0.0),
         base=Sampling(steps=20, guidance=3.0),
+        collect_prompts=2000,
+        sae_batch=1024,
+        sae_steps=1500,
+        dead_tokens=200_000,
         description="embedded toy models on the CPU (until ShapesWorld lands: tiny random SDXL-format models)",
     ),
     "paper": Profile(
@@ -49,6 +69,10 @@ PROFILES: dict[str, Profile] = {
         turbo=Sampling(steps=1, guidance=0.0, resolution=512),
         turbo_multistep=Sampling(steps=4, guidance=0.0, resolution=512),
         base=Sampling(steps=25, guidance=8.0, resolution=1024),
+        collect_prompts=1_500_000,
+        prompts="hf:laion/laion-coco",
+        eval_prompts="hf:laion/laion-coco:validation",
+        sae_steps=93_750,
         description="SDXL Turbo and SDXL base as in the paper (GPU strongly advised)",
     ),
 }

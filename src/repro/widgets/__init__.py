@@ -1,6 +1,7 @@
 """Notebook widgets that also work in the built book, with no kernel and no network."""
 
+from repro.widgets.browser import FeatureBrowser
 from repro.widgets.encode import decode_image, encode_images
 from repro.widgets.gallery import Gallery, ImageCarousel
 
-__all__ = ["Gallery", "ImageCarousel", "decode_image", "encode_images"]
+__all__ = ["FeatureBrowser", "Gallery", "ImageCarousel", "decode_image", "encode_images"]

@@ -9,7 +9,8 @@ touches the k selected latents per row, or only the dead latents:
   rows, grad W_enc is the transposed sparse product (the weight gradient of an
   `embedding_bag`, computed by sorting indices rather than by a dense [B, n] matmul),
   grad b_lat an `index_add`. The decoder is `embedding_bag` over the k selected columns
-  of W_dec (stored transposed, [n, d]) with the latent values as per-sample weights.
+  of W_dec (stored transposed, [n, d]) with the latent values as per-sample weights, with
+  a hand-written sparse backward (`_SparseDecode`).
 * AuxK path. Dead latents are gathered first (one host sync for their count); their
   pre-activations, TopK and decode are dense over [B, n_dead] only (~10% of n late in
   training, 0 most of the time, when the whole path is skipped).
@@ -66,6 +67,32 @@ class _SelectedPreacts(torch.autograd.Function):
         return grad_xc, grad_W, grad_b, None, None
 
 
+class _SparseDecode(torch.autograd.Function):
+    """x_hat [B, d] = sum_j vals[b, j] * W_dec_t[idx[b, j]]: decode from the k selected latents.
+
+    Forward is an `embedding_bag`; the backward is written out because CUDA's embedding_bag
+    has no bf16 kernel for the gradient of its per-sample weights. grad vals is a batched
+    dot product with the k selected rows; grad W_dec_t the sparse transposed product,
+    accumulated in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, vals, idx, W_dec_t):  # vals [B, k], idx [B, k], W_dec_t [n, d]
+        ctx.save_for_backward(vals, idx, W_dec_t)
+        return F.embedding_bag(idx, W_dec_t, per_sample_weights=vals.to(W_dec_t.dtype), mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out [B, d]
+        vals, idx, W_dec_t = ctx.saved_tensors
+        grad_vals = grad_W = None
+        if ctx.needs_input_grad[0]:
+            rows = W_dec_t[idx]  # [B, k, d]
+            grad_vals = torch.bmm(rows, grad_out.to(rows.dtype).unsqueeze(-1)).squeeze(-1).to(vals.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_W = _embedding_bag_weight_grad(idx, vals.float(), grad_out.float(), W_dec_t.shape[0]).to(W_dec_t.dtype)
+        return grad_vals, None, grad_W
+
+
 def fast_loss(
     sae: TopKSAE,
     x: torch.Tensor,
@@ -86,7 +113,7 @@ def fast_loss(
     vals = torch.relu(top_vals)
     # W_dec [d, n] -> [n, d] table of feature directions, cast and transposed in one copy.
     W_dec_t = sae.W_dec.t().to(dtype=cdt, memory_format=torch.contiguous_format)
-    x_hat = F.embedding_bag(idx, W_dec_t, per_sample_weights=vals, mode="sum").float() + sae.b_pre  # [B, d]
+    x_hat = _SparseDecode.apply(vals, idx, W_dec_t).float() + sae.b_pre  # [B, d]
 
     fired, dead = fired_and_dead(sae, top_vals.detach(), idx, force_dead)
     e_hat, n_dead = None, dead.sum()

@@ -40,3 +40,13 @@ def artifacts_dir(profile: str = "toy") -> Path:
     """What the chapters hand on to each other (activation stores, SAEs, feature data):
     `REPRO_ARTIFACTS_DIR` or `<root>/artifacts`, one folder per profile."""
     return Path(os.environ.get("REPRO_ARTIFACTS_DIR", project_root() / "artifacts")) / profile
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """`path` relative to the project root when inside it (what pages and logs show: a
+    published book must not carry the absolute paths of the machine that built it)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(project_root()))
+    except ValueError:
+        return str(path)

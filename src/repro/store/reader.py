@@ -20,6 +20,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load as st_load
 
+from repro.paths import display_path
 from repro.errors import ReproError, choices_hint
 from repro.store.chunks import ChunkedSource, chunk_seed
 from repro.store.layout import (
@@ -203,7 +204,7 @@ class ActivationStore:
         n_bytes = sum(r["bytes"] for r in self.shards)
         nonfinite = {b: sum(r["nonfinite"].get(b, 0) for r in self.shards) for b in self.blocks}
         lines = [
-            f"store      {self.folder}",
+            f"store      {display_path(self.folder)}",
             f"model      {s['model']}  ({s['compute_dtype']})",
             f"sampling   steps={s['steps']} guidance={s['guidance']} resolution={s['resolution']} seed={s['seed']}",
             f"prompts    {self.n_images} of {self.manifest.get('n_prompts')} collected"

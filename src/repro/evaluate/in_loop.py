@@ -77,13 +77,16 @@ def standard_variants(saes: dict, mean_updates: dict[str, torch.Tensor] | None =
 
 def intervention_timing(pipe, prompts: Sequence[str], seeds: Sequence[int], sampling: Sampling,
                         block: str, make_edit: Callable[[list[int]], Edit],
-                        windows: Sequence[Sequence[int]], batch_size: int = 16) -> dict[str, float]:
+                        windows: Sequence[Sequence[int]], batch_size: int = 16,
+                        plain: np.ndarray | None = None) -> dict[str, float]:
     """Image change (Manhattan) when the edit acts only in each window of steps.
 
-    `make_edit(steps)` builds the edit restricted to those steps. The paper: early
-    windows change the image strongly, late ones subtly.
+    `make_edit(steps)` builds the edit restricted to those steps; `plain` (the unedited
+    images, if already generated) saves one generation. The paper: early windows change
+    the image strongly, late ones subtly.
     """
-    plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size)
+    if plain is None:
+        plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size)
     out = {}
     for window in windows:
         steps = list(window)

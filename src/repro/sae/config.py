@@ -14,7 +14,7 @@ from typing import Any, Literal
 from repro.errors import ReproError, choices_hint
 
 ARCHITECTURE = "topk"
-IMPLS = ("fast", "reference")
+IMPLS = ("auto", "fast", "reference")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -74,8 +74,10 @@ class TrainConfig:
     """Adam epsilon (Gao et al.)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas (PyTorch defaults, as in the original code)."""
-    impl: Literal["fast", "reference"] = "fast"
-    """Loss implementation: sparse "fast" path or the dense "reference" twin (same numbers)."""
+    impl: Literal["auto", "fast", "reference"] = "auto"
+    """Loss implementation: sparse "fast" path or the dense "reference" twin (same numbers);
+    "auto" takes whichever measured faster on the device (benchmarks/README.md): the dense
+    one on CUDA (cuBLAS beats the sparse gathers at these sizes), the sparse one on CPU."""
     device: str = "auto"
     """Where to train: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N."""
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"

@@ -138,6 +138,7 @@ def train_saes(
         raise ReproError("checkpoints and resume need an output folder: pass out_dir=, or set checkpoint_every=0")
     device = pick_device(cfg.device)
     cdt = resolve_compute_dtype(cfg.compute_dtype, device)
+    impl = cfg.impl if cfg.impl != "auto" else ("reference" if device.type == "cuda" else "fast")
     for block, sae in saes.items():
         sae.to(device=device, dtype=torch.float32)
         sae.metadata["block"] = block
@@ -181,7 +182,7 @@ def train_saes(
                         )
                     skipped[block] += 1
                     continue
-                res = train_step(sae, opts[block], xs[block], impl=cfg.impl, compute_dtype=cdt)
+                res = train_step(sae, opts[block], xs[block], impl=impl, compute_dtype=cdt)
                 acc[block] += torch.stack([getattr(res, name).float() for name in METRIC_NAMES])
                 n_acc[block] += 1
             step += 1

@@ -1,0 +1,281 @@
+"""How well a text-to-image model draws ShapesWorld: prompt following, speed, block ablations.
+
+Everything is read back by the oracle (`repro.shapes.oracle`) and scored against the scene
+each caption asked for (`compare`), so the numbers rest on ground truth, not on a judge:
+
+    scenes, captions = heldout_captions(500)                    # test split: never trained on
+    gen = pipeline_generator(pipe, Sampling(steps=1))            # (captions, seeds) -> uint8 images
+    pf = prompt_following(gen, oracle, scenes, captions, seeds=range(500))
+    pf.scores                                                   # {"shape": 0.97, ..., "all": 0.9}
+    ab = block_ablation(pipe, oracle, scenes[:100], captions[:100], range(100), Sampling(steps=1))
+    ab.table                                                     # one row per block
+
+A generator is any function `(captions, seeds) -> uint8 [N, H, W, 3]`; the tests pass one
+that returns the renders themselves, which must score (close to) perfectly. Images of any
+size are fine: the oracle resizes them to 128 px (bilinear, antialiased) before reading.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from repro.shapes.captions import caption
+from repro.shapes.oracle import compare
+from repro.shapes.splits import split_scenes
+from repro.shapes.world import POSITIONS, Scene
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+ATTRIBUTES = ("layout", "shape", "pose", "colour", "texture", "size", "background", "style")
+"""The attributes `compare` scores, in table order ("all" comes after them)."""
+
+Generator = Callable[[Sequence[str], Sequence[int]], np.ndarray]
+"""(captions, seeds) -> uint8 images [N, H, W, 3], one per caption."""
+
+
+def heldout_captions(n: int, seed: int = 0) -> tuple[list[Scene], list[str]]:
+    """n distinct test-split scenes (never trained on) and one caption of each.
+
+    Deterministic in (n, seed); the first k of a longer list equal the list for n = k.
+    """
+    scenes = split_scenes("test", n, seed=seed)
+    return scenes, [caption(s, np.random.default_rng([seed, i])) for i, s in enumerate(scenes)]
+
+
+def reading_of(scene: Scene) -> dict:
+    """The oracle reading a perfect oracle would return for `scene` (inverse of `reading_to_scene`)."""
+    slots: dict[str, dict | None] = {p: None for p in POSITIONS}
+    for o in scene.objects:
+        d = o.to_dict()
+        del d["position"]
+        slots[o.position] = d
+    return {"background": scene.background, "style": scene.style, "slots": slots}
+
+
+def score_readings(readings: Sequence[dict], scenes: Sequence[Scene]) -> dict[str, float]:
+    """Share of images with each attribute right, and "all" (every attribute of the image right).
+
+    Per image, an attribute is right when every object of the scene has it right (see
+    `compare`); "pose" is scored over the images whose scene holds an oriented shape.
+    """
+    if len(readings) != len(scenes):
+        raise ValueError(f"{len(readings)} readings but {len(scenes)} scenes: give one reading per scene")
+    hits: dict[str, list[bool]] = {a: [] for a in (*ATTRIBUTES, "all")}
+    for r, s in zip(readings, scenes):
+        for k, v in compare(r, s).items():
+            hits[k].append(bool(v))
+    return {k: float(np.mean(v)) if v else float("nan") for k, v in hits.items()}
+
+
+def pipeline_generator(pipe, sampling, output: str = "np") -> Generator:
+    """A `Generator` drawing with `pipe` at `sampling` (one image per caption, seeded per caption)."""
+    from repro.generate import generate
+
+    def gen(captions: Sequence[str], seeds: Sequence[int]) -> np.ndarray:
+        return generate(pipe, list(captions), [int(s) for s in seeds], sampling, output=output)
+
+    return gen
+
+
+def generate_batched(generator: Generator, captions: Sequence[str], seeds: Sequence[int],
+                     batch_size: int = 32) -> tuple[np.ndarray, list[float]]:
+    """All images in batches of `batch_size`: (uint8 [N, H, W, 3], seconds per batch)."""
+    if len(captions) != len(seeds):
+        raise ValueError(f"{len(captions)} captions but {len(seeds)} seeds: give one seed per caption")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    parts, seconds = [], []
+    for a in range(0, len(captions), batch_size):
+        t0 = time.perf_counter()
+        parts.append(np.asarray(generator(captions[a : a + batch_size], seeds[a : a + batch_size])))
+        seconds.append(time.perf_counter() - t0)
+    return np.concatenate(parts), seconds
+
+
+@dataclass
+class Speed:
+    """Generation speed: images per second over the timed batches (the warm-up ones excluded)."""
+
+    images_per_second: float
+    batch_size: int
+    timed_images: int
+    timed_seconds: float
+    warm: bool
+    """False when there was no batch after the warm-up: the rate then includes the warm-up."""
+
+    def to_dict(self) -> dict:
+        return {"images_per_second": round(self.images_per_second, 3), "batch_size": self.batch_size,
+                "timed_images": self.timed_images, "timed_seconds": round(self.timed_seconds, 2),
+                "warm": self.warm}
+
+
+def speed_from_batches(batch_seconds: Sequence[float], n_images: int, batch_size: int, warmup: int = 1) -> Speed:
+    """Images per second from per-batch times, skipping the first `warmup` batches when others exist."""
+    sizes = [min(batch_size, n_images - a) for a in range(0, n_images, batch_size)]
+    if len(sizes) != len(batch_seconds):
+        raise ValueError(f"{len(batch_seconds)} batch times for {len(sizes)} batches of {batch_size}")
+    warm = len(sizes) > warmup
+    skip = warmup if warm else 0
+    imgs, secs = sum(sizes[skip:]), float(sum(batch_seconds[skip:]))
+    return Speed(imgs / secs if secs > 0 else float("inf"), batch_size, imgs, secs, warm)
+
+
+def generation_speed(generator: Generator, captions: Sequence[str], batch_size: int = 16,
+                     n_batches: int = 2, warmup: int = 1) -> Speed:
+    """Time `n_batches` batches of `batch_size` after `warmup` untimed ones (captions are cycled)."""
+    n = (warmup + n_batches) * batch_size
+    caps = [captions[i % len(captions)] for i in range(n)]
+    _, seconds = generate_batched(generator, caps, list(range(n)), batch_size)
+    return speed_from_batches(seconds, n, batch_size, warmup)
+
+
+@dataclass
+class PromptFollowing:
+    """Images generated for held-out captions and how often the oracle reads each attribute right."""
+
+    scores: dict[str, float]
+    """Share right per attribute and "all"."""
+    images: np.ndarray
+    """uint8 [N, H, W, 3], in caption order."""
+    hits: list[dict[str, bool]]
+    """`compare` per image."""
+    speed: Speed
+    """Images per second of this run (batches after the first)."""
+
+    def to_dict(self) -> dict:
+        return {"scores": {k: round(v, 4) for k, v in self.scores.items()}, "n": len(self.hits),
+                "speed": self.speed.to_dict()}
+
+
+def prompt_following(generator: Generator, oracle, scenes: Sequence[Scene], captions: Sequence[str],
+                     seeds: Sequence[int], batch_size: int = 32) -> PromptFollowing:
+    """Generate one image per caption, read it with the oracle, score it against the caption's scene."""
+    if not len(scenes) == len(captions) == len(seeds):
+        raise ValueError(f"{len(scenes)} scenes, {len(captions)} captions, {len(seeds)} seeds: give one of each per image")
+    images, seconds = generate_batched(generator, list(captions), list(seeds), batch_size)
+    readings = oracle.read(images)
+    hits = [compare(r, s) for r, s in zip(readings, scenes)]
+    return PromptFollowing(score_readings(readings, scenes), images, hits,
+                           speed_from_batches(seconds, len(images), batch_size))
+
+
+def targets_met(scores: dict[str, float], threshold: float = 0.9) -> dict:
+    """Whether every attribute (not "all") reaches `threshold`: {"met", "weakest", "weakest_value", "below"}."""
+    per = {a: v for a, v in scores.items() if a in ATTRIBUTES and not np.isnan(v)}
+    weakest = min(per, key=per.get)
+    return {"met": bool(per[weakest] >= threshold), "weakest": weakest, "weakest_value": round(per[weakest], 4),
+            "below": sorted(a for a, v in per.items() if v < threshold), "threshold": threshold}
+
+
+@dataclass
+class BlockAblation:
+    """What replacing each block's output by its input does to the images and to prompt following."""
+
+    table: pd.DataFrame
+    """pandas DataFrame, one row per block: in_paper, pixel_change, then `d_<attribute>` and `d_all`
+    (accuracy with the block ablated minus without; negative = the block mattered)."""
+    baseline: dict[str, float]
+    """Prompt-following scores of the un-ablated images."""
+    n: int
+
+    def to_dict(self) -> dict:
+        rows = {b: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
+                for b, row in self.table.to_dict(orient="index").items()}
+        return {"baseline": {k: round(v, 4) for k, v in self.baseline.items()}, "n": self.n, "blocks": rows}
+
+    def ranking(self, by: str = "d_all") -> list[str]:
+        """Blocks from the most to the least harmful ablation (most negative `by` first, ties by pixel change)."""
+        t = self.table.sort_values([by, "pixel_change"], ascending=[True, False])
+        return list(t.index)
+
+
+def block_ablation(pipe, oracle, scenes: Sequence[Scene], captions: Sequence[str], seeds: Sequence[int],
+                   sampling, blocks: Sequence[str] | None = None, batch_size: int = 32) -> BlockAblation:
+    """Ablate each block in turn (`hooks.Ablate`: output = input at every step) and measure the change.
+
+    pixel_change: mean absolute difference to the un-ablated image of the same seed, as a
+    fraction of full scale (0..1). d_<attribute>: oracle accuracy against the caption's
+    scene with the block ablated minus without.
+    """
+    import pandas as pd
+
+    from repro.blocks import PAPER_BLOCKS, block_names
+    from repro.hooks import Ablate, intervene
+
+    blocks = list(blocks) if blocks is not None else block_names(pipe.unet)
+    gen = pipeline_generator(pipe, sampling)
+    base = prompt_following(gen, oracle, scenes, captions, seeds, batch_size)
+    ref = base.images.astype(np.float32)
+    rows = {}
+    for b in blocks:
+        with intervene(pipe.unet, {b: Ablate()}, cfg=sampling.cfg):
+            ab = prompt_following(gen, oracle, scenes, captions, seeds, batch_size)
+        row = {"in_paper": b in PAPER_BLOCKS,
+               "pixel_change": float(np.abs(ab.images.astype(np.float32) - ref).mean() / 255.0)}
+        for a in (*ATTRIBUTES, "all"):
+            row[f"d_{a}"] = ab.scores[a] - base.scores[a]
+        rows[b] = row
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.name = "block"
+    return BlockAblation(table, base.scores, len(scenes))
+
+
+# ---------------------------------------------------------------------------------------
+# Figures
+
+
+def plot_samples(rows: dict[str, np.ndarray], captions: Sequence[str], ncols: int | None = None):
+    """A grid: one row per entry of `rows` (name -> uint8 [N, H, W, 3]), one column per caption."""
+    import matplotlib.pyplot as plt
+
+    n = ncols or len(captions)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.9 * n, 1.9 * len(rows) + 0.6), squeeze=False)
+    for i, (name, imgs) in enumerate(rows.items()):
+        for j in range(n):
+            ax = axes[i, j]
+            ax.imshow(imgs[j], interpolation="nearest")
+            ax.set_xticks([]); ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel(name, fontsize=8)
+            if i == 0:
+                ax.set_title(_wrap(captions[j]), fontsize=5.5)
+    fig.tight_layout()
+    return fig
+
+
+def _wrap(text: str, width: int = 30) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
+
+
+def plot_ablation(ablation: BlockAblation):
+    """Heatmap block x attribute of the accuracy change, with the pixel change beside it."""
+    import matplotlib.pyplot as plt
+
+    t = ablation.table
+    cols = [c for c in t.columns if c.startswith("d_")]
+    m = 100 * t[cols].to_numpy(dtype=float)  # percentage points
+    lim = max(5.0, float(np.nanmax(np.abs(m))))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 0.35 * len(t) + 1.5), gridspec_kw={"width_ratios": [len(cols), 1.5]})
+    im = ax.imshow(m, cmap="RdBu", vmin=-lim, vmax=lim, aspect="auto")
+    ax.set_xticks(range(len(cols)), [c[2:] for c in cols], rotation=45, ha="right")
+    ax.set_yticks(range(len(t)), [f"{b} *" if p else b for b, p in zip(t.index, t["in_paper"])])
+    for (i, j), v in np.ndenumerate(m):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:+.0f}", ha="center", va="center", fontsize=6,
+                    color="white" if abs(v) > 0.6 * lim else "black")
+    fig.colorbar(im, ax=ax, label="accuracy change, points (ablated - intact)")
+    ax.set_title("oracle accuracy change per attribute (* = paper block)", fontsize=9)
+    ax2.barh(range(len(t)), t["pixel_change"].to_numpy(), color="grey")
+    ax2.set_ylim(len(t) - 0.5, -0.5)
+    ax2.set_yticks([])
+    ax2.set_title("pixel change", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -51,8 +51,8 @@ class Profile:
 PROFILES: dict[str, Profile] = {
     "toy": Profile(
         name="toy",
-        turbo_model="tiny-random",
-        base_model="tiny-random-base",
+        turbo_model="shapes-turbo",
+        base_model="shapes-base",
         turbo=Sampling(steps=1, guidance=0.0),
         turbo_multistep=Sampling(steps=4, guidance=0.0),
         base=Sampling(steps=20, guidance=3.0),
@@ -60,7 +60,7 @@ PROFILES: dict[str, Profile] = {
         sae_batch=1024,
         sae_steps=1500,
         dead_tokens=200_000,
-        description="embedded toy models on the CPU (until ShapesWorld lands: tiny random SDXL-format models)",
+        description="embedded ShapesWorld models (shapes-turbo, shapes-base) on the CPU",
     ),
     "paper": Profile(
         name="paper",

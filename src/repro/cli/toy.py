@@ -17,6 +17,10 @@ def register(sub) -> None:
     p.add_argument("--stage", default="all", help="vae, base, turbo, a comma list of them, or all (default)")
     p.add_argument("--steps", default=None,
                    help="steps of every selected stage (N), or per stage: vae=2000,base=6000,turbo=3000")
+    p.add_argument("--seconds", default=None,
+                   help="time budget per stage, e.g. vae=90,base=150,turbo=240 (stops early; LR decay follows the clock)")
+    p.add_argument("--batch-size", default=None, help="batch size of every selected stage (N), or per stage: base=256,turbo=512")
+    p.add_argument("--lr", default=None, help="peak learning rate of every selected stage, or per stage: turbo=5e-4")
     p.add_argument("--scenes", type=int, default=None, help="train-split scenes to render (default 100000)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", default=None, help="folder for shapes-base/ and shapes-turbo/ (default: models/)")
@@ -37,20 +41,20 @@ def register(sub) -> None:
     p.set_defaults(run=run_eval)
 
 
-def parse_steps(text: str | None, stages: tuple[str, ...]) -> dict[str, int]:
+def parse_steps(text: str | None, stages: tuple[str, ...], what: str = "--steps", kind=int) -> dict:
     """"500" -> that many steps for each stage in `stages`; "vae=10,base=20" -> per stage."""
     if not text:
         return {}
     try:
         if "=" not in text:
-            return {s: int(text) for s in stages}
+            return {s: kind(text) for s in stages}
         pairs = dict(part.split("=", 1) for part in text.split(","))
-        steps = {k.strip(): int(v) for k, v in pairs.items()}
+        steps = {k.strip(): kind(v) for k, v in pairs.items()}
     except ValueError as exc:
-        raise ReproError(f"cannot read --steps {text!r}: give N or stage=N pairs, e.g. vae=2000,base=6000") from exc
+        raise ReproError(f"cannot read {what} {text!r}: give N or stage=N pairs, e.g. vae=2000,base=6000") from exc
     bad = sorted(set(steps) - {"vae", "base", "turbo"})
     if bad:
-        raise ReproError(f"--steps names unknown stage {bad[0]!r}: use vae, base, turbo")
+        raise ReproError(f"{what} names unknown stage {bad[0]!r}: use vae, base, turbo")
     return steps
 
 
@@ -69,7 +73,13 @@ def build_config(args: argparse.Namespace):
     for stage, n in parse_steps(args.steps, stages).items():
         if n < 1:
             raise ReproError(f"--steps for {stage} must be at least 1, got {n}")
-        changes[stage] = dataclasses.replace(getattr(cfg, stage), steps=n)
+        changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), steps=n)
+    for stage, n in parse_steps(getattr(args, "batch_size", None), stages, "--batch-size").items():
+        changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), batch_size=n)
+    for stage, lr in parse_steps(getattr(args, "lr", None), stages, "--lr", float).items():
+        changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), lr=lr)
+    for stage, sec in parse_steps(args.seconds, stages, "--seconds", float).items():
+        changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), max_seconds=sec)
     return cfg.replace(**changes)
 
 

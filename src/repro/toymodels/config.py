@@ -99,7 +99,9 @@ class VaeStage:
     """Images per step."""
     lr: float = 5e-4
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
-    kl_weight: float = 1e-6
+    max_seconds: float | None = None
+    """Stop after this many seconds even if `steps` are not done (the LR decay follows the clock)."""
+    kl_weight: float = 1e-5
     """Weight of the KL term (per latent element) against the per-pixel reconstruction loss."""
     l1_weight: float = 1.0
     """Weight of the L1 term added to the MSE reconstruction loss (sharper edges and textures)."""
@@ -110,11 +112,13 @@ class BaseStage:
     """Stage 2: the multi-step model, epsilon prediction on SDXL's schedule, caption dropout."""
 
     steps: int = 6000
-    """Optimiser steps."""
-    batch_size: int = 256
-    """Latents per step."""
+    """Optimiser steps (~18 min on an H100; the committed base had only 858, see benchmarks/toy_training.md)."""
+    batch_size: int = 512
+    """Latents per step (the UNet is launch-bound: 512 costs about what 256 does)."""
     lr: float = 5e-4
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
+    max_seconds: float | None = None
+    """Stop after this many seconds even if `steps` are not done (the LR decay follows the clock)."""
     caption_dropout: float = 0.1
     """Share of captions replaced by the empty prompt (zero embeddings, as SDXL's pipeline uses)."""
     min_snr_gamma: float | None = 5.0
@@ -125,13 +129,15 @@ class BaseStage:
 class TurboStage:
     """Stage 3: the base fine-tuned into a 1-step (and 4-step) generator, see `repro.toymodels.diffusion`."""
 
-    steps: int = 3000
-    """Optimiser steps."""
-    batch_size: int = 256
+    steps: int = 2000
+    """Optimiser steps (~6.5 min on an H100)."""
+    batch_size: int = 512
     """Latents per step (split between the 1-step and the ordinary loss)."""
-    lr: float = 3e-4
+    lr: float = 5e-4
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
-    one_step_fraction: float = 0.5
+    max_seconds: float | None = None
+    """Stop after this many seconds even if `steps` are not done (the LR decay follows the clock)."""
+    one_step_fraction: float = 0.75
     """Share of each batch trained as pure noise at t=999 -> render latent (x0 MSE)."""
     caption_dropout: float = 0.0
     """Share of captions replaced by the empty prompt (SDXL Turbo runs without guidance)."""

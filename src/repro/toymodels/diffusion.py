@@ -25,6 +25,8 @@ can only learn the grain's mean (none), and grainy scenes would come out flat. W
 `couple_grain`, a grainy scene's target is its flat render plus grain made from the very
 noise n the generator starts from (`data.add_grain`: same N(0, 30) on 2x2 blocks as the
 renderer, only seeded by n instead of the scene), so the generator learns to draw grain.
+Each grainy scene gets one such (noise, latent) pair, encoded once when the stage starts
+(`grain_pairs`; encoding in the loop would cost as much as the UNet).
 """
 
 from __future__ import annotations
@@ -51,10 +53,20 @@ def encode_text(text_encoder, text_encoder_2, ids: torch.Tensor) -> tuple[torch.
     return embeds, out2.text_embeds
 
 
+_TIME_IDS: dict = {}
+
+
 def time_ids(batch: int, resolution: int, device: torch.device) -> torch.Tensor:
-    """[B, 6]: original size, crop top-left, target size, as the pipeline passes them."""
-    return torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=torch.float32,
-                        device=device).expand(batch, 6)
+    """[B, 6]: original size, crop top-left, target size, as the pipeline passes them.
+
+    Cached per (resolution, device): a host-to-device copy every step would make the host
+    wait for the GPU each step.
+    """
+    key = (resolution, str(device))
+    if key not in _TIME_IDS:
+        _TIME_IDS[key] = torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]],
+                                      dtype=torch.float32, device=device)
+    return _TIME_IDS[key].expand(batch, 6)
 
 
 class Denoiser:
@@ -114,7 +126,7 @@ def train_base(model: Denoiser, latents: torch.Tensor, data: ToyData, cfg: BaseS
     acp = alphas_cumprod(device)
     model.train()
     params = model.parameters()
-    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device)
+    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device, max_seconds=cfg.max_seconds)
 
     def step(_: int) -> torch.Tensor:
         idx, ids = data.sample(gen, cfg.batch_size)
@@ -142,21 +154,38 @@ def one_step_x0(model: Denoiser, noise: torch.Tensor, ids: torch.Tensor, sigma: 
     return x - sigma * eps
 
 
-def turbo_targets(vae, data: ToyData, idx: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
-                  couple_grain: bool, use_autocast: bool = True) -> torch.Tensor:
-    """Scaled target latents [B, 4, h, w] for 1-step training; grainy ones get grain drawn from `noise`."""
-    z0 = latents[idx].clone()
-    if not couple_grain:
-        return z0
-    grainy = data.grainy[idx]
-    if not bool(grainy.any()):
-        return z0
-    rows = data.flat_index[idx[grainy]]
-    images = add_grain(data.flat[rows], noise[grainy])
-    with torch.no_grad(), autocast(latents.device, use_autocast):
-        z = vae.encode(to_model_images(images)).latent_dist.mean.float()
-    z0[grainy] = z * float(vae.config.scaling_factor)
-    return z0
+@torch.no_grad()
+def grain_pairs(vae, data: ToyData, gen: torch.Generator, use_autocast: bool = True,
+                batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """One (noise, target latent) pair per grainy scene: unit noise [G, 4, h, w] and the scaled
+    latent [G, 4, h, w] of the scene's flat render plus grain made from that noise (`add_grain`)."""
+    g = data.flat.shape[0]
+    h = data.images.shape[1] // 4
+    noise = torch.randn((g, 4, h, h), generator=gen, device=data.device)
+    z = []
+    for a in range(0, g, batch_size):
+        images = add_grain(data.flat[a : a + batch_size], noise[a : a + batch_size])
+        with autocast(data.device, use_autocast):
+            z.append(vae.encode(to_model_images(images).to(vae.dtype)).latent_dist.mean.float())
+    scale = float(vae.config.scaling_factor)
+    return noise, (torch.cat(z) * scale if z else torch.zeros_like(noise))
+
+
+def turbo_inputs(data: ToyData, idx: torch.Tensor, latents: torch.Tensor, gen: torch.Generator,
+                 pairs: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(unit noise, target latents) [B, 4, h, w] for 1-step training of scenes `idx`.
+
+    Fresh noise and the render's latent, except grainy scenes under `pairs`: their fixed
+    noise and the latent whose grain was made from it.
+    """
+    noise = torch.randn((idx.shape[0], *latents.shape[1:]), generator=gen, device=latents.device)
+    z0 = latents[idx]
+    if pairs is None:
+        return noise, z0
+    rows = data.flat_index[idx]
+    grainy = (rows >= 0)[:, None, None, None]
+    safe = rows.clamp_min(0)
+    return torch.where(grainy, pairs[0][safe], noise), torch.where(grainy, pairs[1][safe], z0)
 
 
 def train_turbo(model: Denoiser, vae, latents: torch.Tensor, data: ToyData, cfg: TurboStage, gen: torch.Generator,
@@ -170,24 +199,27 @@ def train_turbo(model: Denoiser, vae, latents: torch.Tensor, data: ToyData, cfg:
     n_rest = cfg.batch_size - n_one
     model.train()
     params = model.parameters()
-    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device)
+    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device, max_seconds=cfg.max_seconds)
+    pairs = grain_pairs(vae, data, gen, use_autocast) if cfg.couple_grain and n_one else None
 
     def step(_: int) -> torch.Tensor:
+        # One UNet call for both parts of the batch (a small model is launch-bound: two
+        # calls cost twice the time of one): [1-step inputs at t=999 ; noised latents at 749/499/249].
         idx, ids = data.sample(gen, cfg.batch_size)
         keep = _keep_mask(cfg.batch_size, cfg.caption_dropout, gen, device) if cfg.caption_dropout else None
-        total = torch.zeros((), device=device)
-        if n_one:
-            noise = torch.randn((n_one, *latents.shape[1:]), generator=gen, device=device)
-            z0 = turbo_targets(vae, data, idx[:n_one], latents, noise, cfg.couple_grain, use_autocast)
-            with autocast(device, use_autocast):
-                x0 = one_step_x0(model, noise, ids[:n_one], sigma, None if keep is None else keep[:n_one])
-            total = total + F.mse_loss(x0, z0, reduction="sum") / z0[0].numel()
+        noise1, z0 = turbo_inputs(data, idx[:n_one], latents, gen, pairs)
+        t_rest = other_t[torch.randint(len(other_t), (n_rest,), generator=gen, device=device)]
+        noise2 = torch.randn((n_rest, *latents.shape[1:]), generator=gen, device=device)
+        a = acp[t_rest].view(-1, 1, 1, 1)
+        x_rest = a.sqrt() * latents[idx[n_one:]] + (1 - a).sqrt() * noise2
+        x = torch.cat([sigma * noise1 / (sigma**2 + 1) ** 0.5, x_rest])
+        t = torch.cat([torch.full((n_one,), 999, device=device, dtype=torch.long), t_rest])
+        with autocast(device, use_autocast):
+            eps = model.eps(x, t, ids, keep).float()
+        x0 = sigma * noise1 - sigma * eps[:n_one]  # the pipeline's 1-step sample (`one_step_x0`)
+        total = F.mse_loss(x0, z0, reduction="sum") / z0[0].numel() if n_one else 0.0
         if n_rest:
-            t = other_t[torch.randint(len(other_t), (n_rest,), generator=gen, device=device)]
-            with autocast(device, use_autocast):
-                per = epsilon_loss(model, latents[idx[n_one:]], ids[n_one:], t,
-                                   None if keep is None else keep[n_one:], gen, acp)
-            total = total + per.sum()
+            total = total + F.mse_loss(eps[n_one:], noise2, reduction="sum") / noise2[0].numel()
         return total / cfg.batch_size
 
     summary = run_steps("turbo", cfg.steps, step, opt, sched, params, log, log_every, progress=progress)

@@ -66,7 +66,7 @@ def vae_ceiling(vae, oracle, n: int = 500, seed: int = 0) -> dict:
     renders = render_batch(scenes, with_masks=False).images
     device = next(vae.parameters()).device
     x = torch.from_numpy(renders).to(device)
-    rec = decode_latents(vae, encode_images(vae.float(), x)).cpu().numpy()
+    rec = decode_latents(vae, encode_images(vae, x)).cpu().numpy()
     mse = float(((rec.astype(np.float32) - renders.astype(np.float32)) / 255.0).__pow__(2).mean())
     return {"renders": score(oracle.read(renders), scenes), "reconstructions": score(oracle.read(rec), scenes),
             "reconstruction_mse": round(mse, 6), "n": n}

@@ -12,21 +12,47 @@ from typing import Callable, Iterable
 import torch
 
 
+class Schedule:
+    """Learning rate: linear warm-up over the first `warmup` of training, then cosine decay to 10%.
+
+    Progress is the larger of steps done / steps and seconds spent / max_seconds, so a stage
+    with a time budget still ends its decay when its time is up.
+    """
+
+    def __init__(self, opt, lr: float, steps: int, max_seconds: float | None = None, warmup: float = 0.05):
+        self.opt, self.lr, self.steps, self.max_seconds, self.warmup = opt, lr, steps, max_seconds, warmup
+        self.t0 = time.time()
+        self.set(0)
+
+    def progress(self, step: int) -> float:
+        p = step / self.steps
+        if self.max_seconds:
+            p = max(p, (time.time() - self.t0) / self.max_seconds)
+        return min(p, 1.0)
+
+    def factor(self, progress: float) -> float:
+        if progress < self.warmup:
+            return max(progress / self.warmup, 0.01)
+        rest = (progress - self.warmup) / (1 - self.warmup)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * rest))
+
+    def set(self, step: int) -> float:
+        lr = self.lr * self.factor(self.progress(step))
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def done(self, step: int) -> bool:
+        return step >= self.steps or (bool(self.max_seconds) and time.time() - self.t0 >= self.max_seconds)
+
+
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, steps: int, device: torch.device,
-                   weight_decay: float = 0.01, warmup: float = 0.05):
-    """AdamW (fused on CUDA) with linear warm-up over `warmup` of the steps, then cosine decay to 10%."""
+                   weight_decay: float = 0.01, max_seconds: float | None = None):
+    """AdamW (fused on CUDA) and its `Schedule`."""
     params = [p for p in params if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay,
                             fused=device.type == "cuda")
-    n_warm = max(1, int(warmup * steps))
-
-    def factor(step: int) -> float:
-        if step < n_warm:
-            return (step + 1) / n_warm
-        progress = min(1.0, (step - n_warm) / max(1, steps - n_warm))
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    return opt, Schedule(opt, lr, steps, max_seconds)
 
 
 def autocast(device: torch.device, enabled: bool = True):
@@ -52,9 +78,9 @@ class MetricLog:
                 fh.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def run_steps(stage: str, steps: int, step_fn: Callable[[int], torch.Tensor], opt, sched, params,
+def run_steps(stage: str, steps: int, step_fn: Callable[[int], torch.Tensor], opt, sched: Schedule, params,
               log: MetricLog, log_every: int = 50, grad_clip: float = 1.0, progress: bool = True) -> dict:
-    """Run `steps` optimiser steps of `step_fn(step) -> loss`; returns a summary of the stage.
+    """Run optimiser steps of `step_fn(step) -> loss` until `sched` is done; returns a summary.
 
     Losses are read back from the device only every `log_every` steps (a sync per step
     would make a small model wait on the host); the mean of those steps is recorded.
@@ -65,28 +91,30 @@ def run_steps(stage: str, steps: int, step_fn: Callable[[int], torch.Tensor], op
     pending: list[torch.Tensor] = []
     bar = tqdm(total=steps, desc=stage, disable=not progress, mininterval=2.0)
     first = last = float("nan")
-    for step in range(steps):
+    step = 0
+    while not sched.done(step):
+        lr = sched.set(step)
         loss = step_fn(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
         opt.step()
-        sched.step()
         pending.append(loss.detach())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
+        step += 1
+        if step % log_every == 0 or sched.done(step):
             mean = torch.stack(pending).float().mean().item()
             pending.clear()
             if not math.isfinite(mean):
-                raise FloatingPointError(f"{stage}: loss became {mean} at step {step + 1}; lower the learning rate")
+                raise FloatingPointError(f"{stage}: loss became {mean} at step {step}; lower the learning rate")
             first = mean if math.isnan(first) else first
             last = mean
             elapsed = time.time() - t0
-            log.write(stage=stage, step=step + 1, loss=mean, lr=sched.get_last_lr()[0],
-                      elapsed_s=round(elapsed, 2), steps_per_s=round((step + 1) / max(elapsed, 1e-9), 2))
+            log.write(stage=stage, step=step, loss=mean, lr=lr,
+                      elapsed_s=round(elapsed, 2), steps_per_s=round(step / max(elapsed, 1e-9), 2))
             bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
         bar.update(1)
     bar.close()
     seconds = time.time() - t0
-    return {"steps": steps, "seconds": round(seconds, 1), "steps_per_s": round(steps / max(seconds, 1e-9), 2),
+    return {"steps": step, "seconds": round(seconds, 1), "steps_per_s": round(step / max(seconds, 1e-9), 2),
             "first_loss": first, "final_loss": last}

@@ -92,6 +92,7 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
     out = Path(cfg.out) if cfg.out else models_dir()
     work = Path(cfg.work) if cfg.work else cache_dir() / "toymodels"
     work.mkdir(parents=True, exist_ok=True)
@@ -133,6 +134,7 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
     if "base" in cfg.stages:
         for m in (base.unet, base.text_encoder, base.text_encoder_2):
             m.to(device)
+        base.unet.to(memory_format=torch.channels_last)
         model = Denoiser(base.unet, base.text_encoder, base.text_encoder_2, cfg.sizes.resolution,
                          compiled_unet=torch.compile(base.unet) if cfg.compile else None)
         summaries["base"] = train_base(model, latents, data, cfg.base, gen, log, **common)
@@ -157,6 +159,7 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
             module = getattr(turbo, name)
             module.load_state_dict(getattr(base, name).state_dict())
             module.to(device)
+        turbo.unet.to(memory_format=torch.channels_last)
         model = Denoiser(turbo.unet, turbo.text_encoder, turbo.text_encoder_2, cfg.sizes.resolution,
                          compiled_unet=torch.compile(turbo.unet) if cfg.compile else None)
         turbo_log = MetricLog(work / METRICS_FILE)

@@ -22,7 +22,7 @@ def train_vae(vae, data: ToyData, cfg: VaeStage, gen: torch.Generator, log: Metr
     device = data.device
     vae.train().requires_grad_(True)
     params = [p for p in vae.parameters()]
-    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device, weight_decay=0.0)
+    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device, weight_decay=0.0, max_seconds=cfg.max_seconds)
 
     def step(_: int) -> torch.Tensor:
         idx, _ids = data.sample(gen, cfg.batch_size)
@@ -46,7 +46,7 @@ def encode_images(vae, images: torch.Tensor, batch_size: int = 512, use_autocast
     scale = float(vae.config.scaling_factor)
     for a in range(0, images.shape[0], batch_size):
         with autocast(images.device, use_autocast):
-            z = vae.encode(to_model_images(images[a : a + batch_size])).latent_dist.mean
+            z = vae.encode(to_model_images(images[a : a + batch_size]).to(vae.dtype)).latent_dist.mean
         out.append(z.float() * scale)
     return torch.cat(out)
 
@@ -66,6 +66,6 @@ def decode_latents(vae, latents: torch.Tensor, batch_size: int = 512, use_autoca
     scale = float(vae.config.scaling_factor)
     for a in range(0, latents.shape[0], batch_size):
         with autocast(latents.device, use_autocast):
-            x = vae.decode(latents[a : a + batch_size] / scale).sample.float()
+            x = vae.decode((latents[a : a + batch_size] / scale).to(vae.dtype)).sample.float()
         out.append(((x / 2 + 0.5).clamp(0, 1) * 255 + 0.5).to(torch.uint8).permute(0, 2, 3, 1))
     return torch.cat(out)

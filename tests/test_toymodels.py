@@ -1,0 +1,170 @@
+"""The ShapesWorld model training at tiny size on CPU: losses drop, folders load and generate."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from repro.errors import ReproError
+from repro.toymodels.config import BaseStage, DataConfig, ToyTrainConfig, TurboStage, VaeStage
+
+
+def tiny_config(tmp_path, **changes) -> ToyTrainConfig:
+    cfg = ToyTrainConfig.tiny(
+        data=DataConfig(scenes=48, captions_per_scene=2, workers=1),
+        vae=VaeStage(steps=16, batch_size=4, lr=2e-3),
+        base=BaseStage(steps=16, batch_size=8, lr=2e-3),
+        turbo=TurboStage(steps=16, batch_size=8, lr=2e-3),
+        out=str(tmp_path / "models"),
+        work=str(tmp_path / "work"),
+        log_every=4,
+        threads=2,
+    )
+    return cfg.replace(**changes)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Every stage trained for a few steps at tiny size; (config, result) of the run."""
+    from repro.toymodels.train import train_toy_models
+
+    tmp = tmp_path_factory.mktemp("toy")
+    cfg = tiny_config(tmp)
+    return cfg, train_toy_models(cfg, progress=False)
+
+
+def _curve(folder, stage):
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    return [r["loss"] for r in map(json.loads, lines) if r["stage"] == stage]
+
+
+@pytest.mark.parametrize("stage", ["vae", "base", "turbo"])
+def test_each_stage_loss_is_finite_and_drops(trained, stage):
+    cfg, result = trained
+    summary = result["stages"][stage]
+    assert math.isfinite(summary["final_loss"]) and summary["final_loss"] < summary["first_loss"]
+    curve = _curve(Path(cfg.out) / "shapes-turbo", stage)  # the turbo folder holds the whole history
+    assert len(curve) == getattr(cfg, stage).steps // cfg.log_every and all(map(math.isfinite, curve))
+
+
+def test_saved_folders_load_and_generate_at_one_step(trained):
+    from repro.generate import Sampling, generate
+    from repro.models.loading import load_pipeline
+
+    cfg, result = trained
+    for name, scheduler in (("shapes-turbo", "EulerAncestralDiscreteScheduler"),
+                            ("shapes-base", "EulerDiscreteScheduler")):
+        folder = Path(result["folders"][name.removeprefix("shapes-")])
+        pipe = load_pipeline(folder, device="cpu", dtype="float32")
+        assert type(pipe.scheduler).__name__ == scheduler
+        assert pipe.unet.dtype == torch.float32 and pipe.vae.config.scaling_factor != 1.0
+        images = generate(pipe, ["a small red plain circle in the centre on a white background, flat style"],
+                          [0], Sampling(steps=1))
+        assert images.shape == (1, 128, 128, 3) and images.dtype == np.uint8
+        training = json.loads((folder / "training.json").read_text())
+        assert training["model"] == name and training["megabytes"] > 0
+        assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_saved_weights_are_fp16(trained):
+    from safetensors import safe_open
+
+    _, result = trained
+    path = f"{result['folders']['turbo']}/unet/diffusion_pytorch_model.safetensors"
+    with safe_open(path, "pt") as f:
+        assert all(f.get_tensor(k).dtype == torch.float16 for k in list(f.keys())[:5])
+
+
+def test_turbo_alone_resumes_from_the_saved_base(trained, tmp_path):
+    from repro.toymodels.train import train_toy_models
+
+    cfg, _ = trained
+    result = train_toy_models(cfg.replace(stages=("turbo",), turbo=TurboStage(steps=4, batch_size=8)),
+                              progress=False)
+    assert result["stages"]["turbo"]["steps"] == 4 and "base" not in result["stages"]
+
+
+def test_every_vocabulary_word_is_one_token():
+    from repro.models.build import build_pipeline
+    from repro.shapes.captions import vocabulary
+    from repro.toymodels.config import ToySizes
+
+    tok = build_pipeline(ToyTrainConfig.tiny().sizes.pipeline_spec()).tokenizer
+    for word in vocabulary():
+        ids = tok(word, add_special_tokens=False).input_ids
+        assert len(ids) == 1, f"{word!r} -> {tok.convert_ids_to_tokens(ids)}"
+    assert ToySizes().pipeline_spec().words == tuple(vocabulary())
+
+
+def test_fast_tokenization_equals_the_tokenizer():
+    from repro.models.build import build_pipeline
+    from repro.shapes.captions import caption
+    from repro.shapes.world import sample_scene
+    from repro.toymodels.data import tokenize_captions
+
+    tok = build_pipeline(ToyTrainConfig.tiny().sizes.pipeline_spec()).tokenizer
+    rng = np.random.default_rng(0)
+    captions = [caption(sample_scene(rng), rng) for _ in range(200)] + ["a zebra on a white background, flat style"]
+    ref = tok(captions, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+    assert torch.equal(tokenize_captions(tok, captions), ref)
+
+
+def test_grain_from_noise_matches_the_renderers_grain():
+    from repro.shapes.render import render
+    from repro.shapes.world import Scene, sample_scene
+    from repro.toymodels.data import add_grain
+
+    scene = sample_scene(3, style="grainy")
+    flat = torch.from_numpy(render(Scene(scene.objects, scene.background, "flat")).image)[None]
+    grainy = add_grain(flat, torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(0)))
+    diff = grainy.float() - flat.float()
+    bg = torch.from_numpy(render(scene).background)
+    bg = bg[0::2, 0::2] & bg[1::2, 1::2]  # blocks wholly on the background, where the flat render is one colour
+    assert torch.equal(diff[0, 0::2, 0::2][bg], diff[0, 1::2, 1::2][bg])  # constant on 2x2 blocks, as the renderer's
+    real = torch.from_numpy(render(scene).image).float() - flat.float()
+    assert abs(float(diff.std()) - float(real.std())) < 6.0  # same strength as the renderer's (sigma 30)
+
+
+def test_one_step_x0_is_what_the_pipeline_samples(trained):
+    from repro.models.loading import load_pipeline
+    from repro.toymodels.data import tokenize_captions
+    from repro.toymodels.diffusion import Denoiser, alphas_cumprod, one_step_sigma, one_step_x0
+
+    _, result = trained
+    pipe = load_pipeline(result["folders"]["turbo"], device="cpu", dtype="float32")
+    prompt = "a large blue striped square at the top on a black background, grainy style"
+    noise = torch.randn(1, 4, 32, 32, generator=torch.Generator().manual_seed(5))
+    latents = pipe(prompt=[prompt], num_inference_steps=1, guidance_scale=0.0, output_type="latent",
+                   generator=[torch.Generator().manual_seed(5)]).images
+    model = Denoiser(pipe.unet, pipe.text_encoder, pipe.text_encoder_2, 128)
+    with torch.no_grad():
+        mine = one_step_x0(model, noise, tokenize_captions(pipe.tokenizer, [prompt]), one_step_sigma(alphas_cumprod()))
+    torch.testing.assert_close(mine, latents, rtol=1e-4, atol=1e-4)
+
+
+def test_config_rejects_conflicts():
+    with pytest.raises(ReproError, match="unknown stage"):
+        ToyTrainConfig(stages=("vae", "decoder"))
+    with pytest.raises(ReproError, match="order"):
+        ToyTrainConfig(stages=("turbo", "base"))
+    with pytest.raises(ReproError, match="new base"):
+        ToyTrainConfig(stages=("vae", "turbo"))
+
+
+def test_cli_parses_steps_and_stages():
+    import argparse
+
+    from repro.cli import build_parser
+    from repro.cli.toy import build_config
+
+    args = build_parser().parse_args(["toy", "train", "--stage", "base,turbo", "--steps", "base=7,turbo=9",
+                                      "--tiny", "--out", "x"])
+    cfg = build_config(args)
+    assert cfg.stages == ("base", "turbo") and cfg.base.steps == 7 and cfg.turbo.steps == 9 and cfg.out == "x"
+    with pytest.raises(ReproError, match="unknown stage"):
+        build_config(argparse.Namespace(**{**vars(args), "steps": "decoder=3"}))

@@ -14,21 +14,17 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
+from offline_browser import REMOTE, SHOTS, launch_chromium, offline_page
 from repro.paths import project_root
 
 ROOT = project_root()
 BUILD = ROOT / "book" / "_build"
 HTML = BUILD / "html"
-SHOTS = BUILD / "screenshots"
 WIDGET_JS = ROOT / "book" / "static" / "widgets"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 OVERVIEW = "00_overview"
 
 ASSET = re.compile(r"<(script|link|img|source|iframe)\b([^>]*)>", re.I)
 ATTR = re.compile(r'\b(src|href)\s*=\s*"([^"]*)"', re.I)
-REMOTE = re.compile(r"^(https?:)?//", re.I)
 
 
 # --- fast: the configuration and the vendored files ----------------------------------------
@@ -58,17 +54,7 @@ def test_config_loads_widget_js_from_the_book():
 
 @pytest.fixture(scope="module")
 def browser():
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium; .ci/run does)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    yield from launch_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -141,20 +127,8 @@ def test_no_repo_paths_in_site(built_book):
 def test_pages_render_offline_and_carousel_turns(browser, built_book):
     from playwright.sync_api import expect
 
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(offline=True, viewport={"width": 1280, "height": 900})
-    attempted, missing, errors = [], [], []
-
-    def refuse(route):
-        attempted.append(route.request.url)
-        route.abort()
-
-    context.route(re.compile(r"^https?://"), refuse)
-    page = context.new_page()
-    page.on("requestfailed", lambda r: None if REMOTE.match(r.url) else missing.append(r.url))
-    # sphinx-thebe (always loaded by jupyter-book 1) writes its `const THEBE_JS_URL` script
-    # twice on every page; harmless here (thebe is never started), so not ours to fail on.
-    page.on("pageerror", lambda e: None if "THEBE_JS_URL" in str(e) else errors.append(str(e)))
+    view = offline_page(browser, 1280, 900)
+    page, context, attempted, missing, errors = view.page, view.context, view.attempted, view.missing, view.errors
     try:
         page.goto((built_book / "index.html").as_uri())  # redirects to book/index.html
         page.wait_for_url("**/book/index.html")

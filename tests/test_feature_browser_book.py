@@ -17,14 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from offline_browser import SHOTS, launch_chromium, offline_page
 from repro.paths import project_root
 
 ROOT = project_root()
-SHOTS = ROOT / "book" / "_build" / "screenshots"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
-REMOTE = re.compile(r"^(https?:)?//", re.I)
 
 CELL = """\
 from repro.features.browser_data import build_browser_data, synthetic_analyses, synthetic_image
@@ -80,35 +76,15 @@ def browser_book(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def chromium():
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install -y chromium)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield browser
-        browser.close()
+    yield from launch_chromium()
 
 
 @pytest.mark.slow
 def test_feature_browser_works_offline(chromium, browser_book):
     from playwright.sync_api import expect
 
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    context = chromium.new_context(offline=True, viewport={"width": 1280, "height": 1000})
-    attempted, missing, errors = [], [], []
-
-    def refuse(route):
-        attempted.append(route.request.url)
-        route.abort()
-
-    context.route(re.compile(r"^https?://"), refuse)
-    page = context.new_page()
-    page.on("requestfailed", lambda r: None if REMOTE.match(r.url) else missing.append(r.url))
-    page.on("pageerror", lambda e: None if "THEBE_JS_URL" in str(e) else errors.append(str(e)))
+    view = offline_page(chromium, 1280, 1000)
+    page, context, attempted, missing, errors = view.page, view.context, view.attempted, view.missing, view.errors
     try:
         page.goto((browser_book / "browser.html").as_uri())
         fb = page.locator(".repro-fb")

@@ -128,11 +128,19 @@ def _compute_dtype_name(pipe) -> str:
 # Into a store
 
 
-def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: PromptSource | None = None):
+def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: PromptSource | None = None,
+            *, rank: int | None = None, world_size: int | None = None):
     """Run (or resume) the collection `cfg` and return the store opened for reading.
 
     `pipe` skips loading `cfg.model` (its name is still what the manifest records);
     `source` replaces `cfg.prompts`.
+
+    Several ranks (`rank`/`world_size`, by default those of an initialised torch.distributed
+    group, e.g. under torchrun): rank r generates the shards i with i % world_size == r into
+    the same store, writing its own manifest part; after a barrier rank 0 merges the parts
+    into manifest.json and every rank returns the store. The shards are the bytes one process
+    writes. Given explicitly without a process group, the ranks run as independent workers
+    and return None; rerunning the command in one process then merges their parts.
     """
     from tqdm.auto import tqdm
 
@@ -145,8 +153,13 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
             f"{source.describe_short()} holds {source.length} prompts but {cfg.n_prompts} were asked for: "
             f"lower --n-prompts to at most {source.length}"
         )
+    from repro.dist import env as dist_env
+
+    world = dist_env.world_size() if world_size is None else int(world_size)
+    rank = dist_env.rank() if rank is None else int(rank)
     if pipe is None:
-        pipe = load_pipeline(cfg.model, device=cfg.device, dtype=cfg.model_dtype)
+        device = cfg.device if world == 1 or cfg.device != "auto" else str(dist_env.local_device())
+        pipe = load_pipeline(cfg.model, device=device, dtype=cfg.model_dtype)
     blocks = resolve_blocks(pipe.unet, cfg.blocks)
     sampling = cfg.sampling
     resolution = sampling.resolution or default_resolution(pipe)
@@ -162,12 +175,19 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
             "vae_factor": vae_factor(pipe)}
     n_shards = -(-cfg.n_prompts // cfg.shard_size)
     device = str(pipe.device)
-    with StoreWriter(cfg.out, settings, info, cfg.n_prompts) as writer:
+    ranked = world > 1  # several ranks: shards i % world == rank, manifest parts merged at the end
+    if ranked and dist_env.active():
+        if rank == 0:
+            _clean_store_temporaries(cfg.out)
+        dist_env.barrier()
+    with StoreWriter(cfg.out, settings, info, cfg.n_prompts, part=rank if ranked else None) as writer:
         ranges = [shard_range(i, cfg.shard_size, cfg.n_prompts) for i in range(n_shards)]
+        mine = [i % world == rank for i in range(n_shards)]
         done = sum(stop - start for i, (start, stop) in enumerate(ranges)
-                   if (r := writer.records.get(i)) and (r["start"], r["stop"]) == (start, stop))
-        bar = tqdm(total=cfg.n_prompts, initial=done, unit="img", desc=f"collect {cfg.out.name}",
-                   disable=not progress, dynamic_ncols=True)
+                   if mine[i] and (r := writer.records.get(i)) and (r["start"], r["stop"]) == (start, stop))
+        total = sum(stop - start for i, (start, stop) in enumerate(ranges) if mine[i])
+        bar = tqdm(total=total, initial=done, unit="img", desc=f"collect {cfg.out.name}",
+                   disable=not progress or rank != 0, dynamic_ncols=True)
         # Shards are written by one background thread (serialise, hash, fsync, rename,
         # manifest) while the next shard generates; at most one write is in flight and its
         # error surfaces before the next shard is handed over. Order and bytes are unchanged.
@@ -175,6 +195,8 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
         pending: Future | None = None
         try:
             for index, (start, stop) in enumerate(ranges):
+                if not mine[index]:
+                    continue
                 prompts = source.get(start, stop)  # per shard: generated prompts are made lazily
                 digest = prompts_digest(prompts)
                 if writer.has_shard(index, start, stop, digest):
@@ -206,8 +228,28 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
         finally:
             pool.shutdown(wait=True)  # a shard being written when generation fails is still finished
             bar.close()
-        writer.finish(n_shards)
+        if not ranked:
+            writer.finish(n_shards)
+        elif dist_env.active():
+            dist_env.barrier()  # every rank's last shard and part are written
+            if rank == 0:
+                _merge_store_parts(cfg.out, n_shards)
+            dist_env.barrier()
+        else:
+            return None  # independent workers: the same command in one process merges the parts
     return ActivationStore(cfg.out)
+
+
+def _clean_store_temporaries(folder: Path) -> None:
+    from repro.store.writer import clean_temporaries
+
+    clean_temporaries(folder)
+
+
+def _merge_store_parts(folder: Path, n_shards: int) -> None:
+    from repro.store.writer import merge_manifest_parts
+
+    merge_manifest_parts(folder, n_shards)
 
 
 def _shape_info(pipe, tensors: dict[str, torch.Tensor], latents: torch.Tensor, sampling: Sampling) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import sys
 from repro import __version__
 from repro.errors import ReproError
 
-AREAS = ("models", "notebooks", "collect", "toy", "riebench")
+AREAS = ("models", "notebooks", "collect", "train", "toy", "riebench")
 
 
 def build_parser() -> argparse.ArgumentParser:

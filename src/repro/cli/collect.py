@@ -44,15 +44,21 @@ def register(sub) -> None:
 
 def run_collect(args: argparse.Namespace) -> int:
     from repro.collect import CollectConfig, collect
+    from repro.dist import env
 
+    env.init_from_env()  # under torchrun: one rank of a sharded collection
     cfg = CollectConfig(
         out=args.out, model=args.model, prompts=args.prompts, n_prompts=args.n_prompts, blocks=args.blocks,
         steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
         shard_size=args.shard_size, dtype=args.dtype, seed=args.seed, prompt_column=args.prompt_column,
         store_images=args.store_images, device=args.device, model_dtype=args.model_dtype,
     )
-    store = collect(cfg, progress=not args.no_progress)
-    print(store.summary())
+    try:
+        store = collect(cfg, progress=not args.no_progress)
+        if env.rank() == 0:
+            print(store.summary())
+    finally:
+        env.shutdown()
     return 0
 
 

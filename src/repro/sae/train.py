@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -120,6 +120,10 @@ def train_saes(
     out_dir: str | os.PathLike | None = None,
     resume: bool = False,
     metadata: dict[str, Any] | None = None,
+    step_fn: Callable[..., Any] | None = None,
+    work_dir: str | os.PathLike | None = None,
+    batch_rows: int | None = None,
+    save_final: bool = True,
 ) -> TrainResult:
     """Train `saes` {block: SAE} for `cfg.steps` batches of `source`; each SAE sees its block's [B, d] rows.
 
@@ -127,6 +131,11 @@ def train_saes(
     checkpoints and the final SAEs; `metadata` (model=, ...) goes into each SAE's cfg.json.
     With `resume=True` the newest checkpoint in `out_dir` is restored (a fresh start if
     there is none). SAEs are trained in place and moved to `cfg.device`.
+
+    Used by `repro.dist` (several ranks), all off by default: `step_fn` replaces
+    `train_step` (same signature); `work_dir` takes the checkpoints and metrics.jsonl
+    instead of `out_dir`; `batch_rows` counts tokens per step when the source yields only
+    this rank's slice of each batch; `save_final=False` writes no final SAEs.
     """
     if not saes:
         raise ReproError("train_saes needs at least one SAE: pass {block_name: TopKSAE(...)}")
@@ -134,6 +143,9 @@ def train_saes(
         if not block or "/" in block or block.startswith("."):
             raise ReproError(f"block name {block!r} cannot be a folder name; use names like 'unet.mid_block.attentions.0'")
     out = Path(out_dir) if out_dir is not None else None
+    final_dir = out if save_final else None
+    out = Path(work_dir) if (work_dir is not None and out is not None) else out
+    step_fn = step_fn or train_step
     if out is None and (resume or cfg.checkpoint_every):
         raise ReproError("checkpoints and resume need an output folder: pass out_dir=, or set checkpoint_every=0")
     device = pick_device(cfg.device)
@@ -182,11 +194,11 @@ def train_saes(
                         )
                     skipped[block] += 1
                     continue
-                res = train_step(sae, opts[block], xs[block], impl=impl, compute_dtype=cdt)
+                res = step_fn(sae, opts[block], xs[block], impl=impl, compute_dtype=cdt)
                 acc[block] += torch.stack([getattr(res, name).float() for name in METRIC_NAMES])
                 n_acc[block] += 1
             step += 1
-            tokens += next(iter(xs.values())).shape[0]
+            tokens += batch_rows or next(iter(xs.values())).shape[0]
             bar.update(1)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
@@ -202,6 +214,8 @@ def train_saes(
     if out is not None:
         if cfg.checkpoint_every and step % cfg.checkpoint_every != 0:
             _checkpoint(out, step, tokens, skipped, saes, opts, source, cfg)
+    if final_dir is not None:
+        out = final_dir
         for block, sae in saes.items():
             if cfg.stats_batches:
                 sae.feature_stats = feature_stats(sae, source, cfg.stats_batches, block=block)

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 from typing import Any
 
 import torch
@@ -30,6 +31,27 @@ from repro.store.layout import (
 )
 
 
+PART_PREFIX = ".manifest.rank-"
+
+
+def part_file(rank: int) -> str:
+    """Name of rank `rank`'s manifest part (hidden: not a foreign file for `_check_folder`)."""
+    return f"{PART_PREFIX}{rank:05d}.json"
+
+
+def manifest_parts(folder: str | os.PathLike) -> list[Path]:
+    """Manifest parts in `folder`, by rank."""
+    return sorted(Path(folder).glob(f"{PART_PREFIX}*.json"))
+
+
+def clean_temporaries(folder: str | os.PathLike) -> None:
+    """Remove the hidden temporaries (`atomic_path`'s) a killed run left in a store folder."""
+    folder = Path(folder)
+    for sub in (folder, folder / SHARD_DIR):
+        for p in sub.glob(".*.tmp-*"):
+            p.unlink(missing_ok=True)
+
+
 def _write_file(path: Path, data: bytes) -> None:
     """Write `data` to `path` (a module function so tests can simulate a full disk)."""
     with open(path, "wb") as fh:
@@ -41,24 +63,35 @@ class StoreWriter:
 
     `settings` must hold every key of `SETTINGS_KEYS`; `info` (per-block shapes, prompt
     source, ...) is recorded but not compared. Use as a context manager (releases the lock).
+    `part=R` makes it one rank's writer of a shared store (see the module docstring): it
+    writes `.manifest.rank-R.json`, and leaves temporaries alone (other ranks' writes).
     """
 
-    def __init__(self, folder: str | os.PathLike, settings: dict[str, Any], info: dict[str, Any], n_prompts: int):
+    def __init__(self, folder: str | os.PathLike, settings: dict[str, Any], info: dict[str, Any], n_prompts: int,
+                 *, part: int | None = None):
         self.folder = Path(folder)
         missing = [k for k in SETTINGS_KEYS if k not in settings]
         if missing:
             raise ValueError(f"store settings lack {missing}")
         self.settings = {k: settings[k] for k in SETTINGS_KEYS}
+        self.part = part
         self._check_folder()
         (self.folder / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.folder / LOCK, "a+")
+        self._locks = []
+        # One writer: exclusive .lock. Ranks: shared .lock (no one-process writer meanwhile)
+        # plus an exclusive lock of their own (no two runs as the same rank).
+        wanted = [(LOCK, fcntl.LOCK_EX)] if part is None else [(LOCK, fcntl.LOCK_SH), (f"{LOCK}.rank-{part:05d}", fcntl.LOCK_EX)]
+        for name, mode in wanted:
+            fh = open(self.folder / name, "a+")
+            self._locks.append(fh)
+            try:
+                fcntl.flock(fh, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                self.close()
+                raise ReproError(f"another collection is writing to {self.folder} right now: wait for it or use another --out")
         try:
-            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._lock.close()
-            raise ReproError(f"another collection is writing to {self.folder} right now: wait for it or use another --out")
-        try:
-            self._clean_temporaries()
+            if part is None:
+                self._clean_temporaries()
             if (self.folder / MANIFEST).exists():
                 self.manifest = read_manifest(self.folder)
                 self._check_settings(self.manifest["settings"])
@@ -67,6 +100,7 @@ class StoreWriter:
                 self.manifest = {"settings": self.settings, "info": info, "shards": [], "complete": False,
                                  "provenance": provenance()}
             self.records = {int(r["index"]): r for r in self.manifest["shards"]}
+            self._folded = self._fold_parts()
             held = max((r["stop"] for r in self.records.values()), default=0)
             if held > n_prompts:
                 raise ReproError(
@@ -93,9 +127,20 @@ class StoreWriter:
 
     def _clean_temporaries(self) -> None:
         # Hidden temporaries are atomic_path's: left only by a run killed mid-write.
-        for folder in (self.folder, self.folder / SHARD_DIR):
-            for p in folder.glob(".*.tmp-*"):
-                p.unlink(missing_ok=True)
+        clean_temporaries(self.folder)
+
+    def _fold_parts(self) -> list[Path]:
+        """Take in the records of manifest parts a distributed run left (none in one-process use)."""
+        parts = manifest_parts(self.folder)
+        for path in parts:
+            try:
+                part = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue  # a damaged part only costs redoing its shards
+            self._check_settings(part["settings"])
+            self.manifest["info"] = {**part.get("info", {}), **self.manifest["info"]}
+            self.records.update({int(r["index"]): r for r in part["shards"]})
+        return parts
 
     def _check_settings(self, existing: dict[str, Any]) -> None:
         diff = [k for k in SETTINGS_KEYS if existing.get(k) != self.settings[k]]
@@ -177,19 +222,54 @@ class StoreWriter:
     def _write_manifest(self, complete: bool = False) -> None:
         self.manifest["shards"] = [self.records[i] for i in sorted(self.records)]
         self.manifest["complete"] = complete
+        if self.part is not None:
+            write_json_atomic(self.folder / part_file(self.part), self.manifest)
+            return
         write_json_atomic(self.folder / MANIFEST, self.manifest)
+        for path in self._folded:  # now recorded in manifest.json
+            path.unlink(missing_ok=True)
+        self._folded = []
 
     def finish(self, n_shards: int) -> None:
         """Mark the store complete once shards 0..n_shards-1 are all recorded."""
         self._write_manifest(complete=all(i in self.records for i in range(n_shards)))
 
     def close(self) -> None:
-        if not self._lock.closed:
-            fcntl.flock(self._lock, fcntl.LOCK_UN)
-            self._lock.close()
+        for fh in reversed(self._locks):
+            if not fh.closed:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()
 
     def __enter__(self) -> "StoreWriter":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def merge_manifest_parts(folder: str | os.PathLike, n_shards: int, parts: Iterable[Path] | None = None) -> dict[str, Any]:
+    """Fold the manifest parts of a distributed collection into `manifest.json` (atomically), then
+    remove them; the store is complete once shards 0..n_shards-1 are all recorded. Call it once
+    every rank has written its last shard (rank 0 after a barrier). Returns the manifest."""
+    folder = Path(folder)
+    parts = manifest_parts(folder) if parts is None else list(parts)
+    manifest = read_manifest(folder) if (folder / MANIFEST).exists() else None
+    records: dict[int, dict[str, Any]] = {} if manifest is None else {int(r["index"]): r for r in manifest["shards"]}
+    for path in parts:
+        part = json.loads(path.read_text())
+        if manifest is None:
+            manifest = part
+        elif part["settings"] != manifest["settings"]:
+            raise ReproError(f"manifest part {path.name} of {folder} was written with other settings than the store: "
+                             "delete it and rerun the collection")
+        manifest["info"] = {**part.get("info", {}), **manifest["info"]}
+        manifest["n_prompts"] = max(int(manifest.get("n_prompts", 0)), int(part.get("n_prompts", 0)))
+        records.update({int(r["index"]): r for r in part["shards"]})
+    if manifest is None:
+        raise ReproError(f"{folder} holds neither {MANIFEST} nor manifest parts: nothing to merge")
+    manifest["shards"] = [records[i] for i in sorted(records)]
+    manifest["complete"] = all(i in records for i in range(n_shards))
+    write_json_atomic(folder / MANIFEST, manifest)
+    for path in parts:
+        path.unlink(missing_ok=True)
+    return manifest

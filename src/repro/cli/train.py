@@ -1,0 +1,63 @@
+"""`repro train`: TopK SAEs on an activation store, one per block (resumes automatically).
+
+One process, or several under torchrun (`--parallel block`: blocks split over ranks;
+`--parallel data`: every rank trains every SAE on its slice of each batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="train TopK SAEs on an activation store (torchrun-aware; resumes automatically)")
+    p.add_argument("--store", type=Path, required=True, help="activation store folder (from `repro collect`)")
+    p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<block>/, metrics.jsonl, checkpoints")
+    p.add_argument("--blocks", default=None, help="comma-separated blocks of the store (default: all of them)")
+    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (batches)")
+    p.add_argument("--k", type=int, default=10, help="latents kept per input by TopK")
+    p.add_argument("--expansion", type=int, default=4, help="n_features = expansion x the block's channels")
+    p.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (global, over all ranks)")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0, help="SAE init seed (block i gets seed+i) and shuffle seed")
+    p.add_argument("--step", type=int, default=None, help="train on one denoising step only (default: all)")
+    p.add_argument("--half", default=None, help="cond or uncond (stores collected with guidance); default: all")
+    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: none)")
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N")
+    p.add_argument("--parallel", choices=("block", "data"), default="block",
+                   help="under torchrun: block = one block's SAE per rank, data = all ranks share every SAE")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(run=run_train)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from repro.dist import env
+    from repro.dist.train import train_distributed
+    from repro.sae import SAEConfig, TopKSAE, TrainConfig
+    from repro.store import ActivationStore, StoreSource
+
+    env.init_from_env()
+    try:
+        store = ActivationStore(args.store)
+        blocks = [store._block(b.strip()) for b in args.blocks.split(",")] if args.blocks else store.blocks
+        saes = {}
+        for i, block in enumerate(blocks):
+            C = store.block_shape(block)[2]
+            saes[block] = TopKSAE(SAEConfig(d_model=C, n_features=args.expansion * C, k=args.k),
+                                  seed=args.seed + store.blocks.index(block))
+        cfg = TrainConfig(steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every,
+                          log_every=args.log_every, device=args.device, progress=not args.no_progress)
+
+        def source(chosen: list[str]) -> StoreSource:
+            return StoreSource(store, args.batch_size, blocks=chosen, step=args.step, half=args.half, seed=args.seed)
+
+        result = train_distributed(saes, source, cfg, out_dir=args.out, parallel=args.parallel, resume=True,
+                                   metadata={"model": store.settings["model"], "store": str(args.store)})
+        if env.rank() == 0:
+            print(f"trained {', '.join(blocks)} for {result.steps} steps ({result.tokens} tokens per block) "
+                  f"into {args.out}")
+    finally:
+        env.shutdown()
+    return 0

@@ -1,4 +1,3 @@
-import numpy as np
 import torch
 
 from repro.features.causality import causal_test, has_value, locality, reads_value

@@ -16,21 +16,12 @@ from safetensors.torch import load_file
 from repro.collect import CollectConfig, StreamSource, collect
 from repro.errors import ReproError
 from repro.generate import Sampling
-from repro.models.loading import load_pipeline
 from repro.store import ActivationStore, StoreSource
 
 BLOCKS = ("down.2.1", "mid.0", "up.0.0", "up.0.1")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    # One thread: the tiny model gains nothing from more, and on a busy 2-core machine
-    # oversubscribed threads make it ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_pipeline("tiny-random", device="cpu")
-    torch.set_num_threads(threads)
 
 
 def _command(out: Path) -> list[str]:

@@ -7,7 +7,6 @@ must change the feature shown, with no kernel and no request leaving the page.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess

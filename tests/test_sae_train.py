@@ -19,12 +19,7 @@ from repro.sae.synthetic import sparse_dictionary_data
 PARAMS = ("W_enc", "b_lat", "W_dec", "b_pre")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cfg(**kw):

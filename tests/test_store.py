@@ -13,7 +13,6 @@ from repro.collect import CollectConfig, collect
 from repro.errors import ReproError
 from repro.generate import Sampling, generate
 from repro.hooks import capture_updates
-from repro.models.loading import load_pipeline
 from repro.prompts import open_prompts, seeds_for
 from repro.store import ActivationStore, StoreSource
 from repro.store import writer as store_writer
@@ -21,14 +20,6 @@ from repro.store import writer as store_writer
 BLOCKS = ("down.2.1", "mid.0", "up.0.0", "up.0.1")
 
 
-@pytest.fixture(scope="module")
-def pipe():
-    # One thread: the tiny model gains nothing from more, and on a busy 2-core machine
-    # oversubscribed threads make it ~100x slower.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield load_pipeline("tiny-random", device="cpu")
-    torch.set_num_threads(threads)
 
 
 def _collect(pipe, out, **kw):

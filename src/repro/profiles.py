@@ -55,7 +55,7 @@ PROFILES: dict[str, Profile] = {
         base_model="shapes-base",
         turbo=Sampling(steps=1, guidance=0.0),
         turbo_multistep=Sampling(steps=4, guidance=0.0),
-        base=Sampling(steps=20, guidance=3.0),
+        base=Sampling(steps=20, guidance=5.0),
         collect_prompts=2000,
         sae_batch=1024,
         sae_steps=1500,

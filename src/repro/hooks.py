@@ -81,6 +81,16 @@ def split_halves(x: torch.Tensor, cfg: bool) -> dict[str, torch.Tensor]:
     return {"uncond": uncond, "cond": cond}
 
 
+def stack_steps(records: list[torch.Tensor], cfg: bool, half: Half | None = None) -> torch.Tensor:
+    """Per-step tensors [B_total, ...] -> [steps, B, ...]; under guidance keep one half
+    ("cond" by default, "uncond", or "all" for the doubled batch)."""
+    stacked = torch.stack(records)
+    if not cfg or half == "all":
+        return stacked
+    uncond, cond = stacked.chunk(2, dim=1)
+    return uncond if half == "uncond" else cond
+
+
 # ---------------------------------------------------------------------------------------
 # Capture
 
@@ -99,11 +109,7 @@ class UpdateCapture:
         block = short_name(block)
         if block not in self.raw or not self.raw[block]:
             raise KeyError(f"no updates captured for block {block!r}; captured: {sorted(self.raw)}")
-        stacked = torch.stack(self.raw[block])
-        if not self.cfg or half == "all":
-            return stacked
-        uncond, cond = stacked.chunk(2, dim=1)
-        return uncond if half == "uncond" else cond
+        return stack_steps(self.raw[block], self.cfg, half)
 
     def __getitem__(self, block: str) -> torch.Tensor:
         return self.updates(block)

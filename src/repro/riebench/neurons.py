@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from repro.blocks import get_block, short_name
-from repro.hooks import Half, StepCounter, split_halves
+from repro.hooks import Half, StepCounter, split_halves, stack_steps
 
 NeuronKey = tuple[str, int]
 """(block short name, transformer layer index)."""
@@ -59,11 +59,7 @@ class NeuronCapture:
         """[steps, B, HW, inner] of layer `key`; under guidance pick `half` (default "cond")."""
         if key not in self.raw:
             raise KeyError(f"no neurons captured for {key}; captured: {sorted(self.raw)}")
-        stacked = torch.stack(self.raw[key])
-        if not self.cfg or half == "all":
-            return stacked
-        uncond, cond = stacked.chunk(2, dim=1)
-        return uncond if half == "uncond" else cond
+        return stack_steps(self.raw[key], self.cfg, half)
 
 
 @contextlib.contextmanager

@@ -44,26 +44,35 @@ def _block_io(args, kwargs, output):
 
 
 @contextlib.contextmanager
-def block_hooks(unet: nn.Module, hooks: dict[str, Callable]) -> Iterator[StepCounter]:
-    """Install `hooks[block](update, inp, step) -> new_update | None` on each block.
-
-    Returning None leaves the block's output exactly as it was. Yields the step counter.
-    """
+def step_hooks(unet: nn.Module, hooks: dict[nn.Module, Callable]) -> Iterator[StepCounter]:
+    """Install `hooks[module](args, kwargs, output, step) -> new output | None` as forward
+    hooks, with `step` counted from the UNet's calls; all removed on exit, also on errors."""
     counter = StepCounter()
     handles = [unet.register_forward_pre_hook(counter)]
     try:
-        for name, fn in hooks.items():
-            handles.append(get_block(unet, name).register_forward_hook(_wrap(fn, counter), with_kwargs=True))
+        for module, fn in hooks.items():
+            hook = lambda module, args, kwargs, output, fn=fn: fn(args, kwargs, output, counter.step)  # noqa: E731
+            handles.append(module.register_forward_hook(hook, with_kwargs=True))
         yield counter
     finally:
         for handle in handles:
             handle.remove()
 
 
-def _wrap(fn: Callable, counter: StepCounter):
-    def hook(module, args, kwargs, output):
+@contextlib.contextmanager
+def block_hooks(unet: nn.Module, hooks: dict[str, Callable]) -> Iterator[StepCounter]:
+    """Install `hooks[block](update, inp, step) -> new_update | None` on each block.
+
+    Returning None leaves the block's output exactly as it was. Yields the step counter.
+    """
+    with step_hooks(unet, {get_block(unet, name): _on_update(fn) for name, fn in hooks.items()}) as counter:
+        yield counter
+
+
+def _on_update(fn: Callable):
+    def hook(args, kwargs, output, step):
         inp, out, rebuild = _block_io(args, kwargs, output)
-        new_update = fn(out - inp, inp, counter.step)
+        new_update = fn(out - inp, inp, step)
         if new_update is None:
             return None
         return rebuild(inp + new_update.to(out.dtype))

@@ -28,6 +28,7 @@ from torch.nn import functional as F
 
 from repro.sae.losses import LossOutput, compute_dtype_context
 from repro.sae.model import TopKSAE
+from repro.sae.step import apply_update
 
 
 def _sum(t: torch.Tensor, group=None) -> torch.Tensor:
@@ -114,10 +115,6 @@ def dp_train_step(
         if p.grad is None:
             p.grad = torch.zeros_like(p)  # keep the collectives in step across ranks
         _sum(p.grad, group)
-    sae.remove_parallel_grad_()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    sae.normalize_decoder_()
-    sae.update_fire_counters_(out.fired, B)
+    apply_update(sae, opt, out.fired, B)
     # what the logs see: the full batch's loss, not this rank's share of it
     return dataclasses.replace(out, loss=out.nmse + sae.cfg.auxk_coef * out.auxk)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from repro.blocks import get_block, short_name
-from repro.hooks import Half, StepCounter, split_halves, stack_steps
+from repro.hooks import Half, StepCounter, split_halves, stack_steps, step_hooks
 
 NeuronKey = tuple[str, int]
 """(block short name, transformer layer index)."""
@@ -62,24 +62,9 @@ class NeuronCapture:
         return stack_steps(self.raw[key], self.cfg, half)
 
 
-@contextlib.contextmanager
-def _module_hooks(unet: nn.Module, hooks: dict[nn.Module, Callable]) -> Iterator[StepCounter]:
-    counter = StepCounter()
-    handles = [unet.register_forward_pre_hook(counter)]
-    try:
-        for module, fn in hooks.items():
-            handles.append(module.register_forward_hook(_wrap(fn, counter)))
-        yield counter
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-def _wrap(fn, counter):
-    def hook(module, args, output):
-        return fn(output, counter.step)
-
-    return hook
+def _module_hooks(unet: nn.Module, hooks: dict[nn.Module, Callable]):
+    """`hooks[module](output, step)` on GEGLU modules (see `repro.hooks.step_hooks`)."""
+    return step_hooks(unet, {m: (lambda args, kwargs, out, step, fn=fn: fn(out, step)) for m, fn in hooks.items()})
 
 
 @contextlib.contextmanager

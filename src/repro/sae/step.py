@@ -57,9 +57,14 @@ def train_step(
     """
     out = loss_fn(impl)(sae, x, compute_dtype=compute_dtype, force_dead=force_dead)
     out.loss.backward()
+    apply_update(sae, opt, out.fired, x.shape[0])
+    return out
+
+
+def apply_update(sae: TopKSAE, opt: torch.optim.Optimizer, fired: torch.Tensor, n_tokens: int) -> None:
+    """After backward: project the decoder gradient, Adam step, renormalise, count dead latents."""
     sae.remove_parallel_grad_()
     opt.step()
     opt.zero_grad(set_to_none=True)
     sae.normalize_decoder_()
-    sae.update_fire_counters_(out.fired, x.shape[0])
-    return out
+    sae.update_fire_counters_(fired, n_tokens)

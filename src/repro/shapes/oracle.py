@@ -25,6 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from repro.errors import ReproError
+from repro.paths import models_dir
 from repro.shapes.render import IMAGE_SIZE
 from repro.shapes.world import (
     BACKGROUNDS,
@@ -168,20 +169,9 @@ def compare(reading: dict, scene: Scene) -> dict[str, bool]:
     return res
 
 
-def project_root(start: Path | None = None) -> Path:
-    """The folder holding pyproject.toml, walking up from this file."""
-    here = (start or Path(__file__)).resolve()
-    for folder in [here, *here.parents]:
-        if (folder / "pyproject.toml").is_file():
-            return folder
-    raise ReproError("cannot find the project root (a folder with pyproject.toml) above "
-                     f"{here}; set REPRO_MODELS_DIR to the folder that holds oracle/")
-
-
 def default_oracle_dir() -> Path:
     """$REPRO_MODELS_DIR/oracle if set, else <project root>/models/oracle."""
-    env = os.environ.get("REPRO_MODELS_DIR")
-    return Path(env) / "oracle" if env else project_root() / "models" / "oracle"
+    return models_dir() / "oracle"
 
 
 class Oracle:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from repro.errors import ReproError
+from repro.meter import metered_images
 from repro.models.loading import default_resolution
 
 
@@ -63,16 +64,18 @@ def generate(
     if len(seeds) != len(prompts):
         raise ReproError(f"{len(prompts)} prompts but {len(seeds)} seeds: give one seed per prompt")
     resolution = sampling.resolution or default_resolution(pipe)
-    result = pipe(
-        prompt=prompts,
-        negative_prompt=list(negative_prompts) if negative_prompts is not None else None,
-        num_inference_steps=sampling.steps,
-        guidance_scale=sampling.guidance,
-        height=resolution,
-        width=resolution,
-        generator=generators(seeds),
-        output_type="latent" if output == "latent" else "np",
-    )
+    evaluations = len(prompts) * sampling.steps * (2 if sampling.cfg else 1)
+    with metered_images(len(prompts), evaluations, pipe.device):
+        result = pipe(
+            prompt=prompts,
+            negative_prompt=list(negative_prompts) if negative_prompts is not None else None,
+            num_inference_steps=sampling.steps,
+            guidance_scale=sampling.guidance,
+            height=resolution,
+            width=resolution,
+            generator=generators(seeds),
+            output_type="latent" if output == "latent" else "np",
+        )
     if output == "latent":
         return result.images
     return to_uint8(result.images)

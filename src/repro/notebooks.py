@@ -106,10 +106,10 @@ def check_parameters(name: str, given: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ReproError(f"{name} has no parameter {unknown[0]!r}: use {choices_hint(defaults)}")
     checked = {key: _coerce(name, key, value, defaults[key]) for key, value in given.items()}
-    if "profile" in checked:
+    if "profile" in checked or "overrides" in checked:
         from repro.profiles import get_profile
 
-        get_profile(checked["profile"])
+        get_profile(checked.get("profile", defaults.get("profile", "toy")), checked.get("overrides"))
     return checked
 
 

@@ -1,12 +1,18 @@
 """Profiles: which models and settings a whole reproduction runs on.
 
 `toy` (the default) runs every chapter on the embedded ShapesWorld models on a CPU in
-minutes; `paper` points the same notebooks at SDXL Turbo / SDXL base as in the paper.
+minutes; `paper` points the same notebooks at SDXL Turbo / SDXL base as in the paper;
+`standin` is `paper` on random-weight pipelines of SDXL's exact architecture at reduced
+counts (what the real path costs on a GPU, without the weights). Any field can be
+changed for one run: `get_profile("paper", {"collect_prompts": 3000})`, or in a
+notebook `-p overrides '{"collect_prompts": 3000}'`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from repro.errors import ReproError, choices_hint
 from repro.generate import Sampling
@@ -48,6 +54,20 @@ class Profile:
     description: str = ""
 
 
+PAPER = Profile(
+    name="paper",
+    turbo_model="stabilityai/sdxl-turbo",
+    base_model="stabilityai/stable-diffusion-xl-base-1.0",
+    turbo=Sampling(steps=1, guidance=0.0, resolution=512),
+    turbo_multistep=Sampling(steps=4, guidance=0.0, resolution=512),
+    base=Sampling(steps=25, guidance=8.0, resolution=1024),
+    collect_prompts=1_500_000,
+    prompts="hf:laion/laion-coco",
+    eval_prompts="hf:laion/laion-coco:validation",
+    sae_steps=93_750,
+    description="SDXL Turbo and SDXL base as in the paper (GPU strongly advised)",
+)
+
 PROFILES: dict[str, Profile] = {
     "toy": Profile(
         name="toy",
@@ -62,23 +82,52 @@ PROFILES: dict[str, Profile] = {
         dead_tokens=200_000,
         description="embedded ShapesWorld models (shapes-turbo, shapes-base) on the CPU",
     ),
-    "paper": Profile(
-        name="paper",
-        turbo_model="stabilityai/sdxl-turbo",
-        base_model="stabilityai/stable-diffusion-xl-base-1.0",
-        turbo=Sampling(steps=1, guidance=0.0, resolution=512),
-        turbo_multistep=Sampling(steps=4, guidance=0.0, resolution=512),
-        base=Sampling(steps=25, guidance=8.0, resolution=1024),
-        collect_prompts=1_500_000,
-        prompts="hf:laion/laion-coco",
-        eval_prompts="hf:laion/laion-coco:validation",
-        sae_steps=93_750,
-        description="SDXL Turbo and SDXL base as in the paper (GPU strongly advised)",
+    "paper": PAPER,
+    # The paper's sampling, dtype and SAE sizes on stand-ins (random weights, built on the
+    # device in seconds), ShapesWorld captions as prompts (no dataset download), counts cut
+    # so that every chapter runs in one GPU session: its pictures are noise, its costs real.
+    "standin": dataclasses.replace(
+        PAPER,
+        name="standin",
+        turbo_model="standin-sdxl-turbo",
+        base_model="standin-sdxl-base",
+        collect_prompts=2048,
+        prompts="shapes",
+        eval_prompts="shapes-test",
+        sae_steps=2000,
+        description="the paper profile on random-weight SDXL-architecture stand-ins, reduced counts (GPU)",
     ),
 }
 
+_SAMPLINGS = ("turbo", "turbo_multistep", "base")
 
-def get_profile(name: str) -> Profile:
+
+def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
+    """The profile `name`, with `overrides` {field: value} applied (samplings as dicts of
+    Sampling fields, e.g. {"base": {"steps": 10}})."""
     if name not in PROFILES:
         raise ReproError(f"unknown profile {name!r}: use {choices_hint(PROFILES)}")
-    return PROFILES[name]
+    profile = PROFILES[name]
+    if not overrides:
+        return profile
+    fields = {f.name: f for f in dataclasses.fields(Profile)}
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        if key not in fields or key == "name":
+            raise ReproError(f"profile has no field {key!r} to override: use {choices_hint([f for f in fields if f != 'name'])}")
+        if key in _SAMPLINGS:
+            if not isinstance(value, dict):
+                raise ReproError(f"override {key} must be a mapping of Sampling fields, e.g. {{\"steps\": 4}}")
+            sampling_fields = [f.name for f in dataclasses.fields(Sampling)]
+            unknown = sorted(set(value) - set(sampling_fields))
+            if unknown:
+                raise ReproError(f"override {key} has no field {unknown[0]!r}: use {choices_hint(sampling_fields)}")
+            value = dataclasses.replace(getattr(profile, key), **value)
+        else:
+            expected = type(getattr(profile, key))
+            if expected is int and isinstance(value, float) and value.is_integer():
+                value = int(value)
+            if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
+                raise ReproError(f"override {key} must be {expected.__name__} (the profile has {getattr(profile, key)!r}), got {value!r}")
+        changes[key] = value
+    return dataclasses.replace(profile, **changes)

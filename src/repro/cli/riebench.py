@@ -49,6 +49,20 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="results .jsonl (one row per edit x method x setting)")
     p.set_defaults(run=run_riebench)
 
+    ex = sub.add_parser("riebench-example", help="write a small RIEBench in the published layout, with drawn masks")
+    ex.add_argument("out", type=Path, help="folder to write edits.json and masks/ into")
+    ex.add_argument("--resolution", type=int, default=512, help="mask size in pixels (the generation resolution)")
+    ex.add_argument("--per-category", type=int, default=2, choices=(1, 2), help="edits per category")
+    ex.set_defaults(run=write_example)
+
+
+def write_example(args: argparse.Namespace) -> int:
+    from repro.riebench.example import write_example as write
+
+    edits, masks = write(args.out, resolution=args.resolution, per_category=args.per_category)
+    print(f"wrote {edits} and {masks}/ (use: repro riebench --edits {edits} --masks {masks} ...)")
+    return 0
+
 
 def run_riebench(args: argparse.Namespace) -> int:
     import dataclasses

@@ -75,6 +75,12 @@ def standard_variants(saes: dict, mean_updates: dict[str, torch.Tensor] | None =
     return variants
 
 
+def step_windows(n_steps: int, n_windows: int = 4) -> list[list[int]]:
+    """Split steps 0..n_steps-1 into `n_windows` consecutive windows of near-equal size
+    (fewer when there are fewer steps): 25 steps -> 7, 6, 6, 6."""
+    return [list(map(int, w)) for w in np.array_split(np.arange(n_steps), min(n_windows, n_steps))]
+
+
 def intervention_timing(pipe, prompts: Sequence[str], seeds: Sequence[int], sampling: Sampling,
                         block: str, make_edit: Callable[[list[int]], Edit],
                         windows: Sequence[Sequence[int]], batch_size: int = 16,

@@ -12,11 +12,13 @@ stores are read piece by piece. Per feature f (z_f: activation after TopK and Re
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 import torch
 
+from repro.meter import add_sae_analysis
 from repro.sae.model import TopKSAE
 from repro.sae.stats import FeatureStats
 
@@ -101,6 +103,7 @@ def analyse_features(
     """
     n = sae.cfg.n_features
     dev = sae.device
+    started = time.perf_counter()
     count = torch.zeros(n, dtype=torch.int64, device=dev)
     total = torch.zeros(n, dtype=torch.float64, device=dev)
     total_sq = torch.zeros(n, dtype=torch.float64, device=dev)
@@ -142,6 +145,7 @@ def analyse_features(
             fired_pos += on.sum(0).double()
             concept_pos += cmat.sum(0).double()
     safe = count.clamp_min(1).double()
+    add_sae_analysis(n_tokens, time.perf_counter() - started)  # reading the store included
     mean = total / safe
     std = (total_sq / safe - mean * mean).clamp_min(0).sqrt()
     stats = FeatureStats(mean=mean.float().cpu(), std=std.float().cpu(),

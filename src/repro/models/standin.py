@@ -102,8 +102,22 @@ def write_standin(like: str, folder: str | Path, device: str | torch.device = "c
 
 
 def is_standin(pipe_or_folder) -> str | None:
-    """The name a stand-in imitates ("sdxl-turbo"/"sdxl-base"), or None for real weights."""
+    """The name a stand-in imitates ("sdxl-turbo"/"sdxl-base"), or None for real weights.
+
+    Takes a pipeline, a model name (`standin-sdxl-turbo`) or a saved folder."""
+    if isinstance(pipe_or_folder, str) and pipe_or_folder.removeprefix("standin-") in STANDINS \
+            and pipe_or_folder.startswith("standin-"):
+        return pipe_or_folder.removeprefix("standin-")
     if isinstance(pipe_or_folder, (str, Path)):
         marker = Path(pipe_or_folder) / MARKER
         return json.loads(marker.read_text())["like"] if marker.exists() else None
     return getattr(pipe_or_folder, "repro_standin", None)
+
+
+def standin_note(*pipes_or_names) -> str | None:
+    """One line for a chapter to print when any of its models is a stand-in, else None."""
+    like = sorted({name for p in pipes_or_names if (name := is_standin(p))})
+    if not like:
+        return None
+    return (f"NOTE: random-weight stand-in of {' and '.join(like)} (SDXL's exact architecture, no trained "
+            "weights): every picture and number below is noise; only the costs (time, memory, rates) are real.")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from repro.devices import pick_device
 from repro.errors import ReproError, choices_hint
 from repro.io import write_bytes_atomic
+from repro.meter import add_sae_training
 from repro.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from repro.sae.config import TrainConfig
 from repro.sae.geometric_median import geometric_median
@@ -176,6 +177,7 @@ def train_saes(
     n_acc = {block: 0 for block in saes}
     bar = tqdm(total=cfg.steps, initial=step, disable=not cfg.progress, unit="step", desc="SAE")
     t_last, tokens_last = time.perf_counter(), tokens
+    t_start, tokens_start = t_last, tokens
     batches = iter(source)
     try:
         while step < cfg.steps:
@@ -210,6 +212,9 @@ def train_saes(
                 _checkpoint(out, step, tokens, skipped, saes, opts, source, cfg)
     finally:
         bar.close()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        add_sae_training(tokens - tokens_start, len(saes), time.perf_counter() - t_start)
 
     if out is not None:
         if cfg.checkpoint_every and step % cfg.checkpoint_every != 0:

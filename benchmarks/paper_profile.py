@@ -141,6 +141,22 @@ def report(args: argparse.Namespace) -> int:
             per_edit = riebench["resources"]["image_seconds"] / n
             lines.append(f"| RIEBench (06), same grid | 296 edits | {per_edit:.1f} s of generation per edit "
                          f"| {_hours(296 * per_edit)} |")
+    if args.before:
+        before = json.loads(Path(args.before).read_text())["chapters"]
+        lines += ["## What the first run showed, and the fixes", "",
+                  "The same chapters run once before two fixes in the library: SAE batches were gathered "
+                  "on the CPU and copied to the GPU one by one (now `StoreSource(device=...)` moves each "
+                  "group of shards to the GPU once and gathers there), and the VAE decoded whole batches "
+                  "(now one image at a time, `vae.enable_slicing()` in `load_pipeline`).", "",
+                  "| chapter | measure | before | after |", "|---|---|---|---|"]
+        measures = (("peak_gpu_reserved_gib", "peak GPU memory reserved (GiB)"), ("peak_gpu_memory_gib", "peak GPU memory allocated (GiB)"),
+                    ("peak_host_memory_gib", "peak host memory (GiB)"), ("sae_tokens_per_s_per_block", "SAE tokens/s per block"))
+        for name in sorted(set(before) & set(chapters)):
+            b, a = before[name].get("resources", {}), chapters[name].get("resources", {})
+            for key, label in measures:
+                if b.get(key) and a.get(key) and abs(b[key] - a[key]) > 0.25 * max(abs(a[key]), 1e-9):
+                    lines.append(f"| {name} | {label} | {b[key]:,} | {a[key]:,} |")
+        lines.append("")
     text = "\n".join([
         "# The paper profile on SDXL-architecture stand-ins: cost per chapter", "",
         f"GPU: {machine.get('gpu')}; {machine.get('cpus')} CPUs; torch {machine.get('torch')}, "
@@ -164,6 +180,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("report")
     p.add_argument("records", nargs="+")
     p.add_argument("--md", default=None, help="write the markdown here (default: print it)")
+    p.add_argument("--before", default=None, help="a record of the same chapters before a change, to compare")
     p.set_defaults(fn=report)
     args = parser.parse_args(argv)
     return args.fn(args)

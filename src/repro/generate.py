@@ -90,9 +90,21 @@ def to_uint8(images) -> np.ndarray:
 
 @torch.no_grad()
 def decode_latents(pipe, latents: torch.Tensor) -> np.ndarray:
-    """Final latents [B, 4, h, w] -> uint8 images [B, H, W, 3], as the pipeline would."""
+    """Final latents [B, 4, h, w] -> uint8 images [B, H, W, 3], as the pipeline would.
+
+    SDXL's VAE overflows in fp16 (its config says `force_upcast`): like the pipeline, it
+    then decodes in fp32 and goes back to fp16 afterwards.
+    """
     vae = pipe.vae
-    latents = latents.to(device=vae.device, dtype=vae.dtype)
-    image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    upcast = vae.dtype == torch.float16 and bool(getattr(vae.config, "force_upcast", False))
+    dtype = vae.dtype
+    try:
+        if upcast:
+            vae.to(torch.float32)
+        latents = latents.to(device=vae.device, dtype=vae.dtype)
+        image = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+    finally:
+        if upcast:
+            vae.to(dtype)
     image = (image / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1)
     return to_uint8(image)

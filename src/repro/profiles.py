@@ -122,12 +122,24 @@ def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
             unknown = sorted(set(value) - set(sampling_fields))
             if unknown:
                 raise ReproError(f"override {key} has no field {unknown[0]!r}: use {choices_hint(sampling_fields)}")
-            value = dataclasses.replace(getattr(profile, key), **value)
+            current = getattr(profile, key)
+            value = dataclasses.replace(current, **{
+                name: _checked(f"{key}.{name}", v, (int, type(None)) if name == "resolution" else type(getattr(current, name)))
+                for name, v in value.items()})
         else:
-            expected = type(getattr(profile, key))
-            if expected is int and isinstance(value, float) and value.is_integer():
-                value = int(value)
-            if not isinstance(value, expected) or isinstance(value, bool) != (expected is bool):
-                raise ReproError(f"override {key} must be {expected.__name__} (the profile has {getattr(profile, key)!r}), got {value!r}")
+            value = _checked(key, value, type(getattr(profile, key)))
         changes[key] = value
     return dataclasses.replace(profile, **changes)
+
+
+def _checked(key: str, value: Any, expected: type | tuple[type, ...]) -> Any:
+    """`value` as the type of the field it overrides (whole floats pass as ints, ints as floats)."""
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    if int in kinds and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        names = " or ".join("null" if k is type(None) else k.__name__ for k in kinds)
+        raise ReproError(f"override {key} must be {names}, got {value!r}")
+    return value

@@ -50,8 +50,12 @@ def run_train(args: argparse.Namespace) -> int:
         cfg = TrainConfig(steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every,
                           log_every=args.log_every, device=args.device, progress=not args.no_progress)
 
+        # Batches are gathered where the SAEs train (see StoreSource): same rows, no per-batch copy.
+        data_device = env.local_device() if args.device == "auto" else args.device
+
         def source(chosen: list[str]) -> StoreSource:
-            return StoreSource(store, args.batch_size, blocks=chosen, step=args.step, half=args.half, seed=args.seed)
+            return StoreSource(store, args.batch_size, blocks=chosen, step=args.step, half=args.half, seed=args.seed,
+                               device=data_device)
 
         result = train_distributed(saes, source, cfg, out_dir=args.out, parallel=args.parallel, resume=True,
                                    metadata={"model": store.settings["model"], "store": str(args.store)})

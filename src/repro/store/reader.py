@@ -249,8 +249,13 @@ class StoreSource(ChunkedSource):
         buffer_tokens: int = 1 << 20,
         shards_per_chunk: int | None = None,
         epochs: int | None = None,
+        device: str | torch.device | None = None,
     ):
         super().__init__(batch_size, seed, shuffle)
+        # On a GPU, each group is moved there once and batches are gathered there: the
+        # per-batch CPU gather and host-to-device copy otherwise bound SAE training (H100,
+        # 4 SAEs 1280x5120: 95k tokens/s per block with CPU batches).
+        self.device = None if device is None else torch.device(device)
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
         if not self.store.shards:
             raise ReproError(f"the store {self.store.folder} holds no shards yet: collect first")
@@ -299,7 +304,7 @@ class StoreSource(ChunkedSource):
         for i in order:
             tensors = self.store.load_shard(self.store.shards[i], self._blocks)
             for b in self._blocks:
-                parts[b].append(select_tokens(tensors[b], self.step, self.half))
+                parts[b].append(select_tokens(tensors[b], self.step, self.half).to(self.device or "cpu"))
         return {b: p[0] if len(p) == 1 else torch.cat(p) for b, p in parts.items()}
 
     def state_dict(self) -> dict[str, Any]:

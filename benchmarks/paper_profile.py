@@ -141,6 +141,12 @@ def report(args: argparse.Namespace) -> int:
             per_edit = riebench["resources"]["image_seconds"] / n
             lines.append(f"| RIEBench (06), same grid | 296 edits | {per_edit:.1f} s of generation per edit "
                          f"| {_hours(296 * per_edit)} |")
+    lines.append("")
+    if train.get("sae_tokens_per_s_per_block"):
+        need = train["sae_tokens_per_s_per_block"] * train.get("sae_blocks", 4) * 1280 * 2
+        lines += [f"At that SAE rate the store must deliver {need / 1e9:.1f} GB/s of 16-bit updates: the 3.9 TB "
+                  "store lives on disk, read one group of shards at a time, so its disk sets the real pace. "
+                  "Wall times include starting the kernel and building the stand-ins (10-20 s per chapter).", ""]
     if args.before:
         before = json.loads(Path(args.before).read_text())["chapters"]
         lines += ["## What the first run showed, and the fixes", "",
@@ -161,7 +167,10 @@ def report(args: argparse.Namespace) -> int:
         "# The paper profile on SDXL-architecture stand-ins: cost per chapter", "",
         f"GPU: {machine.get('gpu')}; {machine.get('cpus')} CPUs; torch {machine.get('torch')}, "
         f"diffusers {machine.get('diffusers')}; profile `{machine.get('profile')}`.", "",
-        "Produced by:", "", "```bash", *[c for c in commands if c], "```", "",
+        "Measured on the GPU with (the wheels of `benchmarks/README.md` installed, `PYTHONPATH=src`):", "",
+        "```bash", *[c for c in commands if c], "```", "",
+        "and turned into this page with:", "",
+        "```bash", "python benchmarks/paper_profile.py report " + " ".join(sys.argv[2:]), "```", "",
         *rows, "", *lines, "",
     ])
     Path(args.md).write_text(text) if args.md else print(text)

@@ -1,7 +1,8 @@
 # The map of the pipeline. Two commands do all the set-up on a fresh machine:
 #   make reproduce   - venv, every notebook in order (papermill), results/*.json, the book
 #   make test        - venv, the test suite
-# PROFILE=toy (default: embedded ShapesWorld models, CPU) or PROFILE=paper (SDXL Turbo).
+# PROFILE=toy (default: embedded ShapesWorld models, CPU), PROFILE=paper (SDXL Turbo) or
+# PROFILE=standin (the paper profile on random-weight SDXL-architecture models, GPU).
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
@@ -20,7 +21,7 @@ CHAPTERS := $(sort $(basename $(notdir $(wildcard notebooks/[0-9]*.md))))
 .PHONY: help venv reproduce notebooks chapter book test test-fast lab publish toy-model clean
 
 help:
-	@echo "make reproduce [PROFILE=toy|paper]  run every chapter and build the book (book/_build/html)"
+	@echo "make reproduce [PROFILE=toy|paper|standin]  run every chapter and build the book (book/_build/html)"
 	@echo "make test                          run the test suite"
 	@echo "make chapter NB=00_overview        run one chapter"
 	@echo "make book                          rebuild the site from executed chapters"

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from repro.errors import ReproError
-from repro.evaluate.capture import capture_eval_updates
+from repro.evaluate.capture import capture_eval_updates, capture_token_sample
 from repro.evaluate.in_loop import in_loop_comparison, intervention_timing, manhattan, standard_variants
 from repro.evaluate.reconstruction import code_overlap, evaluate_reconstruction
 from repro.generate import Sampling
@@ -71,3 +71,29 @@ def test_intervention_timing_windows(tiny_pipe):
     timing = intervention_timing(tiny_pipe, PROMPTS[:2], SEEDS[:2], Sampling(steps=4), "up.0.1",
                                  lambda steps: Scale(factor=3.0, steps=steps), [[0, 1], [2, 3]])
     assert set(timing) == {"0-1", "2-3"} and all(v > 0 for v in timing.values())
+
+
+def test_token_sample_keeps_fixed_positions_per_image_and_everything_when_the_budget_allows(tiny_pipe):
+    sampling = Sampling(steps=2, guidance=3.0)
+    full = capture_eval_updates(tiny_pipe, PROMPTS, SEEDS, sampling, ["mid.0", "up.0.0"], batch_size=3)
+    flat = {b: {h: u.flatten(2, 3) for h, u in hs.items()} for b, hs in full.items()}  # [steps, N, H*W, C]
+
+    everything = capture_token_sample(tiny_pipe, PROMPTS, SEEDS, sampling, ["mid.0", "up.0.0"],
+                                      max_tokens=10**9, batch_size=3)
+    for b in flat:
+        for h in ("cond", "uncond"):
+            assert torch.equal(everything[b][h], flat[b][h])  # same rows, same order
+
+    # up.0.0 has 8x8 = 64 positions; 4 images x 2 steps x P >= 40 rows -> P = 5 per image and step.
+    some = capture_token_sample(tiny_pipe, PROMPTS, SEEDS, sampling, ["up.0.0"], max_tokens=40, batch_size=3, seed=7)
+    got, ref = some["up.0.0"]["cond"], flat["up.0.0"]["cond"]
+    assert got.shape == (2, 4, 5, ref.shape[-1])
+    for i in range(4):
+        # each kept row is the full capture's row at one position, the same positions at both steps
+        pos = [int((ref[0, i] - row).abs().sum(-1).argmin()) for row in got[0, i]]
+        assert len(set(pos)) == 5 and pos == sorted(pos)
+        assert torch.equal(got[:, i], ref[:, i, pos])
+        assert torch.equal(some["up.0.0"]["uncond"][:, i], flat["up.0.0"]["uncond"][:, i, pos])
+    again = capture_token_sample(tiny_pipe, PROMPTS, SEEDS, sampling, ["up.0.0"], max_tokens=40, batch_size=2, seed=7)
+    # positions depend on (seed, image), not on batching (values only up to batch-size rounding)
+    assert torch.allclose(again["up.0.0"]["cond"], got, atol=1e-4)

@@ -28,18 +28,22 @@ def capture_eval_updates(
     and image).
     """
     dtype = dtype or pipe.unet.dtype
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {b: {} for b in blocks}
+    for _, b, h, u in _batch_updates(pipe, prompts, seeds, sampling, blocks, batch_size):
+        parts[b].setdefault(h, []).append(u.permute(0, 1, 3, 4, 2).to("cpu", dtype))
+    return {b: {h: torch.cat(v, dim=1) for h, v in hs.items()} for b, hs in parts.items()}
+
+
+def _batch_updates(pipe, prompts, seeds, sampling: Sampling, blocks, batch_size: int):
+    """Generate in batches; yield (first image index, block, half, updates [steps, B, C, H, W])."""
     halves = ("cond", "uncond") if sampling.cfg else ("all",)
-    parts: dict[str, dict[str, list[torch.Tensor]]] = {b: {h: [] for h in halves} for b in blocks}
-    bar = tqdm(range(0, len(prompts), batch_size), desc="capture", unit="batch", leave=False)
-    for start in bar:
+    for start in tqdm(range(0, len(prompts), batch_size), desc="capture", unit="batch", leave=False):
         sl = slice(start, start + batch_size)
         with capture_updates(pipe.unet, blocks, cfg=sampling.cfg) as cap:
             generate(pipe, prompts[sl], seeds[sl], sampling, output="latent")
         for b in blocks:
             for h in halves:
-                u = cap.updates(b, h if sampling.cfg else None)  # [steps, B, C, H, W]
-                parts[b][h].append(u.permute(0, 1, 3, 4, 2).to("cpu", dtype))
-    return {b: {h: torch.cat(v, dim=1) for h, v in hs.items()} for b, hs in parts.items()}
+                yield start, b, h, cap.updates(b, h if sampling.cfg else None)
 
 
 def capture_token_sample(
@@ -60,22 +64,15 @@ def capture_token_sample(
     exactly `capture_eval_updates`. SDXL base at 1024 px gives 1024 positions per block and
     step: keeping all of them for 96 prompts would take ~50 GB of host memory.
     """
-    halves = ("cond", "uncond") if sampling.cfg else ("all",)
     per = max(1, -(-int(max_tokens) // (len(prompts) * sampling.steps)))
-    parts: dict[str, dict[str, list[torch.Tensor]]] = {b: {h: [] for h in halves} for b in blocks}
-    for start in tqdm(range(0, len(prompts), batch_size), desc="capture", unit="batch", leave=False):
-        sl = slice(start, start + batch_size)
-        with capture_updates(pipe.unet, blocks, cfg=sampling.cfg) as cap:
-            generate(pipe, prompts[sl], seeds[sl], sampling, output="latent")
-        for b in blocks:
-            for h in halves:
-                u = cap.updates(b, h if sampling.cfg else None)  # [steps, B, C, H, W]
-                u = u.flatten(3).transpose(2, 3)  # [steps, B, H*W, C]
-                if per < u.shape[2]:
-                    keep = torch.stack([
-                        torch.randperm(u.shape[2], generator=torch.Generator().manual_seed(seed + start + i))[:per].sort().values
-                        for i in range(u.shape[1])
-                    ]).to(u.device)  # [B, P]
-                    u = u.gather(2, keep[None, :, :, None].expand(u.shape[0], -1, -1, u.shape[3]))
-                parts[b][h].append(u.to("cpu", pipe.unet.dtype))
+    parts: dict[str, dict[str, list[torch.Tensor]]] = {b: {} for b in blocks}
+    for start, b, h, u in _batch_updates(pipe, prompts, seeds, sampling, blocks, batch_size):
+        u = u.flatten(3).transpose(2, 3)  # [steps, B, H*W, C]
+        if per < u.shape[2]:
+            keep = torch.stack([
+                torch.randperm(u.shape[2], generator=torch.Generator().manual_seed(seed + start + i))[:per].sort().values
+                for i in range(u.shape[1])
+            ]).to(u.device)  # [B, P]
+            u = u.gather(2, keep[None, :, :, None].expand(u.shape[0], -1, -1, u.shape[3]))
+        parts[b].setdefault(h, []).append(u.to("cpu", pipe.unet.dtype))
     return {b: {h: torch.cat(v, dim=1) for h, v in hs.items()} for b, hs in parts.items()}

@@ -19,7 +19,7 @@ def tiny_config(tmp_path, **changes) -> ToyTrainConfig:
         data=DataConfig(scenes=48, captions_per_scene=2, workers=1),
         vae=VaeStage(steps=16, batch_size=4, lr=2e-3),
         base=BaseStage(steps=16, batch_size=8, lr=2e-3),
-        turbo=TurboStage(steps=16, batch_size=8, lr=2e-3),
+        turbo=TurboStage(steps=16, batch_size=8, lr=2e-3, teacher_samples=16, teacher_steps=3),
         out=str(tmp_path / "models"),
         work=str(tmp_path / "work"),
         log_every=4,
@@ -84,9 +84,12 @@ def test_turbo_alone_resumes_from_the_saved_base(trained, tmp_path):
     from repro.toymodels.train import train_toy_models
 
     cfg, _ = trained
-    result = train_toy_models(cfg.replace(stages=("turbo",), turbo=TurboStage(steps=4, batch_size=8)),
+    result = train_toy_models(cfg.replace(stages=("turbo",), checkpoint=str(tmp_path / "ckpt"),
+                                          turbo=TurboStage(steps=4, batch_size=8, teacher_samples=8, teacher_steps=2)),
                               progress=False)
     assert result["stages"]["turbo"]["steps"] == 4 and "base" not in result["stages"]
+    lineage = json.loads((Path(result["folders"]["turbo"]) / "training.json").read_text())["lineage"]
+    assert lineage["teacher"] == "shapes-base" and lineage["steps"] == 4
 
 
 def test_every_vocabulary_word_is_one_token():
@@ -168,3 +171,138 @@ def test_cli_parses_steps_and_stages():
     assert cfg.stages == ("base", "turbo") and cfg.base.steps == 7 and cfg.turbo.steps == 9 and cfg.out == "x"
     with pytest.raises(ReproError, match="unknown stage"):
         build_config(argparse.Namespace(**{**vars(args), "steps": "decoder=3"}))
+
+
+def _small_config(tmp_path, **changes) -> ToyTrainConfig:
+    return tiny_config(tmp_path, data=DataConfig(scenes=24, captions_per_scene=2, workers=1),
+                       vae=VaeStage(steps=5, batch_size=2, lr=2e-3), base=BaseStage(steps=5, batch_size=4, lr=2e-3),
+                       turbo=TurboStage(steps=5, batch_size=4, lr=2e-3, teacher_samples=6, teacher_steps=2),
+                       log_every=2).replace(**changes)
+
+
+def _tensors(folder):
+    from safetensors.torch import load_file
+
+    return {f"{p.parent.name}/{k}": v for p in sorted(Path(folder).rglob("*.safetensors")) for k, v in load_file(p).items()}
+
+
+def test_training_in_chunks_resumes_exactly(tmp_path):
+    """Chunks of 4 steps (crossing every stage boundary) give bitwise the weights of one uninterrupted run."""
+    from repro.toymodels.checkpoint import MAX_FILES, checkpoint_files, load_checkpoint
+    from repro.toymodels.train import train_toy_models
+
+    whole = _small_config(tmp_path / "whole")
+    assert train_toy_models(whole, progress=False)["finished"]
+    chunked = _small_config(tmp_path / "chunks", chunk_steps=4)
+    results = []
+    while not (results and results[-1]["finished"]):
+        results.append(train_toy_models(chunked, progress=False))
+        assert len(checkpoint_files(results[-1]["checkpoint"])) <= MAX_FILES
+        assert len(results) < 10
+    assert [r.get("stage") for r in results[:-1]] == ["vae", "base", "turbo"]  # 4-step chunks of 5 + 5 + 5 steps
+    ref, got = load_checkpoint(tmp_path / "whole" / "work" / "checkpoint"), load_checkpoint(results[-1]["checkpoint"])
+    assert ref[0].keys() == got[0].keys()
+    for k in ref[0]:
+        assert torch.equal(ref[0][k], got[0][k]), k
+    for name in ("shapes-base", "shapes-turbo"):
+        a, b = _tensors(tmp_path / "whole" / "models" / name), _tensors(tmp_path / "chunks" / "models" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    records = [json.loads(line) for line in (Path(chunked.out) / "shapes-turbo" / "metrics.jsonl").read_text().splitlines()]
+    for stage in ("vae", "base", "turbo"):
+        steps = [r["step"] for r in records if r["stage"] == stage]
+        assert steps == sorted(set(steps)) and steps[-1] == 5  # one history across the chunks
+
+
+def test_export_from_a_checkpoint_equals_the_runs_folders(trained, tmp_path):
+    from repro.toymodels.train import export_pipelines
+
+    cfg, result = trained
+    folders = export_pipelines(result["checkpoint"], tmp_path / "exported")
+    for stage in ("base", "turbo"):
+        a, b = _tensors(result["folders"][stage]), _tensors(folders[stage])
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_from_other_settings_is_refused(trained):
+    from repro.toymodels.train import train_toy_models
+
+    cfg, _ = trained
+    with pytest.raises(ReproError, match="other settings"):
+        train_toy_models(cfg.replace(base=BaseStage(steps=3, batch_size=8)), progress=False)
+
+
+@pytest.mark.parametrize("stage", ["base", "turbo"])
+def test_default_training_state_fits_in_8_files_of_16_mib(stage):
+    """The largest checkpoints (base: UNet + text encoders trained; turbo: teacher + student) at default sizes."""
+    from repro.toymodels.checkpoint import MAX_FILE_BYTES, MAX_FILES, plan_shards
+    from repro.toymodels.engine import make_adamw
+    from repro.toymodels.train import Run
+
+    torch.set_num_threads(2)
+    run = Run(ToyTrainConfig(device="cpu"), torch.device("cpu"))
+    run.state["done"] = ["vae"] if stage == "base" else ["vae", "base"]
+    params = [p for m in run.stage_modules(stage).values() for p in m.parameters()]
+    opt = make_adamw(params, 1e-3, torch.device("cpu"), 0.0, graph=False)
+    for p in params:
+        p.grad = torch.zeros_like(p)
+    opt.step()  # creates the moments
+    tensors = run.tensors(stage, opt, torch.Generator().manual_seed(0))
+    shards = plan_shards(tensors)
+    sizes = [sum(tensors[k].numel() * tensors[k].element_size() for k in names) for names in shards]
+    assert len(shards) <= MAX_FILES and max(sizes) <= MAX_FILE_BYTES
+    n_trained = sum(p.numel() for p in params)
+    assert sum(sizes) >= 12 * n_trained  # fp32 weights + both AdamW moments are all there
+
+
+def test_training_steps_hold_no_host_sync(tmp_path):
+    """Every stage's step is graphable: no tensor value is read on the host (CUDA graph capture would fail)."""
+    from repro.toymodels.data import ToyData
+    from repro.toymodels.engine import HostSync, no_host_sync
+    from repro.toymodels.train import Run, _setup_stage
+    from repro.toymodels.vae import encode_images
+
+    cfg = _small_config(tmp_path)
+    run = Run(cfg, torch.device("cpu"))
+    data = ToyData.build(cfg.data, run.base.tokenizer)
+    latents = encode_images(run.base.vae, data.images)
+    gen = torch.Generator().manual_seed(0)
+    for stage in ("vae", "base", "turbo"):
+        params, make_batch, loss_fn = _setup_stage(run, stage, data, latents, torch.device("cpu"))
+        batch = make_batch(gen)
+        with no_host_sync():
+            loss = loss_fn(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+        assert all(p.grad is not None for p in params)
+        for p in params:
+            p.requires_grad_(False)
+    with pytest.raises(HostSync):  # the detector does catch a read
+        with no_host_sync():
+            float(loss.detach())
+
+
+def test_teacher_sampler_is_the_base_pipeline(trained):
+    """`euler_sample` (the teacher's samples) equals the shapes-base pipeline's latents from the same noise."""
+    from repro.models.loading import load_pipeline
+    from repro.toymodels.data import tokenize_captions
+    from repro.toymodels.diffusion import Denoiser, euler_sample
+
+    _, result = trained
+    pipe = load_pipeline(result["folders"]["base"], device="cpu", dtype="float32")
+    prompts = ["a large blue striped square at the top on a black background, grainy style", "a red circle"]
+    noise = torch.randn(2, 4, 32, 32, generator=torch.Generator().manual_seed(3))
+    ref = pipe(prompt=prompts, num_inference_steps=3, guidance_scale=5.0, output_type="latent",
+               latents=noise.clone()).images
+    model = Denoiser(pipe.unet, pipe.text_encoder, pipe.text_encoder_2, 128)
+    mine = euler_sample(model, noise, tokenize_captions(pipe.tokenizer, prompts), steps=3, guidance=5.0)
+    torch.testing.assert_close(mine, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_plain_diffusers_opens_and_runs_the_saved_pipeline_on_a_cpu(trained):
+    from diffusers import StableDiffusionXLPipeline
+
+    _, result = trained
+    pipe = StableDiffusionXLPipeline.from_pretrained(result["folders"]["turbo"])
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.float32}
+    image = pipe("a red circle", num_inference_steps=1, guidance_scale=0.0, output_type="np").images
+    assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 
 from repro.errors import ReproError
 
@@ -17,8 +18,13 @@ def register(sub) -> None:
     p.add_argument("--stage", default="all", help="vae, base, turbo, a comma list of them, or all (default)")
     p.add_argument("--steps", default=None,
                    help="steps of every selected stage (N), or per stage: vae=2000,base=6000,turbo=3000")
-    p.add_argument("--seconds", default=None,
-                   help="time budget per stage, e.g. vae=90,base=150,turbo=240 (stops early; LR decay follows the clock)")
+    p.add_argument("--chunk-seconds", type=float, default=None,
+                   help="stop this run after about N seconds of training, save the checkpoint; rerun to resume")
+    p.add_argument("--chunk-steps", type=int, default=None,
+                   help="stop this run after N optimiser steps (all stages together), save the checkpoint")
+    p.add_argument("--checkpoint", default=None,
+                   help="training-state folder (default: WORK/checkpoint); a run resumes from it when it exists")
+    p.add_argument("--fresh", action="store_true", help="delete an existing checkpoint and start over")
     p.add_argument("--batch-size", default=None, help="batch size of every selected stage (N), or per stage: base=256,turbo=512")
     p.add_argument("--lr", default=None, help="peak learning rate of every selected stage, or per stage: turbo=5e-4")
     p.add_argument("--scenes", type=int, default=None, help="train-split scenes to render (default 100000)")
@@ -26,10 +32,16 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="folder for shapes-base/ and shapes-turbo/ (default: models/)")
     p.add_argument("--work", default=None, help="folder for the VAE between single-stage runs (default: .cache/toymodels)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compile", action="store_true", help="torch.compile the UNet (long GPU runs)")
+    p.add_argument("--accel", default="auto", choices=("auto", "eager", "graph", "compile"),
+                   help="step execution: auto (one CUDA graph per step on a GPU, eager on a CPU), eager, graph, compile")
     p.add_argument("--tiny", action="store_true", help="tiny networks, few steps, CPU: a smoke test in seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run_train)
+
+    p = toy_sub.add_parser("export", help="write shapes-base/ and shapes-turbo/ from a training checkpoint")
+    p.add_argument("checkpoint", help="checkpoint folder written by repro toy train (state-*-of-*.safetensors)")
+    p.add_argument("--out", default=None, help="folder for shapes-base/ and shapes-turbo/ (default: models/)")
+    p.set_defaults(run=run_export)
 
     p = toy_sub.add_parser("eval", help="prompt following of a model on held-out captions, read by the oracle")
     p.add_argument("--model", default="shapes-turbo", help="shapes-turbo (default), shapes-base or a pipeline folder")
@@ -63,7 +75,10 @@ def build_config(args: argparse.Namespace):
 
     stages = parse_stages(args.stage)
     cfg = ToyTrainConfig.tiny() if args.tiny else ToyTrainConfig(device=args.device)
-    changes: dict = {"stages": stages, "seed": args.seed, "compile": args.compile}
+    changes: dict = {"stages": stages, "seed": args.seed, "accel": args.accel,
+                     "chunk_seconds": args.chunk_seconds, "chunk_steps": args.chunk_steps}
+    if args.checkpoint:
+        changes["checkpoint"] = args.checkpoint
     if args.out:
         changes["out"] = args.out
     if args.work:
@@ -78,16 +93,36 @@ def build_config(args: argparse.Namespace):
         changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), batch_size=n)
     for stage, lr in parse_steps(getattr(args, "lr", None), stages, "--lr", float).items():
         changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), lr=lr)
-    for stage, sec in parse_steps(args.seconds, stages, "--seconds", float).items():
-        changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), max_seconds=sec)
+    if (args.chunk_seconds is not None and args.chunk_seconds <= 0) or (args.chunk_steps is not None and args.chunk_steps < 1):
+        raise ReproError("--chunk-seconds and --chunk-steps must be positive")
     return cfg.replace(**changes)
 
 
 def run_train(args: argparse.Namespace) -> int:
+    import shutil
+    from pathlib import Path
+
+    from repro.paths import cache_dir
     from repro.toymodels.train import train_toy_models
 
-    result = train_toy_models(build_config(args), progress=not args.no_progress)
+    cfg = build_config(args)
+    if args.fresh:
+        work = Path(cfg.work) if cfg.work else cache_dir() / "toymodels"
+        shutil.rmtree(Path(cfg.checkpoint) if cfg.checkpoint else work / "checkpoint", ignore_errors=True)
+    result = train_toy_models(cfg, progress=not args.no_progress)
     print(json.dumps(result, indent=2, sort_keys=True))
+    if not result["finished"]:
+        print(f"stopped at {result['stage']} step {result['step']}; checkpoint {result['checkpoint']}: "
+              "run the same command again to resume", file=sys.stderr)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from repro.toymodels.train import export_pipelines
+
+    from repro.paths import models_dir
+
+    print(json.dumps(export_pipelines(args.checkpoint, args.out or models_dir()), indent=2, sort_keys=True))
     return 0
 
 

@@ -99,8 +99,6 @@ class VaeStage:
     """Images per step."""
     lr: float = 5e-4
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
-    max_seconds: float | None = None
-    """Stop after this many seconds even if `steps` are not done (the LR decay follows the clock)."""
     kl_weight: float = 1e-5
     """Weight of the KL term (per latent element) against the per-pixel reconstruction loss."""
     l1_weight: float = 1.0
@@ -117,8 +115,6 @@ class BaseStage:
     """Latents per step (the UNet is launch-bound: 512 costs about what 256 does)."""
     lr: float = 5e-4
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
-    max_seconds: float | None = None
-    """Stop after this many seconds even if `steps` are not done (the LR decay follows the clock)."""
     caption_dropout: float = 0.1
     """Share of captions replaced by the empty prompt (zero embeddings, as SDXL's pipeline uses)."""
     min_snr_gamma: float | None = 5.0
@@ -135,10 +131,16 @@ class TurboStage:
     """Latents per step (split between the 1-step and the ordinary loss)."""
     lr: float = 5e-4
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
-    max_seconds: float | None = None
-    """Stop after this many seconds even if `steps` are not done (the LR decay follows the clock)."""
     one_step_fraction: float = 0.75
-    """Share of each batch trained as pure noise at t=999 -> render latent (x0 MSE)."""
+    """Share of each batch trained as the pipeline's 1-step sample (pure noise at t=999 -> target latent, x0 MSE)."""
+    teacher_fraction: float = 0.5
+    """Share of the 1-step part whose target is the teacher's sample from the same noise (the rest: the render)."""
+    teacher_samples: int = 32768
+    """(noise, teacher sample) pairs the base generates when the stage starts (regenerated on resume)."""
+    teacher_steps: int = 20
+    """Euler steps of the teacher's samples."""
+    teacher_guidance: float = 5.0
+    """Classifier-free guidance of the teacher's samples."""
     caption_dropout: float = 0.0
     """Share of captions replaced by the empty prompt (SDXL Turbo runs without guidance)."""
     couple_grain: bool = True
@@ -171,8 +173,14 @@ class ToyTrainConfig:
     """Seeds initialisation, noise and batch sampling."""
     autocast: bool = True
     """bf16 autocast on CUDA (a no-op on CPU)."""
-    compile: bool = False
-    """torch.compile the UNet (pays off only for long runs on a GPU)."""
+    accel: str = "auto"
+    """Step execution: auto (CUDA graph on a GPU, eager on a CPU), eager, graph, compile (torch.compile)."""
+    checkpoint: str | None = None
+    """Training-state folder; a run resumes from it when it exists (None: <work>/checkpoint)."""
+    chunk_seconds: float | None = None
+    """Stop this run after about this many seconds of training and save the checkpoint (resume later)."""
+    chunk_steps: int | None = None
+    """Stop this run after this many optimiser steps (over all stages) and save the checkpoint."""
     threads: int | None = None
     """torch CPU threads (None: torch's default)."""
     log_every: int = 50
@@ -186,8 +194,15 @@ class ToyTrainConfig:
             raise ReproError(f"stages must run in the order {', '.join(STAGES)}, got {', '.join(self.stages)}")
         if "vae" in self.stages and "turbo" in self.stages and "base" not in self.stages:
             raise ReproError("a new VAE needs a new base model before turbo: run --stage all, or vae,base,turbo")
-        if not 0 <= self.turbo.one_step_fraction <= 1:
-            raise ReproError("turbo.one_step_fraction must lie in [0, 1]")
+        if not 0 <= self.turbo.one_step_fraction <= 1 or not 0 <= self.turbo.teacher_fraction <= 1:
+            raise ReproError("turbo.one_step_fraction and turbo.teacher_fraction must lie in [0, 1]")
+        from repro.toymodels.engine import ACCELS
+
+        if self.accel not in ACCELS:
+            raise ReproError(f"unknown accel {self.accel!r}: use {choices_hint(ACCELS)}")
+        for stage in STAGES:
+            if getattr(self, stage).steps < 1 or getattr(self, stage).batch_size < 1:
+                raise ReproError(f"{stage} steps and batch size must be at least 1")
 
     def replace(self, **changes) -> "ToyTrainConfig":
         return dataclasses.replace(self, **changes)
@@ -205,7 +220,7 @@ class ToyTrainConfig:
             data=DataConfig(scenes=96, captions_per_scene=2, workers=1),
             vae=VaeStage(steps=30, batch_size=8, lr=2e-3),
             base=BaseStage(steps=30, batch_size=16, lr=2e-3),
-            turbo=TurboStage(steps=30, batch_size=16, lr=2e-3),
+            turbo=TurboStage(steps=30, batch_size=16, lr=2e-3, teacher_samples=32, teacher_steps=4),
             device="cpu",
             log_every=5,
         )

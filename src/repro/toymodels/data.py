@@ -9,8 +9,10 @@ stage uses to give 1-step targets grain drawn from the input noise.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +71,35 @@ def to_model_images(images: torch.Tensor) -> torch.Tensor:
     return images.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def _cache_paths(cache: Path, cfg: DataConfig) -> tuple[Path, Path]:
+    import hashlib
+    import importlib
+
+    code = b"".join(Path(importlib.import_module(f"repro.shapes.{m}").__file__).read_bytes() for m in ("render", "world"))
+    key = f"scenes{cfg.scenes}-seed{cfg.seed}-{hashlib.sha256(code).hexdigest()[:12]}"  # new renderer, new key
+    return cache / f"{key}-images.npy", cache / f"{key}-flat.npy"
+
+
+def _read_cache(cache: Path | None, cfg: DataConfig):
+    if cache is None:
+        return None, None
+    paths = _cache_paths(Path(cache), cfg)
+    if not all(p.exists() for p in paths):
+        return None, None
+    return (np.load(p) for p in paths)
+
+
+def _write_cache(cache: Path | None, cfg: DataConfig, images: np.ndarray, flat: np.ndarray) -> None:
+    if cache is None:
+        return
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    for path, array in zip(_cache_paths(Path(cache), cfg), (images, flat)):
+        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            np.save(fh, array)
+        os.replace(tmp, path)
+
+
 @dataclass
 class ToyData:
     """Rendered training set on one device; `sample(gen, n)` draws a batch of indices."""
@@ -89,17 +120,22 @@ class ToyData:
     """int64 [N]: row of `flat` for grainy scenes, -1 elsewhere."""
 
     @classmethod
-    def build(cls, cfg: DataConfig, tokenizer, device: torch.device | str = "cpu") -> "ToyData":
+    def build(cls, cfg: DataConfig, tokenizer, device: torch.device | str = "cpu",
+              cache: Path | None = None) -> "ToyData":
+        """Render (or read from `cache`, a folder: the renders of these settings saved by an earlier run)."""
         scenes = split_scenes("train", cfg.scenes, seed=cfg.seed)
         rng = np.random.default_rng([cfg.seed, 1])
         captions = [[caption(s, rng) for _ in range(cfg.captions_per_scene)] for s in scenes]
-        images = render_batch(scenes, workers=cfg.workers, with_masks=False).images
         grainy = np.array([s.style == "grainy" for s in scenes])
-        flat_scenes = [Scene(s.objects, s.background, "flat") for s, g in zip(scenes, grainy) if g]
-        if flat_scenes:
-            flat = render_batch(flat_scenes, workers=cfg.workers, with_masks=False).images
-        else:
-            flat = np.zeros((0, *images.shape[1:]), np.uint8)
+        images, flat = _read_cache(cache, cfg)
+        if images is None:
+            images = render_batch(scenes, workers=cfg.workers, with_masks=False).images
+            flat_scenes = [Scene(s.objects, s.background, "flat") for s, g in zip(scenes, grainy) if g]
+            if flat_scenes:
+                flat = render_batch(flat_scenes, workers=cfg.workers, with_masks=False).images
+            else:
+                flat = np.zeros((0, *images.shape[1:]), np.uint8)
+            _write_cache(cache, cfg, images, flat)
         flat_index = np.full(len(scenes), -1, np.int64)
         flat_index[grainy] = np.arange(int(grainy.sum()))
         ids = tokenize_captions(tokenizer, [c for cs in captions for c in cs])
@@ -108,10 +144,10 @@ class ToyData:
         return cls(
             scenes=scenes,
             captions=captions,
-            images=torch.from_numpy(images).to(device),
+            images=torch.from_numpy(np.ascontiguousarray(images)).to(device),
             ids=ids.to(device),
             grainy=torch.from_numpy(grainy).to(device),
-            flat=torch.from_numpy(flat).to(device),
+            flat=torch.from_numpy(np.ascontiguousarray(flat)).to(device),
             flat_index=torch.from_numpy(flat_index).to(device),
         )
 

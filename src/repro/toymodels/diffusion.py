@@ -12,13 +12,18 @@ uniform in [0, 999], Min-SNR-5 loss weighting (faster convergence, same optimum 
 10% caption dropout so that classifier-free guidance works. Sampled with Euler (leading
 spacing) and guidance, like SDXL base.
 
-turbo (the SDXL Turbo analogue): the base fine-tuned for EulerAncestral with trailing
-spacing. We do not distil adversarially as SDXL Turbo does; a share `one_step_fraction`
-of every batch trains the exact 1-step computation of the pipeline: latents x = sigma_max
-* n from unit noise n, the UNet sees x / sqrt(sigma_max^2 + 1) at t = 999, and
-x0 = x - sigma_max * eps_pred is regressed (MSE) on the render's latent. The rest of the
-batch keeps the ordinary epsilon loss at the other turbo timesteps 749, 499, 249, so the
-model also works at 4 steps (whose first step is the same 1-step prediction).
+turbo (the SDXL Turbo analogue), distilled from the trained base the way SDXL Turbo comes
+from SDXL base: the student UNet starts as a copy of the base UNet and keeps the base's
+text encoders (frozen, as SDXL Turbo keeps SDXL's); the base is the teacher. We do not
+distil adversarially. A share `one_step_fraction` of every batch trains the exact 1-step
+computation of the pipeline (EulerAncestral, trailing spacing): latents x = sigma_max * n
+from unit noise n, the UNet sees x / sqrt(sigma_max^2 + 1) at t = 999, and
+x0 = x - sigma_max * eps_pred is regressed (MSE) on a target: for a `teacher_fraction` of
+them the teacher's own `teacher_steps`-step guided sample from the same noise n
+(`teacher_pairs`, sampled once when the stage starts: knowledge distillation of the
+teacher's noise -> image map, Luhman & Luhman 2021), for the rest the caption's render. The
+rest of the batch keeps the ordinary epsilon loss at the other turbo timesteps 749, 499,
+249, so the model also works at 4 steps (whose first step is the same 1-step prediction).
 
 Grain: a 1-step generator regressed on targets whose grain is independent of its input
 can only learn the grain's mean (none), and grainy scenes would come out flat. With
@@ -36,7 +41,7 @@ import torch.nn.functional as F
 
 from repro.toymodels.config import TURBO_TIMESTEPS, BaseStage, TurboStage
 from repro.toymodels.data import ToyData, add_grain, to_model_images
-from repro.toymodels.loop import MetricLog, autocast, make_optimizer, run_steps
+from repro.toymodels.loop import autocast
 
 
 def alphas_cumprod(device: torch.device | str = "cpu") -> torch.Tensor:
@@ -72,9 +77,8 @@ def time_ids(batch: int, resolution: int, device: torch.device) -> torch.Tensor:
 class Denoiser:
     """UNet + text encoders called the pipeline's way; `eps(x, t, ids, keep)` -> epsilon prediction."""
 
-    def __init__(self, unet, text_encoder, text_encoder_2, resolution: int, compiled_unet=None):
+    def __init__(self, unet, text_encoder, text_encoder_2, resolution: int):
         self.unet, self.te1, self.te2 = unet, text_encoder, text_encoder_2
-        self.forward_unet = compiled_unet or unet
         self.resolution = resolution
 
     def modules(self):
@@ -83,10 +87,15 @@ class Denoiser:
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for m in self.modules() for p in m.parameters()]
 
-    def train(self, mode: bool = True) -> "Denoiser":
+    def train(self, mode: bool = True, text_encoders: bool = True) -> "Denoiser":
+        """Train mode and gradients for the UNet (and the text encoders unless `text_encoders=False`)."""
         for m in self.modules():
-            m.train(mode).requires_grad_(mode)
+            on = mode and (m is self.unet or text_encoders)
+            m.train(on).requires_grad_(on)
         return self
+
+    def trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
 
     def eps(self, x: torch.Tensor, t: torch.Tensor, ids: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, 4, h, w] (already scaled as the scheduler's `scale_model_input`), t [B], ids [B, 77].
@@ -98,17 +107,16 @@ class Denoiser:
             embeds = embeds * keep[:, None, None].to(embeds.dtype)
             pooled = pooled * keep[:, None].to(pooled.dtype)
         added = {"text_embeds": pooled, "time_ids": time_ids(x.shape[0], self.resolution, x.device)}
-        return self.forward_unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
+        return self.unet(x, t, encoder_hidden_states=embeds, added_cond_kwargs=added).sample
 
 
-def _keep_mask(n: int, p_drop: float, gen: torch.Generator, device) -> torch.Tensor:
-    return (torch.rand(n, generator=gen, device=device) >= p_drop).float()
+def _keep_mask(n: int, p_drop: float, gen: torch.Generator) -> torch.Tensor:
+    return (torch.rand(n, generator=gen, device=gen.device) >= p_drop).float()
 
 
 def epsilon_loss(model: Denoiser, z0: torch.Tensor, ids: torch.Tensor, t: torch.Tensor, keep: torch.Tensor | None,
-                 gen: torch.Generator, acp: torch.Tensor, min_snr_gamma: float | None = None) -> torch.Tensor:
-    """Per-sample epsilon MSE [B] at timesteps t [B] (optionally Min-SNR weighted)."""
-    noise = torch.randn(z0.shape, generator=gen, device=z0.device)
+                 noise: torch.Tensor, acp: torch.Tensor, min_snr_gamma: float | None = None) -> torch.Tensor:
+    """Per-sample epsilon MSE [B] at timesteps t [B] for the given unit noise (optionally Min-SNR weighted)."""
     a = acp[t].view(-1, 1, 1, 1)
     x_t = a.sqrt() * z0 + (1 - a).sqrt() * noise
     pred = model.eps(x_t, t, ids, keep).float()
@@ -119,25 +127,26 @@ def epsilon_loss(model: Denoiser, z0: torch.Tensor, ids: torch.Tensor, t: torch.
     return per
 
 
-def train_base(model: Denoiser, latents: torch.Tensor, data: ToyData, cfg: BaseStage, gen: torch.Generator,
-               log: MetricLog, use_autocast: bool = True, log_every: int = 50, progress: bool = True) -> dict:
-    """Train `model` from scratch with the epsilon objective; `latents` [N, 4, h, w] are the scaled renders."""
-    device = latents.device
-    acp = alphas_cumprod(device)
-    model.train()
-    params = model.parameters()
-    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device, max_seconds=cfg.max_seconds)
+def base_batch(data: ToyData, latents: torch.Tensor, cfg: BaseStage, gen: torch.Generator) -> dict:
+    """Every random draw of one base step: scenes, captions, timesteps, kept captions, noise."""
+    idx, ids = data.sample(gen, cfg.batch_size)
+    t = torch.randint(0, 1000, (cfg.batch_size,), generator=gen, device=gen.device)
+    keep = _keep_mask(cfg.batch_size, cfg.caption_dropout, gen)
+    noise = torch.randn((cfg.batch_size, *latents.shape[1:]), generator=gen, device=gen.device)
+    return {"idx": idx, "ids": ids, "t": t, "keep": keep, "noise": noise}
 
-    def step(_: int) -> torch.Tensor:
-        idx, ids = data.sample(gen, cfg.batch_size)
-        t = torch.randint(0, 1000, (cfg.batch_size,), generator=gen, device=device)
-        keep = _keep_mask(cfg.batch_size, cfg.caption_dropout, gen, device)
-        with autocast(device, use_autocast):
-            return epsilon_loss(model, latents[idx], ids, t, keep, gen, acp, cfg.min_snr_gamma).mean()
 
-    summary = run_steps("base", cfg.steps, step, opt, sched, params, log, log_every, progress=progress)
-    model.train(False)
-    return summary
+def base_loss(model: Denoiser, latents: torch.Tensor, cfg: BaseStage, use_autocast: bool = True):
+    """`loss(batch) -> scalar`: the epsilon objective on the scaled render latents [N, 4, h, w]."""
+    acp = alphas_cumprod(latents.device)
+
+    def loss(batch: dict) -> torch.Tensor:
+        with autocast(latents.device, use_autocast):
+            per = epsilon_loss(model, latents[batch["idx"]], batch["ids"], batch["t"], batch["keep"],
+                               batch["noise"], acp, cfg.min_snr_gamma)
+        return per.mean()
+
+    return loss
 
 
 def one_step_sigma(acp: torch.Tensor, t: int = 999) -> float:
@@ -171,57 +180,105 @@ def grain_pairs(vae, data: ToyData, gen: torch.Generator, use_autocast: bool = T
     return noise, (torch.cat(z) * scale if z else torch.zeros_like(noise))
 
 
-def turbo_inputs(data: ToyData, idx: torch.Tensor, latents: torch.Tensor, gen: torch.Generator,
-                 pairs: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(unit noise, target latents) [B, 4, h, w] for 1-step training of scenes `idx`.
+@torch.no_grad()
+def euler_sample(model: Denoiser, noise: torch.Tensor, ids: torch.Tensor, steps: int, guidance: float,
+                 use_autocast: bool = True) -> torch.Tensor:
+    """The base pipeline's sample (Euler, leading spacing, guidance with zero-embedding negatives) as latents.
 
-    Fresh noise and the render's latent, except grainy scenes under `pairs`: their fixed
-    noise and the latent whose grain was made from it.
+    noise: unit noise [B, 4, h, w] (the pipeline's `latents` before `init_noise_sigma`);
+    ids [B, 77]. Returns the final scaled latents [B, 4, h, w], as `output_type="latent"`.
     """
-    noise = torch.randn((idx.shape[0], *latents.shape[1:]), generator=gen, device=latents.device)
-    z0 = latents[idx]
-    if pairs is None:
-        return noise, z0
-    rows = data.flat_index[idx]
-    grainy = (rows >= 0)[:, None, None, None]
-    safe = rows.clamp_min(0)
-    return torch.where(grainy, pairs[0][safe], noise), torch.where(grainy, pairs[1][safe], z0)
+    from diffusers import EulerDiscreteScheduler
+
+    from repro.models.build import scheduler_config
+
+    sched = EulerDiscreteScheduler(**scheduler_config("base"))
+    sched.set_timesteps(steps)
+    sigmas = sched.sigmas.tolist()
+    x = noise.float() * float(sched.init_noise_sigma)
+    b = noise.shape[0]
+    keep = torch.cat([torch.zeros(b), torch.ones(b)]).to(noise.device)  # [uncond ; cond]
+    for i, t in enumerate(sched.timesteps.tolist()):
+        xin = (x / (sigmas[i] ** 2 + 1) ** 0.5).repeat(2, 1, 1, 1)
+        tt = torch.full((2 * b,), int(t), device=noise.device, dtype=torch.long)
+        with autocast(noise.device, use_autocast):
+            eps_u, eps_c = model.eps(xin, tt, ids.repeat(2, 1), keep).float().chunk(2)
+        x = x + (sigmas[i + 1] - sigmas[i]) * (eps_u + guidance * (eps_c - eps_u))
+    return x
 
 
-def train_turbo(model: Denoiser, vae, latents: torch.Tensor, data: ToyData, cfg: TurboStage, gen: torch.Generator,
-                log: MetricLog, use_autocast: bool = True, log_every: int = 50, progress: bool = True) -> dict:
-    """Fine-tune a base `model` into the 1-step/4-step turbo model (see the module docstring)."""
-    device = latents.device
-    acp = alphas_cumprod(device)
-    sigma = one_step_sigma(acp)
-    other_t = torch.tensor(TURBO_TIMESTEPS[1:], device=device)
+@torch.no_grad()
+def teacher_pairs(teacher: Denoiser, data: ToyData, latent_shape: tuple[int, ...], cfg: TurboStage,
+                  gen: torch.Generator, use_autocast: bool = True, batch_size: int = 1024) -> dict:
+    """`cfg.teacher_samples` (noise, teacher sample) pairs for random training captions.
+
+    Returns {"ids": [P, 77], "noise": [P, 4, h, w] unit noise, "z": [P, 4, h, w] the base's
+    `teacher_steps`-step guided sample from that noise}: the map the 1-step student learns.
+    """
+    n = cfg.teacher_samples
+    idx, ids = data.sample(gen, n)
+    noise = torch.randn((n, *latent_shape), generator=gen, device=gen.device)
+    z = torch.cat([euler_sample(teacher, noise[a : a + batch_size], ids[a : a + batch_size], cfg.teacher_steps,
+                                cfg.teacher_guidance, use_autocast) for a in range(0, n, batch_size)])
+    return {"ids": ids, "noise": noise, "z": z}
+
+
+def turbo_batch(data: ToyData, latents: torch.Tensor, cfg: TurboStage, gen: torch.Generator,
+                pairs: dict | None, grain: tuple[torch.Tensor, torch.Tensor] | None) -> dict:
+    """Every random draw of one turbo step, gathered: [1-step part ; 4-step part] of the batch.
+
+    1-step part (`one_step_fraction` of the batch): unit noise `noise1` and its target latent
+    `target1` - the teacher's sample from that noise for a `teacher_fraction` share (rows of
+    `pairs`), the caption's render latent for the rest (grainy renders with grain made from
+    the noise, `grain`). 4-step part: render latents `z_rest`, timesteps 749/499/249, noise.
+    """
     n_one = round(cfg.batch_size * cfg.one_step_fraction)
-    n_rest = cfg.batch_size - n_one
-    model.train()
-    params = model.parameters()
-    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device, max_seconds=cfg.max_seconds)
-    pairs = grain_pairs(vae, data, gen, use_autocast) if cfg.couple_grain and n_one else None
+    n_teacher = round(n_one * cfg.teacher_fraction) if pairs is not None else 0
+    n_gt, n_rest = n_one - n_teacher, cfg.batch_size - n_one
+    device = latents.device
+    rows = torch.randint(pairs["z"].shape[0], (n_teacher,), generator=gen, device=gen.device) if n_teacher else None
+    idx, ids = data.sample(gen, n_gt + n_rest)
+    noise_gt = torch.randn((n_gt, *latents.shape[1:]), generator=gen, device=gen.device)
+    target_gt = latents[idx[:n_gt]]
+    if grain is not None and n_gt:
+        flat_rows = data.flat_index[idx[:n_gt]]
+        grainy = (flat_rows >= 0)[:, None, None, None]
+        safe = flat_rows.clamp_min(0)
+        noise_gt = torch.where(grainy, grain[0][safe], noise_gt)
+        target_gt = torch.where(grainy, grain[1][safe], target_gt)
+    other_t = torch.tensor(TURBO_TIMESTEPS[1:], device=device)
+    t_rest = other_t[torch.randint(len(other_t), (n_rest,), generator=gen, device=gen.device)]
+    noise_rest = torch.randn((n_rest, *latents.shape[1:]), generator=gen, device=gen.device)
+    parts_ids = [ids]
+    noise1, target1 = [noise_gt], [target_gt]
+    if n_teacher:
+        parts_ids.insert(0, pairs["ids"][rows])
+        noise1.insert(0, pairs["noise"][rows])
+        target1.insert(0, pairs["z"][rows])
+    return {"ids": torch.cat(parts_ids), "noise1": torch.cat(noise1), "target1": torch.cat(target1),
+            "z_rest": latents[idx[n_gt:]], "t_rest": t_rest, "noise_rest": noise_rest}
 
-    def step(_: int) -> torch.Tensor:
-        # One UNet call for both parts of the batch (a small model is launch-bound: two
-        # calls cost twice the time of one): [1-step inputs at t=999 ; noised latents at 749/499/249].
-        idx, ids = data.sample(gen, cfg.batch_size)
-        keep = _keep_mask(cfg.batch_size, cfg.caption_dropout, gen, device) if cfg.caption_dropout else None
-        noise1, z0 = turbo_inputs(data, idx[:n_one], latents, gen, pairs)
-        t_rest = other_t[torch.randint(len(other_t), (n_rest,), generator=gen, device=device)]
-        noise2 = torch.randn((n_rest, *latents.shape[1:]), generator=gen, device=device)
-        a = acp[t_rest].view(-1, 1, 1, 1)
-        x_rest = a.sqrt() * latents[idx[n_one:]] + (1 - a).sqrt() * noise2
+
+def turbo_loss(model: Denoiser, acp: torch.Tensor, use_autocast: bool = True):
+    """`loss(batch) -> scalar`: x0 MSE of the pipeline's 1-step sample + epsilon MSE at 749/499/249.
+
+    One UNet call for both parts (a small model is launch-bound: two calls cost twice one).
+    """
+    sigma = one_step_sigma(acp)
+
+    def loss(batch: dict) -> torch.Tensor:
+        noise1, target1 = batch["noise1"], batch["target1"]
+        n_one, n_rest = noise1.shape[0], batch["noise_rest"].shape[0]
+        a = acp[batch["t_rest"]].view(-1, 1, 1, 1)
+        x_rest = a.sqrt() * batch["z_rest"] + (1 - a).sqrt() * batch["noise_rest"]
         x = torch.cat([sigma * noise1 / (sigma**2 + 1) ** 0.5, x_rest])
-        t = torch.cat([torch.full((n_one,), 999, device=device, dtype=torch.long), t_rest])
-        with autocast(device, use_autocast):
-            eps = model.eps(x, t, ids, keep).float()
+        t = torch.cat([torch.full((n_one,), 999, device=x.device, dtype=torch.long), batch["t_rest"]])
+        with autocast(x.device, use_autocast):
+            eps = model.eps(x, t, batch["ids"]).float()
         x0 = sigma * noise1 - sigma * eps[:n_one]  # the pipeline's 1-step sample (`one_step_x0`)
-        total = F.mse_loss(x0, z0, reduction="sum") / z0[0].numel() if n_one else 0.0
+        total = F.mse_loss(x0, target1, reduction="sum") / target1[0].numel()
         if n_rest:
-            total = total + F.mse_loss(eps[n_one:], noise2, reduction="sum") / noise2[0].numel()
-        return total / cfg.batch_size
+            total = total + F.mse_loss(eps[n_one:], batch["noise_rest"], reduction="sum") / x_rest[0].numel()
+        return total / (n_one + n_rest)
 
-    summary = run_steps("turbo", cfg.steps, step, opt, sched, params, log, log_every, progress=progress)
-    model.train(False)
-    return summary
+    return loss

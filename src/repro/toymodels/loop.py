@@ -1,4 +1,12 @@
-"""What every stage's training loop shares: optimiser, schedule, autocast, progress and metrics."""
+"""What every stage's training loop shares: the learning-rate schedule, metrics, and `run_stage`.
+
+A stage is `make_batch(gen) -> dict of tensors` (every random draw of a step) plus a pure
+`loss_fn(batch) -> scalar`; `run_stage` runs its optimiser steps through a `TrainStep`
+(eager or one CUDA graph), from `start` to `steps`, and stops early when the run's chunk
+budget (seconds or steps) is spent, so that the caller can save a checkpoint and a later
+run resumes where this one stopped. The schedule depends on the step alone, so a stage
+run as one piece or as chunks follows the same learning rates.
+"""
 
 from __future__ import annotations
 
@@ -6,68 +14,37 @@ import contextlib
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
-
-class Schedule:
-    """Learning rate: linear warm-up over the first `warmup` of training, then cosine decay to 10%.
-
-    Progress is the larger of steps done / steps and seconds spent / max_seconds, so a stage
-    with a time budget still ends its decay when its time is up.
-    """
-
-    def __init__(self, opt, lr: float, steps: int, max_seconds: float | None = None, warmup: float = 0.05):
-        self.opt, self.lr, self.steps, self.max_seconds, self.warmup = opt, lr, steps, max_seconds, warmup
-        self.t0 = time.time()
-        self.set(0)
-
-    def progress(self, step: int) -> float:
-        p = step / self.steps
-        if self.max_seconds:
-            p = max(p, (time.time() - self.t0) / self.max_seconds)
-        return min(p, 1.0)
-
-    def factor(self, progress: float) -> float:
-        if progress < self.warmup:
-            return max(progress / self.warmup, 0.01)
-        rest = (progress - self.warmup) / (1 - self.warmup)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * rest))
-
-    def set(self, step: int) -> float:
-        lr = self.lr * self.factor(self.progress(step))
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-        return lr
-
-    def done(self, step: int) -> bool:
-        return step >= self.steps or (bool(self.max_seconds) and time.time() - self.t0 >= self.max_seconds)
+from repro.toymodels.engine import TrainStep
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, steps: int, device: torch.device,
-                   weight_decay: float = 0.01, max_seconds: float | None = None):
-    """AdamW (fused on CUDA) and its `Schedule`."""
-    params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay,
-                            fused=device.type == "cuda")
-    return opt, Schedule(opt, lr, steps, max_seconds)
+def lr_at(step: int, steps: int, lr: float, warmup: float = 0.05) -> float:
+    """Linear warm-up over the first `warmup` of the steps, then cosine decay to 10% of `lr`."""
+    progress = min(step / max(steps, 1), 1.0)
+    if progress < warmup:
+        return lr * max(progress / warmup, 0.01)
+    rest = (progress - warmup) / (1 - warmup)
+    return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * rest)))
 
 
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op elsewhere (CPU training runs in fp32)."""
+    """bf16 autocast on CUDA (cache off, as CUDA graph capture needs); a no-op elsewhere (fp32)."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 
 class MetricLog:
-    """Appends one JSON line per record to `path` (if given) and keeps them in memory."""
+    """Metric records (one dict each), kept in memory and appended to `path` as JSON lines if given."""
 
-    def __init__(self, path: Path | None = None):
+    def __init__(self, path: Path | None = None, records: list[dict] | None = None):
         self.path = path
-        self.records: list[dict] = []
+        self.records: list[dict] = list(records or [])
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -78,43 +55,56 @@ class MetricLog:
                 fh.write(json.dumps(record, sort_keys=True) + "\n")
 
 
-def run_steps(stage: str, steps: int, step_fn: Callable[[int], torch.Tensor], opt, sched: Schedule, params,
-              log: MetricLog, log_every: int = 50, grad_clip: float = 1.0, progress: bool = True) -> dict:
-    """Run optimiser steps of `step_fn(step) -> loss` until `sched` is done; returns a summary.
+@dataclass
+class Budget:
+    """What one run (chunk) may spend before it stops to checkpoint: wall seconds and/or optimiser steps."""
 
-    Losses are read back from the device only every `log_every` steps (a sync per step
-    would make a small model wait on the host); the mean of those steps is recorded.
+    seconds: float | None = None
+    steps: int | None = None
+
+    def __post_init__(self) -> None:
+        self.t0 = time.time()
+        self.used_steps = 0
+
+    def spent(self) -> bool:
+        return ((self.steps is not None and self.used_steps >= self.steps)
+                or (self.seconds is not None and time.time() - self.t0 >= self.seconds))
+
+
+def run_stage(stage: str, steps: int, start: int, make_batch: Callable[[torch.Generator], dict],
+              step: TrainStep, gen: torch.Generator, lr: float, log: MetricLog, budget: Budget,
+              log_every: int = 50, progress: bool = True) -> dict:
+    """Optimiser steps `start`..`steps` (or until `budget` is spent); returns the run's summary.
+
+    Losses stay on the device and are read back every `log_every` steps (one sync then);
+    each record holds the mean loss of those steps and the rate of this run so far.
     """
     from tqdm.auto import tqdm
 
     t0 = time.time()
     pending: list[torch.Tensor] = []
-    bar = tqdm(total=steps, desc=stage, disable=not progress, mininterval=2.0)
+    bar = tqdm(total=steps, initial=start, desc=stage, disable=not progress, mininterval=2.0, unit="step")
     first = last = float("nan")
-    step = 0
-    while not sched.done(step):
-        lr = sched.set(step)
-        loss = step_fn(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        pending.append(loss.detach())
-        step += 1
-        if step % log_every == 0 or sched.done(step):
+    i = start
+    while i < steps and not budget.spent():
+        rate = lr_at(i, steps, lr)
+        pending.append(step(make_batch(gen), rate))
+        i += 1
+        budget.used_steps += 1
+        if i % log_every == 0 or i == steps or budget.spent():
             mean = torch.stack(pending).float().mean().item()
             pending.clear()
             if not math.isfinite(mean):
-                raise FloatingPointError(f"{stage}: loss became {mean} at step {step}; lower the learning rate")
+                raise FloatingPointError(f"{stage}: loss became {mean} at step {i}; lower the learning rate")
             first = mean if math.isnan(first) else first
             last = mean
             elapsed = time.time() - t0
-            log.write(stage=stage, step=step, loss=mean, lr=lr,
-                      elapsed_s=round(elapsed, 2), steps_per_s=round(step / max(elapsed, 1e-9), 2))
+            log.write(stage=stage, step=i, loss=mean, lr=rate, elapsed_s=round(elapsed, 2),
+                      steps_per_s=round((i - start) / max(elapsed, 1e-9), 2))
             bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
-        bar.update(1)
+            bar.update(i - bar.n)
     bar.close()
     seconds = time.time() - t0
-    return {"steps": step, "seconds": round(seconds, 1), "steps_per_s": round(step / max(seconds, 1e-9), 2),
-            "first_loss": first, "final_loss": last}
+    return {"steps": i, "run_steps": i - start, "seconds": round(seconds, 1),
+            "steps_per_s": round((i - start) / max(seconds, 1e-9), 2),
+            "first_loss": first, "final_loss": last, "finished": i >= steps}

@@ -1,15 +1,21 @@
 """`repro toy train`: render the data once, then train VAE -> base -> turbo and save two pipelines.
 
-Each pipeline is written in diffusers' save_pretrained layout (safetensors, fp16) into a
-temporary folder beside its target and renamed into place, so a reader never sees half a
-model: `<out>/shapes-base` (Euler, leading spacing) and `<out>/shapes-turbo` (Euler
-ancestral, trailing spacing). Beside the weights: `training.json` (the config, provenance,
-per-stage summaries, parameter counts) and `metrics.jsonl` (the loss curve).
+A run may stop early (`chunk_seconds`, `chunk_steps`) and save its state as a checkpoint
+(`repro.toymodels.checkpoint`); the next run with the same settings resumes from it and
+continues exactly. When a stage ends, its modules are rounded to fp16 (what ships), so the
+base trains on the shipped VAE's latents and the turbo stage is distilled from exactly the
+shipped base. Pipelines are written in diffusers' save_pretrained layout (fp16 safetensors)
+into a temporary folder beside their target and renamed into place: `<out>/shapes-base`
+(Euler, leading spacing) when the base stage ends, `<out>/shapes-turbo` (Euler ancestral,
+trailing spacing) when the turbo stage ends. Beside the weights: `training.json` (config,
+provenance, per-stage summaries, lineage, parameter counts) and `metrics.jsonl` (the loss
+curve). `export_pipelines` writes the same folders from a checkpoint on another machine.
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import shutil
@@ -23,15 +29,23 @@ from repro.devices import pick_device
 from repro.errors import ReproError
 from repro.io import provenance, write_json_atomic
 from repro.paths import cache_dir, models_dir
-from repro.toymodels.config import ToyTrainConfig
+from repro.toymodels import checkpoint as ckpt
+from repro.toymodels.config import STAGES, ToyTrainConfig
 from repro.toymodels.data import ToyData
-from repro.toymodels.diffusion import Denoiser, train_base, train_turbo
-from repro.toymodels.loop import MetricLog
-from repro.toymodels.vae import encode_images, latent_scale, train_vae
+from repro.toymodels.diffusion import (Denoiser, alphas_cumprod, base_batch, base_loss, grain_pairs, teacher_pairs,
+                                       turbo_batch, turbo_loss)
+from repro.toymodels.engine import TrainStep, make_adamw, resolve_accel
+from repro.toymodels.loop import Budget, MetricLog, run_stage
+from repro.toymodels.vae import encode_images, latent_scale, vae_batch, vae_loss
 
 NAMES = {"base": "shapes-base", "turbo": "shapes-turbo"}
 TRAINING_FILE = "training.json"
 METRICS_FILE = "metrics.jsonl"
+# Run-control fields: they may differ between the chunks of one training.
+_RUN_FIELDS = ("device", "accel", "out", "work", "checkpoint", "chunk_seconds", "chunk_steps", "threads", "log_every")
+LINEAGE_RECIPE = ("UNet initialised from the shapes-base UNet; text encoders and VAE are shapes-base's (frozen); "
+                  "1-step x0 regression on the teacher's guided Euler samples from the same noise (teacher_fraction) "
+                  "and on the caption's render (the rest), plus epsilon loss at 749/499/249 for 4-step sampling")
 
 
 def parameter_counts(pipe) -> dict[str, int]:
@@ -43,12 +57,28 @@ def folder_megabytes(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 2)
 
 
+def training_digest(cfg: ToyTrainConfig) -> str:
+    """Hash of the settings that decide the weights (not where or how fast they are computed)."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_FIELDS}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def save_pipeline_atomic(pipe, target: Path, extra: dict, records: list[dict]) -> Path:
-    """Write `pipe` in fp16 (a copy: the training modules stay fp32) plus training.json and metrics.jsonl."""
+    """Write `pipe` in fp16 (a copy) plus training.json and metrics.jsonl.
+
+    The text encoders' configs say float32, so plain `StableDiffusionXLPipeline.from_pretrained`
+    upcasts them as diffusers upcasts the UNet and VAE (transformers keeps a config's dtype).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
-        copy.deepcopy(pipe).to(dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
+        copy.deepcopy(pipe).to("cpu", dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
+        for name in ("text_encoder", "text_encoder_2"):
+            path = tmp / name / "config.json"
+            config = json.loads(path.read_text())
+            config["dtype"] = "float32"
+            config.pop("torch_dtype", None)
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / METRICS_FILE).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         write_json_atomic(tmp / TRAINING_FILE, {**extra, "megabytes": folder_megabytes(tmp)})
         old = None
@@ -64,11 +94,20 @@ def save_pipeline_atomic(pipe, target: Path, extra: dict, records: list[dict]) -
     return target
 
 
+def _round_fp16(*modules: torch.nn.Module) -> None:
+    """Round weights to fp16 values in place (kept in fp32): what later stages see is what ships."""
+    with torch.no_grad():
+        for m in modules:
+            for t in m.state_dict().values():
+                if t.is_floating_point():
+                    t.copy_(t.half())
+
+
 def _load_component(cls, folder: Path, what: str):
     if not folder.exists():
         raise ReproError(f"{what} not found at {folder}: run the earlier stages first "
                          "(`repro toy train --stage all`), or point --out/--work at a folder holding them")
-    return cls.from_pretrained(folder).float()
+    return cls.from_pretrained(folder, torch_dtype=torch.float32).float()
 
 
 def _records(folder: Path) -> list[dict]:
@@ -76,12 +115,74 @@ def _records(folder: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = True) -> dict:
-    """Run `cfg.stages`; returns {"stages": {stage: summary}, "folders": {...}, ...}."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+class Run:
+    """The modules of one training (base skeleton, turbo UNet) and its state across chunks."""
 
-    from repro.models.build import build_pipeline
+    def __init__(self, cfg: ToyTrainConfig, device: torch.device):
+        from repro.models.build import build_pipeline
+
+        self.cfg, self.device = cfg, device
+        spec = cfg.sizes.pipeline_spec()
+        self.base = build_pipeline(spec, seed=cfg.seed, kind="base")
+        self.turbo = build_pipeline(spec, seed=cfg.seed, kind="turbo")
+        for m in (self.base.vae, self.base.unet, self.base.text_encoder, self.base.text_encoder_2, self.turbo.unet):
+            m.to(device)
+        if device.type == "cuda":
+            self.base.unet.to(memory_format=torch.channels_last)
+            self.turbo.unet.to(memory_format=torch.channels_last)
+        self.turbo.register_modules(vae=self.base.vae, text_encoder=self.base.text_encoder,
+                                    text_encoder_2=self.base.text_encoder_2)
+        self.state: dict = {"digest": training_digest(cfg), "stages": list(cfg.stages), "stage_index": 0, "step": 0,
+                            "done": [], "summaries": {}, "records": [], "scaling_factor": None,
+                            "config": cfg.to_dict(), "created": provenance(command="repro toy train")}
+
+    # -- the modules a stage trains, and what the checkpoint holds -----------------------------
+    def stage_modules(self, stage: str) -> dict[str, torch.nn.Module]:
+        if stage == "vae":
+            return {"vae": self.base.vae}
+        if stage == "base":
+            return {"base.unet": self.base.unet, "base.te1": self.base.text_encoder,
+                    "base.te2": self.base.text_encoder_2}
+        return {"turbo.unet": self.turbo.unet}
+
+    def frozen_modules(self) -> dict[str, torch.nn.Module]:
+        done = set(self.state["done"])
+        return {k: m for s in STAGES if s in done for k, m in self.stage_modules(s).items()}
+
+    def tensors(self, stage: str | None, opt, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for prefix, module in self.frozen_modules().items():
+            out.update(ckpt.module_tensors(prefix, module, torch.float16 if not prefix.startswith("turbo") else None))
+        if stage is not None:
+            for prefix, module in self.stage_modules(stage).items():
+                out.update(ckpt.module_tensors(prefix, module))
+            out.update(ckpt.optimizer_tensors(opt))
+        out["rng.gen"] = gen.get_state()
+        return out
+
+    def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
+        self.state = state
+        stage = state["stages"][state["stage_index"]] if state["stage_index"] < len(state["stages"]) else None
+        modules = dict(self.frozen_modules())
+        if stage is not None and state["step"] > 0:
+            modules.update(self.stage_modules(stage))
+        for prefix, module in modules.items():
+            ckpt.load_module(prefix, module, tensors)
+        if state["scaling_factor"] is not None:
+            self.base.vae.register_to_config(scaling_factor=state["scaling_factor"])
+
+    def summary(self, stage: str, run: dict) -> None:
+        s = self.state["summaries"].setdefault(stage, {"steps": 0, "seconds": 0.0, "runs": 0})
+        s["seconds"] = round(s["seconds"] + run["seconds"], 1)
+        s["runs"] += 1
+        s["steps"] = run["steps"]
+        losses = [r["loss"] for r in self.state["records"] if r["stage"] == stage]
+        s["first_loss"], s["final_loss"] = (losses[0], losses[-1]) if losses else (None, None)
+        s["steps_per_s"] = run["steps_per_s"]  # the latest chunk's rate (warm-up and capture included)
+
+
+def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = True) -> dict:
+    """Run (or resume) `cfg.stages`; returns {"finished", "stages": summaries, "folders", ...}."""
     from repro.models.loading import quiet_libraries
 
     quiet_libraries()
@@ -96,77 +197,189 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
     out = Path(cfg.out) if cfg.out else models_dir()
     work = Path(cfg.work) if cfg.work else cache_dir() / "toymodels"
     work.mkdir(parents=True, exist_ok=True)
-    spec = cfg.sizes.pipeline_spec()
-    meta = {"config": cfg.to_dict(), "provenance": provenance(command="repro toy train"), "device": str(device)}
-    if device.type == "cuda":
-        meta["gpu"] = torch.cuda.get_device_name(device)
+    ckpt_dir = Path(cfg.checkpoint) if cfg.checkpoint else work / "checkpoint"
+    mode = resolve_accel(cfg.accel, device)
+    budget = Budget(cfg.chunk_seconds, cfg.chunk_steps)
 
     t0 = time.time()
-    base = build_pipeline(spec, seed=cfg.seed, kind="base")
-    data = ToyData.build(cfg.data, base.tokenizer, device)
-    meta["data_seconds"] = round(time.time() - t0, 1)
+    run = Run(cfg, device)
+    if ckpt.checkpoint_files(ckpt_dir):
+        tensors, state = ckpt.load_checkpoint(ckpt_dir)
+        if state.get("digest") != run.state["digest"] or state.get("stages") != list(cfg.stages):
+            raise ReproError(f"the checkpoint in {ckpt_dir} was written with other settings or stages: rerun with "
+                             "the same ones to resume, or delete it (or pass --fresh) to start over")
+        run.restore(tensors, state)
+        gen_state = tensors["rng.gen"]
+    else:
+        tensors, gen_state = {}, None
+    data = ToyData.build(cfg.data, run.base.tokenizer, device, cache=work / "data")
+    data_seconds = round(time.time() - t0, 1)
     gen = torch.Generator(device).manual_seed(cfg.seed)
-    log = MetricLog(work / METRICS_FILE)
-    if log.path.exists():
-        log.path.unlink()
-    summaries: dict[str, dict] = {}
-    common = dict(use_autocast=cfg.autocast, log_every=cfg.log_every, progress=progress)
+    if gen_state is not None:
+        gen.set_state(gen_state)
+    log = MetricLog(work / METRICS_FILE, run.state["records"])
+    run.state["trained_on"] = {"device": str(device),
+                               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
+    folders: dict[str, str] = {}
+    common = dict(log_every=cfg.log_every, progress=progress)
 
-    # --- stage 1: VAE ---------------------------------------------------------------------
-    if "vae" in cfg.stages:
-        base.vae.to(device)
-        summaries["vae"] = train_vae(base.vae, data, cfg.vae, gen, log, **common)
-        scale = latent_scale(base.vae, data.images[: min(len(data), 4096)], use_autocast=cfg.autocast)
-        base.vae.register_to_config(scaling_factor=scale)
-        base.vae.save_pretrained(work / "vae", safe_serialization=True)
-        summaries["vae"]["scaling_factor"] = scale
-    else:
+    _load_earlier_stages(run, out, work)
+    latents = None
+    while run.state["stage_index"] < len(cfg.stages):
+        stage = cfg.stages[run.state["stage_index"]]
+        start = run.state["step"]
+        stage_cfg = getattr(cfg, stage)
+        if budget.spent():  # the chunk ended with the previous stage: the checkpoint is already saved
+            return {"finished": False, "stage": stage, "step": start, "checkpoint": str(ckpt_dir),
+                    "stages": run.state["summaries"], "data_seconds": data_seconds,
+                    "total_seconds": round(time.time() - t0, 1)}
+        if stage != "vae" and latents is None:
+            latents = encode_images(run.base.vae, data.images, use_autocast=cfg.autocast)
+        params, make_batch, loss_fn = _setup_stage(run, stage, data, latents, device)
+        opt = make_adamw(params, stage_cfg.lr, device, 0.0 if stage == "vae" else 0.01, graph=mode == "graph")
+        if start > 0:
+            ckpt.load_optimizer(opt, tensors)
+        step = TrainStep(loss_fn, params, opt, grad_clip=1.0, mode=mode)
+        result = run_stage(stage, stage_cfg.steps, start, make_batch, step, gen, stage_cfg.lr, log, budget, **common)
+        run.state["records"] = log.records
+        run.summary(stage, result)
+        run.state["step"] = result["steps"]
+        for p in params:
+            p.requires_grad_(False)
+        if not result["finished"]:
+            ckpt.save_checkpoint(ckpt_dir, run.tensors(stage, opt, gen), run.state)
+            return {"finished": False, "stage": stage, "step": result["steps"], "checkpoint": str(ckpt_dir),
+                    "stages": run.state["summaries"], "data_seconds": data_seconds,
+                    "total_seconds": round(time.time() - t0, 1)}
+        _finish_stage(run, stage, data)
+        run.state["done"].append(stage)
+        run.state["stage_index"] += 1
+        run.state["step"] = 0
+        ckpt.save_checkpoint(ckpt_dir, run.tensors(None, None, gen), run.state)
+        if stage == "vae":
+            run.base.vae.save_pretrained(work / "vae", safe_serialization=True)
+            latents = None
+        else:
+            folders[stage] = str(export_stage(run, stage, out))
+    return {"finished": True, "stages": run.state["summaries"], "folders": folders, "checkpoint": str(ckpt_dir),
+            "data_seconds": data_seconds, "total_seconds": round(time.time() - t0, 1)}
+
+
+def _load_earlier_stages(run: Run, out: Path, work: Path) -> None:
+    """Stages before the first one this training runs come from disk (a single-stage run)."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    first = STAGES.index(run.cfg.stages[0])
+    if first >= 1 and "vae" not in run.state["done"]:
         source = work / "vae" if (work / "vae").exists() else out / NAMES["base"] / "vae"
-        base.register_modules(vae=_load_component(AutoencoderKL, source, "the trained VAE").to(device))
-    vae = base.vae.eval().requires_grad_(False)
-    if not {"base", "turbo"} & set(cfg.stages):
-        return {"stages": summaries, "folders": {"vae": str(work / "vae")}}
-    latents = encode_images(vae, data.images, use_autocast=cfg.autocast)
-
-    # --- stage 2: base ----------------------------------------------------------------------
-    folders = {}
-    base_records: list[dict] = []
-    if "base" in cfg.stages:
-        for m in (base.unet, base.text_encoder, base.text_encoder_2):
-            m.to(device)
-        base.unet.to(memory_format=torch.channels_last)
-        model = Denoiser(base.unet, base.text_encoder, base.text_encoder_2, cfg.sizes.resolution,
-                         compiled_unet=torch.compile(base.unet) if cfg.compile else None)
-        summaries["base"] = train_base(model, latents, data, cfg.base, gen, log, **common)
-        base_records = list(log.records)
-        extra = {**meta, "model": NAMES["base"], "stages": summaries, "parameters": parameter_counts(base)}
-        folders["base"] = str(save_pipeline_atomic(base, out / NAMES["base"], extra, base_records))
-    else:
+        vae = _load_component(AutoencoderKL, source, "the trained VAE")
+        run.base.vae.load_state_dict(vae.state_dict())
+        run.base.vae.register_to_config(scaling_factor=vae.config.scaling_factor)
+        run.state["scaling_factor"] = float(vae.config.scaling_factor)
+        run.state["done"].insert(0, "vae")
+    if first >= 2 and "base" not in run.state["done"]:
         folder = out / NAMES["base"]
-        base.register_modules(
-            unet=_load_component(UNet2DConditionModel, folder / "unet", "the base UNet").to(device),
-            text_encoder=_load_component(CLIPTextModel, folder / "text_encoder", "the base text encoder").to(device),
-            text_encoder_2=_load_component(CLIPTextModelWithProjection, folder / "text_encoder_2",
-                                           "the base text encoder 2").to(device),
-        )
-        base_records = _records(folder)
+        for name, cls in (("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel),
+                          ("text_encoder_2", CLIPTextModelWithProjection)):
+            getattr(run.base, name).load_state_dict(_load_component(cls, folder / name, f"the base {name}").state_dict())
+        run.state["done"].insert(1, "base")
+        run.state.setdefault("earlier_records", _records(folder))
+    _round_fp16(*run.frozen_modules().values())
 
-    # --- stage 3: turbo ---------------------------------------------------------------------
-    if "turbo" in cfg.stages:
-        turbo = build_pipeline(spec, seed=cfg.seed, kind="turbo")
-        turbo.register_modules(vae=vae)
-        for name in ("unet", "text_encoder", "text_encoder_2"):
-            module = getattr(turbo, name)
-            module.load_state_dict(getattr(base, name).state_dict())
-            module.to(device)
-        turbo.unet.to(memory_format=torch.channels_last)
-        model = Denoiser(turbo.unet, turbo.text_encoder, turbo.text_encoder_2, cfg.sizes.resolution,
-                         compiled_unet=torch.compile(turbo.unet) if cfg.compile else None)
-        turbo_log = MetricLog(work / METRICS_FILE)
-        summaries["turbo"] = train_turbo(model, vae, latents, data, cfg.turbo, gen, turbo_log, **common)
-        extra = {**meta, "model": NAMES["turbo"], "derived_from": NAMES["base"], "stages": summaries,
-                 "parameters": parameter_counts(turbo)}
-        records = [r for r in base_records if r.get("stage") != "turbo"] + turbo_log.records
-        folders["turbo"] = str(save_pipeline_atomic(turbo, out / NAMES["turbo"], extra, records))
-    return {"stages": summaries, "folders": folders, "data_seconds": meta["data_seconds"],
-            "total_seconds": round(time.time() - t0, 1)}
+
+def _setup_stage(run: Run, stage: str, data: ToyData, latents, device):
+    """(trainable parameters, make_batch(gen), loss_fn(batch)) of `stage`."""
+    cfg = run.cfg
+    if stage == "vae":
+        run.base.vae.train().requires_grad_(True)
+        params = list(run.base.vae.parameters())
+        return (params, lambda gen: vae_batch(data, cfg.vae, gen),
+                vae_loss(run.base.vae, data, cfg.vae, cfg.autocast))
+    run.base.vae.eval().requires_grad_(False)
+    if stage == "base":
+        model = Denoiser(run.base.unet, run.base.text_encoder, run.base.text_encoder_2, cfg.sizes.resolution).train()
+        return (model.trainable(), lambda gen: base_batch(data, latents, cfg.base, gen),
+                base_loss(model, latents, cfg.base, cfg.autocast))
+    # turbo: the student starts as the (fp16-rounded) base UNet unless resumed mid-stage
+    if run.state["step"] == 0:
+        run.turbo.unet.load_state_dict(run.base.unet.state_dict())
+    teacher = Denoiser(run.base.unet, run.base.text_encoder, run.base.text_encoder_2, cfg.sizes.resolution).train(False)
+    student = Denoiser(run.turbo.unet, run.base.text_encoder, run.base.text_encoder_2,
+                       cfg.sizes.resolution).train(True, text_encoders=False)
+    aux = torch.Generator(device).manual_seed(cfg.seed + 1)  # same pairs whenever the stage (re)starts
+    tc = cfg.turbo
+    pairs = teacher_pairs(teacher, data, tuple(latents.shape[1:]), tc, aux, cfg.autocast) \
+        if tc.teacher_fraction > 0 and tc.one_step_fraction > 0 else None
+    grain = grain_pairs(run.base.vae, data, aux, cfg.autocast) if tc.couple_grain and tc.one_step_fraction > 0 else None
+    return (student.trainable(), lambda gen: turbo_batch(data, latents, tc, gen, pairs, grain),
+            turbo_loss(student, alphas_cumprod(device), cfg.autocast))
+
+
+def _finish_stage(run: Run, stage: str, data: ToyData) -> None:
+    if stage == "vae":
+        _round_fp16(run.base.vae)
+        scale = latent_scale(run.base.vae, data.images[: min(len(data), 4096)], use_autocast=run.cfg.autocast)
+        run.base.vae.register_to_config(scaling_factor=scale)
+        run.state["scaling_factor"] = scale
+        run.state["summaries"]["vae"]["scaling_factor"] = scale
+    elif stage == "base":
+        _round_fp16(run.base.unet, run.base.text_encoder, run.base.text_encoder_2)
+
+
+def _meta(run: Run) -> dict:
+    trained_on = run.state.get("trained_on", {})
+    return {"config": run.state["config"], "provenance": provenance(command="repro toy train"),
+            "started": run.state["created"].get("created"), "device": trained_on.get("device"),
+            "gpu": trained_on.get("gpu")}
+
+
+def export_stage(run: Run, stage: str, out: Path) -> Path:
+    """Write `<out>/shapes-base` or `<out>/shapes-turbo` from the run's modules (fp16)."""
+    records = run.state.get("earlier_records", []) + run.state["records"]
+    summaries = run.state["summaries"]
+    meta = _meta(run)
+    if stage == "base":
+        stage_records = [r for r in records if r["stage"] in ("vae", "base")]
+        extra = {**meta, "model": NAMES["base"], "stages": {k: v for k, v in summaries.items() if k != "turbo"},
+                 "parameters": parameter_counts(run.base),
+                 "lineage": {"teacher": None, "init": "random (seeded)", "recipe": "epsilon prediction, Min-SNR-5, "
+                             f"{run.cfg.base.caption_dropout:.0%} caption dropout",
+                             "steps": summaries.get("base", {}).get("steps"),
+                             "seconds": summaries.get("base", {}).get("seconds")}}
+        return save_pipeline_atomic(run.base, out / NAMES["base"], extra, stage_records)
+    tc = run.cfg.turbo
+    extra = {**meta, "model": NAMES["turbo"], "derived_from": NAMES["base"], "stages": summaries,
+             "parameters": parameter_counts(run.turbo),
+             "lineage": {"teacher": NAMES["base"], "init": f"{NAMES['base']} UNet", "recipe": LINEAGE_RECIPE,
+                         "teacher_samples": tc.teacher_samples, "teacher_steps": tc.teacher_steps,
+                         "teacher_guidance": tc.teacher_guidance, "teacher_fraction": tc.teacher_fraction,
+                         "steps": summaries.get("turbo", {}).get("steps"),
+                         "seconds": summaries.get("turbo", {}).get("seconds")}}
+    return save_pipeline_atomic(run.turbo, out / NAMES["turbo"], extra, records)
+
+
+def export_pipelines(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict[str, str]:
+    """Write the pipelines of every finished stage of a checkpoint (e.g. one trained on another machine)."""
+    tensors, state = ckpt.load_checkpoint(checkpoint)
+    cfg = _config_from_dict(state["config"])
+    run = Run(cfg.replace(device="cpu"), torch.device("cpu"))
+    run.restore(tensors, state)
+    folders = {}
+    for stage in ("base", "turbo"):
+        if stage in state["done"]:
+            folders[stage] = str(export_stage(run, stage, Path(out)))
+    if not folders:
+        raise ReproError(f"checkpoint {checkpoint} has no finished base or turbo stage yet: train on, then export")
+    return folders
+
+
+def _config_from_dict(d: dict) -> ToyTrainConfig:
+    from repro.toymodels.config import BaseStage, DataConfig, ToySizes, TurboStage, VaeStage
+
+    def tuples(x):
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in x.items()}
+
+    return ToyTrainConfig(**{**d, "stages": tuple(d["stages"]), "sizes": ToySizes(**tuples(d["sizes"])),
+                             "data": DataConfig(**d["data"]), "vae": VaeStage(**d["vae"]),
+                             "base": BaseStage(**d["base"]), "turbo": TurboStage(**d["turbo"])})

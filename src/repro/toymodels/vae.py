@@ -13,30 +13,30 @@ import torch.nn.functional as F
 
 from repro.toymodels.config import VaeStage
 from repro.toymodels.data import ToyData, to_model_images
-from repro.toymodels.loop import MetricLog, autocast, make_optimizer, run_steps
+from repro.toymodels.loop import autocast
 
 
-def train_vae(vae, data: ToyData, cfg: VaeStage, gen: torch.Generator, log: MetricLog,
-              use_autocast: bool = True, log_every: int = 50, progress: bool = True) -> dict:
-    """Train `vae` (in place, on `data.device`); returns the stage summary."""
+def vae_batch(data: ToyData, cfg: VaeStage, gen: torch.Generator) -> dict:
+    """Every random draw of one VAE step: scene indices [B] and the posterior's unit noise [B, 4, h, w]."""
+    idx, _ids = data.sample(gen, cfg.batch_size)
+    h = data.images.shape[1] // 4
+    return {"idx": idx, "noise": torch.randn((cfg.batch_size, 4, h, h), generator=gen, device=gen.device)}
+
+
+def vae_loss(vae, data: ToyData, cfg: VaeStage, use_autocast: bool = True):
+    """`loss(batch) -> scalar`: MSE + L1 on pixels in [-1, 1] + `kl_weight` x KL per latent element."""
     device = data.device
-    vae.train().requires_grad_(True)
-    params = [p for p in vae.parameters()]
-    opt, sched = make_optimizer(params, cfg.lr, cfg.steps, device, weight_decay=0.0, max_seconds=cfg.max_seconds)
 
-    def step(_: int) -> torch.Tensor:
-        idx, _ids = data.sample(gen, cfg.batch_size)
-        x = to_model_images(data.images[idx])  # [B, 3, H, W]
+    def loss(batch: dict) -> torch.Tensor:
+        x = to_model_images(data.images[batch["idx"]])  # [B, 3, H, W]
         with autocast(device, use_autocast):
             posterior = vae.encode(x).latent_dist
-            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=gen, device=device)
+            z = posterior.mean + posterior.std * batch["noise"].to(posterior.mean.dtype)
             rec = vae.decode(z).sample.float()
         kl = posterior.kl().float().sum() / posterior.mean.numel()
         return F.mse_loss(rec, x) + cfg.l1_weight * F.l1_loss(rec, x) + cfg.kl_weight * kl
 
-    summary = run_steps("vae", cfg.steps, step, opt, sched, params, log, log_every, progress=progress)
-    vae.eval().requires_grad_(False)
-    return summary
+    return loss
 
 
 @torch.no_grad()

@@ -1,0 +1,137 @@
+"""One optimiser step, run eagerly or captured once as a CUDA graph and replayed.
+
+The toy networks are small, so on a large GPU a step is bound by kernel launches (about
+5 steps/s eager on an H200, see benchmarks/toy_training.md), not by arithmetic. A
+`TrainStep` in graph mode captures forward, backward, gradient clipping and the AdamW
+update as one CUDA graph and replays it with one launch per step. Both modes run the same
+function, `loss_fn(batch) -> scalar`, which must be pure: every random draw happens in the
+stage's `make_batch(gen)` outside the step, so that resuming from a saved generator state
+continues exactly, and the step holds no host synchronisation (`no_host_sync` checks that
+on the CPU; a sync inside a CUDA graph capture is an error).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Literal
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+Accel = Literal["auto", "eager", "graph", "compile"]
+ACCELS = ("auto", "eager", "graph", "compile")
+WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS/cuDNN handles, autotuning)
+
+
+def resolve_accel(accel: str, device: torch.device) -> str:
+    """auto -> graph on CUDA, eager elsewhere; graph/compile on a CPU fall back to eager."""
+    if device.type != "cuda":
+        return "eager"
+    return "graph" if accel == "auto" else accel
+
+
+def make_adamw(params: list[torch.nn.Parameter], lr: float, device: torch.device, weight_decay: float,
+               graph: bool) -> torch.optim.AdamW:
+    """AdamW, fused on CUDA; under a CUDA graph capturable with a tensor learning rate (set by `set_lr`)."""
+    cuda = device.type == "cuda"
+    return torch.optim.AdamW(params, lr=torch.tensor(lr, device=device) if graph else lr, betas=(0.9, 0.99),
+                             weight_decay=weight_decay, fused=cuda, capturable=graph)
+
+
+def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        if torch.is_tensor(group["lr"]):
+            group["lr"].fill_(lr)  # in place: the captured graph reads this tensor
+        else:
+            group["lr"] = lr
+
+
+class TrainStep:
+    """`step(batch, lr) -> loss` (a device scalar): zero grads, loss, backward, clip, AdamW.
+
+    batch: dict of tensors with the same shapes every step (the graph's static inputs).
+    mode "graph": the first `WARMUP_STEPS` calls run eagerly on a side stream, the next
+    captures the graph and every later call copies the batch in and replays it. Each call
+    is one real optimiser step in every mode.
+    """
+
+    def __init__(self, loss_fn: Callable[[dict], torch.Tensor], params: list[torch.nn.Parameter],
+                 opt: torch.optim.Optimizer, grad_clip: float = 1.0, mode: str = "eager"):
+        if mode not in ("eager", "graph", "compile"):
+            raise ValueError(f"unknown step mode {mode!r}")
+        self.loss_fn = torch.compile(loss_fn) if mode == "compile" else loss_fn
+        self.params, self.opt, self.grad_clip, self.mode = params, opt, grad_clip, mode
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static: dict[str, torch.Tensor] = {}
+        self.static_loss: torch.Tensor | None = None
+
+    def _eager(self, batch: dict) -> torch.Tensor:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(batch)
+        loss.backward()
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.opt.step()
+        return loss.detach()
+
+    def __call__(self, batch: dict, lr: float) -> torch.Tensor:
+        set_lr(self.opt, lr)
+        self.calls += 1
+        if self.mode != "graph":
+            return self._eager(batch)
+        if self.calls <= WARMUP_STEPS:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                loss = self._eager(batch)
+            torch.cuda.current_stream().wait_stream(side)
+            return loss
+        if self.graph is None:
+            self.static = {k: v.clone() for k, v in batch.items()}
+            self.opt.zero_grad(set_to_none=True)
+            self.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.graph):
+                self.static_loss = self.loss_fn(self.static)
+                self.static_loss.backward()
+                if self.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+                self.opt.step()
+        for k, v in batch.items():
+            self.static[k].copy_(v, non_blocking=True)
+        self.graph.replay()
+        return self.static_loss.detach().clone()  # the graph overwrites static_loss on the next replay
+
+
+class HostSync(RuntimeError):
+    """A tensor's value was read on the host inside a training step."""
+
+
+_SYNCING = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
+            torch.Tensor.__float__, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.cpu, torch.Tensor.numpy,
+            torch.masked_select, torch.Tensor.masked_select, torch.unique, torch.Tensor.unique}
+
+
+class _SyncDetector(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in _SYNCING:
+            raise HostSync(f"{getattr(func, '__qualname__', func)} reads a tensor on the host")
+        if func is torch.Tensor.__getitem__ and any(
+                torch.is_tensor(a) and a.dtype == torch.bool for a in _flat(args[1:])):
+            raise HostSync("boolean-mask indexing needs the mask's count on the host")
+        return func(*args, **(kwargs or {}))
+
+
+def _flat(items):
+    for item in items:
+        if isinstance(item, (tuple, list)):
+            yield from _flat(item)
+        else:
+            yield item
+
+
+@contextlib.contextmanager
+def no_host_sync():
+    """Raise `HostSync` where code inside reads a tensor's value on the host (CPU check of a graphable step)."""
+    with _SyncDetector():
+        yield

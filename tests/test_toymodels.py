@@ -227,8 +227,8 @@ def test_a_checkpoint_from_other_settings_is_refused(trained):
     from repro.toymodels.train import train_toy_models
 
     cfg, _ = trained
-    with pytest.raises(ReproError, match="other settings"):
-        train_toy_models(cfg.replace(base=BaseStage(steps=3, batch_size=8)), progress=False)
+    with pytest.raises(ReproError, match="other settings"):  # the finished base stage had another learning rate
+        train_toy_models(cfg.replace(base=BaseStage(steps=16, batch_size=8, lr=1e-3)), progress=False)
 
 
 @pytest.mark.parametrize("stage", ["base", "turbo"])

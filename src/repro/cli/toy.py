@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="delete an existing checkpoint and start over")
     p.add_argument("--batch-size", default=None, help="batch size of every selected stage (N), or per stage: base=256,turbo=512")
     p.add_argument("--lr", default=None, help="peak learning rate of every selected stage, or per stage: turbo=5e-4")
+    p.add_argument("--teacher-samples", type=int, default=None, help="turbo: (noise, teacher sample) pairs (default 32768)")
     p.add_argument("--scenes", type=int, default=None, help="train-split scenes to render (default 100000)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", default=None, help="folder for shapes-base/ and shapes-turbo/ (default: models/)")
@@ -83,6 +84,8 @@ def build_config(args: argparse.Namespace):
         changes["out"] = args.out
     if args.work:
         changes["work"] = args.work
+    if args.teacher_samples:
+        changes["turbo"] = dataclasses.replace(changes.get("turbo", cfg.turbo), teacher_samples=args.teacher_samples)
     if args.scenes:
         changes["data"] = dataclasses.replace(cfg.data, scenes=args.scenes)
     for stage, n in parse_steps(args.steps, stages).items():

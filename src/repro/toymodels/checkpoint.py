@@ -150,3 +150,8 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor])
         raise ReproError("checkpoint's optimiser state has more parameters than the model: other network sizes")
     sd["state"] = state
     opt.load_state_dict(sd)
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for p in params:  # moments take their parameter's memory layout (channels_last convs), as fused AdamW needs
+        for field, value in opt.state.get(p, {}).items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                opt.state[p][field] = torch.empty_like(p).copy_(value)

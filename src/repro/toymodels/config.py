@@ -93,8 +93,8 @@ class DataConfig:
 class VaeStage:
     """Stage 1: AutoencoderKL trained as a plain autoencoder on renders, small KL term."""
 
-    steps: int = 2000
-    """Optimiser steps."""
+    steps: int = 6000
+    """Optimiser steps (~200 s on an H200 at 31 steps/s)."""
     batch_size: int = 64
     """Images per step."""
     lr: float = 5e-4
@@ -109,10 +109,10 @@ class VaeStage:
 class BaseStage:
     """Stage 2: the multi-step model, epsilon prediction on SDXL's schedule, caption dropout."""
 
-    steps: int = 6000
-    """Optimiser steps (~18 min on an H100; the committed base had only 858, see benchmarks/toy_training.md)."""
-    batch_size: int = 512
-    """Latents per step (the UNet is launch-bound: 512 costs about what 256 does)."""
+    steps: int = 12000
+    """Optimiser steps (~13-20 min on an H200 at 10-16 steps/s; the committed base had 858)."""
+    batch_size: int = 256
+    """Latents per step (graph-captured steps run ~4 200 latents/s whatever the batch)."""
     lr: float = 5e-4
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
     caption_dropout: float = 0.1
@@ -125,17 +125,17 @@ class BaseStage:
 class TurboStage:
     """Stage 3: the base fine-tuned into a 1-step (and 4-step) generator, see `repro.toymodels.diffusion`."""
 
-    steps: int = 2000
-    """Optimiser steps (~6.5 min on an H100)."""
+    steps: int = 2400
+    """Optimiser steps (~4 min on an H200 at 10 steps/s)."""
     batch_size: int = 512
     """Latents per step (split between the 1-step and the ordinary loss)."""
     lr: float = 5e-4
     """Peak AdamW learning rate (linear warm-up, cosine decay to 10%)."""
     one_step_fraction: float = 0.75
     """Share of each batch trained as the pipeline's 1-step sample (pure noise at t=999 -> target latent, x0 MSE)."""
-    teacher_fraction: float = 0.5
+    teacher_fraction: float = 0.25
     """Share of the 1-step part whose target is the teacher's sample from the same noise (the rest: the render)."""
-    teacher_samples: int = 32768
+    teacher_samples: int = 8192
     """(noise, teacher sample) pairs the base generates when the stage starts (regenerated on resume)."""
     teacher_steps: int = 20
     """Euler steps of the teacher's samples."""

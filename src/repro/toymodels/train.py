@@ -57,10 +57,22 @@ def folder_megabytes(folder: Path) -> float:
     return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6, 2)
 
 
-def training_digest(cfg: ToyTrainConfig) -> str:
-    """Hash of the settings that decide the weights (not where or how fast they are computed)."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_FIELDS}
+def training_digest(cfg: ToyTrainConfig, stages=STAGES) -> str:
+    """Hash of the settings that decide the weights of `stages` (not where or how fast they are computed).
+
+    A stage's length is left out: it may change between chunks (the LR schedule follows the new length).
+    """
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _RUN_FIELDS + STAGES}
+    for stage in stages:
+        settings[stage] = {k: v for k, v in getattr(cfg, stage).__dict__.items() if k != "steps"}
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _started(state: dict) -> list[str]:
+    """Stages whose settings a checkpoint is bound to: finished ones and the one in progress."""
+    index = state["stage_index"]
+    current = state["stages"][index : index + 1] if state["step"] > 0 else []
+    return [s for s in STAGES if s in state["done"] or s in current]
 
 
 def save_pipeline_atomic(pipe, target: Path, extra: dict, records: list[dict]) -> Path:
@@ -132,7 +144,7 @@ class Run:
             self.turbo.unet.to(memory_format=torch.channels_last)
         self.turbo.register_modules(vae=self.base.vae, text_encoder=self.base.text_encoder,
                                     text_encoder_2=self.base.text_encoder_2)
-        self.state: dict = {"digest": training_digest(cfg), "stages": list(cfg.stages), "stage_index": 0, "step": 0,
+        self.state: dict = {"digest": None, "stages": list(cfg.stages), "stage_index": 0, "step": 0,
                             "done": [], "summaries": {}, "records": [], "scaling_factor": None,
                             "config": cfg.to_dict(), "created": provenance(command="repro toy train")}
 
@@ -150,6 +162,7 @@ class Run:
         return {k: m for s in STAGES if s in done for k, m in self.stage_modules(s).items()}
 
     def tensors(self, stage: str | None, opt, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        self.state["digest"] = training_digest(self.cfg, _started(self.state))
         out: dict[str, torch.Tensor] = {}
         for prefix, module in self.frozen_modules().items():
             out.update(ckpt.module_tensors(prefix, module, torch.float16 if not prefix.startswith("turbo") else None))
@@ -205,10 +218,13 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
     run = Run(cfg, device)
     if ckpt.checkpoint_files(ckpt_dir):
         tensors, state = ckpt.load_checkpoint(ckpt_dir)
-        if state.get("digest") != run.state["digest"] or state.get("stages") != list(cfg.stages):
+        started = _started(state)
+        if (training_digest(_config_from_dict(state["config"]), started) != training_digest(cfg, started)
+                or state.get("stages") != list(cfg.stages)):
             raise ReproError(f"the checkpoint in {ckpt_dir} was written with other settings or stages: rerun with "
                              "the same ones to resume, or delete it (or pass --fresh) to start over")
         run.restore(tensors, state)
+        run.state["config"] = cfg.to_dict()  # the settings this run continues with
         gen_state = tensors["rng.gen"]
     else:
         tensors, gen_state = {}, None

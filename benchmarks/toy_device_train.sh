@@ -7,9 +7,10 @@
 # First call: the speed benchmark (today's loop, eager and CUDA-graph steps; OUTDIR/toy_train_speed.json),
 # then stage lengths from the measured graph rates and the seconds given to each stage
 # (VAE_S, BASE_S, TURBO_S), then training. Later calls resume from the checkpoint (repro toy train
-# resumes by itself). The call that finishes copies the checkpoint (<= 8 files of <= 16 MiB) to
-# OUTDIR - `repro toy export OUTDIR` writes models/shapes-base and models/shapes-turbo from it - and
-# prints the oracle's prompt following (500 held-out captions) of both models and of the VAE.
+# resumes by itself; keep the calls back to back: the machine goes back after 30 s idle, and with it
+# the checkpoint). Every call leaves the pipelines as they stand in OUTDIR/pipelines.tar.* (untar into
+# models/); the call that finishes prints the oracle's prompt following (500 held-out captions) of
+# both models and of the VAE.
 # Needs diffusers importable (carried wheels, see benchmarks/README.md).
 set -u
 out=${1:?usage: toy_device_train.sh OUTDIR}
@@ -36,8 +37,12 @@ python3 -m repro.cli toy train --out "$toy/models" --work "$toy/work" $(cat "$to
     --chunk-seconds "$left" --no-progress > "$toy/last.json" || { cat "$toy/last.json"; exit 1; }
 python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r[k] for k in ('finished','stage','step','stages','data_seconds','total_seconds') if k in r}, indent=1))" "$toy/last.json"
 
+# What crosses to the next machine if this one goes back: the pipelines as they stand (fp16,
+# <= 2 x 20 MB; the exact state, 110-122 MB, is over the 64 MiB a call returns). A cold restart
+# continues from them with a fresh optimiser: --stage base,turbo --init-base shapes-base.
+rm -rf "$toy/export" && python3 -m repro.cli toy export "$toy/work/checkpoint" --out "$toy/export" --unfinished \
+    > /dev/null && (cd "$toy/export" && tar cf - shapes-*) | split -b 15M - "$out/pipelines.tar."
 if [ -f "$toy/models/shapes-turbo/training.json" ]; then
-    cp "$toy"/work/checkpoint/state-*.safetensors "$out/"
     for a in "--model $toy/models/shapes-turbo --steps 1" "--model $toy/models/shapes-turbo --steps 4" \
              "--model $toy/models/shapes-base --steps 25 --guidance 5"; do
         python3 -m repro.cli toy eval $a --n 500 | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps(r))"

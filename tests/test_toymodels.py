@@ -306,3 +306,18 @@ def test_plain_diffusers_opens_and_runs_the_saved_pipeline_on_a_cpu(trained):
     assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.float32}
     image = pipe("a red circle", num_inference_steps=1, guidance_scale=0.0, output_type="np").images
     assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()
+
+
+def test_base_warm_restart_starts_from_a_saved_pipeline(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from repro.toymodels.train import train_toy_models
+
+    cfg, result = trained
+    saved = load_file(Path(result["folders"]["base"]) / "unet" / "diffusion_pytorch_model.safetensors")
+    run = cfg.replace(stages=("base",), out=str(tmp_path / "out"), checkpoint=str(tmp_path / "ckpt"),
+                      base=BaseStage(steps=1, batch_size=8, lr=1e-9, init_from=result["folders"]["base"]))
+    (tmp_path / "out").mkdir()
+    train_toy_models(run, progress=False)  # the VAE comes from the first run's work folder
+    again = load_file(tmp_path / "out" / "shapes-base" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.allclose(again[k].float(), saved[k].float(), atol=1e-3) for k in saved)

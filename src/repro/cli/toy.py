@@ -27,6 +27,8 @@ def register(sub) -> None:
     p.add_argument("--fresh", action="store_true", help="delete an existing checkpoint and start over")
     p.add_argument("--batch-size", default=None, help="batch size of every selected stage (N), or per stage: base=256,turbo=512")
     p.add_argument("--lr", default=None, help="peak learning rate of every selected stage, or per stage: turbo=5e-4")
+    p.add_argument("--init-base", default=None,
+                   help="start the base stage from this pipeline's UNet and text encoders (warm restart)")
     p.add_argument("--teacher-samples", type=int, default=None, help="turbo: (noise, teacher sample) pairs (default 32768)")
     p.add_argument("--scenes", type=int, default=None, help="train-split scenes to render (default 100000)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -42,6 +44,7 @@ def register(sub) -> None:
     p = toy_sub.add_parser("export", help="write shapes-base/ and shapes-turbo/ from a training checkpoint")
     p.add_argument("checkpoint", help="checkpoint folder written by repro toy train (state-*-of-*.safetensors)")
     p.add_argument("--out", default=None, help="folder for shapes-base/ and shapes-turbo/ (default: models/)")
+    p.add_argument("--unfinished", action="store_true", help="also the stage in progress, as it stands")
     p.set_defaults(run=run_export)
 
     p = toy_sub.add_parser("eval", help="prompt following of a model on held-out captions, read by the oracle")
@@ -84,6 +87,8 @@ def build_config(args: argparse.Namespace):
         changes["out"] = args.out
     if args.work:
         changes["work"] = args.work
+    if args.init_base:
+        changes["base"] = dataclasses.replace(changes.get("base", cfg.base), init_from=args.init_base)
     if args.teacher_samples:
         changes["turbo"] = dataclasses.replace(changes.get("turbo", cfg.turbo), teacher_samples=args.teacher_samples)
     if args.scenes:
@@ -125,7 +130,7 @@ def run_export(args: argparse.Namespace) -> int:
 
     from repro.paths import models_dir
 
-    print(json.dumps(export_pipelines(args.checkpoint, args.out or models_dir()), indent=2, sort_keys=True))
+    print(json.dumps(export_pipelines(args.checkpoint, args.out or models_dir(), unfinished=args.unfinished), indent=2, sort_keys=True))
     return 0
 
 

@@ -119,6 +119,9 @@ class BaseStage:
     """Share of captions replaced by the empty prompt (zero embeddings, as SDXL's pipeline uses)."""
     min_snr_gamma: float | None = 5.0
     """Min-SNR loss weighting (Hang et al. 2023) on the epsilon loss; None for plain MSE."""
+    init_from: str | None = None
+    """Start from this pipeline's UNet and text encoders instead of random weights (a warm restart:
+    the optimiser and the LR schedule start afresh), e.g. a shapes-base exported by an earlier run."""
 
 
 @dataclass(frozen=True)

@@ -304,6 +304,20 @@ def _load_earlier_stages(run: Run, out: Path, work: Path) -> None:
     _round_fp16(*run.frozen_modules().values())
 
 
+def _init_denoiser(run: Run, folder: Path) -> None:
+    """The base's UNet and text encoders from a saved pipeline (`BaseStage.init_from`)."""
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    for name, cls in (("unet", UNet2DConditionModel), ("text_encoder", CLIPTextModel),
+                      ("text_encoder_2", CLIPTextModelWithProjection)):
+        module = _load_component(cls, folder / name, f"the {name} to start the base from")
+        try:
+            getattr(run.base, name).load_state_dict(module.state_dict())
+        except RuntimeError as exc:
+            raise ReproError(f"{folder / name} does not fit these network sizes: {str(exc).splitlines()[0]}") from exc
+
+
 def _setup_stage(run: Run, stage: str, data: ToyData, latents, device):
     """(trainable parameters, make_batch(gen), loss_fn(batch)) of `stage`."""
     cfg = run.cfg
@@ -314,6 +328,8 @@ def _setup_stage(run: Run, stage: str, data: ToyData, latents, device):
                 vae_loss(run.base.vae, data, cfg.vae, cfg.autocast))
     run.base.vae.eval().requires_grad_(False)
     if stage == "base":
+        if cfg.base.init_from and run.state["step"] == 0:
+            _init_denoiser(run, Path(cfg.base.init_from))
         model = Denoiser(run.base.unet, run.base.text_encoder, run.base.text_encoder_2, cfg.sizes.resolution).train()
         return (model.trainable(), lambda gen: base_batch(data, latents, cfg.base, gen),
                 base_loss(model, latents, cfg.base, cfg.autocast))
@@ -375,19 +391,25 @@ def export_stage(run: Run, stage: str, out: Path) -> Path:
     return save_pipeline_atomic(run.turbo, out / NAMES["turbo"], extra, records)
 
 
-def export_pipelines(checkpoint: str | os.PathLike, out: str | os.PathLike) -> dict[str, str]:
-    """Write the pipelines of every finished stage of a checkpoint (e.g. one trained on another machine)."""
+def export_pipelines(checkpoint: str | os.PathLike, out: str | os.PathLike, unfinished: bool = False) -> dict[str, str]:
+    """Write the pipelines of a checkpoint's finished stages (e.g. trained on another machine).
+
+    unfinished: also the base or turbo stage in progress, as it stands (its training.json says
+    so); a later run can warm-restart from it (`BaseStage.init_from`).
+    """
     tensors, state = ckpt.load_checkpoint(checkpoint)
     cfg = _config_from_dict(state["config"])
     run = Run(cfg.replace(device="cpu"), torch.device("cpu"))
     run.restore(tensors, state)
-    folders = {}
-    for stage in ("base", "turbo"):
-        if stage in state["done"]:
-            folders[stage] = str(export_stage(run, stage, Path(out)))
-    if not folders:
-        raise ReproError(f"checkpoint {checkpoint} has no finished base or turbo stage yet: train on, then export")
-    return folders
+    stages = [s for s in ("base", "turbo") if s in state["done"]]
+    current = state["stages"][state["stage_index"]] if state["stage_index"] < len(state["stages"]) else None
+    if unfinished and current in ("base", "turbo") and state["step"] > 0:
+        stages.append(current)
+        run.state["summaries"][current]["unfinished"] = f"step {state['step']} of {getattr(cfg, current).steps}"
+    if not stages:
+        raise ReproError(f"checkpoint {checkpoint} has no finished base or turbo stage yet: train on, or pass "
+                         "--unfinished to export the stage in progress")
+    return {stage: str(export_stage(run, stage, Path(out))) for stage in stages}
 
 
 def _config_from_dict(d: dict) -> ToyTrainConfig:

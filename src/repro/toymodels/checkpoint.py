@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -25,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from repro.errors import ReproError
+from repro.io import atomic_dir
 
 MAX_FILES = 8
 MAX_FILE_BYTES = 16 * 2**20
@@ -64,22 +63,10 @@ def save_checkpoint(folder: str | os.PathLike, tensors: dict[str, torch.Tensor],
     folder = Path(folder)
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     shards = plan_shards(cpu)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
+    with atomic_dir(folder) as tmp:
         for i, names in enumerate(shards):
             meta = {STATE_KEY: json.dumps(state, sort_keys=True)} if i == 0 else {}
             save_file({k: cpu[k] for k in names}, str(tmp / f"state-{i}-of-{len(shards)}.safetensors"), metadata=meta)
-        old = None
-        if folder.exists():
-            old = folder.parent / f".{folder.name}.old-{os.getpid()}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return folder
 
 

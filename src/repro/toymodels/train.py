@@ -18,8 +18,6 @@ import copy
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +25,7 @@ import torch
 
 from repro.devices import pick_device
 from repro.errors import ReproError
-from repro.io import provenance, write_json_atomic
+from repro.io import atomic_dir, provenance, write_json_atomic
 from repro.paths import cache_dir, models_dir
 from repro.toymodels import checkpoint as ckpt
 from repro.toymodels.config import STAGES, ToyTrainConfig
@@ -81,9 +79,7 @@ def save_pipeline_atomic(pipe, target: Path, extra: dict, records: list[dict]) -
     The text encoders' configs say float32, so plain `StableDiffusionXLPipeline.from_pretrained`
     upcasts them as diffusers upcasts the UNet and VAE (transformers keeps a config's dtype).
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_dir(target) as tmp:
         copy.deepcopy(pipe).to("cpu", dtype=torch.float16).save_pretrained(tmp, safe_serialization=True)
         for name in ("text_encoder", "text_encoder_2"):
             path = tmp / name / "config.json"
@@ -93,16 +89,6 @@ def save_pipeline_atomic(pipe, target: Path, extra: dict, records: list[dict]) -
             path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         (tmp / METRICS_FILE).write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
         write_json_atomic(tmp / TRAINING_FILE, {**extra, "megabytes": folder_megabytes(tmp)})
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
 
 

@@ -57,8 +57,8 @@ def never_load(monkeypatch):
 # --- 1. several chapters: every parameter checked before anything runs ----------------------
 
 @pytest.mark.parametrize("names, param, needle", [
-    (["00_overview", "01_shapesworld"], ["nope", "1"], "none of 00_overview, 01_shapesworld has no parameter 'nope'"),
-    ([], ["nope", "1"], "has no parameter 'nope'"),
+    (["00_overview", "01_shapesworld"], ["nope", "1"], "none of 00_overview, 01_shapesworld has a parameter 'nope'"),
+    ([], ["nope", "1"], "06_riebench has a parameter 'nope'"),
     (["00_overview", "01_shapesworld"], ["n_captions", "3x"], "n_captions of 01_shapesworld must be an integer"),
 ])
 def test_notebook_run_refuses_before_running_any_chapter(monkeypatch, capsys, names, param, needle):

@@ -66,13 +66,8 @@ def writable_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ReproError(f"{flag} {folder} is a file: give {flag} a new or existing folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise ReproError(f"cannot write into {flag} {folder} ({exc.strerror}): give {flag} a folder you can write to") from None
+    if problem := _cannot_write(folder):
+        raise ReproError(f"cannot write into {flag} {folder} ({problem}): give {flag} a folder you can write to")
     return folder
 
 
@@ -81,8 +76,21 @@ def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
     path = Path(path)
     if path.is_dir():
         raise ReproError(f"{flag} {path} is a folder: give {flag} a file name, e.g. {path / 'results.jsonl'}")
-    writable_folder(path.parent, flag=f"the folder of {flag}")
+    if problem := _cannot_write(path.parent):
+        raise ReproError(f"cannot write {flag} {path} into {path.parent} ({problem}): give {flag} a path you can write to")
     return path
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why no file can be created in `folder` (made if missing), or None if one can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
 
 
 def read_checked(path: str | os.PathLike, read, fix: str):

@@ -124,8 +124,8 @@ def split_parameters(names: list[str], given: dict[str, Any]) -> dict[str, dict[
     known = set().union(*defaults.values())
     unknown = sorted(set(given) - known)
     if unknown:
-        which = names[0] if len(names) == 1 else f"none of {', '.join(names)}"
-        raise ReproError(f"{which} has no parameter {unknown[0]!r}: use {choices_hint(sorted(known))}")
+        which = f"{names[0]} has no" if len(names) == 1 else f"none of {', '.join(names)} has a"
+        raise ReproError(f"{which} parameter {unknown[0]!r}: use {choices_hint(sorted(known))}")
     return {name: check_parameters(name, {k: v for k, v in given.items() if k in defaults[name]}) for name in names}
 
 

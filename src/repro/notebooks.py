@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -151,6 +153,7 @@ def run_notebook(name: str, given: dict[str, Any] | None = None, output: Path | 
     from repro.models.loading import quiet_libraries
 
     quiet_libraries()
+    keep_sigint = _sigint_keeper()
     source = notebook_file(name)
     name = source.stem
     params = check_parameters(name, dict(given or {}))
@@ -163,9 +166,9 @@ def run_notebook(name: str, given: dict[str, Any] | None = None, output: Path | 
             try:
                 papermill.execute_notebook(
                     str(unexecuted), str(executed), parameters=params, kernel_name=kernel,
-                    cwd=str(source.parent), language="python", engine_name=_engine(),
+                    cwd=str(source.parent), language="python", engine_name=_engine(keep_sigint),
                     progress_bar={"desc": name, "dynamic_ncols": True, "leave": False},
-                    kernel_manager_class=_kernel_manager(log_dir() / f"{name}.kernel.log"),
+                    kernel_manager_class=_kernel_manager(log_dir() / f"{name}.kernel.log", keep_sigint),
                 )
             except papermill.PapermillExecutionError as exc:
                 failed = project_root() / "build" / "failed" / f"{name}.ipynb"
@@ -185,7 +188,35 @@ def log_dir() -> Path:
     return project_root() / "build" / "logs"
 
 
-def _kernel_manager(log: Path):
+def _sigint_keeper():
+    """A function that (re)installs this process's Ctrl-C handling while a chapter runs.
+
+    nbclient replaces the handler, while a kernel runs, with an asyncio one that only
+    shuts the kernel down, and the cell's wait for a reply could then hang. Installed when
+    the kernel has started and before each cell, Ctrl-C kills the chapter's kernel (it is
+    in a session of its own and sleeps through a polite shutdown) and raises
+    KeyboardInterrupt: one line, exit 130, in a second. An ignored SIGINT stays ignored.
+    """
+    original = signal.getsignal(signal.SIGINT)
+    kernels: list = []  # the chapter's kernel managers, once started
+
+    def on_sigint(signum, frame):
+        for km in kernels:
+            process = getattr(getattr(km, "provisioner", None), "process", None)
+            if process is not None and process.poll() is None:
+                process.kill()
+        raise KeyboardInterrupt
+
+    def keep(km=None) -> None:
+        if km is not None:
+            kernels.append(km)
+        if original in (signal.default_int_handler, signal.SIG_DFL) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, on_sigint)
+
+    return keep
+
+
+def _kernel_manager(log: Path, keep_sigint):
     """A kernel manager whose kernel logs to `log`, not to the terminal, and stops in a second.
 
     Ctrl-C stops `repro notebook run` with one line; without this the kernel, shut down in
@@ -201,7 +232,9 @@ def _kernel_manager(log: Path):
 
         async def start_kernel(self, **kw):
             with open(log, "ab") as fh:  # the kernel keeps its own copy of the descriptor
-                return await super().start_kernel(stdout=fh, stderr=fh, **kw)
+                started = await super().start_kernel(stdout=fh, stderr=fh, **kw)
+            keep_sigint(self)
+            return started
 
     return ChapterKernelManager
 
@@ -216,7 +249,7 @@ def _section(nb, index: int) -> str:
     return ""
 
 
-def _engine() -> str:
+def _engine(keep_sigint) -> str:
     """papermill's nbclient engine, registered once as "repro" with the running cell on the bar:
     `00_overview: 45%|####  | 5/11 [00:30<00:40, cell 6: Update heatmaps]`."""
     from papermill.engines import NBClientEngine, papermill_engines
@@ -227,6 +260,7 @@ def _engine() -> str:
             start = nb_man.cell_start
 
             def cell_start(cell, cell_index=None, **kw):
+                keep_sigint()
                 if nb_man.pbar is not None and cell_index is not None:
                     nb_man.pbar.set_postfix_str(f"cell {cell_index + 1}: {_section(nb_man.nb, cell_index)}")
                 return start(cell, cell_index, **kw)

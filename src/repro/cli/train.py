@@ -52,6 +52,7 @@ def run_train(args: argparse.Namespace) -> int:
         raise ReproError(f"--blocks {args.blocks} names a block twice: give each block once")
     if not store.shards:
         raise ReproError(f"the store {args.store} holds no shards yet: finish `repro collect` first")
+    store.tokens_per_image(blocks[0], args.step, args.half)  # checks --step and --half before --out is made
     saes = {}
     for block in blocks:
         C = store.block_shape(block)[2]

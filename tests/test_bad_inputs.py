@@ -294,7 +294,8 @@ def test_ctrl_c_during_a_chapter_is_one_line(sleepy_project):
     # A terminal's Ctrl-C: SIGINT to the whole foreground process group.
     proc = subprocess.Popen([sys.executable, "-m", "repro.cli", "notebook", "run", "00_first", "-p", "seconds", "120",
                              "-p", "marker", str(marker)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env={**os.environ, "REPRO_ROOT": str(sleepy_project)})
+                            start_new_session=True, env={**os.environ, "REPRO_ROOT": str(sleepy_project)},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
     try:
         deadline = time.time() + 120
         while not marker.exists() and time.time() < deadline and proc.poll() is None:

@@ -195,7 +195,8 @@ def _sigint_keeper():
     shuts the kernel down, and the cell's wait for a reply could then hang. Installed when
     the kernel has started and before each cell, Ctrl-C kills the chapter's kernel (it is
     in a session of its own and sleeps through a polite shutdown) and raises
-    KeyboardInterrupt: one line, exit 130, in a second. An ignored SIGINT stays ignored.
+    KeyboardInterrupt: one line, exit 130, in a second. Any other handler (an ignored
+    SIGINT under nohup) is put back as it was.
     """
     original = signal.getsignal(signal.SIGINT)
     kernels: list = []  # the chapter's kernel managers, once started
@@ -210,8 +211,9 @@ def _sigint_keeper():
     def keep(km=None) -> None:
         if km is not None:
             kernels.append(km)
-        if original in (signal.default_int_handler, signal.SIG_DFL) and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, on_sigint)
+        if threading.current_thread() is threading.main_thread():
+            default = original in (signal.default_int_handler, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, on_sigint if default else original)
 
     return keep
 

@@ -50,6 +50,8 @@ class OfflinePage:
     """Local files that failed to load."""
     errors: list = field(default_factory=list)
     """JavaScript errors on the page."""
+    console: list = field(default_factory=list)
+    """Errors the page wrote to the console (failed loads, widget-manager complaints, ...)."""
 
 
 def offline_page(browser, width: int = 1280, height: int = 900) -> OfflinePage:
@@ -67,5 +69,21 @@ def offline_page(browser, width: int = 1280, height: int = 900) -> OfflinePage:
     # sphinx-thebe (always loaded by jupyter-book 1) writes its `const THEBE_JS_URL` script
     # twice on every page; harmless here (thebe is never started), so not ours to fail on.
     page.on("pageerror", lambda e: None if "THEBE_JS_URL" in str(e) else result.errors.append(str(e)))
+    page.on("console", lambda m: result.console.append(f"{m.text} ({m.location.get('url', '')})")
+            if m.type == "error" and "THEBE_JS_URL" not in m.text else None)
     result.page = page
     return result
+
+
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+def open_widget_page(view: OfflinePage, path: Path, timeout: float = 30_000) -> int:
+    """Open a built page and wait until every widget view saved in it is rendered (from its
+    saved state, no kernel); returns how many there are."""
+    n = path.read_text().count(WIDGET_VIEW)
+    view.page.goto(path.as_uri())
+    # The embed manager puts each view in a .widget-subarea next to its <script> tag.
+    view.page.wait_for_function("n => document.querySelectorAll('.widget-subarea > *').length >= n", arg=n,
+                                timeout=timeout)
+    return n

@@ -54,14 +54,28 @@ def test_resolve_blocks_defaults_and_duplicates(tiny_pipe):
         resolve_blocks(tiny_pipe.unet, ["mid.0", "mid_block.attentions.0"])
 
 
-def test_describe_blocks_matches_captured_shapes(tiny_pipe):
-    infos = describe_blocks(tiny_pipe.unet, resolution=64, vae_factor=4)
+def test_aliases_inside_lists(tiny_pipe):
+    # `--blocks all` reaches the library as ("all",) once a comma list is split
+    assert resolve_blocks(tiny_pipe.unet, ("all",)) == ALL_SDXL
+    assert resolve_blocks(tiny_pipe.unet, ["paper"]) == list(PAPER_BLOCKS)
+    assert resolve_blocks(tiny_pipe.unet, "paper,down.1.0") == [*PAPER_BLOCKS, "down.1.0"]
+    with pytest.raises(ReproError, match="empty"):
+        resolve_blocks(tiny_pipe.unet, " , ")
+
+
+# 72 and 136 px: latent sides 18 and 34 (4x VAE) are not multiples of 4, the downsampled
+# sides round up (9 -> 5, 17 -> 9) and the up path comes back to the skips' sizes.
+@pytest.mark.parametrize("resolution, small", [(64, 4), (72, 5), (136, 9)])
+def test_describe_blocks_matches_captured_shapes(tiny_pipe, resolution, small):
+    from repro.generate import Sampling
+
+    infos = describe_blocks(tiny_pipe.unet, resolution=resolution, vae_factor=4)
     with capture_updates(tiny_pipe.unet, ALL_SDXL) as cap:
-        generate(tiny_pipe, ["a red circle"], [0])
+        generate(tiny_pipe, ["a red circle"], [0], Sampling(resolution=resolution))
     for info in infos:
         update = cap.updates(info.name)
         assert tuple(update.shape) == (1, 1, info.channels, info.height, info.width), info.name
     by_name = {i.name: i for i in infos}
-    assert by_name["down.2.1"].height == 4 and by_name["up.1.0"].height == 8
+    assert by_name["down.2.1"].height == small and by_name["up.1.0"].height == by_name["down.1.0"].height
     assert by_name["down.2.1"].n_layers == 2 and by_name["down.1.0"].n_layers == 1
     assert [i.name for i in infos if i.in_paper] == list(PAPER_BLOCKS)

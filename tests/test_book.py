@@ -14,7 +14,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 import yaml
 
-from offline_browser import REMOTE, SHOTS, launch_chromium, offline_page
+from offline_browser import REMOTE, SHOTS, WIDGET_VIEW, launch_chromium, offline_page, open_widget_page
 from repro.paths import project_root
 
 ROOT = project_root()
@@ -155,3 +155,24 @@ def test_pages_render_offline_and_carousel_turns(browser, built_book):
     assert not attempted, f"the pages tried the network: {attempted}"
     assert not missing, f"files the pages load are missing from the site: {missing}"
     assert not errors, f"JavaScript errors: {errors}"
+    assert not view.console, f"console errors: {view.console}"
+
+
+@pytest.mark.slow
+def test_every_widget_page_renders_without_console_errors(browser, built_book):
+    """Every page with saved widgets: all of them render, nothing leaves the page, the console is clean."""
+    widget_pages = [p for p in pages(built_book) if WIDGET_VIEW in p.read_text()]
+    assert any(p.stem == OVERVIEW for p in widget_pages), "the overview's gallery is not saved in the site"
+    problems = {}
+    for path in widget_pages:
+        view = offline_page(browser, 1280, 900)
+        try:
+            n = open_widget_page(view, path)
+            view.page.wait_for_timeout(500)  # late errors of the widgets' first drawing
+            view.page.screenshot(path=SHOTS / f"widgets-{path.stem}.png", full_page=True)
+        finally:
+            view.context.close()
+        found = {"network": view.attempted, "missing": view.missing, "javascript": view.errors, "console": view.console}
+        if any(found.values()):
+            problems[f"{path.relative_to(built_book)} ({n} widgets)"] = {k: v for k, v in found.items() if v}
+    assert not problems, problems

@@ -120,6 +120,16 @@ def test_widget_state(data):
         FeatureBrowser(data, pipe=object())
 
 
+def test_saes_keyed_by_the_release_block_names_are_live(data):
+    # The original release names its SAEs by module path (unet.down_blocks.2.attentions.1).
+    from repro.sae.config import SAEConfig
+    from repro.sae.model import TopKSAE
+
+    sae = TopKSAE(SAEConfig(d_model=64, n_features=128, k=8, k_aux=8), seed=0)
+    w = FeatureBrowser(data, pipe=object(), saes={"unet.down_blocks.2.attentions.1": sae})
+    assert w.live and w.live_blocks == ["down.2.1"]
+
+
 def test_region_masks():
     assert region_mask("left", 4, 4)[:, :2].all() and not region_mask("left", 4, 4)[:, 2:].any()
     assert region_mask("centre", 4, 4).sum() == 4 and region_mask("all", 4, 4).sum() == 16

@@ -135,3 +135,4 @@ def test_feature_browser_works_offline(chromium, browser_book):
     assert not attempted, f"the page tried the network: {attempted}"
     assert not missing, f"files the page loads are missing from the site: {missing}"
     assert not errors, f"JavaScript errors: {errors}"
+    assert not view.console, f"console errors: {view.console}"

@@ -81,7 +81,7 @@ def test_original_layout_loads_and_computes_by_hand(tmp_path):
     assert sae.cfg.n_features == 64 and sae.cfg.k == 4 and sae.cfg.k_aux == 8
     assert sae.cfg.dead_tokens_threshold == 10 * 256  # steps at batch 256 -> tokens
     assert torch.equal(sae.tokens_since_fired, torch.arange(64) * 256)
-    assert sae.metadata["block"] == "unet.down_blocks.2.attentions.1"
+    assert sae.metadata["block"] == "down.2.1"  # the release's module path, normalised
     assert sae.feature_stats.mean.shape == (64,) and sae.feature_stats.frequency is None
     x = torch.randn(5, 16)
     pre = (x - state["pre_bias"]) @ state["encoder.weight"].T + state["latent_bias"]
@@ -97,7 +97,7 @@ def test_original_layout_loads_and_computes_by_hand(tmp_path):
     save_sae(sae, tmp_path / "converted")
     back = load_sae(tmp_path / "converted")
     torch.testing.assert_close(back(x), sae(x), rtol=0, atol=0)
-    assert back.metadata["block"] == "unet.down_blocks.2.attentions.1"
+    assert back.metadata["block"] == "down.2.1"
 
 
 def test_original_layout_refuses_pickled_code(tmp_path):
@@ -124,3 +124,52 @@ def test_neither_layout_is_one_clear_error(tmp_path):
         load_sae(tmp_path)
     with pytest.raises(ReproError, match="does not exist"):
         load_sae(tmp_path / "nope")
+
+
+def test_identical_saes_are_identical_bytes(tmp_path):
+    # safetensors writes metadata keys in a hash order that changes from map to map (and process
+    # to process): with more than one key, 20 saves of one SAE would almost surely differ.
+    sae = _sae()
+    blobs = set()
+    for i in range(20):
+        save_sae(sae, tmp_path / str(i))
+        blobs.add((tmp_path / str(i) / "sae.safetensors").read_bytes())
+    assert len(blobs) == 1
+
+
+@pytest.mark.parametrize("name, damage", [
+    ("sae.safetensors", lambda b: b[: len(b) // 2]),
+    ("sae.safetensors", lambda b: b"\x00" * 16),
+    ("feature_stats.safetensors", lambda b: b[:40]),
+    ("cfg.json", lambda b: b[:-10]),
+])
+def test_damaged_files_are_one_clear_error(tmp_path, name, damage):
+    sae = _sae()
+    sae.feature_stats = FeatureStats(mean=torch.rand(64), std=torch.rand(64))
+    save_sae(sae, tmp_path)
+    path = tmp_path / name
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(ReproError, match=f"{name} is damaged"):
+        load_sae(tmp_path)
+
+
+@pytest.mark.parametrize("value, needle", [
+    (torch.rand(63), "shape \\(63,\\)"),
+    (torch.arange(64), "torch.int64"),
+    ({"mean": torch.rand(64)}, "dict"),
+])
+def test_released_stats_of_the_wrong_shape_or_type_are_refused(tmp_path, value, needle):
+    _write_original(tmp_path / "sae")
+    torch.save(value, tmp_path / "sae" / "mean.pt")
+    with pytest.raises(ReproError, match=f"mean.pt holds .*{needle}.*not 64 floats"):
+        load_sae(tmp_path / "sae")
+
+
+def test_released_config_with_bad_values_is_one_clear_error(tmp_path):
+    _write_original(tmp_path / "sae")
+    (tmp_path / "sae" / "config.json").write_text(json.dumps({"n_dirs_local": "many", "d_model": 16, "k": 4}))
+    with pytest.raises(ReproError, match="wrong type"):
+        load_sae(tmp_path / "sae")
+    (tmp_path / "sae" / "config.json").write_text("[1, 2]")
+    with pytest.raises(ReproError, match="not a config object"):
+        load_sae(tmp_path / "sae")

@@ -247,16 +247,18 @@ def test_reader_resume_gives_the_following_batches(small_store, stop_after):
 
 def test_cli_collect_info_verify(tmp_path, capsys):
     out = tmp_path / "s"
-    assert cli_main(["collect", "--n-prompts", "2", "--shard-size", "2", "--batch-size", "2", "--blocks",
+    assert cli_main(["collect", "--model", "tiny-random", "--n-prompts", "2", "--shard-size", "2", "--batch-size", "2", "--blocks",
                      "mid.0,up.0.1", "--dtype", "fp16", "--out", str(out), "--no-progress"]) == 0
     assert cli_main(["store", "info", str(out)]) == 0
     assert "dtype fp16" in capsys.readouterr().out
     assert cli_main(["store", "verify", str(out), "--no-progress"]) == 0
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    assert cli_main(["collect", "--prompts", str(empty), "--n-prompts", "2", "--out", str(tmp_path / "e")]) == 2
+    assert cli_main(["collect", "--model", "tiny-random", "--prompts", str(empty), "--n-prompts", "2",
+                     "--out", str(tmp_path / "e")]) == 2
     assert "holds no prompts" in capsys.readouterr().err
-    assert cli_main(["collect", "--n-prompts", "2", "--blocks", "down.9.9", "--out", str(tmp_path / "b")]) == 2
+    assert cli_main(["collect", "--model", "tiny-random", "--n-prompts", "2", "--blocks", "down.9.9",
+                     "--out", str(tmp_path / "b")]) == 2
     assert "no block 'down.9.9'" in capsys.readouterr().err
 
 

@@ -46,6 +46,18 @@ def short_name(name: str) -> str:
     return f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
 
 
+def by_short_name(mapping: dict) -> dict:
+    """`{block: value}` keyed by short names, whatever spelling the keys used
+    (`unet.down_blocks.2.attentions.1` as in the original release -> `down.2.1`)."""
+    out: dict = {}
+    for key, value in mapping.items():
+        name = short_name(key)
+        if name in out:
+            raise ReproError(f"block {name} is given twice (once as {key!r}): give each block once")
+        out[name] = value
+    return out
+
+
 def block_names(unet: nn.Module) -> list[str]:
     """Short names of every transformer block of `unet`, in forward order."""
     names: list[str] = []
@@ -69,14 +81,28 @@ def get_block(unet: nn.Module, name: str) -> nn.Module:
     return unet.get_submodule(module_path(short))
 
 
-def resolve_blocks(unet: nn.Module, names) -> list[str]:
-    """Validate a block list (None or "paper" -> the paper's four, "all" -> every block)."""
-    if names is None or names == "paper":
-        names = PAPER_BLOCKS
-    elif names == "all":
-        names = block_names(unet)
+ALIASES = ("paper", "all")
+"""Names that stand for several blocks: the paper's four, every block of the UNet."""
+
+
+def expand_aliases(names, every: list[str]) -> list[str]:
+    """A block list (None, "a,b", or a sequence) with "paper" and "all" spelled out;
+    `every` is what "all" means (the UNet's blocks, or a store's)."""
+    if names is None:
+        names = ["paper"]
     elif isinstance(names, str):
         names = [n.strip() for n in names.split(",") if n.strip()]
+    out: list[str] = []
+    for name in names:
+        out += list(PAPER_BLOCKS) if name == "paper" else list(every) if name == "all" else [name]
+    return out
+
+
+def resolve_blocks(unet: nn.Module, names) -> list[str]:
+    """Validate a block list (None or "paper" -> the paper's four, "all" -> every block)."""
+    names = expand_aliases(names, block_names(unet))
+    if not names:
+        raise ReproError(f"the block list is empty: name blocks, e.g. down.2.1,up.0.1, or use {' or '.join(ALIASES)}")
     out = []
     for name in names:
         get_block(unet, name)
@@ -107,23 +133,25 @@ class BlockInfo:
 def describe_blocks(unet: nn.Module, resolution: int, vae_factor: int = 8) -> list[BlockInfo]:
     """Every block of `unet` with its channel count and feature-map size at `resolution` px.
 
-    Sizes follow the UNet's resampling: a down level runs at the size its predecessors'
-    downsamplers left, and each up level after an upsampler runs at twice the size.
+    Sizes follow the UNet's resampling: a downsampler (3x3 conv, stride 2, padding 1)
+    takes a side n to ceil(n / 2), and an up level runs at the size of the down level whose
+    skips it takes (diffusers passes that size to the upsampler when the latent side is not
+    a multiple of 2^levels), so odd sides round up on the way down and come back exactly.
     """
     size = resolution // vae_factor
     sizes: dict[str, int] = {}
+    level_sizes = []  # side at which each down level runs
     for i, block in enumerate(unet.down_blocks):
+        level_sizes.append(size)
         for j in range(len(getattr(block, "attentions", None) or [])):
             sizes[f"down.{i}.{j}"] = size
         if getattr(block, "downsamplers", None):
-            size //= 2
+            size = (size + 1) // 2
     for j in range(len(getattr(unet.mid_block, "attentions", None) or [])):
         sizes[f"mid.{j}"] = size
     for i, block in enumerate(unet.up_blocks):
         for j in range(len(getattr(block, "attentions", None) or [])):
-            sizes[f"up.{i}.{j}"] = size
-        if getattr(block, "upsamplers", None):
-            size *= 2
+            sizes[f"up.{i}.{j}"] = level_sizes[len(level_sizes) - 1 - i]
     infos = []
     for name in block_names(unet):
         module = get_block(unet, name)

@@ -17,6 +17,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from repro.errors import ReproError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
@@ -79,6 +81,55 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def writable_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
+    """Create `folder` if needed and prove a file can be written in it, else one ReproError.
+
+    Called before expensive work (loading a model, generating, training), so that a bad
+    output path fails in a second instead of after the run, with nothing written.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ReproError(f"{flag} {folder} is a file: give {flag} a new or existing folder")
+    if problem := _cannot_write(folder):
+        raise ReproError(f"cannot write into {flag} {folder} ({problem}): give {flag} a folder you can write to")
+    return folder
+
+
+def writable_file(path: str | os.PathLike, flag: str = "--out") -> Path:
+    """Check that the file `path` can be (re)written atomically: not a folder, its folder writable."""
+    path = Path(path)
+    if path.is_dir():
+        raise ReproError(f"{flag} {path} is a folder: give {flag} a file name, e.g. {path / 'results.jsonl'}")
+    if problem := _cannot_write(path.parent):
+        raise ReproError(f"cannot write {flag} {path} into {path.parent} ({problem}): give {flag} a path you can write to")
+    return path
+
+
+def _cannot_write(folder: Path) -> str | None:
+    """Why no file can be created in `folder` (made if missing), or None if one can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    return None
+
+
+def read_checked(path: str | os.PathLike, read, fix: str):
+    """`read()` of the file `path`; a file that cannot be parsed (truncated, overwritten, not
+    what it should be) becomes one ReproError naming it and saying `fix`."""
+    from safetensors import SafetensorError
+
+    try:
+        return read()
+    except (SafetensorError, RuntimeError, EOFError, UnicodeDecodeError, ValueError) as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0][:120] if text else type(exc).__name__
+        raise ReproError(f"{path} is damaged ({reason}): {fix}") from None
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> Path:

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import json
 import os
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -113,6 +115,22 @@ def check_parameters(name: str, given: dict[str, Any]) -> dict[str, Any]:
     return checked
 
 
+def split_parameters(names: list[str], given: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The parameters of a run over several chapters, per chapter, all checked up front.
+
+    Each chapter gets the given parameters it has; a parameter that no chapter has, or a
+    value of the wrong type for any chapter that has it, is refused before anything runs.
+    """
+    names = [notebook_file(name).stem for name in names]
+    defaults = {name: default_parameters(name) for name in names}
+    known = set().union(*defaults.values())
+    unknown = sorted(set(given) - known)
+    if unknown:
+        which = f"{names[0]} has no" if len(names) == 1 else f"none of {', '.join(names)} has a"
+        raise ReproError(f"{which} parameter {unknown[0]!r}: use {choices_hint(sorted(known))}")
+    return {name: check_parameters(name, {k: v for k, v in given.items() if k in defaults[name]}) for name in names}
+
+
 def parameters(name: str, namespace: dict[str, Any]) -> SimpleNamespace:
     """Inside a notebook: the parameter values now in `namespace` (its globals()), checked.
 
@@ -135,6 +153,7 @@ def run_notebook(name: str, given: dict[str, Any] | None = None, output: Path | 
     from repro.models.loading import quiet_libraries
 
     quiet_libraries()
+    keep_sigint = _sigint_keeper()
     source = notebook_file(name)
     name = source.stem
     params = check_parameters(name, dict(given or {}))
@@ -147,7 +166,9 @@ def run_notebook(name: str, given: dict[str, Any] | None = None, output: Path | 
             try:
                 papermill.execute_notebook(
                     str(unexecuted), str(executed), parameters=params, kernel_name=kernel,
-                    cwd=str(source.parent), progress_bar=False, language="python",
+                    cwd=str(source.parent), language="python", engine_name=_engine(keep_sigint),
+                    progress_bar={"desc": name, "dynamic_ncols": True, "leave": False},
+                    kernel_manager_class=_kernel_manager(log_dir() / f"{name}.kernel.log", keep_sigint),
                 )
             except papermill.PapermillExecutionError as exc:
                 failed = project_root() / "build" / "failed" / f"{name}.ipynb"
@@ -160,6 +181,97 @@ def run_notebook(name: str, given: dict[str, Any] | None = None, output: Path | 
                 ) from None
             _stamp(executed, params, time.time() - started)
     return output
+
+
+def log_dir() -> Path:
+    """Where each chapter's kernel writes its own log (kernel warnings, tracebacks of a kill)."""
+    return project_root() / "build" / "logs"
+
+
+def _sigint_keeper():
+    """A function that (re)installs this process's Ctrl-C handling while a chapter runs.
+
+    nbclient replaces the handler, while a kernel runs, with an asyncio one that only
+    shuts the kernel down, and the cell's wait for a reply could then hang. Installed when
+    the kernel has started and before each cell, Ctrl-C kills the chapter's kernel (it is
+    in a session of its own and sleeps through a polite shutdown) and raises
+    KeyboardInterrupt: one line, exit 130, in a second. Any other handler (an ignored
+    SIGINT under nohup) is put back as it was.
+    """
+    original = signal.getsignal(signal.SIGINT)
+    kernels: list = []  # the chapter's kernel managers, once started
+
+    def on_sigint(signum, frame):
+        for km in kernels:
+            process = getattr(getattr(km, "provisioner", None), "process", None)
+            if process is not None and process.poll() is None:
+                process.kill()
+        raise KeyboardInterrupt
+
+    def keep(km=None) -> None:
+        if km is not None:
+            kernels.append(km)
+        if threading.current_thread() is threading.main_thread():
+            default = original in (signal.default_int_handler, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, on_sigint if default else original)
+
+    return keep
+
+
+def _kernel_manager(log: Path, keep_sigint):
+    """A kernel manager whose kernel logs to `log`, not to the terminal, and stops in a second.
+
+    Ctrl-C stops `repro notebook run` with one line; without this the kernel, shut down in
+    the middle of a cell, printed a traceback of its own (and took 15 s to be killed).
+    """
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Float
+
+    log.parent.mkdir(parents=True, exist_ok=True)
+
+    class ChapterKernelManager(AsyncKernelManager):
+        shutdown_wait_time = Float(1.0)
+
+        async def start_kernel(self, **kw):
+            with open(log, "ab") as fh:  # the kernel keeps its own copy of the descriptor
+                started = await super().start_kernel(stdout=fh, stderr=fh, **kw)
+            keep_sigint(self)
+            return started
+
+    return ChapterKernelManager
+
+
+def _section(nb, index: int) -> str:
+    """The heading of the section holding cell `index` (what the progress bar shows)."""
+    for cell in reversed(nb.cells[: index + 1]):
+        if cell.cell_type == "markdown":
+            heads = [line.lstrip("#").strip() for line in cell.source.splitlines() if line.startswith("#")]
+            if heads:
+                return heads[-1][:40]
+    return ""
+
+
+def _engine(keep_sigint) -> str:
+    """papermill's nbclient engine, registered once as "repro" with the running cell on the bar:
+    `00_overview: 45%|####  | 5/11 [00:30<00:40, cell 6: Update heatmaps]`."""
+    from papermill.engines import NBClientEngine, papermill_engines
+
+    class ChapterEngine(NBClientEngine):
+        @classmethod
+        def execute_managed_notebook(cls, nb_man, kernel_name, **kwargs):
+            start = nb_man.cell_start
+
+            def cell_start(cell, cell_index=None, **kw):
+                keep_sigint()
+                if nb_man.pbar is not None and cell_index is not None:
+                    nb_man.pbar.set_postfix_str(f"cell {cell_index + 1}: {_section(nb_man.nb, cell_index)}")
+                return start(cell, cell_index, **kw)
+
+            nb_man.cell_start = cell_start
+            return super().execute_managed_notebook(nb_man, kernel_name, **kwargs)
+
+    papermill_engines.register("repro", ChapterEngine)
+    return "repro"
 
 
 def _stamp(path: Path, params: dict[str, Any], seconds: float) -> None:

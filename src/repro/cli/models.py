@@ -5,22 +5,22 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repro.cli.common import add_model_args
+from repro.cli.common import add_model_args, at_least, finite
 
 
 def register(sub) -> None:
     p = sub.add_parser("blocks", help="list the transformer blocks of a model with their update shapes")
     add_model_args(p)
-    p.add_argument("--resolution", type=int, default=None, help="image side in pixels (default: the model's)")
+    p.add_argument("--resolution", type=at_least(8), default=None, help="image side in pixels (default: the model's)")
     p.set_defaults(run=run_blocks)
 
     p = sub.add_parser("generate", help="generate images for prompts, one fixed seed per prompt")
     add_model_args(p)
     p.add_argument("prompts", nargs="+", help="prompts (quote each)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first prompt; the i-th gets seed+i")
-    p.add_argument("--steps", type=int, default=1)
-    p.add_argument("--guidance", type=float, default=0.0)
-    p.add_argument("--resolution", type=int, default=None)
+    p.add_argument("--steps", type=at_least(1), default=1)
+    p.add_argument("--guidance", type=finite(), default=0.0)
+    p.add_argument("--resolution", type=at_least(8), default=None, help="image side in pixels, a multiple of 8")
     p.add_argument("--out", type=Path, default=Path("generated"), help="folder for the PNG files")
     p.set_defaults(run=run_generate)
 
@@ -51,16 +51,18 @@ def run_generate(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from repro.generate import Sampling, generate
+    from repro.io import atomic_path, writable_folder
     from repro.models.loading import load_pipeline
 
-    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     sampling = Sampling(steps=args.steps, guidance=args.guidance, resolution=args.resolution)
+    writable_folder(args.out)  # before the model loads and generates
+    pipe = load_pipeline(args.model, device=args.device, dtype=args.dtype)
     seeds = [args.seed + i for i in range(len(args.prompts))]
     images = generate(pipe, args.prompts, seeds, sampling)
-    args.out.mkdir(parents=True, exist_ok=True)
     for seed, image in zip(seeds, images):
         path = args.out / f"{seed:06d}.png"
-        Image.fromarray(image).save(path)
+        with atomic_path(path) as tmp:
+            Image.fromarray(image).save(tmp, format="PNG")
         print(path)
     return 0
 

@@ -24,19 +24,23 @@ def register(sub) -> None:
 
 
 def run_notebooks(args: argparse.Namespace) -> int:
-    from repro.notebooks import default_parameters, list_notebooks, run_notebook
+    from repro.notebooks import list_notebooks, run_notebook, split_parameters
 
     names = args.names or list_notebooks()
-    given_all = dict(args.parameter)
+    given = dict(args.parameter)
     if args.profile is not None:
-        given_all["profile"] = args.profile
-    for name in names:
-        defaults = default_parameters(name)
-        given = {k: v for k, v in given_all.items() if k in defaults or len(names) == 1}
+        given["profile"] = args.profile
+    per_chapter = split_parameters(names, given)  # every name and value checked before anything runs
+    times: list[tuple[str, float]] = []
+    for i, name in enumerate(names, 1):
         started = time.time()
-        print(f"[repro] running {name} ...", file=sys.stderr, flush=True)
-        path = run_notebook(name, given)
-        print(f"[repro] {name}: done in {time.time() - started:.0f} s -> {path}", file=sys.stderr, flush=True)
+        print(f"[repro] chapter {i}/{len(names)}: {name} ...", file=sys.stderr, flush=True)
+        path = run_notebook(name, per_chapter[name])
+        times.append((name, time.time() - started))
+        print(f"[repro] {name}: done in {times[-1][1]:.0f} s -> {path}", file=sys.stderr, flush=True)
+    if len(times) > 1:
+        print("[repro] chapter times: " + ", ".join(f"{n} {s:.0f} s" for n, s in times)
+              + f"; total {sum(s for _, s in times):.0f} s", file=sys.stderr, flush=True)
     return 0
 
 

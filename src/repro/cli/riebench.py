@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from repro.cli.common import at_least, finite
+
 
 def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(x) for x in text.split(",") if x.strip())
+    values = tuple(finite()(x) for x in text.split(",") if x.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no number: give a comma list such as 1,2")
+    return values
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(x) for x in text.split(",") if x.strip())
+    values = tuple(at_least(1)(x) for x in text.split(",") if x.strip())
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r} holds no number: give a comma list such as 80,160")
+    return values
 
 
 def register(sub) -> None:
@@ -25,7 +33,7 @@ def register(sub) -> None:
     p.add_argument("--blocks", default=None, help="comma-separated blocks (default: those of the SAEs)")
     p.add_argument("--edits", default="shapes",
                    help="'shapes' (the committed ShapesWorld RIEBench) or a RIEBench JSON file")
-    p.add_argument("--limit", type=int, default=None, help="run only the first N edits of each category")
+    p.add_argument("--limit", type=at_least(1), default=None, help="run only the first N edits of each category")
     p.add_argument("--categories", default=None, help="comma-separated categories to run (default: all nine)")
     p.add_argument("--masks", type=Path, default=None, help="folder of <id>_source.png/<id>_target.png or <id>.png masks")
     p.add_argument("--segmenter", type=Path, default=None, help="local CLIPSeg folder: segment edits without masks")
@@ -40,10 +48,10 @@ def register(sub) -> None:
     p.add_argument("--m-steer", type=_floats, default=None, help="e.g. 0.25,0.5,1,2 (paper)")
     p.add_argument("--k-neurons", type=_ints, default=None, help="e.g. 5000,10000,20000,40000,80000")
     p.add_argument("--m-neurons", type=_floats, default=None, help="e.g. 1,2")
-    p.add_argument("--steps", type=int, default=4, help="denoising steps of every generation (paper: 4)")
-    p.add_argument("--mask-dilate-px", type=int, default=0, help="dilate masks by N pixels before pooling")
-    p.add_argument("--mask-threshold", type=float, default=0.0, help="share of a cell's pixels needed (0: any)")
-    p.add_argument("--batch-size", type=int, default=8, help="edited images per generation call")
+    p.add_argument("--steps", type=at_least(1), default=4, help="denoising steps of every generation (paper: 4)")
+    p.add_argument("--mask-dilate-px", type=at_least(0), default=0, help="dilate masks by N pixels before pooling")
+    p.add_argument("--mask-threshold", type=finite(), default=0.0, help="share of a cell's pixels needed (0: any)")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="edited images per generation call")
     p.add_argument("--strict-sign", action="store_true", help="select only units with scores of the right sign")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, required=True, help="results .jsonl (one row per edit x method x setting)")
@@ -51,7 +59,7 @@ def register(sub) -> None:
 
     ex = sub.add_parser("riebench-example", help="write a small RIEBench in the published layout, with drawn masks")
     ex.add_argument("out", type=Path, help="folder to write edits.json and masks/ into")
-    ex.add_argument("--resolution", type=int, default=512, help="mask size in pixels (the generation resolution)")
+    ex.add_argument("--resolution", type=at_least(8), default=512, help="mask size in pixels (the generation resolution)")
     ex.add_argument("--per-category", type=int, default=2, choices=(1, 2), help="edits per category")
     ex.set_defaults(run=write_example)
 
@@ -59,6 +67,9 @@ def register(sub) -> None:
 def write_example(args: argparse.Namespace) -> int:
     from repro.riebench.example import write_example as write
 
+    from repro.io import writable_folder
+
+    writable_folder(args.out)
     edits, masks = write(args.out, resolution=args.resolution, per_category=args.per_category)
     print(f"wrote {edits} and {masks}/ (use: repro riebench --edits {edits} --masks {masks} ...)")
     return 0
@@ -68,11 +79,13 @@ def run_riebench(args: argparse.Namespace) -> int:
     import dataclasses
 
     from repro.errors import ReproError
+    from repro.io import writable_file
     from repro.models.loading import load_pipeline
     from repro.riebench.data import CATEGORIES, attach_masks, load_edits
     from repro.riebench.methods import Grid
     from repro.riebench.runner import RIEBenchConfig, load_block_saes, run_benchmark, success_vs_preservation
 
+    writable_file(args.out)  # before the model loads and every edit runs
     if args.edits == "shapes":
         from repro.riebench.shapes import shapes_riebench
 
@@ -92,6 +105,8 @@ def run_riebench(args: argparse.Namespace) -> int:
             if seen[e.category] <= args.limit:
                 kept.append(e)
         edits = kept
+    if not edits:
+        raise ReproError("no edit is left to run: widen --categories or --limit")
     if args.masks is not None:
         edits = attach_masks(edits, args.masks)
     grid = Grid.toy() if args.toy_grid else Grid()
@@ -126,6 +141,8 @@ def run_riebench(args: argparse.Namespace) -> int:
     print(f"{done} of {len(edits)} edits run, {len(results.rows)} rows written to {args.out}")
     for s in results.skipped:
         print(f"skipped {s['id']} ({s['category']}): {s['reason']}")
-    if done:
-        print(success_vs_preservation(results.frame()).to_string(index=False))
+    if not done:
+        raise ReproError(f"none of the {len(edits)} edits could run (first reason: {results.skipped[0]['reason']}); "
+                         f"the reasons are in {args.out}")
+    print(success_vs_preservation(results.frame()).to_string(index=False))
     return 0

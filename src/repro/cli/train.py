@@ -9,22 +9,28 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from repro.cli.common import at_least, finite
+from repro.errors import ReproError
+
 
 def register(sub) -> None:
     p = sub.add_parser("train", help="train TopK SAEs on an activation store (torchrun-aware; resumes automatically)")
     p.add_argument("--store", type=Path, required=True, help="activation store folder (from `repro collect`)")
     p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<block>/, metrics.jsonl, checkpoints")
-    p.add_argument("--blocks", default=None, help="comma-separated blocks of the store (default: all of them)")
-    p.add_argument("--steps", type=int, default=1000, help="optimisation steps (batches)")
-    p.add_argument("--k", type=int, default=10, help="latents kept per input by TopK")
-    p.add_argument("--expansion", type=int, default=4, help="n_features = expansion x the block's channels")
-    p.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (global, over all ranks)")
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--blocks", default=None,
+                   help="comma-separated blocks of the store, 'paper' or 'all' (default: all of the store's)")
+    p.add_argument("--steps", type=at_least(1), default=1000, help="optimisation steps (batches)")
+    p.add_argument("--k", type=at_least(1), default=10, help="latents kept per input by TopK")
+    p.add_argument("--k-aux", type=at_least(0), default=256,
+                   help="dead latents used by the AuxK loss (0: off; at most the SAE's features, the paper's 256)")
+    p.add_argument("--expansion", type=at_least(1), default=4, help="n_features = expansion x the block's channels")
+    p.add_argument("--batch-size", type=at_least(1), default=4096, help="tokens per batch (global, over all ranks)")
+    p.add_argument("--lr", type=finite(positive=True), default=1e-4)
     p.add_argument("--seed", type=int, default=0, help="SAE init seed (block i gets seed+i) and shuffle seed")
     p.add_argument("--step", type=int, default=None, help="train on one denoising step only (default: all)")
     p.add_argument("--half", default=None, help="cond or uncond (stores collected with guidance); default: all")
-    p.add_argument("--checkpoint-every", type=int, default=1000, help="steps between checkpoints (0: none)")
-    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--checkpoint-every", type=at_least(0), default=1000, help="steps between checkpoints (0: none)")
+    p.add_argument("--log-every", type=at_least(1), default=50)
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N")
     p.add_argument("--parallel", choices=("block", "data"), default="block",
                    help="under torchrun: block = one block's SAE per rank, data = all ranks share every SAE")
@@ -33,29 +39,38 @@ def register(sub) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from repro.blocks import expand_aliases
     from repro.dist import env
     from repro.dist.train import train_distributed
+    from repro.io import writable_folder
     from repro.sae import SAEConfig, TopKSAE, TrainConfig
-    from repro.store import ActivationStore, StoreSource
+    from repro.store import ActivationStore, store_source
 
+    store = ActivationStore(args.store)
+    blocks = [store._block(b) for b in expand_aliases(args.blocks or "all", store.blocks)]
+    if len(set(blocks)) != len(blocks):
+        raise ReproError(f"--blocks {args.blocks} names a block twice: give each block once")
+    if not store.shards:
+        raise ReproError(f"the store {args.store} holds no shards yet: finish `repro collect` first")
+    store.tokens_per_image(blocks[0], args.step, args.half)  # checks --step and --half before --out is made
+    saes = {}
+    for block in blocks:
+        C = store.block_shape(block)[2]
+        n = args.expansion * C  # small toy blocks have fewer features than the paper's AuxK 256
+        saes[block] = TopKSAE(SAEConfig(d_model=C, n_features=n, k=args.k, k_aux=min(args.k_aux, n)),
+                              seed=args.seed + store.blocks.index(block))
+    cfg = TrainConfig(steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every,
+                      log_every=args.log_every, device=args.device, progress=not args.no_progress)
+    writable_folder(args.out)  # before any batch is read
     env.init_from_env()
     try:
-        store = ActivationStore(args.store)
-        blocks = [store._block(b.strip()) for b in args.blocks.split(",")] if args.blocks else store.blocks
-        saes = {}
-        for i, block in enumerate(blocks):
-            C = store.block_shape(block)[2]
-            saes[block] = TopKSAE(SAEConfig(d_model=C, n_features=args.expansion * C, k=args.k),
-                                  seed=args.seed + store.blocks.index(block))
-        cfg = TrainConfig(steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every,
-                          log_every=args.log_every, device=args.device, progress=not args.no_progress)
-
         # Batches are gathered where the SAEs train (see StoreSource): same rows, no per-batch copy.
         data_device = env.local_device() if args.device == "auto" else args.device
 
-        def source(chosen: list[str]) -> StoreSource:
-            return StoreSource(store, args.batch_size, blocks=chosen, step=args.step, half=args.half, seed=args.seed,
-                               device=data_device)
+        def source(chosen: list[str]):
+            # one source per map size: blocks of different sizes train together (see store_source)
+            return store_source(store, args.batch_size, blocks=chosen, step=args.step, half=args.half, seed=args.seed,
+                                device=data_device)
 
         result = train_distributed(saes, source, cfg, out_dir=args.out, parallel=args.parallel, resume=True,
                                    metadata={"model": store.settings["model"], "store": str(args.store)})

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from repro.blocks import resolve_blocks
+from repro.blocks import by_short_name, resolve_blocks
 from repro.errors import ReproError
 from repro.generate import Sampling
 from repro.hooks import intervene
@@ -136,12 +136,14 @@ def run_benchmark(
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ReproError(f"unknown RIEBench method {unknown[0]!r}: use one of {', '.join(METHODS)}")
+    saes = by_short_name(saes)
     blocks = resolve_blocks(pipe.unet, blocks if blocks is not None else (list(saes) or None))
     needs_sae = {"transport", "per_block"} & set(methods)
     missing = [b for b in blocks if b not in saes]
     if needs_sae and missing:
         raise ReproError(f"no SAE for block {missing[0]}: give saes for every block ({', '.join(blocks)}) "
                          "or drop the transport methods")
+    check_sae_widths(pipe.unet, {b: saes[b] for b in blocks if b in saes})
     scorers = [] if scorer is None else list(scorer) if isinstance(scorer, (list, tuple)) else [scorer]
     resolution = config.resolution or _resolution(pipe)
     results = RIEBenchResults(settings={"methods": methods, "grid": grid.__dict__, "blocks": blocks,
@@ -157,6 +159,18 @@ def run_benchmark(
         bar.set_postfix(skipped=len(results.skipped), refresh=False)
     bar.close()
     return results
+
+
+def check_sae_widths(unet, saes: dict) -> None:
+    """Refuse, before any edit runs, an SAE whose width is not its block's channel count
+    (otherwise every edit would be skipped one by one with the same complaint)."""
+    from repro.blocks import get_block
+
+    for block, sae in saes.items():
+        channels = get_block(unet, block).config.in_channels
+        if sae.cfg.d_model != channels:
+            raise ReproError(f"the SAE for block {block} reads {sae.cfg.d_model} channels but this model's {block} has "
+                             f"{channels}: give SAEs trained on this model's blocks (or another --model)")
 
 
 def _run_edit(pipe, saes, edit, blocks, methods, grid, scorers, config, segmenter, resolution, results) -> None:

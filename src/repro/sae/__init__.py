@@ -10,7 +10,7 @@ from repro.sae.geometric_median import geometric_median
 from repro.sae.io import load_sae, save_sae
 from repro.sae.losses import LossOutput, reference_loss
 from repro.sae.model import TopKSAE
-from repro.sae.sources import BatchSource, TensorSource
+from repro.sae.sources import BatchSource, TensorSource, ZipSource
 from repro.sae.stats import FeatureStats, feature_stats
 from repro.sae.step import make_optimizer, train_step
 from repro.sae.train import TrainResult, train_saes
@@ -24,6 +24,7 @@ __all__ = [
     "TopKSAE",
     "TrainConfig",
     "TrainResult",
+    "ZipSource",
     "fast_loss",
     "feature_stats",
     "geometric_median",

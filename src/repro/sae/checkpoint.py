@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from repro.errors import ReproError
-from repro.io import atomic_path
+from repro.io import atomic_path, read_checked
 from repro.sae.io import PARAM_NAMES, load_sae, save_sae
 from repro.sae.model import TopKSAE
 
@@ -92,7 +92,8 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore weights, counters and Adam states in place from checkpoint `path`; return its trainer state."""
     path = Path(path)
-    state = torch.load(path / TRAINER_STATE, map_location=device, weights_only=True)
+    state = read_checked(path / TRAINER_STATE, lambda: torch.load(path / TRAINER_STATE, map_location=device, weights_only=True),
+                         f"delete the checkpoint folder {path} and run the same command again (it resumes from the one before)")
     for block, sae in saes.items():
         if not (path / block).is_dir() or block not in state["optimizers"]:
             raise ReproError(

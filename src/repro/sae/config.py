@@ -8,6 +8,7 @@ Defaults are the paper's released SAEs (d 1280, 5120 features, k 10) and trainin
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -107,10 +108,10 @@ class TrainConfig:
             raise ReproError(f"unknown compute_dtype {self.compute_dtype!r}: use {choices_hint(COMPUTE_DTYPES)}")
         if self.on_nonfinite not in ("skip", "stop"):
             raise ReproError(f"unknown on_nonfinite {self.on_nonfinite!r}: use {choices_hint(['skip', 'stop'])}")
-        if self.steps < 0:
-            raise ReproError(f"steps must be >= 0, got {self.steps}")
-        if self.lr <= 0 or self.adam_eps <= 0:
-            raise ReproError(f"lr and adam_eps must be positive, got lr={self.lr}, adam_eps={self.adam_eps}")
+        if self.steps < 1:  # 0 would write untrained SAEs as if they were trained
+            raise ReproError(f"steps must be at least 1, got {self.steps}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ReproError(f"lr and adam_eps must be finite and positive, got lr={self.lr}, adam_eps={self.adam_eps}")
         if self.log_every < 1:
             raise ReproError(f"log_every must be >= 1, got {self.log_every}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from repro.devices import dtype_name, pick_device
 from repro.errors import ReproError, choices_hint
-from repro.io import atomic_path, provenance, write_json_atomic
+from repro.io import atomic_path, provenance, read_checked, write_json_atomic
 from repro.sae.config import ARCHITECTURE, SAEConfig
 from repro.sae.model import TopKSAE
 from repro.sae.stats import FeatureStats
@@ -59,7 +59,9 @@ def save_sae(sae: TopKSAE, folder: str | os.PathLike, *, dtype: torch.dtype | No
     tensors = {name: getattr(sae, name).detach().to(dtype or sae.dtype).contiguous().cpu() for name in PARAM_NAMES}
     tensors["tokens_since_fired"] = sae.tokens_since_fired.detach().cpu().contiguous()
     with atomic_path(folder / SAE_WEIGHTS) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": ARCHITECTURE})
+        # One metadata key: safetensors writes several in hash order, so identical SAEs would
+        # get different bytes (and checksums) in different processes. cfg.json names the architecture.
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
     if sae.feature_stats is not None:
         with atomic_path(folder / FEATURE_STATS) as tmp:
             save_file(sae.feature_stats.to_tensors(), str(tmp))
@@ -111,13 +113,29 @@ def _resolve_folder(folder: Path) -> Path:
     return folder
 
 
+def _damaged(path: Path, read):
+    return read_checked(path, read, "re-save or re-train the SAE, or copy the file again")
+
+
+def _config(folder: Path, name: str, build):
+    """Read the JSON config `name` of `folder` and `build(raw)` it; bad values become one ReproError."""
+    raw = _damaged(folder / name, lambda: json.loads((folder / name).read_text()))
+    if not isinstance(raw, dict):
+        raise ReproError(f"{folder / name} holds {type(raw).__name__}, not a config object: copy the SAE folder again")
+    try:
+        return raw, build(raw)
+    except KeyError as exc:
+        raise ReproError(f"{folder / name} lacks the key {exc.args[0]!r}; copy the SAE folder again") from None
+    except (TypeError, ValueError) as exc:
+        raise ReproError(f"{folder / name} holds a value of the wrong type ({exc}); copy the SAE folder again") from None
+
+
 def _load_ours(folder: Path, dev: torch.device) -> TopKSAE:
-    raw = json.loads((folder / SAE_CONFIG).read_text())
+    raw, cfg = _config(folder, SAE_CONFIG, SAEConfig.from_dict)
     arch = raw.get("architecture", ARCHITECTURE)
     if arch not in ARCHITECTURES:
         raise ReproError(f"SAE in {folder} has architecture {arch!r}; this version reads {choices_hint(ARCHITECTURES)}")
-    cfg = SAEConfig.from_dict(raw)
-    tensors = load_file(str(folder / SAE_WEIGHTS), device=str(dev))
+    tensors = _damaged(folder / SAE_WEIGHTS, lambda: load_file(str(folder / SAE_WEIGHTS), device=str(dev)))
     missing = [name for name in PARAM_NAMES if name not in tensors]
     if missing:
         raise ReproError(f"{folder / SAE_WEIGHTS} lacks tensor(s) {', '.join(missing)}; re-save the SAE")
@@ -125,27 +143,24 @@ def _load_ours(folder: Path, dev: torch.device) -> TopKSAE:
     known = set(cfg.to_dict()) | {"architecture", "dtype"}
     sae.metadata = {key: value for key, value in raw.items() if key not in known}
     if (folder / FEATURE_STATS).is_file():
-        sae.feature_stats = FeatureStats.from_tensors(load_file(str(folder / FEATURE_STATS), device=str(dev)))
+        path = folder / FEATURE_STATS
+        sae.feature_stats = FeatureStats.from_tensors(_damaged(path, lambda: load_file(str(path), device=str(dev))))
     return sae
 
 
 def _load_original(folder: Path, dev: torch.device) -> TopKSAE:
-    raw = json.loads((folder / ORIG_CONFIG).read_text())
     name = folder.parent.name if folder.name == "final" else folder.name
     match = re.search(r"_bs(\d+)", name)
     batch_size = int(match.group(1)) if match else 4096  # step counters -> tokens
+    raw, cfg = _config(folder, ORIG_CONFIG, lambda raw: SAEConfig(
+        d_model=int(raw["d_model"]),
+        n_features=int(raw["n_dirs_local"]),
+        k=int(raw["k"]),
+        k_aux=int(raw.get("auxk") or 0),
+        dead_tokens_threshold=int(raw.get("dead_steps_threshold", 2441)) * batch_size,
+    ))
     try:
-        cfg = SAEConfig(
-            d_model=int(raw["d_model"]),
-            n_features=int(raw["n_dirs_local"]),
-            k=int(raw["k"]),
-            k_aux=int(raw.get("auxk") or 0),
-            dead_tokens_threshold=int(raw.get("dead_steps_threshold", 2441)) * batch_size,
-        )
-    except KeyError as exc:
-        raise ReproError(f"{folder / ORIG_CONFIG} lacks the key {exc.args[0]!r}; download the folder again") from exc
-    try:
-        obj = torch.load(folder / ORIG_WEIGHTS, map_location="cpu", weights_only=True)
+        obj = _damaged(folder / ORIG_WEIGHTS, lambda: torch.load(folder / ORIG_WEIGHTS, map_location="cpu", weights_only=True))
     except pickle.UnpicklingError as exc:
         raise ReproError(
             f"{folder / ORIG_WEIGHTS} holds more than tensors and is refused (only weights-only loading is safe); "
@@ -153,20 +168,42 @@ def _load_original(folder: Path, dev: torch.device) -> TopKSAE:
         ) from exc
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     keys = {"W_enc": "encoder.weight", "b_lat": "latent_bias", "W_dec": "decoder.weight", "b_pre": "pre_bias"}
-    if state is None or any(key not in state for key in keys.values()):
+    if state is None or any(not torch.is_tensor(state.get(key)) for key in keys.values()):
         raise ReproError(
             f"{folder / ORIG_WEIGHTS} does not hold the original SAE's tensors ({', '.join(keys.values())})"
         )
     tensors = {ours: state[theirs].to(dev) for ours, theirs in keys.items()}
     steps = state.get("stats_last_nonzero")
     sae = _build(cfg, tensors, None if steps is None else steps.to(dev) * batch_size, folder, dev)
-    block = name.split("_k")[0] if "_k" in name else None
-    sae.metadata = {"block": block, "format": "original", "converted_from": str(folder), "batch_size": batch_size}
+    sae.metadata = {"block": _block_of(name), "format": "original", "converted_from": str(folder),
+                    "batch_size": batch_size}
     if (folder / ORIG_MEAN).is_file() and (folder / ORIG_STD).is_file():
-        mean = torch.load(folder / ORIG_MEAN, map_location=dev, weights_only=True)
-        std = torch.load(folder / ORIG_STD, map_location=dev, weights_only=True)
+        mean, std = (_per_feature(folder / f, cfg.n_features, dev) for f in (ORIG_MEAN, ORIG_STD))
         sae.feature_stats = FeatureStats(mean=mean, std=std)
     return sae
+
+
+def _block_of(name: str) -> str | None:
+    """The block of a released SAE's folder name (`unet.down_blocks.2.attentions.1_k10_...`), as a short name."""
+    from repro.blocks import short_name
+
+    try:
+        return short_name(name.split("_k")[0]) if "_k" in name else None
+    except ReproError:
+        return name.split("_k")[0]  # not a UNet block name: kept as written
+
+
+def _per_feature(path: Path, n_features: int, dev: torch.device) -> torch.Tensor:
+    """A released mean.pt / std.pt: one float per feature, else one ReproError."""
+    try:
+        value = _damaged(path, lambda: torch.load(path, map_location=dev, weights_only=True))
+    except pickle.UnpicklingError:
+        raise ReproError(f"{path} holds more than a tensor and is refused; use the file from the original release") from None
+    if not (torch.is_tensor(value) and value.is_floating_point() and tuple(value.shape) == (n_features,)):
+        got = f"a {value.dtype} tensor of shape {tuple(value.shape)}" if torch.is_tensor(value) else type(value).__name__
+        raise ReproError(f"{path} holds {got}, not {n_features} floats (one per feature of this SAE): "
+                         "use the file from the same release folder, or delete it")
+    return value
 
 
 def _build(cfg: SAEConfig, tensors: dict, since: torch.Tensor | None, folder: Path, dev: torch.device) -> TopKSAE:

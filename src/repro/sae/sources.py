@@ -117,3 +117,53 @@ class TensorSource:
 
     def describe(self) -> dict[str, Any]:
         return {"source": "TensorSource", "rows": self.n_rows, "batch_size": self.batch_size, "seed": self.seed}
+
+
+class ZipSource:
+    """Several sources as one: each batch is one batch of every part, merged (the parts' blocks differ).
+
+    For blocks whose rows cannot be aligned (maps of different sizes): every SAE still sees
+    its own block's batches in its own part's order, from one command and one checkpoint.
+    The state is every part's; iteration ends when any part ends. Parts share a batch size.
+    """
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        if not self.sources:
+            raise ReproError("ZipSource needs at least one source")
+        blocks = [b for s in self.sources for b in s.blocks]
+        if len(set(blocks)) != len(blocks):
+            raise ReproError(f"the sources of a ZipSource share blocks ({blocks}): give each block to one source")
+        sizes = {int(s.batch_size) for s in self.sources}
+        if len(sizes) != 1:
+            raise ReproError(f"the sources of a ZipSource have different batch sizes {sorted(sizes)}: use one")
+        self.batch_size = sizes.pop()
+
+    @property
+    def blocks(self) -> list[str]:
+        return [b for s in self.sources for b in s.blocks]
+
+    def __iter__(self) -> Iterator[Batch]:
+        parts = [iter(s) for s in self.sources]
+        while True:
+            merged: Batch = {}
+            for part in parts:
+                batch = next(part, None)
+                if batch is None:
+                    return
+                merged.update(batch)
+            yield merged
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [s.state_dict() for s in self.sources]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state.get("parts", [])) != len(self.sources):
+            raise ReproError(f"the saved state holds {len(state.get('parts', []))} sources but this ZipSource has "
+                             f"{len(self.sources)}: resume with the same blocks")
+        for source, part in zip(self.sources, state["parts"]):
+            source.load_state_dict(part)
+
+    def describe(self) -> dict[str, Any]:
+        first = self.sources[0].describe() if hasattr(self.sources[0], "describe") else {}
+        return {**first, "groups": [list(s.blocks) for s in self.sources]}

@@ -35,7 +35,7 @@ everything streams shard by shard, nothing loads the whole store.
 """
 
 from repro.store.layout import DTYPES, MANIFEST, shard_file
-from repro.store.reader import ActivationStore, StoreSource
+from repro.store.reader import ActivationStore, StoreSource, store_source
 from repro.store.writer import StoreWriter
 
-__all__ = ["DTYPES", "MANIFEST", "ActivationStore", "StoreSource", "StoreWriter", "shard_file"]
+__all__ = ["DTYPES", "MANIFEST", "ActivationStore", "StoreSource", "StoreWriter", "shard_file", "store_source"]

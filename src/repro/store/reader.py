@@ -100,7 +100,8 @@ class ActivationStore:
         if digest != record["sha256"]:
             raise ReproError(
                 f"shard {record['file']} of {self.folder} is corrupt (sha256 {digest[:12]}... differs from the "
-                "manifest's): delete it and rerun the same `repro collect` command to rewrite it"
+                f"manifest's): run `repro store verify --repair {self.folder}`, then the same `repro collect` "
+                "command to rewrite it"
             )
         self._verified.add(record["file"])
 
@@ -223,6 +224,26 @@ class ActivationStore:
         return StoreSource(self, batch_size, **kwargs)
 
 
+def store_source(store: "ActivationStore | str | os.PathLike", batch_size: int, *,
+                 blocks: Sequence[str] | None = None, **kwargs: Any):
+    """Token batches of `blocks` (default: all) of a store, whatever their map sizes.
+
+    Blocks with the same number of tokens per image share one `StoreSource` (rows aligned,
+    each shard read once); blocks of other map sizes (down.1.1 at 32x32 beside down.2.1
+    at 16x16) get one source per size, zipped into one (`ZipSource`). `kwargs` go to
+    every `StoreSource`.
+    """
+    from repro.sae.sources import ZipSource
+
+    store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+    blocks = [store._block(b) for b in (blocks or store.blocks)]
+    groups: dict[int, list[str]] = {}
+    for block in blocks:
+        groups.setdefault(store.tokens_per_image(block, kwargs.get("step"), kwargs.get("half")), []).append(block)
+    parts = [StoreSource(store, batch_size, blocks=group, **kwargs) for group in groups.values()]
+    return parts[0] if len(parts) == 1 else ZipSource(parts)
+
+
 class StoreSource(ChunkedSource):
     """Token batches `{block: [B, C]}` from a store, following the SAE batch-source protocol.
 
@@ -267,7 +288,7 @@ class StoreSource(ChunkedSource):
         if len(set(per_image.values())) != 1:
             raise ReproError(
                 f"blocks {self._blocks} have different token counts per image {per_image}: rows cannot be "
-                "aligned; read them with one source per block"
+                "aligned; read them with store_source(), one source per map size"
             )
         per_shard = next(iter(per_image.values())) * self.store.settings["shard_size"]
         self.n_shards = len(self.store.shards)

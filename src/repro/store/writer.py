@@ -167,9 +167,10 @@ class StoreWriter:
                 f"the prompts of shard {rec['file']} (prompts {start}..{stop - 1}) differ from the prompts "
                 f"this run reads: append with the same prompt source, or use another --out folder"
             )
-        if not (self.folder / rec["file"]).exists():
-            return False
-        return True
+        path = self.folder / rec["file"]
+        # The size is free to check on every resume (a truncated or half-copied shard is
+        # rewritten); a flipped byte needs the sha256: `repro store verify --repair`.
+        return path.is_file() and path.stat().st_size == rec["bytes"]
 
     def write_shard(
         self,
@@ -229,6 +230,16 @@ class StoreWriter:
         for path in self._folded:  # now recorded in manifest.json
             path.unlink(missing_ok=True)
         self._folded = []
+
+    def drop_shards(self, files: Iterable[str]) -> list[str]:
+        """Forget the shards stored in `files` (and delete them): the next collection rewrites them."""
+        files = set(files)
+        dropped = [r["file"] for i, r in sorted(self.records.items()) if r["file"] in files]
+        self.records = {i: r for i, r in self.records.items() if r["file"] not in files}
+        self._write_manifest()  # first: a kill in between leaves unlisted files, which are simply rewritten
+        for name in dropped:
+            (self.folder / name).unlink(missing_ok=True)
+        return dropped
 
     def finish(self, n_shards: int) -> None:
         """Mark the store complete once shards 0..n_shards-1 are all recorded."""

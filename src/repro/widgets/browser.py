@@ -101,7 +101,9 @@ class FeatureBrowser(anywidget.AnyWidget):
             raise ReproError(f"page_size must be at least 1, got {page_size}")
         if pipe is not None and not saes:
             raise ReproError("live mode needs the SAEs too: FeatureBrowser(data, pipe=pipe, saes={block: sae})")
-        self._pipe, self._saes = pipe, dict(saes or {})
+        from repro.blocks import by_short_name
+
+        self._pipe, self._saes = pipe, by_short_name(dict(saes or {}))
         self._sampling = sampling
         self._plain: dict[tuple[str, int], np.ndarray] = {}
         live_blocks = [b for b in blocks if b in self._saes] if pipe is not None else []

@@ -321,3 +321,16 @@ def test_base_warm_restart_starts_from_a_saved_pipeline(trained, tmp_path):
     train_toy_models(run, progress=False)  # the VAE comes from the first run's work folder
     again = load_file(tmp_path / "out" / "shapes-base" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.allclose(again[k].float(), saved[k].float(), atol=1e-3) for k in saved)
+
+
+@pytest.mark.parametrize("name", ["shapes-turbo", "shapes-base"])
+def test_the_embedded_models_open_with_plain_diffusers_on_a_cpu(name):
+    """A user's first try: every component in fp32 (the text encoders are fp16 on disk), and a first call runs."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from repro.paths import models_dir
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(models_dir() / name)
+    assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.float32}
+    image = pipe("a red circle in the centre", num_inference_steps=1, guidance_scale=0.0, output_type="np").images
+    assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()

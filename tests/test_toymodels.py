@@ -81,10 +81,13 @@ def test_saved_weights_are_fp16(trained):
 
 
 def test_turbo_alone_resumes_from_the_saved_base(trained, tmp_path):
+    import shutil
+
     from repro.toymodels.train import train_toy_models
 
-    cfg, _ = trained
-    result = train_toy_models(cfg.replace(stages=("turbo",), checkpoint=str(tmp_path / "ckpt"),
+    cfg, result = trained
+    shutil.copytree(result["folders"]["base"], tmp_path / "out" / "shapes-base")  # the fixture's folders stay as trained
+    result = train_toy_models(cfg.replace(stages=("turbo",), out=str(tmp_path / "out"), checkpoint=str(tmp_path / "ckpt"),
                                           turbo=TurboStage(steps=4, batch_size=8, teacher_samples=8, teacher_steps=2)),
                               progress=False)
     assert result["stages"]["turbo"]["steps"] == 4 and "base" not in result["stages"]
@@ -334,3 +337,20 @@ def test_the_embedded_models_open_with_plain_diffusers_on_a_cpu(name):
     assert {pipe.unet.dtype, pipe.vae.dtype, pipe.text_encoder.dtype, pipe.text_encoder_2.dtype} == {torch.float32}
     image = pipe("a red circle in the centre", num_inference_steps=1, guidance_scale=0.0, output_type="np").images
     assert image.shape == (1, 128, 128, 3) and np.isfinite(image).all()
+
+
+def test_resumed_adamw_moments_take_their_parameters_layout():
+    """On a GPU the UNet's convs are channels_last: moments read back contiguous made fused AdamW refuse to step."""
+    from repro.toymodels.checkpoint import load_optimizer, optimizer_tensors
+
+    conv = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(conv.parameters(), lr=1e-3)
+    conv(torch.randn(2, 4, 8, 8)).sum().backward()
+    opt.step()
+    saved = {k: v.contiguous() for k, v in optimizer_tensors(opt).items()}  # as a checkpoint stores them
+    resumed = torch.optim.AdamW(conv.parameters(), lr=1e-3)
+    load_optimizer(resumed, saved)
+    for p in conv.parameters():
+        for field in ("exp_avg", "exp_avg_sq"):
+            assert resumed.state[p][field].stride() == p.stride()
+            assert torch.equal(resumed.state[p][field], opt.state[p][field])

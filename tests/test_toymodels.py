@@ -276,7 +276,8 @@ def test_training_steps_hold_no_host_sync(tmp_path):
             loss = loss_fn(batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-        assert all(p.grad is not None for p in params)
+        main = next(iter(run.stage_modules(stage).values()))  # the VAE or the UNet (text encoder 1's last layer
+        assert all(p.grad is not None for p in main.parameters())  # is unused: SDXL reads its penultimate one)
         for p in params:
             p.requires_grad_(False)
     with pytest.raises(HostSync):  # the detector does catch a read

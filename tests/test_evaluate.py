@@ -16,10 +16,10 @@ SEEDS = [0, 1, 2, 3]
 
 
 def _reference_ev(sae, x):
+    """The paper's EV written out: 1 - Var(x - x_hat) / Var(x)."""
     flat = x.reshape(-1, x.shape[-1])
-    x_hat = sae(flat)
-    x_hat = x_hat.detach()
-    return 1 - ((flat - x_hat) ** 2).sum() / ((flat - flat.mean(0)) ** 2).sum()
+    e = flat - sae(flat).detach()
+    return 1 - ((e - e.mean(0)) ** 2).sum() / ((flat - flat.mean(0)) ** 2).sum()
 
 
 def test_ev_equals_reference_and_identity_sae_is_perfect():

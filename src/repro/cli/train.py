@@ -19,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--k", type=int, default=10, help="latents kept per input by TopK")
     p.add_argument("--expansion", type=int, default=4, help="n_features = expansion x the block's channels")
     p.add_argument("--batch-size", type=int, default=4096, help="tokens per batch (global, over all ranks)")
+    p.add_argument("--dead-tokens", type=int, default=10_000_000,
+                   help="tokens without firing after which a latent counts as dead (paper: 10M)")
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--seed", type=int, default=0, help="SAE init seed (block i gets seed+i) and shuffle seed")
     p.add_argument("--step", type=int, default=None, help="train on one denoising step only (default: all)")
@@ -35,18 +37,15 @@ def register(sub) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from repro.dist import env
     from repro.dist.train import train_distributed
-    from repro.sae import SAEConfig, TopKSAE, TrainConfig
+    from repro.sae import TrainConfig, build_block_saes
     from repro.store import ActivationStore, StoreSource
 
     env.init_from_env()
     try:
         store = ActivationStore(args.store)
         blocks = [store._block(b.strip()) for b in args.blocks.split(",")] if args.blocks else store.blocks
-        saes = {}
-        for i, block in enumerate(blocks):
-            C = store.block_shape(block)[2]
-            saes[block] = TopKSAE(SAEConfig(d_model=C, n_features=args.expansion * C, k=args.k),
-                                  seed=args.seed + store.blocks.index(block))
+        saes = build_block_saes(store, k=args.k, expansion=args.expansion, dead_tokens=args.dead_tokens,
+                                seed=args.seed, blocks=blocks)
         cfg = TrainConfig(steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every,
                           log_every=args.log_every, device=args.device, progress=not args.no_progress)
 

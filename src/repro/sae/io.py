@@ -61,8 +61,7 @@ def save_sae(sae: TopKSAE, folder: str | os.PathLike, *, dtype: torch.dtype | No
     with atomic_path(folder / SAE_WEIGHTS) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt", "architecture": ARCHITECTURE})
     if sae.feature_stats is not None:
-        with atomic_path(folder / FEATURE_STATS) as tmp:
-            save_file(sae.feature_stats.to_tensors(), str(tmp))
+        save_feature_stats(folder, sae.feature_stats)
     meta = {key: value for key, value in sae.metadata.items() if key != "provenance"}
     meta.update(metadata)
     cfg = {
@@ -74,6 +73,20 @@ def save_sae(sae: TopKSAE, folder: str | os.PathLike, *, dtype: torch.dtype | No
     }
     write_json_atomic(folder / SAE_CONFIG, cfg)
     return folder
+
+
+def save_feature_stats(folder: str | os.PathLike, stats: FeatureStats) -> Path:
+    """Write `stats` beside an SAE (atomically); the SAE's weights and cfg.json are not touched."""
+    path = Path(folder) / FEATURE_STATS
+    with atomic_path(path) as tmp:
+        save_file(stats.to_tensors(), str(tmp))
+    return path
+
+
+def load_feature_stats(folder: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureStats | None:
+    """The statistics saved beside an SAE by `save_feature_stats`, or None."""
+    path = Path(folder) / FEATURE_STATS
+    return FeatureStats.from_tensors(load_file(str(path), device=str(device))) if path.is_file() else None
 
 
 def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -> TopKSAE:
@@ -124,8 +137,7 @@ def _load_ours(folder: Path, dev: torch.device) -> TopKSAE:
     sae = _build(cfg, tensors, tensors.get("tokens_since_fired"), folder, dev)
     known = set(cfg.to_dict()) | {"architecture", "dtype"}
     sae.metadata = {key: value for key, value in raw.items() if key not in known}
-    if (folder / FEATURE_STATS).is_file():
-        sae.feature_stats = FeatureStats.from_tensors(load_file(str(folder / FEATURE_STATS), device=str(dev)))
+    sae.feature_stats = load_feature_stats(folder, dev)
     return sae
 
 

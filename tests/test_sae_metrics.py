@@ -93,3 +93,13 @@ def test_one_firing_rule_for_loss_stats_analysis_and_evaluation():
     assert rec.l0 == pytest.approx(1.0)  # only feature 1 fires
     assert rec.dead_fraction == pytest.approx(7 / 8)
     assert float(reference_loss(sae, flat).l0) == pytest.approx(rec.l0)
+
+
+def test_ev_interval_resamples_images_and_holds_the_ev():
+    torch.manual_seed(3)
+    x = torch.randn(40, 4, 4, 8)
+    sae = _sae(k=3)
+    rec = evaluate_reconstruction(sae, x, n_boot=300)
+    lo, hi = rec.ev_interval
+    assert lo < rec.ev < hi and hi - lo < 0.5
+    assert evaluate_reconstruction(sae, x, n_boot=0).ev_interval != rec.ev_interval  # nan without resamples

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from repro.errors import ReproError
+from repro.intervals import bootstrap
 from repro.sae.metrics import Moments, fires
 from repro.sae.model import TopKSAE
 
@@ -34,14 +36,36 @@ class Reconstruction:
     n_tokens: int
     position_ev: list[list[float]]
     """[H][W] explained variance per spatial position."""
+    ev_interval: tuple[float, float] = (float("nan"), float("nan"))
+    """95% bootstrap interval of EV, resampling images."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _image_sums(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v [b, H, W, C] -> (sum over positions [b, C], sum of squares [b]) in float64."""
+    v = v.double().cpu()
+    return v.sum((1, 2)), v.pow(2).sum((1, 2, 3))
+
+
+def _ev_of_images(x_sums, e_sums, positions: int):
+    """EV from per-image sums (x_sums / e_sums: (s1 [N, C], s2 [N])) of any multiset of images."""
+    def dev(s1, s2):
+        return s2.sum() - s1.sum(0).pow(2).sum() / (len(s2) * positions)
+
+    def ev(idx):
+        idx = torch.as_tensor(idx)
+        return float(1 - dev(e_sums[0][idx], e_sums[1][idx]) / dev(x_sums[0][idx], x_sums[1][idx]))
+
+    return ev
+
+
 @torch.no_grad()
-def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int = 8192) -> Reconstruction:
-    """Metrics of `sae` on updates [N, H, W, C] (or [..., H, W, C]: leading dims are flattened)."""
+def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int = 8192,
+                            n_boot: int = 1000) -> Reconstruction:
+    """Metrics of `sae` on updates [N, H, W, C] (or [..., H, W, C]: leading dims are flattened);
+    `n_boot` bootstrap resamples of the images give EV's interval (0: none)."""
     if updates.shape[-1] != sae.cfg.d_model:
         raise ReproError(
             f"the SAE reads vectors of width {sae.cfg.d_model} but these updates have {updates.shape[-1]} "
@@ -50,6 +74,7 @@ def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int
     x = updates.reshape(-1, *updates.shape[-3:]).float()  # [N, H, W, C]
     n, h, w, c = x.shape
     signal, residual = Moments(), Moments()  # per position [H, W]
+    per_image: dict[str, list] = {"x1": [], "x2": [], "e1": [], "e2": []}
     l0_total = 0.0
     fired = torch.zeros(sae.cfg.n_features, dtype=torch.bool)
     images_per_batch = max(1, batch_size // (h * w))
@@ -59,6 +84,10 @@ def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int
         x_hat = sae.decode_sparse(vals, idx).float()
         signal.add(chunk.float())
         residual.add(chunk.float() - x_hat)  # [b, H, W, C]
+        for key, v in (("x", chunk.float()), ("e", chunk.float() - x_hat)):
+            s1, s2 = _image_sums(v)
+            per_image[key + "1"].append(s1)
+            per_image[key + "2"].append(s2)
         active = fires(sae.cfg, vals)
         l0_total += float(active.sum())
         fired[idx[active].unique().cpu()] = True
@@ -66,9 +95,15 @@ def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int
     ev = 1.0 - residual.total_squared_deviation() / var_x if var_x > 0 else float("nan")
     nmse = residual.sum_squares() / var_x if var_x > 0 else float("nan")
     position_ev = (1.0 - residual.squared_deviation() / signal.squared_deviation().clamp_min(1e-12)).tolist()
+    interval = (float("nan"), float("nan"))
+    if n_boot and n > 1 and var_x > 0:
+        cat = {k: torch.cat(v) for k, v in per_image.items()}
+        ev_of = _ev_of_images((cat["x1"], cat["x2"]), (cat["e1"], cat["e2"]), h * w)
+        interval = bootstrap(np.arange(n), ev_of, n_boot=n_boot)
     return Reconstruction(
         ev=ev, fvu=1.0 - ev, nmse=nmse, l0=l0_total / (n * h * w),
         dead_fraction=1.0 - float(fired.float().mean()), n_tokens=n * h * w, position_ev=position_ev,
+        ev_interval=interval,
     )
 
 

@@ -53,3 +53,14 @@ def test_loader_takes_a_string_path_and_both_layouts(tmp_path):
     assert saes["down.2.1"].cfg.n_features == 16
     with pytest.raises(ReproError, match="no SAE"):
         load_block_saes(str(tmp_path / "saes" / "checkpoints"))
+
+
+def test_the_paper_profile_trains_riebench_sets_at_k160_and_a_second_seed():
+    from repro.profiles import PROFILES
+    from repro.sae.sets import riebench_set, sae_sets
+
+    paper = sae_sets(PROFILES["paper"])
+    assert [(s.name, s.k, s.seed) for s in paper] == [("saes", 10, 0), ("saes-seed1", 10, 1000), ("saes-k160", 160, 0)]
+    assert riebench_set(PROFILES["paper"], paper).k == 160
+    toy = sae_sets(PROFILES["toy"])
+    assert riebench_set(PROFILES["toy"], toy).name == "saes-k16" and all(s.steps == 1500 for s in toy)

@@ -1,5 +1,8 @@
 """A set of SAEs, one per block: built for a store, or loaded from folders.
 
+`sae_sets(profile)` lists the sets a profile trains (03_train) and the chapters read: the
+main SAEs (`saes`, k = sae_k), a second seed of them for seed stability (`saes-seed1`, ...),
+and RIEBench's (`saes-k160` on the paper profile, k = riebench_sae_k).
 `build_block_saes` is the one place that decides each block's SAE shape and seed (block
 i of the store gets `seed + i`, so no two blocks start from the same decoder), used by
 `03_train` and `repro train`. `load_block_saes` reads a folder of block SAEs in either
@@ -10,6 +13,7 @@ chapters 04-06 and the CLI.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -17,6 +21,41 @@ from repro.errors import ReproError
 from repro.sae.config import SAEConfig
 from repro.sae.io import ORIG_CONFIG, SAE_CONFIG, load_sae
 from repro.sae.model import TopKSAE
+
+
+SEED_STRIDE = 1000
+"""Seed offset between the sets of a seed-stability run (block i of set j: seed + j * 1000 + i)."""
+
+
+@dataclass(frozen=True)
+class SAESet:
+    """One set of block SAEs a profile trains: where it lives and how it is trained."""
+
+    name: str
+    """Folder under artifacts/<profile>/."""
+    k: int
+    seed: int
+    """Init seed of its first block (block i: seed + i) and the data order's seed."""
+    steps: int
+    role: str
+    """What the chapters use it for."""
+
+
+def sae_sets(profile, *, k: int = 0, steps: int = 0, seed: int = 0) -> list[SAESet]:
+    """The SAE sets of `profile` (k / steps 0: the profile's): main, extra seeds, RIEBench's."""
+    k, steps = k or profile.sae_k, steps or profile.sae_steps
+    sets = [SAESet("saes", k, seed, steps, "main: every chapter's SAEs")]
+    sets += [SAESet(f"saes-seed{j}", k, seed + j * SEED_STRIDE, steps, "seed stability")
+             for j in range(1, profile.sae_seeds)]
+    if profile.riebench_sae_k != k:
+        sets.append(SAESet(f"saes-k{profile.riebench_sae_k}", profile.riebench_sae_k, seed,
+                           profile.riebench_sae_steps or steps, "RIEBench"))
+    return sets
+
+
+def riebench_set(profile, sets: list[SAESet]) -> SAESet:
+    """The set RIEBench transports: the one with k = riebench_sae_k."""
+    return next(s for s in sets if s.k == profile.riebench_sae_k)
 
 
 def build_block_saes(store, *, k: int, expansion: int, dead_tokens: int, seed: int = 0,
@@ -76,4 +115,4 @@ def load_block_saes(folders: str | os.PathLike | Sequence[str | os.PathLike], de
     return saes
 
 
-__all__ = ["build_block_saes", "load_block_saes"]
+__all__ = ["SAESet", "build_block_saes", "load_block_saes", "riebench_set", "sae_sets"]

@@ -28,3 +28,15 @@ def test_live_masks_restrict_the_counts():
     live[:10] = True
     st = match_features(a, a, live_a=live, live_b=live)
     assert (st.matched_a, st.n_a, st.matched_b, st.n_b) == (10, 10, 10, 10) and st.share == 1.0
+
+
+def test_fired_on_marks_exactly_the_features_that_fire():
+    sae = _sae(0, d=8, n=16)
+    with torch.no_grad():
+        sae.W_enc.zero_()
+        sae.b_lat.fill_(-1.0)
+        sae.b_lat[[2, 5]] = 1.0
+        sae.b_lat[7] = 5e-4  # selected by TopK but below the firing threshold
+    from repro.sae.stability import fired_on
+
+    assert fired_on(sae, torch.randn(3, 4, 8)).nonzero().flatten().tolist() == [2, 5]

@@ -25,6 +25,19 @@ def best_cosines(a: TopKSAE, b: TopKSAE, chunk: int = 4096) -> torch.Tensor:
     return torch.cat([(wa[:, s:s + chunk].T @ wb).amax(1) for s in range(0, wa.shape[1], chunk)])
 
 
+@torch.no_grad()
+def fired_on(sae: TopKSAE, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """[n] bool: features that fire (`repro.sae.metrics.fires`) on at least one vector of x [..., d]."""
+    from repro.sae.metrics import fires
+
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.zeros(sae.cfg.n_features, dtype=torch.bool)
+    for s in range(0, flat.shape[0], chunk):
+        vals, idx = sae.encode_topk(flat[s:s + chunk].to(device=sae.device, dtype=sae.dtype))
+        out[idx[fires(sae.cfg, vals)].unique().cpu()] = True
+    return out
+
+
 @dataclass
 class Stability:
     """Matched features between two SAEs of one block (shares in [0, 1], with their counts)."""
@@ -60,4 +73,4 @@ def match_features(a: TopKSAE, b: TopKSAE, threshold: float = 0.9, live_a: torch
                      median_best_cosine=float(ab.median()) if len(ab) else float("nan"))
 
 
-__all__ = ["Stability", "best_cosines", "match_features"]
+__all__ = ["Stability", "best_cosines", "fired_on", "match_features"]

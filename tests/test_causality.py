@@ -153,3 +153,17 @@ def test_locality_curve_covers_every_distance(pipe):
     curve = locality(pipe, _planted_sae(), "up.0.1", PLANTED, ["a red circle", "a cat"], [0, 1], Sampling(), grid=4,
                      strength=2.0)
     assert curve.ndim == 1 and len(curve) >= 3 and (curve >= 0).all() and curve.max() > 0
+
+
+def test_pooled_rates_sum_the_counts():
+    from repro.features.causality import CausalResult, SwitchOn, pooled
+
+    a = CausalResult("colour=red", n_on=4, baseline_on=1, on=[SwitchOn(1.0, 2, 4, 4), SwitchOn(5.0, 4, 3, 4)],
+                     n_off=2, off_hits=1, baseline_off=0)
+    b = CausalResult("shape=circle", n_on=6, baseline_on=0, on=[SwitchOn(1.0, 0, 6, 6), SwitchOn(5.0, 3, 2, 6)],
+                     n_off=3, off_hits=3, baseline_off=1)
+    p = pooled([a, b])
+    assert (p["on"][1.0]["hits"], p["on"][1.0]["n"]) == (2, 10) and p["on"][5.0]["rate"] == 0.7
+    assert p["preserved"][5.0]["hits"] == 5 and p["baseline_on"]["hits"] == 1
+    assert (p["off"]["hits"], p["off"]["n"], p["baseline_off"]["hits"]) == (4, 5, 1)
+    assert p["on"][5.0]["lo"] < 0.7 < p["on"][5.0]["hi"]

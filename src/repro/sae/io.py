@@ -101,14 +101,18 @@ def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -
         missing = [name for name in (SAE_WEIGHTS, SAE_CONFIG) if not has(name)]
         if missing:
             raise ReproError(f"SAE folder {folder} lacks {missing[0]}: it is half of our layout; re-save or re-train it")
-        return _load_ours(folder, dev)
+        sae = _load_ours(folder, dev)
+        sae.folder = folder
+        return sae
     if has(ORIG_CONFIG) or has(ORIG_WEIGHTS):
         missing = [name for name in (ORIG_CONFIG, ORIG_WEIGHTS) if not has(name)]
         if missing:
             raise ReproError(
                 f"SAE folder {folder} lacks {missing[0]} of the original release's layout; download the folder again"
             )
-        return _load_original(folder, dev)
+        sae = _load_original(folder, dev)
+        sae.folder = folder
+        return sae
     raise ReproError(
         f"no SAE in {folder}: it holds neither {SAE_WEIGHTS} + {SAE_CONFIG} (this project) nor "
         f"{ORIG_CONFIG} + {ORIG_WEIGHTS} (original release); point at the SAE's own folder"

@@ -60,8 +60,11 @@ class Profile:
     labels, purity, causality and RIEBench exactly (only the toy's models draw ShapesWorld)."""
     control_prompts: int = 96
     """Prompts of the target setting whose updates train each transfer control SAE."""
+    control_steps: int = 0
+    """Training steps of each transfer control SAE at batch `sae_batch` (0: sae_steps, the budget
+    of the 1-step SAE it is compared with, which makes the control a ceiling)."""
     control_budgets: int = 4
-    """Points of the control SAEs' budget curve, up to the 1-step SAEs' own steps x batch."""
+    """Points of the control SAEs' budget curve (halving), up to `control_steps`."""
     riebench_sae_k: int = 160
     """TopK of the SAEs RIEBench transports (paper: 160 of 5120 features)."""
     riebench_sae_steps: int = 0
@@ -111,6 +114,11 @@ PROFILES: dict[str, Profile] = {
         dead_tokens=200_000,
         ground_truth=True,
         control_prompts=96,
+        # CPU budget: 12 control SAEs (4 blocks x 3 cells) at half the 1-step SAEs' budget;
+        # 04 shows their EV against budget, so whether they have flattened is visible.
+        control_steps=750,
+        control_budgets=3,
+        riebench_sae_steps=500,
         # The paper's RIEBench sparsity as a share of the dictionary (160 / 5120 = 1/32) on
         # the toy's 512 features; the same as a share of the channels (160 / 1280 = 16 / 128).
         riebench_sae_k=16,

@@ -225,6 +225,26 @@ def success_vs_preservation(df, metrics: Sequence[str] | None = None):
     return out.reset_index()
 
 
+RATES = ("success", "preserved", "success_and_preserved")
+"""Aggregated columns that are shares of edits (0/1 per edit), given Wilson intervals."""
+
+
+def with_intervals(table):
+    """`success_vs_preservation`'s table plus `<rate>_lo` / `<rate>_hi` (95% Wilson over its
+    `n_edits`) for each of RATES present: every headline rate with its interval."""
+    from repro.intervals import wilson
+
+    table = table.copy()
+    for col in RATES:
+        if col not in table:
+            continue
+        bounds = [wilson(round(r * n), int(n)) if n == n and r == r else (float("nan"),) * 2
+                  for r, n in zip(table[col], table["n_edits"])]
+        table[f"{col}_lo"] = [lo for lo, _ in bounds]
+        table[f"{col}_hi"] = [hi for _, hi in bounds]
+    return table
+
+
 def category_block_table(df, value: str = "success", method: str | None = None, k=None, m=None):
     """Category x block table.
 

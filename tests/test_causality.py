@@ -167,3 +167,14 @@ def test_pooled_rates_sum_the_counts():
     assert p["preserved"][5.0]["hits"] == 5 and p["baseline_on"]["hits"] == 1
     assert (p["off"]["hits"], p["off"]["n"], p["baseline_off"]["hits"]) == (4, 5, 1)
     assert p["on"][5.0]["lo"] < 0.7 < p["on"][5.0]["hi"]
+
+
+def test_causality_paints_with_the_papers_rule_s_times_mean():
+    """Issue 15, defect 7: the intervention adds s * mean_f * W_dec[:, f] (no factor k)."""
+    from repro.features.causality import painting_edit
+
+    sae = _planted_sae()
+    update = torch.zeros(1, 64, 4, 4)
+    added = painting_edit(sae, PLANTED, 2.0).apply(update, 0, "all")  # [1, C, H, W]
+    want = 2.0 * 30.0 * sae.W_dec[:, PLANTED].detach()
+    assert torch.allclose(added[0, :, 1, 2], want, atol=1e-5)

@@ -66,6 +66,13 @@ def _masks(scenes, label: str, grid: int) -> torch.Tensor:
                         for i in range(len(scenes))])
 
 
+def painting_edit(sae: TopKSAE, feature: int, s: float, mask: torch.Tensor | None = None) -> FeatureAdd:
+    """The paper's painting rule: add `s * mean_f * W_dec[:, f]` (inside `mask`; mean_f from the
+    feature stats, 1 without them). Causality and locality both intervene with it."""
+    mean = float(sae.feature_stats.mean[feature]) if sae.feature_stats is not None else 1.0
+    return FeatureAdd(sae=sae, features=feature, strength=s * mean, mask=mask)
+
+
 def preserved(plain: dict, edited: dict, label: str) -> bool:
     """Whether two oracle readings agree on everything but the label's own attribute
     (global attributes, which slots hold objects, and every other object attribute)."""
@@ -149,7 +156,6 @@ def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_sce
                 batch_size: int = 16) -> CausalResult:
     """Switch `feature` on in `on_scenes` (without the value) at each strength, and off in
     `off_scenes` (with it); `oracle.read(images [N, H, W, 3]) -> readings`."""
-    mean = float(sae.feature_stats.mean[feature]) if sae.feature_stats is not None else 1.0
     result = CausalResult(label, n_on=len(on_scenes), baseline_on=0, n_off=len(off_scenes))
     if on_scenes:
         prompts, seeds = scene_prompts(on_scenes, seed)
@@ -157,7 +163,7 @@ def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_sce
         plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
         result.baseline_on = sum(reads_value(r, s, label) for r, s in zip(plain, on_scenes))
         for strength in strengths:
-            edit = FeatureAdd(sae=sae, features=feature, strength=strength * mean, mask=masks)
+            edit = painting_edit(sae, feature, strength, masks)
             edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size))
             result.on.append(SwitchOn(
                 float(strength), hits=sum(reads_value(r, s, label) for r, s in zip(edited, on_scenes)),
@@ -182,8 +188,7 @@ def locality(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str
     cell = cell or (grid // 2, grid // 2)
     mask = torch.zeros(grid, grid)
     mask[cell] = 1.0
-    mean = float(sae.feature_stats.mean[feature]) if sae.feature_stats is not None else 1.0
-    edit = FeatureAdd(sae=sae, features=feature, strength=strength * mean, mask=mask)
+    edit = painting_edit(sae, feature, strength, mask)
     plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size).astype(np.float32)
     edited = generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size).astype(np.float32)
     change = np.abs(edited - plain).mean(axis=(0, 3)) / 255.0  # [H, W]

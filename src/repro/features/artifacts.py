@@ -14,6 +14,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -21,6 +22,10 @@ from safetensors.torch import load_file, save_file
 from repro.io import atomic_path, write_json_atomic
 from repro.sae.io import load_feature_stats, save_feature_stats
 from repro.sae.stats import FeatureStats
+
+if TYPE_CHECKING:
+    from repro.features.analysis import TopExamples
+    from repro.features.toy_concepts import FeatureLabels
 
 TOP_EXAMPLES = "top_examples.safetensors"
 LABELS = "labels.json"
@@ -31,8 +36,8 @@ class FeatureArtifacts:
     """What the feature analysis stores beside one SAE (any part may be missing)."""
 
     stats: FeatureStats | None = None
-    top: "TopExamples | None" = None  # noqa: F821  (repro.features.analysis.TopExamples)
-    labels: "FeatureLabels | None" = None  # noqa: F821  (repro.features.toy_concepts.FeatureLabels)
+    top: TopExamples | None = None
+    labels: FeatureLabels | None = None
     threshold: float | None = None
     """The purity threshold the labels were summarised with."""
 

@@ -57,10 +57,13 @@ def test_loader_takes_a_string_path_and_both_layouts(tmp_path):
 
 def test_the_paper_profile_trains_riebench_sets_at_k160_and_a_second_seed():
     from repro.profiles import PROFILES
-    from repro.sae.sets import riebench_set, sae_sets
+    import dataclasses
+
+    from repro.sae.sets import riebench_set, sae_sets, seed_set
 
     paper = sae_sets(PROFILES["paper"])
     assert [(s.name, s.k, s.seed) for s in paper] == [("saes", 10, 0), ("saes-seed1", 10, 1000), ("saes-k160", 160, 0)]
-    assert riebench_set(PROFILES["paper"], paper).k == 160
+    assert riebench_set(PROFILES["paper"], paper).k == 160 and seed_set(paper).name == "saes-seed1"
+    assert seed_set(sae_sets(dataclasses.replace(PROFILES["paper"], sae_seeds=1))) is None
     toy = sae_sets(PROFILES["toy"])
     assert riebench_set(PROFILES["toy"], toy).name == "saes-k16" and [s.steps for s in toy] == [1500, 1500, 500]

@@ -58,6 +58,11 @@ def riebench_set(profile, sets: list[SAESet]) -> SAESet:
     return next(s for s in sets if s.k == profile.riebench_sae_k)
 
 
+def seed_set(sets: list[SAESet]) -> SAESet | None:
+    """The first extra-seed set (seed stability), or None when the profile trains one seed."""
+    return next((s for s in sets if s.role == "seed stability"), None)
+
+
 def build_block_saes(store, *, k: int, expansion: int, dead_tokens: int, seed: int = 0,
                      blocks: Sequence[str] | None = None) -> dict[str, TopKSAE]:
     """{block: fresh TopKSAE} for `blocks` of `store` (default: all), n_features = expansion x C.
@@ -115,4 +120,4 @@ def load_block_saes(folders: str | os.PathLike | Sequence[str | os.PathLike], de
     return saes
 
 
-__all__ = ["SAESet", "build_block_saes", "load_block_saes", "riebench_set", "sae_sets"]
+__all__ = ["SAESet", "build_block_saes", "load_block_saes", "riebench_set", "sae_sets", "seed_set"]

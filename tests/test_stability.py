@@ -40,3 +40,24 @@ def test_fired_on_marks_exactly_the_features_that_fire():
     from repro.sae.stability import fired_on
 
     assert fired_on(sae, torch.randn(3, 4, 8)).nonzero().flatten().tolist() == [2, 5]
+
+
+def test_init_cosine_is_one_untrained_and_falls_as_the_decoder_moves():
+    from repro.sae.sets import build_block_saes
+    from repro.sae.stability import init_cosine
+
+    class Store:
+        blocks = ["mid.0", "up.0.1"]
+
+        def block_shape(self, block):
+            return (2, 2, 64)
+
+        def _block(self, block):
+            return block
+
+    sae = build_block_saes(Store(), k=4, expansion=4, dead_tokens=10, seed=3)["up.0.1"]
+    assert sae.metadata["init_seed"] == 4 and init_cosine(sae) == pytest.approx(1.0)
+    with torch.no_grad():
+        sae.W_dec.copy_(_sae(9, d=64, n=256).W_dec)
+    assert init_cosine(sae) < 0.3
+    assert init_cosine(_sae(0)) is None  # built without the builder: no recorded start

@@ -76,6 +76,7 @@ def build_block_saes(store, *, k: int, expansion: int, dead_tokens: int, seed: i
         C = store.block_shape(block)[2]
         cfg = SAEConfig(d_model=C, n_features=expansion * C, k=k, dead_tokens_threshold=dead_tokens)
         saes[block] = TopKSAE(cfg, seed=seed + store.blocks.index(block))
+        saes[block].metadata["init_seed"] = seed + store.blocks.index(block)  # saved in cfg.json
     return saes
 
 

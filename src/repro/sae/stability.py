@@ -38,6 +38,19 @@ def fired_on(sae: TopKSAE, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     return out
 
 
+@torch.no_grad()
+def init_cosine(sae: TopKSAE) -> float | None:
+    """Median cosine of each decoder column with its value at initialisation (from the
+    `init_seed` that `build_block_saes` records), or None without it. Near 1: training has
+    hardly moved the directions, so what they are is mostly their random start."""
+    seed = sae.metadata.get("init_seed")
+    if seed is None:
+        return None
+    start = TopKSAE(sae.cfg, seed=int(seed)).W_dec
+    now = sae.W_dec.detach().float().cpu()
+    return float(torch.nn.functional.cosine_similarity(now, start, dim=0).median())
+
+
 @dataclass
 class Stability:
     """Matched features between two SAEs of one block (shares in [0, 1], with their counts)."""
@@ -73,4 +86,4 @@ def match_features(a: TopKSAE, b: TopKSAE, threshold: float = 0.9, live_a: torch
                      median_best_cosine=float(ab.median()) if len(ab) else float("nan"))
 
 
-__all__ = ["Stability", "best_cosines", "fired_on", "match_features"]
+__all__ = ["Stability", "best_cosines", "fired_on", "init_cosine", "match_features"]

@@ -28,3 +28,10 @@ def test_bootstrap_interval_of_a_mean():
     lo, hi = bootstrap(x, n_boot=500)
     assert lo < 1.0 < hi and hi - lo == pytest.approx(2 * 1.96 / 20, rel=0.25)
     assert bootstrap(np.full(10, 2.0), n_boot=50) == (2.0, 2.0)
+
+
+def test_the_interval_always_holds_the_rate():
+    for n in range(1, 60):
+        for hits in range(n + 1):
+            lo, hi = wilson(hits, n)
+            assert lo <= hits / n <= hi

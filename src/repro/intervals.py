@@ -27,7 +27,8 @@ def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # the interval holds p exactly (rounding can put p = 0 or 1 a hair outside it)
+    return min(max(0.0, centre - half), p), max(min(1.0, centre + half), p)
 
 
 def rate(hits: int, n: int, z: float = Z95) -> dict:

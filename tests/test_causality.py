@@ -1,20 +1,40 @@
+"""Causality and locality on a fixture whose answer is known (issue 15, defect 9).
+
+The "oracle" here sees only whether an image changed: on the scenes that lack the value
+(`BLUE` ones, 3 of them) it reads red exactly when the image differs from the unedited
+one; on the scenes that have it (`RED` ones, 2) it reads red exactly when the image is
+unchanged. A planted feature that fires everywhere with a large activation must then
+switch on in every scene at a working strength, in none at strength 0, and switch off in
+every scene; a feature that never fires switches off nowhere.
+"""
+
+import numpy as np
+import pytest
 import torch
 
-from repro.features.causality import causal_test, has_value, locality, reads_value
+from repro.evaluate.in_loop import generate_with
+from repro.features.causality import causal_test, has_value, locality, preserved, reads_value, scene_prompts
+from repro.features.controls import random_direction_twin, random_sae_like
+from repro.features.interventions import FeatureAdd, FeatureIcon
 from repro.generate import Sampling
+from repro.hooks import Edit, capture_updates, intervene
 from repro.sae.config import SAEConfig
 from repro.sae.model import TopKSAE
 from repro.sae.stats import FeatureStats
 from repro.shapes.world import Scene, ShapeObject
 
 RED = Scene((ShapeObject("square", "red", "large", "solid", "left"),), background="white")
-BLUE = Scene((ShapeObject("circle", "blue", "small", "dotted", "right"),), background="pink", style="grainy")
+BLUE = Scene((ShapeObject("circle", "blue", "large", "dotted", "right"),), background="pink", style="grainy")
+ON = [BLUE, BLUE, BLUE]
+OFF = [RED, RED]
+PLANTED, DEAD = 3, 7
 
 
 def _reading(colour, background="white"):
     return {"background": background, "style": "flat",
             "slots": {"left": {"shape": "square", "orientation": None, "colour": colour, "texture": "solid", "size": "large"},
-                      "right": None, "top": None, "bottom": None, "centre": None}}
+                      "right": {"shape": "circle", "orientation": None, "colour": colour, "texture": "dotted", "size": "small"},
+                      "top": None, "bottom": None, "centre": None}}
 
 
 def test_reading_rules():
@@ -23,28 +43,138 @@ def test_reading_rules():
     assert has_value(RED, "colour=red") and has_value(BLUE, "style=grainy") and not has_value(RED, "texture=dotted")
 
 
-class FakeOracle:
-    """Reads 'red' when the image's mean red channel exceeds its mean blue channel."""
+def test_preservation_ignores_only_the_labels_own_attribute():
+    assert preserved(_reading("red"), _reading("blue"), "colour=red")
+    assert not preserved(_reading("red"), _reading("blue"), "texture=dotted")
+    assert not preserved(_reading("red"), _reading("red", "pink"), "colour=red")
+    assert preserved(_reading("red"), _reading("red", "pink"), "background=pink")
+
+
+class ChangeOracle:
+    """Knows the unedited images of the ON and OFF scenes; reads red as described above."""
+
+    def __init__(self, pipe, sampling, seed):
+        self.plain = {}
+        for scenes, s in ((ON, seed), (OFF, seed + 10_000)):
+            prompts, seeds = scene_prompts(scenes, s)
+            self.plain[len(scenes)] = generate_with(pipe, prompts, seeds, sampling).astype(np.float32)
 
     def read(self, images):
-        return [_reading("red" if im[..., 0].mean() > im[..., 2].mean() else "blue") for im in images]
+        ref = self.plain[len(images)]
+        changed = np.abs(images.astype(np.float32) - ref).mean(axis=(1, 2, 3)) > 0.5
+        if len(images) == len(ON):
+            return [_reading("red" if c else "blue") for c in changed]
+        return [_reading("blue" if c else "red") for c in changed]
 
 
-def _sae():
-    sae = TopKSAE(SAEConfig(d_model=64, n_features=128, k=8, k_aux=8), seed=0)
-    sae.feature_stats = FeatureStats(mean=torch.ones(128), std=torch.ones(128))
+def _planted_sae():
+    """Feature PLANTED fires on every token at 30; feature DEAD never fires."""
+    sae = TopKSAE(SAEConfig(d_model=64, n_features=128, k=4, k_aux=8), seed=0)
+    with torch.no_grad():
+        sae.b_lat.fill_(-1.0)
+        sae.b_lat[PLANTED] = 30.0
+        sae.b_lat[DEAD] = -1e6
+        sae.W_enc.mul_(1e-3)
+    sae.feature_stats = FeatureStats(mean=torch.full((128,), 30.0), std=torch.ones(128))
     return sae
 
 
-def test_causal_test_counts_against_the_oracle(tiny_pipe):
-    res = causal_test(tiny_pipe, _sae(), "down.2.1", 3, "colour=red", [RED, RED], [RED], FakeOracle(),
-                      Sampling(), grid=4, strength=1.0, batch_size=2)
-    assert res.n_on == 2 and res.n_off == 1
-    for v in (res.on_success, res.off_success, res.baseline_on):
-        assert 0.0 <= v <= 1.0
+@pytest.fixture(scope="module")
+def answers(pipe):
+    sampling = Sampling()
+    oracle = ChangeOracle(pipe, sampling, seed=5)
+    sae = _planted_sae()
+    run = lambda f, strengths: causal_test(pipe, sae, "down.2.1", f, "colour=red", ON, OFF, oracle,  # noqa: E731
+                                           sampling, grid=4, strengths=strengths, seed=5, batch_size=2)
+    return run(PLANTED, (0.0, 1.0)), run(DEAD, (0.0,))
 
 
-def test_locality_curve_covers_every_distance(tiny_pipe):
-    curve = locality(tiny_pipe, _sae(), "up.0.1", 5, ["a red circle", "a cat"], [0, 1], Sampling(), grid=4,
-                     strength=50.0)
+def test_planted_feature_switches_on_and_off_everywhere(answers):
+    planted, _ = answers
+    assert planted.baseline_on == 0 and planted.baseline_off == 0
+    assert [(r.strength, r.hits, r.n) for r in planted.on] == [(0.0, 0, 3), (1.0, 3, 3)]
+    assert planted.on_rate(0.0) == 0.0 and planted.on_rate(1.0) == 1.0
+    assert planted.off_hits == 2 and planted.off_rate == 1.0
+    assert all(r.preserved == r.n for r in planted.on)  # this oracle reads nothing else
+
+
+def test_a_feature_that_never_fires_cannot_be_switched_off(answers):
+    _, dead = answers
+    assert dead.off_hits == 0 and dead.on[0].hits == 0
+
+
+def test_random_direction_twin_keeps_the_encoder_and_the_norm():
+    sae = _planted_sae()
+    twin = random_direction_twin(sae, PLANTED, seed=1)
+    assert torch.equal(twin.W_enc, sae.W_enc) and twin.feature_stats is sae.feature_stats
+    assert not torch.allclose(twin.W_dec[:, PLANTED], sae.W_dec[:, PLANTED])
+    assert float(twin.W_dec[:, PLANTED].detach().norm()) == pytest.approx(float(sae.W_dec[:, PLANTED].detach().norm()), rel=1e-6)
+    others = [f for f in range(128) if f != PLANTED]
+    assert torch.equal(twin.W_dec[:, others], sae.W_dec[:, others])
+    rand = random_sae_like(sae)
+    assert rand.cfg.k == sae.cfg.k and torch.equal(rand.b_pre, sae.b_pre)
+    assert torch.allclose(rand.W_enc, rand.W_dec.T)
+
+
+def test_steps_from_a_generator_act_at_every_listed_step():
+    edit = Edit(steps=(s for s in (0, 2)))
+    assert [edit.active(s) for s in range(4)] == [True, False, True, False]
+    assert [edit.active(s) for s in range(4)] == [True, False, True, False]  # not consumed by the first pass
+
+
+def test_a_per_image_mask_is_sliced_per_batch(pipe):
+    """Masks [N, H, W] for N = 3 prompts in batches of 2: the same images as one batch of 3."""
+    sae = _planted_sae()
+    masks = torch.zeros(3, 4, 4)
+    masks[0, :2] = 1.0
+    masks[2, :, 2:] = 1.0
+    prompts, seeds = ["a", "b", "c"], [0, 1, 2]
+    edit = FeatureAdd(sae=sae, features=PLANTED, strength=30.0, mask=masks)
+    whole = generate_with(pipe, prompts, seeds, Sampling(), {"down.2.1": edit}, batch_size=3)
+    split = generate_with(pipe, prompts, seeds, Sampling(), {"down.2.1": edit}, batch_size=2)
+    assert np.abs(whole.astype(int) - split.astype(int)).max() <= 1
+    plain = generate_with(pipe, prompts, seeds, Sampling(), None, batch_size=3)
+    assert np.abs(whole[1].astype(int) - plain[1].astype(int)).max() <= 1  # image 1's mask is empty
+
+
+def test_icon_replaces_only_the_conditional_half_under_guidance(pipe):
+    sae = _planted_sae()
+    icon = FeatureIcon(sae=sae, features=PLANTED)
+    sampling = Sampling(steps=1, guidance=3.0)
+    with intervene(pipe.unet, {"mid.0": icon}, cfg=True), capture_updates(pipe.unet, ["mid.0"], cfg=True) as cap:
+        generate_with(pipe, ["a"], [0], sampling)
+    cond, uncond = cap.updates("mid.0", "cond")[0, 0], cap.updates("mid.0", "uncond")[0, 0]  # [C, H, W]
+    want = 30.0 * sae.cfg.k * sae.W_dec[:, PLANTED]
+    assert torch.allclose(cond, want[:, None, None].expand_as(cond), atol=1e-3)
+    assert not torch.allclose(uncond, want[:, None, None].expand_as(uncond), atol=1e-1)
+
+
+def test_locality_curve_covers_every_distance(pipe):
+    curve = locality(pipe, _planted_sae(), "up.0.1", PLANTED, ["a red circle", "a cat"], [0, 1], Sampling(), grid=4,
+                     strength=2.0)
     assert curve.ndim == 1 and len(curve) >= 3 and (curve >= 0).all() and curve.max() > 0
+
+
+def test_pooled_rates_sum_the_counts():
+    from repro.features.causality import CausalResult, SwitchOn, pooled
+
+    a = CausalResult("colour=red", n_on=4, baseline_on=1, on=[SwitchOn(1.0, 2, 4, 4), SwitchOn(5.0, 4, 3, 4)],
+                     n_off=2, off_hits=1, baseline_off=0)
+    b = CausalResult("shape=circle", n_on=6, baseline_on=0, on=[SwitchOn(1.0, 0, 6, 6), SwitchOn(5.0, 3, 2, 6)],
+                     n_off=3, off_hits=3, baseline_off=1)
+    p = pooled([a, b])
+    assert (p["on"][1.0]["hits"], p["on"][1.0]["n"]) == (2, 10) and p["on"][5.0]["rate"] == 0.7
+    assert p["preserved"][5.0]["hits"] == 5 and p["baseline_on"]["hits"] == 1
+    assert (p["off"]["hits"], p["off"]["n"], p["baseline_off"]["hits"]) == (4, 5, 1)
+    assert p["on"][5.0]["lo"] < 0.7 < p["on"][5.0]["hi"]
+
+
+def test_causality_paints_with_the_papers_rule_s_times_mean():
+    """Issue 15, defect 7: the intervention adds s * mean_f * W_dec[:, f] (no factor k)."""
+    from repro.features.causality import painting_edit
+
+    sae = _planted_sae()
+    update = torch.zeros(1, 64, 4, 4)
+    added = painting_edit(sae, PLANTED, 2.0).apply(update, 0, "all")  # [1, C, H, W]
+    want = 2.0 * 30.0 * sae.W_dec[:, PLANTED].detach()
+    assert torch.allclose(added[0, :, 1, 2], want, atol=1e-5)

@@ -16,10 +16,10 @@ SEEDS = [0, 1, 2, 3]
 
 
 def _reference_ev(sae, x):
+    """The paper's EV written out: 1 - Var(x - x_hat) / Var(x)."""
     flat = x.reshape(-1, x.shape[-1])
-    x_hat = sae(flat)
-    x_hat = x_hat.detach()
-    return 1 - ((flat - x_hat) ** 2).sum() / ((flat - flat.mean(0)) ** 2).sum()
+    e = flat - sae(flat).detach()
+    return 1 - ((e - e.mean(0)) ** 2).sum() / ((flat - flat.mean(0)) ** 2).sum()
 
 
 def test_ev_equals_reference_and_identity_sae_is_perfect():
@@ -97,3 +97,21 @@ def test_token_sample_keeps_fixed_positions_per_image_and_everything_when_the_bu
     again = capture_token_sample(tiny_pipe, PROMPTS, SEEDS, sampling, ["up.0.0"], max_tokens=40, batch_size=2, seed=7)
     # positions depend on (seed, image), not on batching (values only up to batch-size rounding)
     assert torch.allclose(again["up.0.0"]["cond"], got, atol=1e-4)
+
+
+def test_control_curve_is_one_training_measured_at_each_budget():
+    """Issue 15, defect 10: the control is trained to the compared SAE's budget; the curve's last
+    point is exactly a control trained straight to that budget, and more budget explains more."""
+    from repro.evaluate.transfer import budget_points, control_curve, ev_per_step
+    from repro.sae.synthetic import sparse_dictionary_data
+
+    assert budget_points(1500, 4) == [188, 375, 750, 1500] and budget_points(3, 4) == [1, 2, 3]
+    x, _ = sparse_dictionary_data(4096, 16, n_atoms=24, k_active=2, seed=0)
+    held, _ = sparse_dictionary_data(256, 16, n_atoms=24, k_active=2, seed=0)
+    updates = held.reshape(1, 16, 4, 4, 16)  # [steps, N, H, W, C]
+    like = TopKSAE(SAEConfig(d_model=16, n_features=48, k=2, k_aux=8), seed=0)
+    curve = control_curve(like, x, [5, 60], updates, batch_size=128, device="cpu", lr=1e-2)
+    assert [c["steps"] for c in curve] == [5, 60] and [c["tokens"] for c in curve] == [640, 7680]
+    assert curve[1]["ev"] > curve[0]["ev"] + 0.05
+    straight = control_curve(like, x, [60], updates, batch_size=128, device="cpu", lr=1e-2)
+    assert straight[0]["ev_per_step"] == pytest.approx(curve[1]["ev_per_step"], abs=1e-6)

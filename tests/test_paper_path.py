@@ -22,13 +22,14 @@ OVERRIDES = {
     "turbo_model": "tiny-random", "base_model": "tiny-random-base", "collect_prompts": 48, "sae_steps": 30,
     "sae_batch": 512, "turbo": {"resolution": 128}, "turbo_multistep": {"resolution": 128},
     "base": {"steps": 3, "resolution": 256}, "prompts": "shapes", "eval_prompts": "shapes-test",
+    "control_steps": 5, "control_budgets": 2, "control_prompts": 4, "riebench_grid": "toy",
 }
 COUNTS = {
     "00_overview": {},
     "01_shapesworld": {"n_captions": 4, "n_base": 2, "n_ablation": 2, "n_oracle": 50, "n_grid": 2, "batch_size": 4},
     "02_collect": {"shard_size": 16, "batch_size": 8},
     "03_train": {"log_every": 10, "checkpoint_every": 20, "stats_batches": 4},
-    "04_evaluate": {"n_eval": 4, "n_loop": 2, "n_control": 4, "control_steps": 5, "n_timing": 1, "batch_size": 4},
+    "04_evaluate": {"n_eval": 4, "n_loop": 2, "n_timing": 1, "batch_size": 4},
     "05_features": {"top_m": 4, "n_causal_features": 1, "n_causal_scenes": 1, "n_locality": 1, "batch_size": 4},
     "06_riebench": {"edits": "example", "per_category": 1, "batch_size": 4},
 }
@@ -47,7 +48,9 @@ def test_every_chapter_runs_under_the_paper_profile(tmp_path, monkeypatch):
         assert record["resources"]["wall_s"] > 0, name
     assert results["02_collect"]["resources"]["images"] == 48
     train = results["03_train"]["resources"]
-    assert train["sae_blocks"] == 4 and train["sae_tokens_per_block"] == 30 * 512
+    assert train["sae_blocks"] == 4 and train["sae_tokens_per_block"] == 3 * 30 * 512  # main, second seed, k=160
+    sets = results["03_train"]["numbers"]["sets"]
+    assert {name: s["k"] for name, s in sets.items()} == {"saes": 10, "saes-seed1": 10, "saes-k160": 160}
 
     # The store holds the paper's four blocks at the turbo resolution (128 px / VAE 4 -> 32x32
     # latents; down.2.1 sits two levels down); evaluation met the base model's doubled maps.
@@ -66,4 +69,6 @@ def test_every_chapter_runs_under_the_paper_profile(tmp_path, monkeypatch):
     # RIEBench ran every category of the published-layout example with its drawn masks.
     rie = results["06_riebench"]
     assert rie["numbers"]["skipped"] == [] and rie["context"]["n_edits"] == 9
+    assert rie["context"]["sae_k"] == 160 and rie["context"]["sae_set"] == "saes-k160"
+    assert results["04_evaluate"]["numbers"]["seed_stability"]  # two seeds per block on the paper profile
     assert {row["method"] for row in rie["numbers"]["success_vs_preservation"]} >= {"transport", "steer", "neurons"}

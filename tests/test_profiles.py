@@ -100,3 +100,27 @@ def test_sampling_override_values_are_type_checked():
             get_profile("paper", bad)
     base = get_profile("paper", {"base": {"steps": 3.0, "guidance": 7}}).base
     assert (base.steps, base.guidance) == (3, 7.0) and isinstance(base.steps, int) and isinstance(base.guidance, float)
+
+
+def test_behaviour_differences_are_profile_fields():
+    """Issue 15, defect 3: the paper profile runs the paper's RIEBench settings; chapters read fields."""
+    from repro.profiles import GRIDS
+    from repro.riebench.methods import Grid
+
+    paper, toy, standin = PROFILES["paper"], PROFILES["toy"], PROFILES["standin"]
+    assert paper.riebench_sae_k == 160 and Grid.named(paper.riebench_grid) == Grid()
+    assert paper.riebench_per_category == 0 and not paper.ground_truth and paper.sae_seeds == 2
+    assert toy.ground_truth and toy.riebench_edits == "shapes" and Grid.named(toy.riebench_grid) == Grid.toy()
+    assert not standin.ground_truth  # ShapesWorld prompts, but random models: no oracle can read them
+    assert all(Grid.named(g) for g in GRIDS)
+    with pytest.raises(ReproError, match="riebench_grid"):
+        dataclasses.replace(paper, riebench_grid="huge")
+
+
+def test_no_chapter_chooses_behaviour_by_profile_name_or_model_size():
+    from repro.notebooks import notebooks_dir
+
+    for path in sorted(notebooks_dir().glob("0[3-6]_*.md")):
+        text = path.read_text()
+        assert not re.search(r"prof\.name\s*==|\.name\s*==\s*\"toy\"|sample_size\s*\*", text), path.name
+        assert "Grid.toy()" not in text, path.name

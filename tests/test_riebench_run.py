@@ -235,3 +235,19 @@ def test_runner_segments_edits_without_masks(tiny_pipe):
     assert calls == [("circle",), ("circle",)]
     assert [r["method"] for r in res.rows if r["id"] == "seg"] == ["source", "target", "steer"]
     assert "no segmenter prompts" in res.skipped[0]["reason"]
+
+
+def test_every_aggregated_rate_gets_its_wilson_interval():
+    import pandas as pd
+
+    from repro.intervals import wilson
+    from repro.riebench.runner import with_intervals
+
+    rows = [{"id": f"e{i}", "category": "change_colour", "method": "transport", "blocks": "all", "k": 8, "m": 1.0,
+             "skipped": None, "success": i < 3, "preserved": i != 0, "pixel_outside": 0.1} for i in range(5)]
+    table = with_intervals(success_vs_preservation(pd.DataFrame(rows)))
+    row = table.iloc[0]
+    assert row["n_edits"] == 5 and row["success"] == pytest.approx(0.6)
+    assert (row["success_lo"], row["success_hi"]) == pytest.approx(wilson(3, 5))
+    assert (row["success_and_preserved_lo"], row["success_and_preserved_hi"]) == pytest.approx(wilson(2, 5))
+    assert "pixel_outside_lo" not in table

@@ -13,6 +13,7 @@ inside an `intervene` block sees the edited updates.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -180,6 +181,9 @@ def _mask_weights(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         m = m[None]
     if m.shape[-2:] != like.shape[-2:]:
         raise ValueError(f"mask of spatial size {tuple(m.shape[-2:])} does not match the block's {tuple(like.shape[-2:])}")
+    if m.shape[0] not in (1, like.shape[0]):
+        raise ValueError(f"a mask for {m.shape[0]} images met a batch of {like.shape[0]}: give one mask per image "
+                         "of the batch (generate_with slices [N, H, W] masks per batch with Edit.rows)")
     return m[:, None]
 
 
@@ -192,10 +196,22 @@ class Edit:
     """
 
     mask: torch.Tensor | None = None
+    """[H, W] for every image, or [N, H, W]: one per image of the prompts (see `rows`)."""
     steps: Iterable[int] | None = None
+    """Steps the edit acts at (any iterable, kept as a frozenset: a generator is read once, here)."""
+
+    def __post_init__(self) -> None:
+        if self.steps is not None:
+            self.steps = frozenset(int(s) for s in self.steps)
 
     def active(self, step: int) -> bool:
-        return self.steps is None or step in set(self.steps)
+        return self.steps is None or step in self.steps
+
+    def rows(self, sl: slice) -> "Edit":
+        """This edit for the images `sl` of the prompts: a per-image mask [N, H, W] is sliced, the rest kept."""
+        if self.mask is None or self.mask.dim() != 3:
+            return self
+        return dataclasses.replace(self, mask=self.mask[sl])
 
     def edited(self, update: torch.Tensor, step: int, half: Half) -> torch.Tensor:
         raise NotImplementedError
@@ -257,6 +273,11 @@ class Add(Edit):
         if half == "uncond":
             sign = {"signed": -1.0, "both": 1.0, "cond": 0.0}[self.cfg_rule]
         return update + sign * self.strength * d
+
+
+def edits_for_rows(edits: dict[str, "Edit | list[Edit]"], sl: slice) -> dict[str, list["Edit"]]:
+    """`edits` ({block: edit or list}) for the images `sl` of the prompts (`Edit.rows` on each)."""
+    return {b: [e.rows(sl) for e in (v if isinstance(v, list) else [v])] for b, v in edits.items()}
 
 
 @contextlib.contextmanager

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from repro.errors import ReproError, choices_hint
 from repro.generate import Sampling
+
+GRIDS = ("paper", "toy")
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,37 @@ class Profile:
     """SAE training steps."""
     dead_tokens: int = 10_000_000
     """Tokens without firing after which a latent counts as dead (paper: 10M)."""
+    sae_seeds: int = 2
+    """SAEs trained per block from different seeds (2: seed stability is measured; 1: not)."""
+    ground_truth: bool = False
+    """The prompts are ShapesWorld captions and an oracle reads the images: 04-06 score
+    labels, purity, causality and RIEBench exactly (only the toy's models draw ShapesWorld)."""
+    control_prompts: int = 96
+    """Prompts of the target setting whose updates train each transfer control SAE."""
+    control_steps: int = 0
+    """Training steps of each transfer control SAE at batch `sae_batch` (0: sae_steps, the budget
+    of the 1-step SAE it is compared with, which makes the control a ceiling)."""
+    control_budgets: int = 4
+    """Points of the control SAEs' budget curve (halving), up to `control_steps`."""
+    riebench_sae_k: int = 160
+    """TopK of the SAEs RIEBench transports (paper: 160 of 5120 features)."""
+    riebench_sae_steps: int = 0
+    """Training steps of the RIEBench SAEs (0: sae_steps)."""
+    riebench_edits: str = "example"
+    """RIEBench edits: "shapes" (ShapesWorld RIEBench v1, scored by the oracle), "example"
+    (18 everyday edits with drawn masks) or a published-format JSON file."""
+    riebench_per_category: int = 0
+    """Edits per category (0: all)."""
+    riebench_grid: Literal["paper", "toy"] = "paper"
+    """RIEBench parameter grid (`repro.riebench.methods.Grid.named`): the paper's, or the toy's
+    scaled to a few hundred features."""
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.riebench_grid not in GRIDS:
+            raise ReproError(f"unknown riebench_grid {self.riebench_grid!r}: use {choices_hint(GRIDS)}")
+        if self.sae_seeds < 1 or self.control_budgets < 1:
+            raise ReproError("sae_seeds and control_budgets must be at least 1")
 
 
 PAPER = Profile(
@@ -80,6 +112,20 @@ PROFILES: dict[str, Profile] = {
         sae_batch=1024,
         sae_steps=1500,
         dead_tokens=200_000,
+        ground_truth=True,
+        control_prompts=96,
+        # CPU budget: 12 control SAEs (4 blocks x 3 cells) at a quarter of the 1-step SAEs'
+        # budget (~4500 SAE steps, ~5 min on one core); 04 shows their EV against budget, so
+        # whether they have flattened is visible. The RIEBench SAEs get a third of the steps.
+        control_steps=375,
+        control_budgets=3,
+        riebench_sae_steps=500,
+        # The paper's RIEBench sparsity as a share of the dictionary (160 / 5120 = 1/32) on
+        # the toy's 512 features; the same as a share of the channels (160 / 1280 = 16 / 128).
+        riebench_sae_k=16,
+        riebench_edits="shapes",
+        riebench_per_category=4,
+        riebench_grid="toy",
         description="embedded ShapesWorld models (shapes-turbo, shapes-base) on the CPU",
     ),
     "paper": PAPER,

@@ -25,6 +25,8 @@ def register(sub) -> None:
                    help="dead latents used by the AuxK loss (0: off; at most the SAE's features, the paper's 256)")
     p.add_argument("--expansion", type=at_least(1), default=4, help="n_features = expansion x the block's channels")
     p.add_argument("--batch-size", type=at_least(1), default=4096, help="tokens per batch (global, over all ranks)")
+    p.add_argument("--dead-tokens", type=at_least(1), default=10_000_000,
+                   help="tokens without firing after which a latent counts as dead (paper: 10M)")
     p.add_argument("--lr", type=finite(positive=True), default=1e-4)
     p.add_argument("--seed", type=int, default=0, help="SAE init seed (block i gets seed+i) and shuffle seed")
     p.add_argument("--step", type=int, default=None, help="train on one denoising step only (default: all)")
@@ -43,7 +45,7 @@ def run_train(args: argparse.Namespace) -> int:
     from repro.dist import env
     from repro.dist.train import train_distributed
     from repro.io import writable_folder
-    from repro.sae import SAEConfig, TopKSAE, TrainConfig
+    from repro.sae import TrainConfig, build_block_saes
     from repro.store import ActivationStore, store_source
 
     store = ActivationStore(args.store)
@@ -53,12 +55,8 @@ def run_train(args: argparse.Namespace) -> int:
     if not store.shards:
         raise ReproError(f"the store {args.store} holds no shards yet: finish `repro collect` first")
     store.tokens_per_image(blocks[0], args.step, args.half)  # checks --step and --half before --out is made
-    saes = {}
-    for block in blocks:
-        C = store.block_shape(block)[2]
-        n = args.expansion * C  # small toy blocks have fewer features than the paper's AuxK 256
-        saes[block] = TopKSAE(SAEConfig(d_model=C, n_features=n, k=args.k, k_aux=min(args.k_aux, n)),
-                              seed=args.seed + store.blocks.index(block))
+    saes = build_block_saes(store, k=args.k, k_aux=args.k_aux, expansion=args.expansion,
+                            dead_tokens=args.dead_tokens, seed=args.seed, blocks=blocks)
     cfg = TrainConfig(steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every,
                       log_every=args.log_every, device=args.device, progress=not args.no_progress)
     writable_folder(args.out)  # before any batch is read

@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.nn import functional as F
 
 from repro.sae.losses import LossOutput, compute_dtype_context
+from repro.sae.metrics import fires
 from repro.sae.model import TopKSAE
 from repro.sae.step import apply_update
 
@@ -58,7 +59,7 @@ def dp_loss(sae: TopKSAE, x: torch.Tensor, *, compute_dtype: torch.dtype = torch
     e = (x - x_hat).detach()  # [b, d]
     # 2. which latents fired anywhere, mean of e, squared deviation of x
     hits = torch.zeros(cfg.n_features, dtype=torch.float32, device=x.device)
-    hits.index_add_(0, idx.reshape(-1), (top_vals.detach() > cfg.fire_threshold).reshape(-1).float())
+    hits.index_add_(0, idx.reshape(-1), fires(cfg, top_vals.detach()).reshape(-1).float())
     s2 = _sum(torch.cat([hits, e.sum(0), (x - mean_x).pow(2).sum().reshape(1)]), group)
     fired = s2[: cfg.n_features] > 0
     mean_e = s2[cfg.n_features : cfg.n_features + d] / B
@@ -74,7 +75,7 @@ def dp_loss(sae: TopKSAE, x: torch.Tensor, *, compute_dtype: torch.dtype = torch
     # 3. squared deviation of e, and the full batch's metrics
     sq_err = (x_hat - x).pow(2).sum()
     aux_err = (e_hat - e).pow(2).sum() if e_hat is not None else x.new_zeros(())
-    nonzero = (vals > 0).sum().float()
+    nonzero = fires(cfg, vals).sum().float()
     s3 = _sum(torch.stack([(e - mean_e).pow(2).sum(), sq_err.detach(), aux_err.detach(), nonzero]), group)
     var_e = s3[0] / (B * d)
     n_dead = dead.sum()
@@ -87,6 +88,7 @@ def dp_loss(sae: TopKSAE, x: torch.Tensor, *, compute_dtype: torch.dtype = torch
         auxk = ((s3[2] / (B * d)) / var_e).nan_to_num(0.0) * (n_dead > 0)
     loss = nmse_share + cfg.auxk_coef * aux_share
     nmse = s3[1] / (B * d) / var_x
+    # var_e / var_x over the whole batch: `repro.sae.metrics.explained_variance`, from all-reduced sums
     out = LossOutput(
         loss=loss, nmse=nmse, auxk=auxk, ev=1 - var_e / var_x, l0=s3[3] / B,
         x_hat=x_hat.detach(), vals=vals.detach(), idx=idx, fired=fired, dead=dead,

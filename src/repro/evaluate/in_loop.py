@@ -15,16 +15,18 @@ import torch
 from tqdm.auto import tqdm
 
 from repro.generate import Sampling, generate
-from repro.hooks import Ablate, Edit, Replace, intervene
+from repro.hooks import Ablate, Edit, Replace, edits_for_rows, intervene
 
 
 def generate_with(pipe, prompts: Sequence[str], seeds: Sequence[int], sampling: Sampling,
                   edits: dict[str, Edit | list[Edit]] | None = None, batch_size: int = 16) -> np.ndarray:
-    """uint8 images [N, H, W, 3], generated in batches with `edits` on their blocks."""
+    """uint8 images [N, H, W, 3], generated in batches with `edits` on their blocks.
+
+    An edit's per-image mask [N, H, W] is sliced to each batch's images."""
     out = []
     for start in range(0, len(prompts), batch_size):
         sl = slice(start, start + batch_size)
-        with intervene(pipe.unet, edits or {}, cfg=sampling.cfg):
+        with intervene(pipe.unet, edits_for_rows(edits or {}, sl), cfg=sampling.cfg):
             out.append(generate(pipe, prompts[sl], seeds[sl], sampling))
     return np.concatenate(out)
 

@@ -1,21 +1,26 @@
 """Reconstruction quality of an SAE on held-out updates.
 
-Definitions (x: update vectors [N, C], x_hat: their reconstructions):
-- EV  = 1 - sum ||x - x_hat||^2 / sum ||x - mean(x)||^2   (explained variance; FVU = 1 - EV)
-- L0  = mean number of nonzero latents per vector
-- dead fraction = share of features that never fired on the evaluation set
-- per-position EV: the same ratio computed separately for each spatial position (h, w),
-  over all images, with the mean taken over all positions: where in the image
-  reconstruction fails.
+Definitions (x: update vectors [N, C], x_hat: their reconstructions; `repro.sae.metrics`):
+- EV  = 1 - Var(x - x_hat) / Var(x), the paper's explained variance and the one training
+  logs (FVU = 1 - EV)
+- NMSE = sum ||x - x_hat||^2 / sum ||x - mean(x)||^2, which also counts the residual's
+  mean (NMSE >= FVU); reported under its own name
+- L0  = mean number of firing latents per vector (`metrics.fires`)
+- dead fraction = share of features that never fired on the evaluation set (same rule)
+- per-position EV: EV computed separately for each spatial position (h, w), over all
+  images: where in the image reconstruction fails.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 
 from repro.errors import ReproError
+from repro.intervals import bootstrap
+from repro.sae.metrics import Moments, fires
 from repro.sae.model import TopKSAE
 
 
@@ -25,19 +30,42 @@ class Reconstruction:
 
     ev: float
     fvu: float
+    nmse: float
     l0: float
     dead_fraction: float
     n_tokens: int
     position_ev: list[list[float]]
     """[H][W] explained variance per spatial position."""
+    ev_interval: tuple[float, float] = (float("nan"), float("nan"))
+    """95% bootstrap interval of EV, resampling images."""
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
+def _image_sums(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """v [b, H, W, C] -> (sum over positions [b, C], sum of squares [b]) in float64."""
+    v = v.double().cpu()
+    return v.sum((1, 2)), v.pow(2).sum((1, 2, 3))
+
+
+def _ev_of_images(x_sums, e_sums, positions: int):
+    """EV from per-image sums (x_sums / e_sums: (s1 [N, C], s2 [N])) of any multiset of images."""
+    def dev(s1, s2):
+        return s2.sum() - s1.sum(0).pow(2).sum() / (len(s2) * positions)
+
+    def ev(idx):
+        idx = torch.as_tensor(idx)
+        return float(1 - dev(e_sums[0][idx], e_sums[1][idx]) / dev(x_sums[0][idx], x_sums[1][idx]))
+
+    return ev
+
+
 @torch.no_grad()
-def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int = 8192) -> Reconstruction:
-    """Metrics of `sae` on updates [N, H, W, C] (or [..., H, W, C]: leading dims are flattened)."""
+def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int = 8192,
+                            n_boot: int = 1000) -> Reconstruction:
+    """Metrics of `sae` on updates [N, H, W, C] (or [..., H, W, C]: leading dims are flattened);
+    `n_boot` bootstrap resamples of the images give EV's interval (0: none)."""
     if updates.shape[-1] != sae.cfg.d_model:
         raise ReproError(
             f"the SAE reads vectors of width {sae.cfg.d_model} but these updates have {updates.shape[-1]} "
@@ -45,30 +73,37 @@ def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int
         )
     x = updates.reshape(-1, *updates.shape[-3:]).float()  # [N, H, W, C]
     n, h, w, c = x.shape
-    flat = x.reshape(-1, c)
-    mean_all = flat.mean(0)
-    mean_pos = x.mean(0)  # [H, W, C]
-    err_pos = torch.zeros(h, w, dtype=torch.float64)
-    var_pos = ((x - mean_pos) ** 2).sum((0, 3)).double()  # [H, W]
-    err_total, l0_total = 0.0, 0.0
+    signal, residual = Moments(), Moments()  # per position [H, W]
+    per_image: dict[str, list] = {"x1": [], "x2": [], "e1": [], "e2": []}
+    l0_total = 0.0
     fired = torch.zeros(sae.cfg.n_features, dtype=torch.bool)
     images_per_batch = max(1, batch_size // (h * w))
     for start in range(0, n, images_per_batch):
         chunk = x[start : start + images_per_batch].to(device=sae.device, dtype=sae.dtype)
         vals, idx = sae.encode_topk(chunk)
         x_hat = sae.decode_sparse(vals, idx).float()
-        sq = ((chunk.float() - x_hat) ** 2).sum(-1).cpu().double()  # [b, H, W]
-        err_pos += sq.sum(0)
-        err_total += float(sq.sum())
-        active = vals > 0
+        signal.add(chunk.float())
+        residual.add(chunk.float() - x_hat)  # [b, H, W, C]
+        for key, v in (("x", chunk.float()), ("e", chunk.float() - x_hat)):
+            s1, s2 = _image_sums(v)
+            per_image[key + "1"].append(s1)
+            per_image[key + "2"].append(s2)
+        active = fires(sae.cfg, vals)
         l0_total += float(active.sum())
         fired[idx[active].unique().cpu()] = True
-    var_total = float(((flat - mean_all) ** 2).sum())
-    ev = 1.0 - err_total / var_total if var_total > 0 else float("nan")
-    position_ev = (1.0 - err_pos / var_pos.clamp_min(1e-12)).tolist()
+    var_x = signal.total_squared_deviation()
+    ev = 1.0 - residual.total_squared_deviation() / var_x if var_x > 0 else float("nan")
+    nmse = residual.sum_squares() / var_x if var_x > 0 else float("nan")
+    position_ev = (1.0 - residual.squared_deviation() / signal.squared_deviation().clamp_min(1e-12)).tolist()
+    interval = (float("nan"), float("nan"))
+    if n_boot and n > 1 and var_x > 0:
+        cat = {k: torch.cat(v) for k, v in per_image.items()}
+        ev_of = _ev_of_images((cat["x1"], cat["x2"]), (cat["e1"], cat["e2"]), h * w)
+        interval = bootstrap(np.arange(n), ev_of, n_boot=n_boot)
     return Reconstruction(
-        ev=ev, fvu=1.0 - ev, l0=l0_total / (n * h * w), dead_fraction=1.0 - float(fired.float().mean()),
-        n_tokens=n * h * w, position_ev=position_ev,
+        ev=ev, fvu=1.0 - ev, nmse=nmse, l0=l0_total / (n * h * w),
+        dead_fraction=1.0 - float(fired.float().mean()), n_tokens=n * h * w, position_ev=position_ev,
+        ev_interval=interval,
     )
 
 

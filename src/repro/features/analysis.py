@@ -2,8 +2,9 @@
 when ground truth is known, each feature's association with concepts.
 
 Input is a stream of chunks `(image_ids [b], updates [b, H, W, C])`, so paper-scale
-stores are read piece by piece. Per feature f (z_f: activation after TopK and ReLU):
-- frequency: share of positions where z_f > 0; mean / std of z_f where it fires;
+stores are read piece by piece. Per feature f (z_f: activation after TopK and ReLU, zeroed
+where it does not fire by `repro.sae.metrics.fires`, the training loss's rule):
+- frequency: share of positions where f fires; mean / std of z_f where it fires;
 - top examples: the `m` images with the largest max_pos z_f, with their [H, W] maps;
 - concept association (toy only): with C_c the positions where concept c holds (e.g. "this
   position belongs to a red object") and F_f the positions where f fires,
@@ -19,6 +20,7 @@ from typing import Iterable, Iterator
 import torch
 
 from repro.meter import add_sae_analysis
+from repro.sae.metrics import fires
 from repro.sae.model import TopKSAE
 from repro.sae.stats import FeatureStats
 
@@ -118,7 +120,8 @@ def analyse_features(
             best_maps = torch.zeros(n, m, h, w, dtype=torch.float16, device=dev)
         tokens = x.reshape(-1, c).to(device=dev, dtype=sae.dtype)
         vals, idx = sae.encode_topk(tokens)  # [b*h*w, k]
-        z = torch.zeros(tokens.shape[0], n, device=dev).scatter_(1, idx, vals.float())  # [b*h*w, n]
+        vals = vals.float() * fires(sae.cfg, vals)  # below the firing threshold counts as silent
+        z = torch.zeros(tokens.shape[0], n, device=dev).scatter_(1, idx, vals)  # [b*h*w, n]
         on = z > 0
         count += on.sum(0)
         total += z.sum(0).double()

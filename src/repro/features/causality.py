@@ -1,18 +1,25 @@
 """Are labelled features causal, and how local are their effects? (toy world: measured)
 
 - switch on: in scenes that do not have a feature's attribute value, add the feature
-  (`s * mean_f * k * W_dec[:, f]`) where the attribute lives — inside the object masks
-  for object attributes, everywhere for background and style — and ask the oracle whether
-  the image now shows that value (success rate);
-- switch off: in scenes that do have the value (where the feature fires), remove the
-  feature's own contribution (`FeatureOff`) and ask whether the value is gone;
+  (`s * mean_f * W_dec[:, f]`, the paper's painting rule) where the attribute lives —
+  inside the object masks for object attributes, everywhere for background and style —
+  and ask the oracle whether the image now shows that value (success), and whether every
+  *other* attribute it reads is unchanged from the unedited image (preservation); at
+  several strengths `s`, so that the curve shows where a feature starts to act;
+- switch off: in scenes that do have the value, remove the feature's own contribution
+  (`FeatureOff`: `z_f(pos) * W_dec[:, f]` where it fires) and ask whether the value is gone;
+- both against the unedited images (how often the value is read / absent anyway);
 - locality: add the feature at one grid cell and measure the mean absolute pixel change
   as a function of the distance (in grid cells) from that cell.
+
+Every rate comes with its counts (`hits` of `n`), for confidence intervals.
+Controls: the same tests on `repro.features.controls.random_direction_twin(sae, ...)`, the
+SAE with the feature's decoder direction replaced by a random one of the same norm.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -59,43 +66,116 @@ def _masks(scenes, label: str, grid: int) -> torch.Tensor:
                         for i in range(len(scenes))])
 
 
+def painting_edit(sae: TopKSAE, feature: int, s: float, mask: torch.Tensor | None = None) -> FeatureAdd:
+    """The paper's painting rule: add `s * mean_f * W_dec[:, f]` (inside `mask`; mean_f from the
+    feature stats, 1 without them). Causality and locality both intervene with it."""
+    mean = float(sae.feature_stats.mean[feature]) if sae.feature_stats is not None else 1.0
+    return FeatureAdd(sae=sae, features=feature, strength=s * mean, mask=mask)
+
+
+def preserved(plain: dict, edited: dict, label: str) -> bool:
+    """Whether two oracle readings agree on everything but the label's own attribute
+    (global attributes, which slots hold objects, and every other object attribute)."""
+    family = label.split("=", 1)[0]
+    for key in GLOBAL_ATTRS.values():
+        if key != GLOBAL_ATTRS.get(family) and plain[key] != edited[key]:
+            return False
+    skip = OBJECT_ATTRS.get(family)
+    for slot in set(plain["slots"]) | set(edited["slots"]):
+        a, b = plain["slots"].get(slot), edited["slots"].get(slot)
+        if (a is None) != (b is None):
+            return False
+        if a is not None and any(a.get(k) != b.get(k) for k in set(a) | set(b) if k != skip):
+            return False
+    return True
+
+
+def scene_prompts(scenes: Sequence, seed: int) -> tuple[list[str], list[int]]:
+    """(captions, seeds) the tests generate `scenes` with: scene i gets seed + i."""
+    from repro.shapes.captions import caption
+
+    return [caption(s, np.random.default_rng(seed + i)) for i, s in enumerate(scenes)], [seed + i for i in range(len(scenes))]
+
+
+@dataclass
+class SwitchOn:
+    """Adding the feature at one strength, in the scenes without its value."""
+
+    strength: float
+    """s in s * mean_f * W_dec[:, f]."""
+    hits: int
+    """Scenes where the oracle then reads the value."""
+    preserved: int
+    """Scenes where every other attribute read is unchanged."""
+    n: int
+
+
 @dataclass
 class CausalResult:
+    """Switch-on (per strength) and switch-off counts of one feature, with their no-edit baselines."""
+
     label: str
-    on_success: float
-    """Share of scenes without the value where adding the feature made the oracle read it."""
-    off_success: float
-    """Share of scenes with the value where removing the feature made the oracle lose it."""
     n_on: int
-    n_off: int
-    baseline_on: float
-    """Share of the 'on' scenes that read the value without any edit (should be ~0)."""
+    baseline_on: int
+    """Scenes without the value where the unedited image reads it anyway."""
+    on: list[SwitchOn] = field(default_factory=list)
+    n_off: int = 0
+    off_hits: int = 0
+    """Scenes with the value where removing the feature made the oracle lose it."""
+    baseline_off: int = 0
+    """Scenes with the value where the unedited image already lacks it."""
+
+    def on_rate(self, strength: float) -> float:
+        row = next(r for r in self.on if r.strength == strength)
+        return row.hits / row.n if row.n else float("nan")
+
+    @property
+    def off_rate(self) -> float:
+        return self.off_hits / self.n_off if self.n_off else float("nan")
+
+
+def pooled(results: Sequence[CausalResult]) -> dict:
+    """Counts of several features' tests pooled into rates with Wilson intervals (`repro.intervals.rate`):
+    {"on": {s: rate}, "preserved": {s: rate}, "baseline_on", "off", "baseline_off"}."""
+    from repro.intervals import rate
+
+    strengths = sorted({r.strength for res in results for r in res.on})
+    on = {s: [r for res in results for r in res.on if r.strength == s] for s in strengths}
+    n_on, n_off = sum(res.n_on for res in results), sum(res.n_off for res in results)
+    return {
+        "on": {s: rate(sum(r.hits for r in rows), sum(r.n for r in rows)) for s, rows in on.items()},
+        "preserved": {s: rate(sum(r.preserved for r in rows), sum(r.n for r in rows)) for s, rows in on.items()},
+        "baseline_on": rate(sum(res.baseline_on for res in results), n_on),
+        "off": rate(sum(res.off_hits for res in results), n_off),
+        "baseline_off": rate(sum(res.baseline_off for res in results), n_off),
+    }
 
 
 def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_scenes: Sequence, off_scenes: Sequence,
-                oracle, sampling: Sampling, grid: int, strength: float = 1.0, seed: int = 0,
+                oracle, sampling: Sampling, grid: int, strengths: Sequence[float] = (1.0,), seed: int = 0,
                 batch_size: int = 16) -> CausalResult:
-    """Switch `feature` on in `on_scenes` (without the value) and off in `off_scenes` (with it)."""
-    from repro.shapes.captions import caption
-
-    mean = float(sae.feature_stats.mean[feature]) if sae.feature_stats is not None else 1.0
-    on_rate = off_rate = base_rate = float("nan")
+    """Switch `feature` on in `on_scenes` (without the value) at each strength, and off in
+    `off_scenes` (with it); `oracle.read(images [N, H, W, 3]) -> readings`."""
+    result = CausalResult(label, n_on=len(on_scenes), baseline_on=0, n_off=len(off_scenes))
     if on_scenes:
-        prompts = [caption(s, np.random.default_rng(seed + i)) for i, s in enumerate(on_scenes)]
-        seeds = [seed + i for i in range(len(on_scenes))]
-        masks = _masks(on_scenes, label, grid)
-        edit = FeatureAdd(sae=sae, features=feature, strength=strength * mean * sae.cfg.k, mask=masks)
-        plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size=len(prompts)))
-        edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size=len(prompts)))
-        base_rate = float(np.mean([reads_value(r, s, label) for r, s in zip(plain, on_scenes)]))
-        on_rate = float(np.mean([reads_value(r, s, label) for r, s in zip(edited, on_scenes)]))
+        prompts, seeds = scene_prompts(on_scenes, seed)
+        masks = _masks(on_scenes, label, grid)  # [N, grid, grid], sliced per batch by generate_with
+        plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
+        result.baseline_on = sum(reads_value(r, s, label) for r, s in zip(plain, on_scenes))
+        for strength in strengths:
+            edit = painting_edit(sae, feature, strength, masks)
+            edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size))
+            result.on.append(SwitchOn(
+                float(strength), hits=sum(reads_value(r, s, label) for r, s in zip(edited, on_scenes)),
+                preserved=sum(preserved(a, b, label) for a, b in zip(plain, edited)), n=len(on_scenes)))
     if off_scenes:
-        prompts = [caption(s, np.random.default_rng(seed + 10_000 + i)) for i, s in enumerate(off_scenes)]
-        seeds = [seed + 10_000 + i for i in range(len(off_scenes))]
+        prompts, seeds = scene_prompts(off_scenes, seed + 10_000)
+        plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
         edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: FeatureOff(sae=sae, features=feature)},
-                                           batch_size=batch_size))
-        off_rate = float(np.mean([not reads_value(r, s, label) for r, s in zip(edited, off_scenes)]))
-    return CausalResult(label, on_rate, off_rate, len(on_scenes), len(off_scenes), base_rate)
+                                           batch_size))
+        result.baseline_off = sum(not reads_value(r, s, label) for r, s in zip(plain, off_scenes))
+        result.off_hits = sum(not reads_value(r, s, label) for r, s in zip(edited, off_scenes))
+    return result
 
 
 def locality(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str], seeds: Sequence[int],
@@ -103,13 +183,12 @@ def locality(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str
              batch_size: int = 16) -> np.ndarray:
     """Mean absolute pixel change (0..1) against distance from `cell` in grid cells: [max_dist + 1].
 
-    The feature is added (strength * mean_f * k) at one cell (default: the centre) only.
+    The feature is added (strength * mean_f * W_dec[:, f]) at one cell (default: the centre) only.
     """
     cell = cell or (grid // 2, grid // 2)
     mask = torch.zeros(grid, grid)
     mask[cell] = 1.0
-    mean = float(sae.feature_stats.mean[feature]) if sae.feature_stats is not None else 1.0
-    edit = FeatureAdd(sae=sae, features=feature, strength=strength * mean * sae.cfg.k, mask=mask)
+    edit = painting_edit(sae, feature, strength, mask)
     plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size).astype(np.float32)
     edited = generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size).astype(np.float32)
     change = np.abs(edited - plain).mean(axis=(0, 3)) / 255.0  # [H, W]

@@ -7,14 +7,15 @@ update at a position, and `mean_f` its mean activation when it fires (feature st
 | edit | new update | paper |
 |---|---|---|
 | `SAEReconstruct` | x_hat = SAE(update) (optionally + the SAE's error, a no-op check) | reconstruction in the loop |
-| `FeatureIcon` | `strength * mean_f * k * W_dec[:, f]` everywhere | feature icon from the empty prompt |
+| `FeatureIcon` | `strength * mean_f * k * W_dec[:, f]` everywhere (cond half only under guidance) | feature icon from the empty prompt |
 | `FeatureAdd` | update + `strength * W_dec[:, f]` inside the mask | painting (strength = s * mean_f) |
 | `FeatureModulate` | update + `s * z_f(pos) * W_dec[:, f]` | activation modulation where f fires |
 | `FeatureOff` | update - `z_f(pos) * W_dec[:, f]` | switching a feature off |
 
 Under classifier-free guidance the additive edits follow the paper's rule (add to the
-conditional half, subtract from the unconditional one); `FeatureOff` and the
-replacements act on each half's own activations.
+conditional half, subtract from the unconditional one); the icon replaces the conditional
+half's update only, as the original project does (`cfg_rule="both"`: both halves);
+`FeatureOff` and `SAEReconstruct` act on each half's own activations.
 """
 
 from __future__ import annotations
@@ -79,15 +80,19 @@ class SAEReconstruct(Edit):
 
 @dataclass
 class FeatureIcon(Edit):
-    """Replace the update everywhere by `strength * mean_f * k * W_dec[:, f]` (summed over features)."""
+    """Replace the update everywhere by `strength * mean_f * k * W_dec[:, f]` (summed over features);
+    under guidance only in the conditional half (`cfg_rule="cond"`, the original project's) or in both."""
 
     sae: TopKSAE | None = None
     features: int | Sequence[int] = 0
     strength: float = 1.0
     mean: torch.Tensor | None = None
     """[F] activation means of the features; default: the SAE's feature stats."""
+    cfg_rule: Literal["cond", "both"] = "cond"
 
     def edited(self, update, step, half):
+        if half == "uncond" and self.cfg_rule == "cond":
+            return update
         feats = _features(self.features)
         mean = self.mean if self.mean is not None else self.sae.feature_stats.mean[feats]
         coef = self.strength * self.sae.cfg.k * mean.to(device=update.device, dtype=update.dtype)

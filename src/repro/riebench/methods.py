@@ -59,6 +59,14 @@ class Grid:
         return cls(k_transfer=(8, 32), m_transfer=(1.0, 2.0), m_steer=(0.5, 1.0), k_neurons=(64, 256),
                    m_neurons=(1.0,))
 
+    @classmethod
+    def named(cls, name: str) -> "Grid":
+        """The grid a profile names (`Profile.riebench_grid`): "paper" or "toy"."""
+        grids = {"paper": cls, "toy": cls.toy}
+        if name not in grids:
+            raise ReproError(f"unknown RIEBench grid {name!r}: use {choices_hint(grids)}")
+        return grids[name]()
+
 
 @dataclass
 class Setting:

@@ -34,6 +34,7 @@ from repro.riebench.data import RIEEdit, whole_image_masks
 from repro.riebench.methods import METHODS, Grid, Setting, plans, reference_pass
 from repro.riebench.neurons import edit_neurons
 from repro.riebench.score import edit_region, pixel_outside
+from repro.sae.sets import load_block_saes  # noqa: F401  (re-exported: where RIEBench users find it)
 
 
 @dataclass(frozen=True)
@@ -238,6 +239,26 @@ def success_vs_preservation(df, metrics: Sequence[str] | None = None):
     return out.reset_index()
 
 
+RATES = ("success", "preserved", "success_and_preserved")
+"""Aggregated columns that are shares of edits (0/1 per edit), given Wilson intervals."""
+
+
+def with_intervals(table):
+    """`success_vs_preservation`'s table plus `<rate>_lo` / `<rate>_hi` (95% Wilson over its
+    `n_edits`) for each of RATES present: every headline rate with its interval."""
+    from repro.intervals import wilson
+
+    table = table.copy()
+    for col in RATES:
+        if col not in table:
+            continue
+        bounds = [wilson(round(r * n), int(n)) if n == n and r == r else (float("nan"),) * 2
+                  for r, n in zip(table[col], table["n_edits"])]
+        table[f"{col}_lo"] = [lo for lo, _ in bounds]
+        table[f"{col}_hi"] = [hi for _, hi in bounds]
+    return table
+
+
 def category_block_table(df, value: str = "success", method: str | None = None, k=None, m=None):
     """Category x block table.
 
@@ -265,41 +286,3 @@ def category_block_table(df, value: str = "success", method: str | None = None, 
     if long.empty:
         return pd.DataFrame()
     return long.pivot_table(index="category", columns="block", values="value", aggfunc="mean")
-
-
-def load_block_saes(folders: Sequence[str | os.PathLike], device: str = "cpu") -> dict:
-    """{block: TopKSAE} from SAE folders, or parents holding one folder per block.
-
-    A block is named by its folder (`down.2.1`, `down_blocks.2.attentions.1`, or the
-    original release's `unet.down_blocks.2.attentions.1_k10_...`) or by the `block` the
-    SAE's config records."""
-    from repro.blocks import short_name
-    from repro.sae.io import ORIG_CONFIG, SAE_CONFIG, load_sae
-
-    def block_of(folder: Path, sae) -> str:
-        for name in (folder.name, folder.parent.name if folder.name == "final" else None, sae.metadata.get("block")):
-            if name:
-                try:
-                    return short_name(str(name).split("_k")[0])
-                except ReproError:
-                    pass
-        raise ReproError(f"cannot tell which block the SAE in {folder} belongs to: name its folder after the "
-                         "block (e.g. down.2.1) or save it with block=...")
-
-    def is_sae(folder: Path) -> bool:
-        return any((folder / f).is_file() for f in (SAE_CONFIG, ORIG_CONFIG)) or (folder / "final").is_dir()
-
-    saes: dict = {}
-    for folder in map(Path, folders):
-        if not folder.is_dir():
-            raise ReproError(f"SAE folder {folder} does not exist; give the folder the SAE training wrote")
-        subs = [folder] if is_sae(folder) else sorted(p for p in folder.iterdir() if p.is_dir() and is_sae(p))
-        if not subs:
-            raise ReproError(f"no SAE in {folder} or its subfolders: point --saes at the folder of trained SAEs")
-        for sub in subs:
-            sae = load_sae(sub, device=device)
-            block = block_of(sub, sae)
-            if block in saes:
-                raise ReproError(f"two SAEs for block {block} (the second in {sub}); give one SAE per block")
-            saes[block] = sae
-    return saes

@@ -1,7 +1,7 @@
 """TopK sparse autoencoders of the paper: model, training, statistics and files.
 
 Re-exports only; each submodule has one job (config, model, losses, fast, step, sources,
-train, checkpoint, stats, io, geometric_median).
+train, checkpoint, stats, io, sets, metrics, geometric_median).
 """
 
 from repro.sae.config import SAEConfig, TrainConfig
@@ -10,6 +10,7 @@ from repro.sae.geometric_median import geometric_median
 from repro.sae.io import load_sae, save_sae
 from repro.sae.losses import LossOutput, reference_loss
 from repro.sae.model import TopKSAE
+from repro.sae.sets import build_block_saes, load_block_saes
 from repro.sae.sources import BatchSource, TensorSource, ZipSource
 from repro.sae.stats import FeatureStats, feature_stats
 from repro.sae.step import make_optimizer, train_step
@@ -25,9 +26,11 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "ZipSource",
+    "build_block_saes",
     "fast_loss",
     "feature_stats",
     "geometric_median",
+    "load_block_saes",
     "load_sae",
     "make_optimizer",
     "reference_loss",

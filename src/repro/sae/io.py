@@ -63,8 +63,7 @@ def save_sae(sae: TopKSAE, folder: str | os.PathLike, *, dtype: torch.dtype | No
         # get different bytes (and checksums) in different processes. cfg.json names the architecture.
         save_file(tensors, str(tmp), metadata={"format": "pt"})
     if sae.feature_stats is not None:
-        with atomic_path(folder / FEATURE_STATS) as tmp:
-            save_file(sae.feature_stats.to_tensors(), str(tmp))
+        save_feature_stats(folder, sae.feature_stats)
     meta = {key: value for key, value in sae.metadata.items() if key != "provenance"}
     meta.update(metadata)
     cfg = {
@@ -76,6 +75,22 @@ def save_sae(sae: TopKSAE, folder: str | os.PathLike, *, dtype: torch.dtype | No
     }
     write_json_atomic(folder / SAE_CONFIG, cfg)
     return folder
+
+
+def save_feature_stats(folder: str | os.PathLike, stats: FeatureStats) -> Path:
+    """Write `stats` beside an SAE (atomically); the SAE's weights and cfg.json are not touched."""
+    path = Path(folder) / FEATURE_STATS
+    with atomic_path(path) as tmp:
+        save_file(stats.to_tensors(), str(tmp))
+    return path
+
+
+def load_feature_stats(folder: str | os.PathLike, device: str | torch.device = "cpu") -> FeatureStats | None:
+    """The statistics saved beside an SAE by `save_feature_stats`, or None."""
+    path = Path(folder) / FEATURE_STATS
+    if not path.is_file():
+        return None
+    return FeatureStats.from_tensors(_damaged(path, lambda: load_file(str(path), device=str(device))))
 
 
 def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -> TopKSAE:
@@ -90,14 +105,18 @@ def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -
         missing = [name for name in (SAE_WEIGHTS, SAE_CONFIG) if not has(name)]
         if missing:
             raise ReproError(f"SAE folder {folder} lacks {missing[0]}: it is half of our layout; re-save or re-train it")
-        return _load_ours(folder, dev)
+        sae = _load_ours(folder, dev)
+        sae.folder = folder
+        return sae
     if has(ORIG_CONFIG) or has(ORIG_WEIGHTS):
         missing = [name for name in (ORIG_CONFIG, ORIG_WEIGHTS) if not has(name)]
         if missing:
             raise ReproError(
                 f"SAE folder {folder} lacks {missing[0]} of the original release's layout; download the folder again"
             )
-        return _load_original(folder, dev)
+        sae = _load_original(folder, dev)
+        sae.folder = folder
+        return sae
     raise ReproError(
         f"no SAE in {folder}: it holds neither {SAE_WEIGHTS} + {SAE_CONFIG} (this project) nor "
         f"{ORIG_CONFIG} + {ORIG_WEIGHTS} (original release); point at the SAE's own folder"
@@ -142,9 +161,7 @@ def _load_ours(folder: Path, dev: torch.device) -> TopKSAE:
     sae = _build(cfg, tensors, tensors.get("tokens_since_fired"), folder, dev)
     known = set(cfg.to_dict()) | {"architecture", "dtype"}
     sae.metadata = {key: value for key, value in raw.items() if key not in known}
-    if (folder / FEATURE_STATS).is_file():
-        path = folder / FEATURE_STATS
-        sae.feature_stats = FeatureStats.from_tensors(_damaged(path, lambda: load_file(str(path), device=str(dev))))
+    sae.feature_stats = load_feature_stats(folder, dev)
     return sae
 
 

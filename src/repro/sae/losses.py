@@ -16,7 +16,8 @@
     - With no dead latent the AuxK loss is 0 (OpenAI reports a constant ~1 there).
     - Alive latents are masked by multiplying their pre-activations by 0 (as OpenAI):
       after ReLU they contribute nothing, so at most min(k_aux, n_dead) latents count.
-* A latent fires when it is among the TopK with value > `fire_threshold`. The dead mask
+* A latent fires when it is among the TopK with value > `fire_threshold` (`metrics.fires`,
+  the same rule as the feature statistics and the evaluation). The dead mask
   used by AuxK is computed *after* this batch's firing is counted (OpenAI's order):
   dead = (tokens_since_fired + B > dead_tokens_threshold) & ~fired_now.
 
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from repro.sae.metrics import explained_variance, fires, total_variance
 from repro.sae.model import TopKSAE
 
 
@@ -45,9 +47,9 @@ class LossOutput:
     auxk: torch.Tensor
     """Scalar normalised AuxK loss before its coefficient (detached; 0 without dead latents)."""
     ev: torch.Tensor
-    """Scalar explained variance 1 - Var(x - x_hat) / Var(x) (total variance over the batch)."""
+    """Scalar explained variance 1 - Var(x - x_hat) / Var(x) over the batch (`metrics.explained_variance`)."""
     l0: torch.Tensor
-    """Scalar mean number of nonzero latents per input."""
+    """Scalar mean number of firing latents per input (`metrics.fires`)."""
     x_hat: torch.Tensor
     """[B, d] reconstruction (detached, float32)."""
     vals: torch.Tensor
@@ -71,18 +73,12 @@ def fired_and_dead(
     """(pre-ReLU TopK values [B, k], indices [B, k]) -> (fired [n] bool, dead [n] bool), no host sync."""
     n = sae.cfg.n_features
     hits = torch.zeros(n, dtype=torch.int32, device=idx.device)
-    hits.index_add_(0, idx.reshape(-1), (vals > sae.cfg.fire_threshold).reshape(-1).to(torch.int32))
+    hits.index_add_(0, idx.reshape(-1), fires(sae.cfg, vals).reshape(-1).to(torch.int32))
     fired = hits > 0
     if force_dead is not None:
         return fired, force_dead.to(device=idx.device, dtype=torch.bool)
     since = sae.tokens_since_fired + idx.shape[0]
     return fired, (since > sae.cfg.dead_tokens_threshold) & ~fired
-
-
-def batch_variance(x: torch.Tensor) -> torch.Tensor:
-    """[B, d] -> scalar mean squared deviation from the batch mean (float32)."""
-    x = x.float()
-    return (x - x.mean(0)).pow(2).mean()
 
 
 def finish(
@@ -99,18 +95,18 @@ def finish(
     """Shared tail of both implementations: losses and diagnostics from x [B, d], x_hat [B, d], e_hat [B, d]."""
     x = x.float()
     x_hat = x_hat.float()
-    var_x = batch_variance(x)
+    var_x = total_variance(x)
     nmse = (x_hat - x).pow(2).mean() / var_x
     e = (x - x_hat).detach()  # [B, d] residual the dead latents try to explain
     if e_hat is None:
         auxk = torch.zeros((), device=x.device)
     else:
-        auxk = ((e_hat.float() - e).pow(2).mean() / batch_variance(e)).nan_to_num(0.0)
+        auxk = ((e_hat.float() - e).pow(2).mean() / total_variance(e)).nan_to_num(0.0)
         auxk = auxk * (n_dead > 0)  # no dead latent -> no AuxK loss (and no host sync to decide)
     loss = nmse + sae.cfg.auxk_coef * auxk
     with torch.no_grad():
-        ev = 1 - batch_variance(e) / var_x
-        l0 = (vals > 0).sum(-1).float().mean()
+        ev = explained_variance(x, x_hat)
+        l0 = fires(sae.cfg, vals).sum(-1).float().mean()
     return LossOutput(
         loss=loss,
         nmse=nmse.detach(),

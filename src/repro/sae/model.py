@@ -51,6 +51,8 @@ class TopKSAE(nn.Module):
         # Filled in by io.load_sae / stats.feature_stats; not part of the state dict.
         self.feature_stats: Any = None
         self.metadata: dict[str, Any] = {}
+        self.folder: Any = None
+        """The folder it was loaded from (`io.load_sae`), where its per-feature artifacts go."""
         if device is not None:
             self.to(device)
 

@@ -13,6 +13,7 @@ from typing import Iterable
 import torch
 
 from repro.errors import ReproError, choices_hint
+from repro.sae.metrics import fires
 from repro.sae.model import TopKSAE
 
 
@@ -25,7 +26,7 @@ class FeatureStats:
     """
 
     mean: torch.Tensor
-    """[n] mean activation over the tokens where the feature fires (z_f > 0)."""
+    """[n] mean activation over the tokens where the feature fires (`repro.sae.metrics.fires`)."""
     std: torch.Tensor
     """[n] standard deviation of the activation over those tokens (population std)."""
     frequency: torch.Tensor | None = None
@@ -86,9 +87,10 @@ def feature_stats(
     for batch in itertools.islice(source, n_batches):  # islice pulls no batch beyond n_batches
         x = batch[_pick_block(batch, block, sae)].to(dev)
         vals, idx = sae.encode_topk(x.reshape(-1, x.shape[-1]))  # [B, k]
-        vals = vals.double().reshape(-1)
+        on = fires(sae.cfg, vals).reshape(-1)  # the training loss's rule (a ReLU'd zero never fires)
+        vals = vals.double().reshape(-1) * on
         idx = idx.reshape(-1)
-        count.index_add_(0, idx, (vals > 0).to(torch.int64))  # a ReLU'd zero is not a firing
+        count.index_add_(0, idx, on.to(torch.int64))
         total.index_add_(0, idx, vals)
         total_sq.index_add_(0, idx, vals * vals)
         n_tokens += x.reshape(-1, x.shape[-1]).shape[0]

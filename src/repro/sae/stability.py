@@ -1,0 +1,89 @@
+"""Seed stability: do two SAEs of one block, trained from different seeds, learn the same features?
+
+A feature f of SAE `a` is *matched* in SAE `b` when some decoder column of `b` has cosine
+similarity >= `threshold` (default 0.9) with a's column f: max_g cos(W_dec_a[:, f], W_dec_b[:, g]).
+The share of matched features is reported both ways (a in b, b in a) and over live
+features only when firing counts are given (a dead feature's column is left near its
+random start). Two *random* dictionaries of the same shape are the control: at 0.9 their
+share is ~0 in any width worth the name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+
+from repro.sae.model import TopKSAE
+
+
+@torch.no_grad()
+def best_cosines(a: TopKSAE, b: TopKSAE, chunk: int = 4096) -> torch.Tensor:
+    """[n_a] max over b's decoder columns of the cosine with each of a's columns."""
+    wa = torch.nn.functional.normalize(a.W_dec.detach().float().cpu(), dim=0)  # [d, n_a]
+    wb = torch.nn.functional.normalize(b.W_dec.detach().float().cpu(), dim=0)  # [d, n_b]
+    return torch.cat([(wa[:, s:s + chunk].T @ wb).amax(1) for s in range(0, wa.shape[1], chunk)])
+
+
+@torch.no_grad()
+def fired_on(sae: TopKSAE, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
+    """[n] bool: features that fire (`repro.sae.metrics.fires`) on at least one vector of x [..., d]."""
+    from repro.sae.metrics import fires
+
+    flat = x.reshape(-1, x.shape[-1])
+    out = torch.zeros(sae.cfg.n_features, dtype=torch.bool)
+    for s in range(0, flat.shape[0], chunk):
+        vals, idx = sae.encode_topk(flat[s:s + chunk].to(device=sae.device, dtype=sae.dtype))
+        out[idx[fires(sae.cfg, vals)].unique().cpu()] = True
+    return out
+
+
+@torch.no_grad()
+def init_cosine(sae: TopKSAE) -> float | None:
+    """Median cosine of each decoder column with its value at initialisation (from the
+    `init_seed` that `build_block_saes` records), or None without it. Near 1: training has
+    hardly moved the directions, so what they are is mostly their random start."""
+    seed = sae.metadata.get("init_seed")
+    if seed is None:
+        return None
+    start = TopKSAE(sae.cfg, seed=int(seed)).W_dec
+    now = sae.W_dec.detach().float().cpu()
+    return float(torch.nn.functional.cosine_similarity(now, start, dim=0).median())
+
+
+@dataclass
+class Stability:
+    """Matched features between two SAEs of one block (shares in [0, 1], with their counts)."""
+
+    threshold: float
+    matched_a: int
+    """Features of a with a match in b."""
+    n_a: int
+    matched_b: int
+    n_b: int
+    median_best_cosine: float
+    """Median over a's (live) features of their best cosine in b."""
+
+    @property
+    def share(self) -> float:
+        """Mean of the two directions' matched shares."""
+        return (self.matched_a / max(self.n_a, 1) + self.matched_b / max(self.n_b, 1)) / 2
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "share": self.share}
+
+
+def match_features(a: TopKSAE, b: TopKSAE, threshold: float = 0.9, live_a: torch.Tensor | None = None,
+                   live_b: torch.Tensor | None = None) -> Stability:
+    """Matched features of a in b and of b in a; `live_a` / `live_b` [n] bool restrict to live features."""
+    ab, ba = best_cosines(a, b), best_cosines(b, a)
+    if live_a is not None:
+        ab = ab[live_a.cpu().bool()]
+    if live_b is not None:
+        ba = ba[live_b.cpu().bool()]
+    return Stability(threshold=threshold, matched_a=int((ab >= threshold).sum()), n_a=len(ab),
+                     matched_b=int((ba >= threshold).sum()), n_b=len(ba),
+                     median_best_cosine=float(ab.median()) if len(ab) else float("nan"))
+
+
+__all__ = ["Stability", "best_cosines", "fired_on", "init_cosine", "match_features"]

@@ -35,7 +35,7 @@ def lr_at(step: int, steps: int, lr: float, warmup: float = 0.05) -> float:
 def autocast(device: torch.device, enabled: bool = True):
     """bf16 autocast on CUDA (cache off, as CUDA graph capture needs); a no-op elsewhere (fp32)."""
     if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
     return contextlib.nullcontext()
 
 

@@ -1,59 +1,73 @@
 #!/usr/bin/env bash
-# The ShapesWorld models on one GPU, trained as a series of calls of at most ~10 minutes each.
-# Every call runs the same command; the run's state lives in $TOY (default /tmp/toy):
+# The ShapesWorld models trained on all GPUs of the device machine, across several calls.
 #
-#   bash benchmarks/toy_device_train.sh OUTDIR
+#   bash benchmarks/toy_device_train.sh start OUTDIR   # launch the training in the background, then watch
+#   bash benchmarks/toy_device_train.sh watch OUTDIR   # watch it (the next calls, back to back)
+#   bash benchmarks/toy_device_train.sh pause|resume   # SIGSTOP/SIGCONT it (e.g. while another benchmark runs)
 #
-# First call: the speed benchmark (today's loop, eager and CUDA-graph steps; OUTDIR/toy_train_speed.json),
-# then stage lengths from the measured graph rates and the seconds given to each stage
-# (VAE_S, BASE_S, TURBO_S), then training. Later calls resume from the checkpoint (repro toy train
-# resumes by itself; keep the calls back to back: the machine goes back after 30 s idle, and with it
-# the checkpoint). Every call leaves the pipelines as they stand in OUTDIR/pipelines.tar.* (untar into
-# models/); the call that finishes prints the oracle's prompt following (500 held-out captions) of
-# both models and of the VAE.
-# Needs diffusers importable (carried wheels, see benchmarks/README.md).
+# The training runs as its own process session (setsid), so it outlives the call that started
+# it, as long as the machine stays warm: every call must follow the last within ~30 s. It runs
+# `torchrun --nproc-per-node <GPUs> -m repro.cli toy train $TRAIN_ARGS` from a copy of src/
+# (later calls may replace the working tree), data-parallel over the GPUs. A call watches for
+# up to BUDGET seconds (default 540) and prints the metric records as they come; once the
+# training has finished it scores both models and the VAE (benchmarks/toy_eval.py, 500
+# held-out captions) and leaves in OUTDIR: pipelines.tar.* (untar into models/), metrics.jsonl,
+# evals.json, train.log, gpu.log (nvidia-smi dmon). Needs diffusers: carry .whl (benchmarks/README.md).
 set -u
-out=${1:?usage: toy_device_train.sh OUTDIR}
+cmd=${1:?usage: toy_device_train.sh start|watch|pause|resume OUTDIR}
+out=${2:-/tmp/toy-out}
 toy=${TOY:-/tmp/toy}
-budget=${BUDGET:-560}            # seconds this call may spend before it must have saved the checkpoint
+budget=${BUDGET:-540}
 t0=$(date +%s)
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 mkdir -p "$toy" "$out"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-
-if [ ! -f "$toy/args" ]; then
-    python3 benchmarks/toy_train_speed.py --legacy-src .cache/legacy/src --out "$out/toy_train_speed.json" || exit 1
-    python3 - "$out/toy_train_speed.json" > "$toy/args" <<EOF || exit 1
-import json, sys
-rates = json.load(open(sys.argv[1]))["rates"]
-seconds = {"vae": ${VAE_S:-200}, "base": ${BASE_S:-640}, "turbo": ${TURBO_S:-270}}
-steps = {s: int(rates[f"{s}/graph"]["steps_per_s"] * seconds[s] / 100) * 100 for s in seconds}
-print("--steps " + ",".join(f"{s}={n}" for s, n in steps.items()) + " ${EXTRA_ARGS:-}")
-EOF
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+if [ -d .whl ] && [ ! -d /tmp/site/diffusers ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 fi
-echo "training with: $(cat "$toy/args")"
-left=$(( budget - ($(date +%s) - t0) ))
-python3 -m repro.cli toy train --out "$toy/models" --work "$toy/work" $(cat "$toy/args") \
-    --chunk-seconds "$left" --no-progress > "$toy/last.json" || { cat "$toy/last.json"; exit 1; }
-python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(json.dumps({k: r[k] for k in ('finished','stage','step','stages','data_seconds','total_seconds') if k in r}, indent=1))" "$toy/last.json"
+export PYTHONPATH=/tmp/site:$toy/src
 
-# What crosses to the next machine if this one goes back: the pipelines as they stand (fp16,
-# <= 2 x 20 MB; the exact state, 110-122 MB, is over the 64 MiB a call returns). A cold restart
-# continues from them with a fresh optimiser: --stage base,turbo --init-base shapes-base.
-rm -rf "$toy/export" && python3 -m repro.cli toy export "$toy/work/checkpoint" --out "$toy/export" --unfinished \
-    > /dev/null && (cd "$toy/export" && tar cf - shapes-*) | split -b 15M - "$out/pipelines.tar."
-if [ -f "$toy/models/shapes-turbo/training.json" ]; then
-    for a in "--model $toy/models/shapes-turbo --steps 1" "--model $toy/models/shapes-turbo --steps 4" \
-             "--model $toy/models/shapes-base --steps 25 --guidance 5"; do
-        python3 -m repro.cli toy eval $a --n 500 | python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps(r))"
-    done
-    python3 - "$toy/models/shapes-base" <<'EOF'
-import json, sys
-from repro.models.loading import load_pipeline
-from repro.shapes.oracle import load_oracle
-from repro.toymodels import vae_ceiling
-pipe = load_pipeline(sys.argv[1], device="auto")
-print(json.dumps({"vae_ceiling": vae_ceiling(pipe.vae, load_oracle(device=pipe.device), n=500)}))
-EOF
+case $cmd in
+pause)  pkill -STOP -f 'repro.cli toy train' && echo paused; exit ;;
+resume) pkill -CONT -f 'repro.cli toy train' && echo resumed; exit ;;
+start)
+    [ -f "$toy/run.sh" ] && { echo "already started (remove $toy to start over)"; exit 1; }
+    rm -rf "$toy/src" && cp -r src "$toy/src" && cp -r models "$toy/repo-models"
+    gpus=$(nvidia-smi -L | wc -l)
+    nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm --format=csv,noheader
+    echo "training on $gpus GPU(s): repro toy train ${TRAIN_ARGS:-}"
+    # REPRO_MODELS_DIR: the oracle comes from the copy; the tree may be replaced by a later call
+    cat > "$toy/run.sh" <<INNER
+nvidia-smi dmon -s pucm -d 10 > $toy/gpu.log 2>&1 &
+dmon=\$!
+REPRO_MODELS_DIR=$toy/repo-models python3 -m torch.distributed.run --nproc-per-node $gpus --master-port 29533 \\
+    -m repro.cli toy train --out $toy/models --work $toy/work --no-progress ${TRAIN_ARGS:-} \\
+    > $toy/result.json 2> $toy/train.log
+echo \$? > $toy/rc
+kill \$dmon
+INNER
+    cat "$toy/run.sh"
+    setsid bash "$toy/run.sh" < /dev/null > /dev/null 2>&1 &
+    ;;
+watch) ;;
+*) echo "unknown command $cmd"; exit 2 ;;
+esac
+
+seen=0
+while [ ! -f "$toy/rc" ] && [ $(( $(date +%s) - t0 )) -lt "$budget" ]; do
+    sleep 10
+    if [ -f "$toy/work/metrics.jsonl" ]; then
+        n=$(wc -l < "$toy/work/metrics.jsonl")
+        if [ "$n" -gt "$seen" ]; then tail -n 1 "$toy/work/metrics.jsonl"; seen=$n; fi
+    fi
+done
+if [ ! -f "$toy/rc" ]; then
+    echo "still training after $(( $(date +%s) - t0 )) s; last log lines:"; tail -n 3 "$toy/train.log"; exit 0
 fi
+echo "training ended with rc $(cat "$toy/rc")"; tail -n 20 "$toy/train.log"; cat "$toy/result.json"
+cp "$toy/work/metrics.jsonl" "$toy/gpu.log" "$out/" 2>/dev/null; tail -c 4000000 "$toy/train.log" > "$out/train.log"
+if [ -d "$toy/models/shapes-turbo" ] && [ ! -f "$toy/evals.json" ]; then
+    REPRO_MODELS_DIR="$toy/repo-models" python3 benchmarks/toy_eval.py "$toy/models" --n "${EVAL_N:-500}" --out "$toy/evals.json"
+fi
+cp "$toy/evals.json" "$out/" 2>/dev/null
+(cd "$toy/models" && tar cf - shapes-*) | split -b 15M - "$out/pipelines.tar."
 echo "call took $(( $(date +%s) - t0 )) s"

@@ -117,7 +117,15 @@ def run_train(args: argparse.Namespace) -> int:
     if args.fresh:
         work = Path(cfg.work) if cfg.work else cache_dir() / "toymodels"
         shutil.rmtree(Path(cfg.checkpoint) if cfg.checkpoint else work / "checkpoint", ignore_errors=True)
-    result = train_toy_models(cfg, progress=not args.no_progress)
+    from repro.dist import env
+
+    try:
+        result = train_toy_models(cfg, progress=not args.no_progress)
+    finally:
+        lead = env.rank() == 0
+        env.shutdown()
+    if not lead:  # under torchrun, rank 0 reports
+        return 0
     print(json.dumps(result, indent=2, sort_keys=True))
     if not result["finished"]:
         print(f"stopped at {result['stage']} step {result['step']}; checkpoint {result['checkpoint']}: "

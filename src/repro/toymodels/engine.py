@@ -8,6 +8,11 @@ function, `loss_fn(batch) -> scalar`, which must be pure: every random draw happ
 stage's `make_batch(gen)` outside the step, so that resuming from a saved generator state
 continues exactly, and the step holds no host synchronisation (`no_host_sync` checks that
 on the CPU; a sync inside a CUDA graph capture is an error).
+
+Data-parallel (several GPUs under torchrun): `grad_sync` averages the gradients over the
+ranks between backward and the update (`average_gradients`). In graph mode the step is then
+two graphs - forward+backward, then clip+AdamW - with the all-reduce run eagerly between
+them, so every rank applies the same update to the same weights.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import contextlib
 from typing import Callable, Literal
 
 import torch
+import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
 Accel = Literal["auto", "eager", "graph", "compile"]
@@ -46,34 +52,66 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
+def average_gradients(params: list[torch.nn.Parameter], group=None) -> None:
+    """Replace every gradient by its mean over the ranks: one all-reduce of all of them, flattened."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch._utils._flatten_dense_tensors(grads)
+    dist.all_reduce(flat, group=group)
+    flat.div_(dist.get_world_size(group))
+    torch._foreach_copy_(grads, list(torch._utils._unflatten_dense_tensors(flat, grads)))
+
+
 class TrainStep:
     """`step(batch, lr) -> loss` (a device scalar): zero grads, loss, backward, clip, AdamW.
 
     batch: dict of tensors with the same shapes every step (the graph's static inputs).
     mode "graph": the first `WARMUP_STEPS` calls run eagerly on a side stream, the next
     captures the graph and every later call copies the batch in and replays it. Each call
-    is one real optimiser step in every mode.
+    is one real optimiser step in every mode. grad_sync(params): called between backward
+    and clipping (data-parallel: `average_gradients`); the loss returned stays this rank's.
     """
 
     def __init__(self, loss_fn: Callable[[dict], torch.Tensor], params: list[torch.nn.Parameter],
-                 opt: torch.optim.Optimizer, grad_clip: float = 1.0, mode: str = "eager"):
+                 opt: torch.optim.Optimizer, grad_clip: float = 1.0, mode: str = "eager",
+                 grad_sync: Callable[[list[torch.nn.Parameter]], None] | None = None):
         if mode not in ("eager", "graph", "compile"):
             raise ValueError(f"unknown step mode {mode!r}")
         self.loss_fn = torch.compile(loss_fn) if mode == "compile" else loss_fn
         self.params, self.opt, self.grad_clip, self.mode = params, opt, grad_clip, mode
+        self.grad_sync = grad_sync
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.update_graph: torch.cuda.CUDAGraph | None = None  # clip + AdamW, when grad_sync splits the step
         self.static: dict[str, torch.Tensor] = {}
         self.static_loss: torch.Tensor | None = None
+
+    def _update(self) -> None:
+        if self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
+        self.opt.step()
 
     def _eager(self, batch: dict) -> torch.Tensor:
         self.opt.zero_grad(set_to_none=True)
         loss = self.loss_fn(batch)
         loss.backward()
-        if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
-        self.opt.step()
+        if self.grad_sync is not None:
+            self.grad_sync(self.params)
+        self._update()
         return loss.detach()
+
+    def _capture(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.static_loss = self.loss_fn(self.static)
+            self.static_loss.backward()
+            if self.grad_sync is None:
+                self._update()
+        if self.grad_sync is not None:
+            # the gradients are the first graph's outputs; the update graph reads them from the same pool
+            self.update_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self.update_graph, pool=self.graph.pool()):
+                self._update()
 
     def __call__(self, batch: dict, lr: float) -> torch.Tensor:
         set_lr(self.opt, lr)
@@ -89,17 +127,13 @@ class TrainStep:
             return loss
         if self.graph is None:
             self.static = {k: v.clone() for k, v in batch.items()}
-            self.opt.zero_grad(set_to_none=True)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.static_loss = self.loss_fn(self.static)
-                self.static_loss.backward()
-                if self.grad_clip:
-                    torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
-                self.opt.step()
+            self._capture()
         for k, v in batch.items():
             self.static[k].copy_(v, non_blocking=True)
         self.graph.replay()
+        if self.update_graph is not None:
+            self.grad_sync(self.params)
+            self.update_graph.replay()
         return self.static_loss.detach().clone()  # the graph overwrites static_loss on the next replay
 
 

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from repro.toymodels.engine import TrainStep
+from repro.toymodels.ranks import Ranks
 
 
 def lr_at(step: int, steps: int, lr: float, warmup: float = 0.05) -> float:
@@ -65,34 +66,45 @@ class Budget:
     def __post_init__(self) -> None:
         self.t0 = time.time()
         self.used_steps = 0
+        self.stopped = False  # set when the ranks agreed that the clock ran out
 
-    def spent(self) -> bool:
-        return ((self.steps is not None and self.used_steps >= self.steps)
-                or (self.seconds is not None and time.time() - self.t0 >= self.seconds))
+    def clock_spent(self) -> bool:
+        return self.seconds is not None and time.time() - self.t0 >= self.seconds
+
+    def spent(self, clock: bool = True) -> bool:
+        """Steps or (if `clock`) seconds used up. Several ranks read the clock only where they agree (`run_stage`)."""
+        return (self.stopped or (self.steps is not None and self.used_steps >= self.steps)
+                or (clock and self.clock_spent()))
 
 
 def run_stage(stage: str, steps: int, start: int, make_batch: Callable[[torch.Generator], dict],
               step: TrainStep, gen: torch.Generator, lr: float, log: MetricLog, budget: Budget,
-              log_every: int = 50, progress: bool = True) -> dict:
+              log_every: int = 50, progress: bool = True, ranks: Ranks | None = None) -> dict:
     """Optimiser steps `start`..`steps` (or until `budget` is spent); returns the run's summary.
 
     Losses stay on the device and are read back every `log_every` steps (one sync then);
-    each record holds the mean loss of those steps and the rate of this run so far.
+    each record holds the mean loss of those steps (over all ranks) and the rate of this run
+    so far. Several ranks check the chunk's clock only at those points, and stop together.
     """
     from tqdm.auto import tqdm
 
+    ranks = ranks or Ranks()
     t0 = time.time()
     pending: list[torch.Tensor] = []
-    bar = tqdm(total=steps, initial=start, desc=stage, disable=not progress, mininterval=2.0, unit="step")
+    bar = tqdm(total=steps, initial=start, desc=stage, disable=not progress or not ranks.lead, mininterval=2.0,
+               unit="step")
     first = last = float("nan")
     i = start
-    while i < steps and not budget.spent():
+    while i < steps and not budget.spent(clock=not ranks.parallel):
         rate = lr_at(i, steps, lr)
         pending.append(step(make_batch(gen), rate))
         i += 1
         budget.used_steps += 1
-        if i % log_every == 0 or i == steps or budget.spent():
-            mean = torch.stack(pending).float().mean().item()
+        at_log = i % log_every == 0 or i == steps
+        if ranks.parallel and at_log and ranks.any(budget.clock_spent(), pending[-1].device):
+            budget.stopped = True
+        if at_log or budget.spent(clock=not ranks.parallel):
+            mean = ranks.mean(torch.stack(pending).float().mean()).item()
             pending.clear()
             if not math.isfinite(mean):
                 raise FloatingPointError(f"{stage}: loss became {mean} at step {i}; lower the learning rate")

@@ -10,11 +10,17 @@ into a temporary folder beside their target and renamed into place: `<out>/shape
 trailing spacing) when the turbo stage ends. Beside the weights: `training.json` (config,
 provenance, per-stage summaries, lineage, parameter counts) and `metrics.jsonl` (the loss
 curve). `export_pipelines` writes the same folders from a checkpoint on another machine.
+
+Several GPUs: `torchrun --nproc-per-node N -m repro.cli toy train ...` trains data-parallel
+(`repro.toymodels.ranks`): each rank draws 1/N of every batch, gradients are averaged, rank 0
+writes the checkpoint (with every rank's generator state) and the pipelines. A checkpoint
+resumes only with the number of ranks that wrote it.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,6 +40,7 @@ from repro.toymodels.diffusion import (Denoiser, alphas_cumprod, base_batch, bas
                                        turbo_batch, turbo_loss)
 from repro.toymodels.engine import TrainStep, make_adamw, resolve_accel
 from repro.toymodels.loop import Budget, MetricLog, run_stage
+from repro.toymodels.ranks import Ranks
 from repro.toymodels.vae import encode_images, latent_scale, vae_batch, vae_loss
 
 NAMES = {"base": "shapes-base", "turbo": "shapes-turbo"}
@@ -116,10 +123,11 @@ def _records(folder: Path) -> list[dict]:
 class Run:
     """The modules of one training (base skeleton, turbo UNet) and its state across chunks."""
 
-    def __init__(self, cfg: ToyTrainConfig, device: torch.device):
+    def __init__(self, cfg: ToyTrainConfig, device: torch.device, ranks: Ranks | None = None):
         from repro.models.build import build_pipeline
 
         self.cfg, self.device = cfg, device
+        self.ranks = ranks or Ranks()
         spec = cfg.sizes.pipeline_spec()
         self.base = build_pipeline(spec, seed=cfg.seed, kind="base")
         self.turbo = build_pipeline(spec, seed=cfg.seed, kind="turbo")
@@ -132,6 +140,7 @@ class Run:
                                     text_encoder_2=self.base.text_encoder_2)
         self.state: dict = {"digest": None, "stages": list(cfg.stages), "stage_index": 0, "step": 0,
                             "done": [], "summaries": {}, "records": [], "scaling_factor": None,
+                            "world_size": self.ranks.world,
                             "config": cfg.to_dict(), "created": provenance(command="repro toy train")}
 
     # -- the modules a stage trains, and what the checkpoint holds -----------------------------
@@ -156,7 +165,8 @@ class Run:
             for prefix, module in self.stage_modules(stage).items():
                 out.update(ckpt.module_tensors(prefix, module))
             out.update(ckpt.optimizer_tensors(opt))
-        out["rng.gen"] = gen.get_state()
+        for r, state in enumerate(self.ranks.generator_states(gen)):
+            out["rng.gen" if r == 0 else f"rng.gen.{r}"] = state
         return out
 
     def restore(self, tensors: dict[str, torch.Tensor], state: dict) -> None:
@@ -184,8 +194,12 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
     """Run (or resume) `cfg.stages`; returns {"finished", "stages": summaries, "folders", ...}."""
     from repro.models.loading import quiet_libraries
 
+    from repro.dist import env
+
     quiet_libraries()
-    device = pick_device(cfg.device)
+    env.init_from_env()
+    ranks = Ranks()
+    device = env.local_device() if ranks.parallel else pick_device(cfg.device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -201,7 +215,7 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
     budget = Budget(cfg.chunk_seconds, cfg.chunk_steps)
 
     t0 = time.time()
-    run = Run(cfg, device)
+    run = Run(cfg, device, ranks)
     if ckpt.checkpoint_files(ckpt_dir):
         tensors, state = ckpt.load_checkpoint(ckpt_dir)
         started = _started(state)
@@ -209,21 +223,28 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
                 or state.get("stages") != list(cfg.stages)):
             raise ReproError(f"the checkpoint in {ckpt_dir} was written with other settings or stages: rerun with "
                              "the same ones to resume, or delete it (or pass --fresh) to start over")
+        if state.get("world_size", 1) != ranks.world:
+            raise ReproError(f"the checkpoint in {ckpt_dir} was written by {state.get('world_size', 1)} rank(s), this "
+                             f"run has {ranks.world}: resume with the same number of GPUs, or pass --fresh")
         run.restore(tensors, state)
         run.state["config"] = cfg.to_dict()  # the settings this run continues with
-        gen_state = tensors["rng.gen"]
+        gen_state = tensors["rng.gen" if ranks.lead else f"rng.gen.{ranks.rank}"]
     else:
         tensors, gen_state = {}, None
-    data = ToyData.build(cfg.data, run.base.tokenizer, device, cache=work / "data")
+    if ranks.lead:  # renders (or reads) the data first; the other ranks read what it cached
+        data = ToyData.build(cfg.data, run.base.tokenizer, device, cache=work / "data")
+    ranks.barrier()
+    if not ranks.lead:
+        data = ToyData.build(cfg.data, run.base.tokenizer, device, cache=work / "data")
     data_seconds = round(time.time() - t0, 1)
-    gen = torch.Generator(device).manual_seed(cfg.seed)
+    gen = torch.Generator(device).manual_seed(ranks.seed(cfg.seed))
     if gen_state is not None:
         gen.set_state(gen_state)
-    log = MetricLog(work / METRICS_FILE, run.state["records"])
+    log = MetricLog(work / METRICS_FILE if ranks.lead else None, run.state["records"])
     run.state["trained_on"] = {"device": str(device),
                                "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     folders: dict[str, str] = {}
-    common = dict(log_every=cfg.log_every, progress=progress)
+    common = dict(log_every=cfg.log_every, progress=progress, ranks=ranks)
 
     _load_earlier_stages(run, out, work)
     latents = None
@@ -238,10 +259,11 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
         if stage != "vae" and latents is None:
             latents = encode_images(run.base.vae, data.images, use_autocast=cfg.autocast)
         params, make_batch, loss_fn = _setup_stage(run, stage, data, latents, device)
+        ranks.broadcast(params)
         opt = make_adamw(params, stage_cfg.lr, device, 0.0 if stage == "vae" else 0.01, graph=mode == "graph")
         if start > 0:
             ckpt.load_optimizer(opt, tensors)
-        step = TrainStep(loss_fn, params, opt, grad_clip=1.0, mode=mode)
+        step = TrainStep(loss_fn, params, opt, grad_clip=1.0, mode=mode, grad_sync=ranks.grad_sync())
         result = run_stage(stage, stage_cfg.steps, start, make_batch, step, gen, stage_cfg.lr, log, budget, **common)
         run.state["records"] = log.records
         run.summary(stage, result)
@@ -249,7 +271,7 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
         for p in params:
             p.requires_grad_(False)
         if not result["finished"]:
-            ckpt.save_checkpoint(ckpt_dir, run.tensors(stage, opt, gen), run.state)
+            _save(run, ckpt_dir, run.tensors(stage, opt, gen))
             return {"finished": False, "stage": stage, "step": result["steps"], "checkpoint": str(ckpt_dir),
                     "stages": run.state["summaries"], "data_seconds": data_seconds,
                     "total_seconds": round(time.time() - t0, 1)}
@@ -257,14 +279,23 @@ def train_toy_models(cfg: ToyTrainConfig = ToyTrainConfig(), progress: bool = Tr
         run.state["done"].append(stage)
         run.state["stage_index"] += 1
         run.state["step"] = 0
-        ckpt.save_checkpoint(ckpt_dir, run.tensors(None, None, gen), run.state)
+        _save(run, ckpt_dir, run.tensors(None, None, gen))
         if stage == "vae":
-            run.base.vae.save_pretrained(work / "vae", safe_serialization=True)
+            if ranks.lead:
+                run.base.vae.save_pretrained(work / "vae", safe_serialization=True)
             latents = None
-        else:
+        elif ranks.lead:
             folders[stage] = str(export_stage(run, stage, out))
+        ranks.barrier()
     return {"finished": True, "stages": run.state["summaries"], "folders": folders, "checkpoint": str(ckpt_dir),
             "data_seconds": data_seconds, "total_seconds": round(time.time() - t0, 1)}
+
+
+def _save(run: Run, folder: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Rank 0 writes the checkpoint (`tensors` holds every rank's generator state); the others wait."""
+    if run.ranks.lead:
+        ckpt.save_checkpoint(folder, tensors, run.state)
+    run.ranks.barrier()
 
 
 def _load_earlier_stages(run: Run, out: Path, work: Path) -> None:
@@ -306,27 +337,31 @@ def _init_denoiser(run: Run, folder: Path) -> None:
 
 def _setup_stage(run: Run, stage: str, data: ToyData, latents, device):
     """(trainable parameters, make_batch(gen), loss_fn(batch)) of `stage`."""
-    cfg = run.cfg
+    cfg, ranks = run.cfg, run.ranks
     if stage == "vae":
         run.base.vae.train().requires_grad_(True)
         params = list(run.base.vae.parameters())
-        return (params, lambda gen: vae_batch(data, cfg.vae, gen),
-                vae_loss(run.base.vae, data, cfg.vae, cfg.autocast))
+        vc = ranks.per_rank(cfg.vae, "vae")
+        return (params, lambda gen: vae_batch(data, vc, gen),
+                vae_loss(run.base.vae, data, vc, cfg.autocast))
     run.base.vae.eval().requires_grad_(False)
     if stage == "base":
         if cfg.base.init_from and run.state["step"] == 0:
             _init_denoiser(run, Path(cfg.base.init_from))
         model = Denoiser(run.base.unet, run.base.text_encoder, run.base.text_encoder_2, cfg.sizes.resolution).train()
-        return (model.trainable(), lambda gen: base_batch(data, latents, cfg.base, gen),
-                base_loss(model, latents, cfg.base, cfg.autocast))
+        bc = ranks.per_rank(cfg.base, "base")
+        return (model.trainable(), lambda gen: base_batch(data, latents, bc, gen),
+                base_loss(model, latents, bc, cfg.autocast))
     # turbo: the student starts as the (fp16-rounded) base UNet unless resumed mid-stage
     if run.state["step"] == 0:
         run.turbo.unet.load_state_dict(run.base.unet.state_dict())
     teacher = Denoiser(run.base.unet, run.base.text_encoder, run.base.text_encoder_2, cfg.sizes.resolution).train(False)
     student = Denoiser(run.turbo.unet, run.base.text_encoder, run.base.text_encoder_2,
                        cfg.sizes.resolution).train(True, text_encoders=False)
-    aux = torch.Generator(device).manual_seed(cfg.seed + 1)  # same pairs whenever the stage (re)starts
-    tc = cfg.turbo
+    # same pairs whenever the stage (re)starts; each rank samples its own share of them
+    aux = torch.Generator(device).manual_seed(ranks.seed(cfg.seed + 1))
+    tc = ranks.per_rank(cfg.turbo, "turbo")
+    tc = dataclasses.replace(tc, teacher_samples=-(-tc.teacher_samples // ranks.world))
     pairs = teacher_pairs(teacher, data, tuple(latents.shape[1:]), tc, aux, cfg.autocast) \
         if tc.teacher_fraction > 0 and tc.one_step_fraction > 0 else None
     grain = grain_pairs(run.base.vae, data, aux, cfg.autocast) if tc.couple_grain and tc.one_step_fraction > 0 else None

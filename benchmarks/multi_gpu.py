@@ -196,7 +196,7 @@ def run_train(args) -> None:
     from repro.dist import env
     from repro.dist.train import store_batches, train_distributed
     from repro.sae import TrainConfig, build_block_saes, train_saes
-    from repro.store import ActivationStore
+    from repro.store import ActivationStore, store_source
 
     env.init_from_env()
     rank, world = env.rank(), env.world_size()
@@ -209,7 +209,7 @@ def run_train(args) -> None:
         if rank == 0:
             shutil.rmtree(args.work / "synthetic", ignore_errors=True)
             synthetic_store(args.work / "synthetic", ["down.2.1", "mid.0", "up.0.0", "up.0.1"], args.synthetic_images,
-                            64, args.synthetic_channels, 16)
+                            max(1, min(64, args.synthetic_images // 8)), args.synthetic_channels, 16)
         env.barrier()
         stores = [args.work / "synthetic"]
     store = ActivationStore(stores[0])
@@ -231,8 +231,9 @@ def run_train(args) -> None:
     if rank == 0:  # one GPU: what `repro train` does in one process
         try:
             shutil.rmtree(out / "1gpu", ignore_errors=True)
-            source, _ = store_batches(store, args.batch_size, parallel=args.mode, device=device)
-            train_saes(saes(), source(blocks), cfg(str(device)), out_dir=out / "1gpu")
+            # all of the store, as one process reads it (store_batches would give rank 0's part)
+            source = store_source(store, args.batch_size, blocks=blocks, device=device)
+            train_saes(saes(), source, cfg(str(device)), out_dir=out / "1gpu")
             rates = steady_rates(out / "1gpu" / "metrics.jsonl", args.skip_logs)
             result["one_gpu"] = {"tokens_per_s_per_block": rates, "mean": sum(rates.values()) / len(rates)}
         except Exception as exc:  # noqa: BLE001 - recorded, and the N-GPU part still runs

@@ -1,7 +1,8 @@
 """`repro train`: TopK SAEs on an activation store, one per block (resumes automatically).
 
 One process, or several under torchrun (`--parallel block`: blocks split over ranks;
-`--parallel data`: every rank trains every SAE on its slice of each batch).
+`--parallel data`: every rank trains every SAE on its part of each batch, reading only
+its part of the store's shards).
 """
 
 from __future__ import annotations
@@ -43,10 +44,10 @@ def register(sub) -> None:
 def run_train(args: argparse.Namespace) -> int:
     from repro.blocks import expand_aliases
     from repro.dist import env
-    from repro.dist.train import train_distributed
+    from repro.dist.train import store_batches, train_distributed
     from repro.io import writable_folder
     from repro.sae import TrainConfig, build_block_saes
-    from repro.store import ActivationStore, store_source
+    from repro.store import ActivationStore
 
     store = ActivationStore(args.store)
     blocks = [store._block(b) for b in expand_aliases(args.blocks or "all", store.blocks)]
@@ -63,15 +64,13 @@ def run_train(args: argparse.Namespace) -> int:
     env.init_from_env()
     try:
         # Batches are gathered where the SAEs train (see StoreSource): same rows, no per-batch copy.
+        # One source per map size (blocks of different sizes train together, see store_source);
+        # data-parallel ranks read only their part of the shards (see store_batches).
         data_device = env.local_device() if args.device == "auto" else args.device
-
-        def source(chosen: list[str]):
-            # one source per map size: blocks of different sizes train together (see store_source)
-            return store_source(store, args.batch_size, blocks=chosen, step=args.step, half=args.half, seed=args.seed,
-                                device=data_device)
-
-        result = train_distributed(saes, source, cfg, out_dir=args.out, parallel=args.parallel, resume=True,
-                                   metadata={"model": store.settings["model"], "store": str(args.store)})
+        source, split = store_batches(store, args.batch_size, parallel=args.parallel, step=args.step, half=args.half,
+                                      seed=args.seed, device=data_device)
+        result = train_distributed(saes, source, cfg, out_dir=args.out, parallel=args.parallel, split=split,
+                                   resume=True, metadata={"model": store.settings["model"], "store": str(args.store)})
         if env.rank() == 0:
             print(f"trained {', '.join(blocks)} for {result.steps} steps ({result.tokens} tokens per block) "
                   f"into {args.out}")

@@ -13,8 +13,11 @@ with the same arguments (under torchrun; `repro train` does it):
   SAE with `dp_train_step` on its part of each batch (`DataParallelSource`): either
   `split="slice"`, every rank reading the same stream and keeping rows
   [r*B/W, (r+1)*B/W) of each batch (the run equals one process on the full batch up to
-  float rounding), or `split="own"`, the source already being this rank's own (a stream
-  generating other prompts on every rank). b_pre is initialised on rank 0 and broadcast.
+  float rounding), or `split="own"`, the source already being this rank's own: its part
+  of a store split by rank (`store_source(ranks=W, rank=r)`, what `repro train` uses:
+  each rank reads 1/W of the shards; the run equals one process on the W parts
+  concatenated, `store_source(ranks=W)`) or a stream generating other prompts on every
+  rank. b_pre is initialised from the full batches (gathered from the ranks for "own").
   Rank 0 writes OUT/metrics.jsonl, OUT/checkpoints and the final SAEs; other ranks
   checkpoint into OUT/ranks/rank-R/ (their stream position); on resume all ranks restart
   from the newest step every rank holds.
@@ -76,21 +79,36 @@ class DataParallelSource:
         """Rows of one global batch."""
         return int(self.source.batch_size) * (self.world if self.split == "own" else 1)
 
+    def _device(self) -> torch.device:
+        return env.local_device() if dist.get_backend(self.group) == "nccl" else torch.device("cpu")
+
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for batch in self.source:
-            if self.split == "slice":
-                B = next(iter(batch.values())).shape[0]
-                lo, hi = self.rank * B // self.world, (self.rank + 1) * B // self.world
-                batch = {k: v[lo:hi] for k, v in batch.items()}
-            on = env.local_device() if dist.get_backend(self.group) == "nccl" else torch.device("cpu")
-            bad = torch.tensor([float(not torch.isfinite(v).all()) for v in batch.values()], device=on)
-            dist.all_reduce(bad, group=self.group)
-            for (name, v), b in zip(list(batch.items()), bad.tolist()):
+        n_blocks = len(self.blocks)
+        for batch in self._own_rows():
+            # [ended, non-finite per block], summed over ranks
+            flags = [1.0] + [0.0] * n_blocks if batch is None else \
+                [0.0] + [float(not torch.isfinite(v).all()) for v in batch.values()]
+            flags_t = torch.tensor(flags, device=self._device())
+            dist.all_reduce(flags_t, group=self.group)
+            ended, *bad = flags_t.tolist()
+            if ended:
+                return
+            for (name, v), b in zip(list(batch.items()), bad):
                 if b and torch.isfinite(v).all():
                     v = v.clone()
                     v.view(-1)[0] = float("nan")  # another rank's part is non-finite: skip together
                     batch[name] = v
             yield batch
+
+    def _own_rows(self) -> Iterator[dict[str, torch.Tensor] | None]:
+        """This rank's rows of each batch, then None once the source ends."""
+        for batch in self.source:
+            if self.split == "slice":
+                B = next(iter(batch.values())).shape[0]
+                lo, hi = self.rank * B // self.world, (self.rank + 1) * B // self.world
+                batch = {k: v[lo:hi] for k, v in batch.items()}
+            yield batch
+        yield None
 
     def state_dict(self) -> dict[str, Any]:
         return self.source.state_dict()
@@ -101,6 +119,31 @@ class DataParallelSource:
     def describe(self) -> dict[str, Any]:
         inner = self.source.describe() if hasattr(self.source, "describe") else {"source": type(self.source).__name__}
         return {**inner, "data_parallel": {"world_size": self.world, "split": self.split}}
+
+
+class GatheredSource:
+    """The full batches of a DataParallelSource with split "own": every rank's rows, in rank
+    order (all-gathered; equal rows per rank). Only for b_pre's initialisation: one process
+    on the concatenated parts starts from the same rows. State = the wrapped source's."""
+
+    def __init__(self, data: DataParallelSource):
+        self.data = data
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for batch in self.data:
+            full = {}
+            for name, v in batch.items():
+                on = v.to(self.data._device())
+                parts = [torch.empty_like(on) for _ in range(self.data.world)]
+                dist.all_gather(parts, on, group=self.data.group)
+                full[name] = torch.cat(parts).to(v.device)  # [world * b, d]
+            yield full
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.data.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.data.load_state_dict(state)
 
 
 def _steps(root: Path) -> list[int]:
@@ -130,6 +173,23 @@ def _merge_metrics(out: Path, world: int, order: list[str]) -> None:
     rank_of = {b: i for i, b in enumerate(order)}
     rows.sort(key=lambda row: (row["step"], rank_of.get(row["block"], len(order))))
     write_bytes_atomic(out / METRICS_FILE, "".join(json.dumps(row) + "\n" for row in rows).encode())
+
+
+def store_batches(store: Any, batch_size: int, *, parallel: Literal["block", "data"] = "block",
+                  **kwargs: Any) -> tuple[Callable[[list[str]], Any], Literal["slice", "own"]]:
+    """What `repro train` trains on: (a factory blocks -> source of a store, the split for
+    `train_distributed`). `batch_size` is the global batch; `kwargs` go to `store_source`.
+
+    Data-parallel on several ranks: rank r reads only its part of the shards
+    (`store_source(ranks=W, rank=r)`, split "own"), so reading scales with the ranks;
+    otherwise every source reads all shards of its blocks.
+    """
+    from repro.store import store_source
+
+    if parallel == "data" and env.active() and env.world_size() > 1:
+        rank, world = env.rank(), env.world_size()
+        return (lambda blocks: store_source(store, batch_size, blocks=blocks, ranks=world, rank=rank, **kwargs)), "own"
+    return (lambda blocks: store_source(store, batch_size, blocks=blocks, **kwargs)), "slice"
 
 
 def train_distributed(
@@ -175,8 +235,8 @@ def train_distributed(
     own_root = (out if rank == 0 else rank_dir(out, rank)) / CHECKPOINTS
     step = _agree_on_checkpoint(own_root, rank, world) if resume else None
     if step is None and cfg.init_b_pre:
-        # b_pre from the data one process would use: the full batches ("slice") or rank 0's ("own")
-        init_b_pre(saes, inner if split == "slice" else data, cfg.geometric_median_samples)
+        # b_pre from the data one process would use: the full batches, read whole or gathered
+        init_b_pre(saes, inner if split == "slice" else GatheredSource(data), cfg.geometric_median_samples)
     for sae in saes.values():  # identical replicas (same seeds already; this makes sure)
         sae.to(cfg.device if cfg.device != "auto" else env.local_device())
         for t in list(sae.parameters()) + list(sae.buffers()):
@@ -190,4 +250,4 @@ def train_distributed(
     return result
 
 
-__all__ = ["DataParallelSource", "PARALLEL", "rank_dir", "train_distributed"]
+__all__ = ["DataParallelSource", "GatheredSource", "PARALLEL", "rank_dir", "store_batches", "train_distributed"]

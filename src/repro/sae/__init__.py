@@ -11,13 +11,14 @@ from repro.sae.io import load_sae, save_sae
 from repro.sae.losses import LossOutput, reference_loss
 from repro.sae.model import TopKSAE
 from repro.sae.sets import build_block_saes, load_block_saes
-from repro.sae.sources import BatchSource, TensorSource, ZipSource
+from repro.sae.sources import BatchSource, ConcatSource, TensorSource, ZipSource
 from repro.sae.stats import FeatureStats, feature_stats
 from repro.sae.step import make_optimizer, train_step
 from repro.sae.train import TrainResult, train_saes
 
 __all__ = [
     "BatchSource",
+    "ConcatSource",
     "FeatureStats",
     "LossOutput",
     "SAEConfig",

@@ -167,3 +167,48 @@ class ZipSource:
     def describe(self) -> dict[str, Any]:
         first = self.sources[0].describe() if hasattr(self.sources[0], "describe") else {}
         return {**first, "groups": [list(s.blocks) for s in self.sources]}
+
+
+class ConcatSource:
+    """Several sources of the same blocks as one: each batch is one batch of every part, rows one
+    part after another ({block: [sum of the parts' B, d]}).
+
+    What one process reads to see the global batches of a stream split over ranks (each
+    rank reading one part, `repro.store.store_source(ranks=W)`). The state is every
+    part's; iteration ends when any part ends.
+    """
+
+    def __init__(self, sources):
+        self.sources = list(sources)
+        if not self.sources:
+            raise ReproError("ConcatSource needs at least one source")
+        if len({tuple(s.blocks) for s in self.sources}) != 1:
+            raise ReproError(f"the sources of a ConcatSource yield different blocks "
+                             f"{[list(s.blocks) for s in self.sources]}: give every part the same blocks")
+        self.batch_size = sum(int(s.batch_size) for s in self.sources)
+
+    @property
+    def blocks(self) -> list[str]:
+        return list(self.sources[0].blocks)
+
+    def __iter__(self) -> Iterator[Batch]:
+        parts = [iter(s) for s in self.sources]
+        while True:
+            batches = [next(part, None) for part in parts]
+            if any(b is None for b in batches):
+                return
+            yield {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [s.state_dict() for s in self.sources]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state.get("parts", [])) != len(self.sources):
+            raise ReproError(f"the saved state holds {len(state.get('parts', []))} parts but this ConcatSource has "
+                             f"{len(self.sources)}: resume with the same number of ranks")
+        for source, part in zip(self.sources, state["parts"]):
+            source.load_state_dict(part)
+
+    def describe(self) -> dict[str, Any]:
+        first = self.sources[0].describe() if hasattr(self.sources[0], "describe") else {}
+        return {**first, "batch_size": self.batch_size, "ranks": len(self.sources)}

@@ -225,22 +225,47 @@ class ActivationStore:
 
 
 def store_source(store: "ActivationStore | str | os.PathLike", batch_size: int, *,
-                 blocks: Sequence[str] | None = None, **kwargs: Any):
+                 blocks: Sequence[str] | None = None, ranks: int = 1, rank: int | None = None, **kwargs: Any):
     """Token batches of `blocks` (default: all) of a store, whatever their map sizes.
 
     Blocks with the same number of tokens per image share one `StoreSource` (rows aligned,
     each shard read once); blocks of other map sizes (down.1.1 at 32x32 beside down.2.1
     at 16x16) get one source per size, zipped into one (`ZipSource`). `kwargs` go to
     every `StoreSource`.
+
+    `ranks=W` splits the stream over W readers (data-parallel training): reader r reads
+    only shards r, r+W, r+2W, ... (its own shuffle seed) in batches of batch_size/W rows,
+    and a global batch is the W readers' batches one after another. `rank=r` returns
+    reader r's part (what rank r of a data-parallel run reads: 1/W of the bytes); `rank=None`
+    all W parts concatenated (what one process reads to train on the same global batches).
     """
-    from repro.sae.sources import ZipSource
+    from repro.sae.sources import ConcatSource, ZipSource
 
     store = store if isinstance(store, ActivationStore) else ActivationStore(store)
     blocks = [store._block(b) for b in (blocks or store.blocks)]
+    ranks = int(ranks)
+    if ranks < 1 or (rank is not None and not 0 <= rank < ranks):
+        raise ReproError(f"reader {rank} of {ranks} does not exist: use ranks >= 1 and 0 <= rank < ranks")
+    if ranks > 1 and batch_size % ranks:
+        raise ReproError(f"a batch of {batch_size} tokens does not split over {ranks} ranks: use a multiple of {ranks}")
+    if ranks > 1 and len(store.shards) < ranks:
+        raise ReproError(f"the store {store.folder} holds {len(store.shards)} shards, fewer than the {ranks} ranks "
+                         "reading it: collect with a smaller --shard-size (or more prompts)")
+
+    def part(group: list[str], r: int) -> StoreSource:
+        if ranks == 1:
+            return StoreSource(store, batch_size, blocks=group, **kwargs)
+        seed = chunk_seed(kwargs.get("seed", 0), r, ranks)  # readers shuffle independently
+        return StoreSource(store, batch_size // ranks, blocks=group, shards=range(r, len(store.shards), ranks),
+                           **{**kwargs, "seed": seed})
+
     groups: dict[int, list[str]] = {}
     for block in blocks:
         groups.setdefault(store.tokens_per_image(block, kwargs.get("step"), kwargs.get("half")), []).append(block)
-    parts = [StoreSource(store, batch_size, blocks=group, **kwargs) for group in groups.values()]
+    if rank is None and ranks > 1:
+        parts = [ConcatSource([part(group, r) for r in range(ranks)]) for group in groups.values()]
+    else:
+        parts = [part(group, rank or 0) for group in groups.values()]
     return parts[0] if len(parts) == 1 else ZipSource(parts)
 
 
@@ -254,7 +279,9 @@ class StoreSource(ChunkedSource):
     position), which needs all chosen blocks to have the same map size. `step` / `half`
     keep one step / one half; by default every stored token is used. `epochs=None` cycles
     forever. The state is (epoch, group, offset): resuming reloads one group and yields
-    exactly the batches that would have come next.
+    exactly the batches that would have come next. `shards` (indices into the store's
+    shard list) restricts the reader to those shards (one rank's part, see `store_source`).
+    A store (or part) that fits in one group is read once and kept, not reread each epoch.
     """
 
     def __init__(
@@ -271,6 +298,7 @@ class StoreSource(ChunkedSource):
         shards_per_chunk: int | None = None,
         epochs: int | None = None,
         device: str | torch.device | None = None,
+        shards: Sequence[int] | None = None,
     ):
         super().__init__(batch_size, seed, shuffle)
         # On a GPU, each group is moved there once and batches are gathered there: the
@@ -290,14 +318,25 @@ class StoreSource(ChunkedSource):
                 f"blocks {self._blocks} have different token counts per image {per_image}: rows cannot be "
                 "aligned; read them with store_source(), one source per map size"
             )
-        per_shard = next(iter(per_image.values())) * self.store.settings["shard_size"]
-        self.n_shards = len(self.store.shards)
+        self.per_image = next(iter(per_image.values()))
+        per_shard = self.per_image * self.store.settings["shard_size"]
+        total = len(self.store.shards)
+        self.shard_ids = list(range(total)) if shards is None else [int(i) for i in shards]
+        if not self.shard_ids or len(set(self.shard_ids)) != len(self.shard_ids) \
+                or not all(0 <= i < total for i in self.shard_ids):
+            raise ReproError(f"shards {list(shards or [])} are not distinct shard indices of the store "
+                             f"{self.store.folder}: use indices in 0..{total - 1}")
+        self.n_shards = len(self.shard_ids)
         self.shards_per_chunk = min(self.n_shards, shards_per_chunk or max(1, buffer_tokens // max(1, per_shard)))
         self.n_groups = -(-self.n_shards // self.shards_per_chunk)
         if self.batch_size < 1:
             raise ReproError(f"batch_size must be at least 1, got {batch_size}")
         self.epochs = epochs
         self.cursor = (0, 0)
+        # one group: the chunk as first read ({shard: (first row, rows)}, tensors) and the
+        # row map from this epoch's shard order into it (None: the chunk is in its own order)
+        self._held: tuple[dict[int, tuple[int, int]], dict[str, torch.Tensor]] | None = None
+        self._row_map: torch.Tensor | None = None
 
     @property
     def blocks(self) -> list[str]:
@@ -321,12 +360,32 @@ class StoreSource(ChunkedSource):
     def _load_chunk(self, cursor) -> dict[str, torch.Tensor]:
         epoch, group = cursor
         order = self._shard_order(epoch)[group * self.shards_per_chunk : (group + 1) * self.shards_per_chunk]
+        ids = [self.shard_ids[i] for i in order]
+        if self._held is not None and self.n_groups == 1:
+            # the same shards in another order: index the kept rows instead of reading again
+            spans, chunk = self._held
+            self._row_map = torch.cat([torch.arange(spans[i][0], spans[i][0] + spans[i][1]) for i in ids])
+            return chunk
         parts: dict[str, list[torch.Tensor]] = {b: [] for b in self._blocks}
-        for i in order:
-            tensors = self.store.load_shard(self.store.shards[i], self._blocks)
+        spans: dict[int, tuple[int, int]] = {}
+        row = 0
+        for i in ids:
+            record = self.store.shards[i]
+            tensors = self.store.load_shard(record, self._blocks)
             for b in self._blocks:
                 parts[b].append(select_tokens(tensors[b], self.step, self.half).to(self.device or "cpu"))
-        return {b: p[0] if len(p) == 1 else torch.cat(p) for b, p in parts.items()}
+            spans[i] = (row, (record["stop"] - record["start"]) * self.per_image)
+            row += spans[i][1]
+        chunk = {b: p[0] if len(p) == 1 else torch.cat(p) for b, p in parts.items()}
+        self._row_map = None
+        if self.n_groups == 1:
+            self._held = (spans, chunk)
+        return chunk
+
+    def _order(self, cursor: tuple[int, ...], n: int) -> torch.Tensor:
+        # rows of the chunk in this epoch's shard order, then permuted as by the base class
+        order = super()._order(cursor, n)
+        return order if self._row_map is None else self._row_map[order]
 
     def state_dict(self) -> dict[str, Any]:
         return {**self._position(), "n_shards": self.n_shards, "shards_per_chunk": self.shards_per_chunk}
@@ -345,4 +404,5 @@ class StoreSource(ChunkedSource):
             "source": "ActivationStore", "store": str(self.store.folder), "model": self.store.settings["model"],
             "images": self.store.n_images, "step": self._step_arg, "half": self._half_arg,
             "batch_size": self.batch_size, "seed": self.seed,
+            **({} if self.n_shards == len(self.store.shards) else {"shards": self.n_shards}),
         }

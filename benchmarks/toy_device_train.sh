@@ -65,9 +65,9 @@ if [ ! -f "$toy/rc" ]; then
 fi
 echo "training ended with rc $(cat "$toy/rc")"; tail -n 20 "$toy/train.log"; cat "$toy/result.json"
 cp "$toy/work/metrics.jsonl" "$toy/gpu.log" "$out/" 2>/dev/null; tail -c 4000000 "$toy/train.log" > "$out/train.log"
-if [ -d "$toy/models/shapes-turbo" ] && [ ! -f "$toy/evals.json" ]; then
-    REPRO_MODELS_DIR="$toy/repo-models" python3 benchmarks/toy_eval.py "$toy/models" --n "${EVAL_N:-500}" --out "$toy/evals.json"
+(cd "$toy/models" && tar cf - shapes-*) | split -b 15M - "$out/pipelines.tar."
+if [ -d "$toy/models/shapes-base" ] && [ ! -f "$toy/evals.json" ]; then
+    REPRO_MODELS_DIR="$toy/repo-models" timeout $(( budget - ($(date +%s) - t0) )) python3 benchmarks/toy_eval.py "$toy/models" --n "${EVAL_N:-500}" --out "$toy/evals.json"
 fi
 cp "$toy/evals.json" "$out/" 2>/dev/null
-(cd "$toy/models" && tar cf - shapes-*) | split -b 15M - "$out/pipelines.tar."
 echo "call took $(( $(date +%s) - t0 )) s"

@@ -9,7 +9,9 @@ dropout substitutes.
 
 base (the SDXL base analogue): epsilon prediction on SDXL's scaled_linear schedule, t
 uniform in [0, 999], Min-SNR-5 loss weighting (faster convergence, same optimum per t),
-10% caption dropout so that classifier-free guidance works. Sampled with Euler (leading
+offset noise (`BaseStage.noise_offset`: the schedule leaves 7% of the signal at t = 999 and
+the toy latents' per-image mean is large, see there), 10% caption dropout so that
+classifier-free guidance works. Sampled with Euler (leading
 spacing) and guidance, like SDXL base.
 
 turbo (the SDXL Turbo analogue), distilled from the trained base the way SDXL Turbo comes
@@ -133,6 +135,9 @@ def base_batch(data: ToyData, latents: torch.Tensor, cfg: BaseStage, gen: torch.
     t = torch.randint(0, 1000, (cfg.batch_size,), generator=gen, device=gen.device)
     keep = _keep_mask(cfg.batch_size, cfg.caption_dropout, gen)
     noise = torch.randn((cfg.batch_size, *latents.shape[1:]), generator=gen, device=gen.device)
+    if cfg.noise_offset:  # offset noise: the model may not read the latent's mean from x_t at high t
+        c = latents.shape[1]
+        noise = noise + cfg.noise_offset * torch.randn((cfg.batch_size, c, 1, 1), generator=gen, device=gen.device)
     return {"idx": idx, "ids": ids, "t": t, "keep": keep, "noise": noise}
 
 

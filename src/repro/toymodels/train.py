@@ -396,7 +396,10 @@ def export_stage(run: Run, stage: str, out: Path) -> Path:
         stage_records = [r for r in records if r["stage"] in ("vae", "base")]
         extra = {**meta, "model": NAMES["base"], "stages": {k: v for k, v in summaries.items() if k != "turbo"},
                  "parameters": parameter_counts(run.base),
-                 "lineage": {"teacher": None, "init": "random (seeded)", "recipe": "epsilon prediction, Min-SNR-5, "
+                 "lineage": {"teacher": None,
+                             "init": f"warm restart from {Path(run.cfg.base.init_from).name}" if run.cfg.base.init_from
+                             else "random (seeded)",
+                             "recipe": f"epsilon prediction, Min-SNR-5, offset noise {run.cfg.base.noise_offset:g}, "
                              f"{run.cfg.base.caption_dropout:.0%} caption dropout",
                              "steps": summaries.get("base", {}).get("steps"),
                              "seconds": summaries.get("base", {}).get("seconds")}}

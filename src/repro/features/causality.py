@@ -10,7 +10,9 @@
   (`FeatureOff`: `z_f(pos) * W_dec[:, f]` where it fires) and ask whether the value is gone;
 - both against the unedited images (how often the value is read / absent anyway);
 - locality: add the feature at one grid cell and measure the mean absolute pixel change
-  as a function of the distance (in grid cells) from that cell.
+  as a function of the distance (in grid cells) from that cell; `locality_curve` does it
+  at the same strengths as the causality curve, per image, so that the change at the cell
+  and its spread beyond it carry bootstrap intervals.
 
 Every rate comes with its counts (`hits` of `n`), for confidence intervals.
 Controls: the same tests on `repro.features.controls.random_direction_twin(sae, ...)`, the
@@ -178,6 +180,19 @@ def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_sce
     return result
 
 
+def _distance_bins(h: int, w: int, grid: int, cell: tuple[int, int]) -> np.ndarray:
+    """[h, w] int: each pixel's distance from the centre of `cell`, in whole grid cells."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    cy, cx = (cell[0] + 0.5) * h / grid, (cell[1] + 0.5) * w / grid
+    return np.floor(np.sqrt((ys + 0.5 - cy) ** 2 + (xs + 0.5 - cx) ** 2) / (h / grid)).astype(int)
+
+
+def _change_by_distance(plain: np.ndarray, edited: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Per-image mean absolute pixel change (0..1) at each distance: images [N, H, W, 3] -> [N, D]."""
+    change = np.abs(edited.astype(np.float32) - plain.astype(np.float32)).mean(axis=3) / 255.0  # [N, H, W]
+    return np.stack([change[:, bins == d].mean(axis=1) for d in range(bins.max() + 1)], axis=1)
+
+
 def locality(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str], seeds: Sequence[int],
              sampling: Sampling, grid: int, cell: tuple[int, int] | None = None, strength: float = 1.0,
              batch_size: int = 16) -> np.ndarray:
@@ -185,16 +200,58 @@ def locality(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str
 
     The feature is added (strength * mean_f * W_dec[:, f]) at one cell (default: the centre) only.
     """
+    curve = locality_curve(pipe, sae, block, feature, prompts, seeds, sampling, grid, [strength], cell, batch_size)
+    return curve.profiles[0].mean(axis=0)
+
+
+@dataclass
+class LocalityCurve:
+    """Pixel change against distance from one edited cell, at several strengths, per image.
+
+    Summaries per strength (`summary`): *near*, the mean change at distance 0 (within one
+    cell of the edited cell's centre: does the edit act at all); *far*, the mean change at distance >= `far_from`
+    cells; *spread* = far / near (0: only the cell changes; 1: the whole image changes as
+    much as the cell). Each with a 95% bootstrap interval over the images."""
+
+    strengths: list[float]
+    profiles: np.ndarray
+    """[S, N, D] mean |pixel change| (0..1) of image n at distance d (grid cells) at strength s."""
+    far_from: int = 2
+
+    def summary(self, n_boot: int = 1000, seed: int = 0) -> dict[float, dict]:
+        """{s: {"near": {"value", "lo", "hi"}, "far": ..., "spread": ...}} with intervals over images."""
+        from repro.intervals import bootstrap
+
+        out = {}
+        for s, prof in zip(self.strengths, self.profiles):  # prof [N, D]
+            stats = {"near": lambda p: float(p[:, 0].mean()),
+                     "far": lambda p: float(p[:, self.far_from:].mean()),
+                     "spread": lambda p: float(p[:, self.far_from:].mean() / max(p[:, 0].mean(), 1e-12))}
+            row = {}
+            for name, stat in stats.items():
+                lo, hi = bootstrap(prof, stat, n_boot=n_boot, seed=seed) if n_boot and len(prof) > 1 else (float("nan"),) * 2
+                row[name] = {"value": stat(prof), "lo": lo, "hi": hi}
+            out[float(s)] = row
+        return out
+
+    def to_dict(self, n_boot: int = 1000) -> dict:
+        return {"strengths": self.strengths, "far_from": self.far_from,
+                "mean_profile": self.profiles.mean(axis=1).tolist(), "summary": self.summary(n_boot)}
+
+
+def locality_curve(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str], seeds: Sequence[int],
+                   sampling: Sampling, grid: int, strengths: Sequence[float], cell: tuple[int, int] | None = None,
+                   batch_size: int = 16, plain: np.ndarray | None = None, far_from: int = 2) -> LocalityCurve:
+    """Add the feature (the painting rule, `s * mean_f * W_dec[:, f]`) at one grid cell (default:
+    the centre) at each strength `s`, and measure each image's pixel change by distance from it.
+    `plain` (the unedited images [N, H, W, 3], if already generated) saves one generation."""
     cell = cell or (grid // 2, grid // 2)
     mask = torch.zeros(grid, grid)
     mask[cell] = 1.0
-    edit = painting_edit(sae, feature, strength, mask)
-    plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size).astype(np.float32)
-    edited = generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size).astype(np.float32)
-    change = np.abs(edited - plain).mean(axis=(0, 3)) / 255.0  # [H, W]
-    h, w = change.shape
-    ys, xs = np.mgrid[0:h, 0:w]
-    cy, cx = (cell[0] + 0.5) * h / grid, (cell[1] + 0.5) * w / grid
-    dist = np.sqrt((ys + 0.5 - cy) ** 2 + (xs + 0.5 - cx) ** 2) / (h / grid)  # in grid cells
-    bins = np.floor(dist).astype(int)
-    return np.array([change[bins == d].mean() for d in range(bins.max() + 1)])
+    if plain is None:
+        plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size)
+    bins = _distance_bins(plain.shape[1], plain.shape[2], grid, cell)
+    profiles = [_change_by_distance(plain, generate_with(pipe, prompts, seeds, sampling,
+                                                         {block: painting_edit(sae, feature, s, mask)}, batch_size), bins)
+                for s in strengths]
+    return LocalityCurve([float(s) for s in strengths], np.stack(profiles), far_from=far_from)

@@ -216,3 +216,37 @@ def test_locality_curve_at_the_causality_strengths(pipe):
     single = locality(pipe, _planted_sae(), "up.0.1", PLANTED, prompts, seeds, Sampling(), grid=4, strength=2.0)
     assert np.allclose(single, curve.profiles[1].mean(axis=0))
     assert set(curve.to_dict(n_boot=20)["summary"]) == {0.0, 2.0}
+
+
+def test_timing_acts_only_at_the_listed_steps(pipe):
+    """On 2-step sampling, an edit restricted to no step changes nothing (0 of 3 switch on),
+    one acting at step 0 changes every image (3 of 3), one at step 1 alone changes the images
+    less (the last step's noise prediction is scaled by the smallest sigma) and differently
+    from both steps: the steps are honoured, not every step edited."""
+    from repro.features.causality import causal_timing, pooled_timing, window_name
+
+    sampling = Sampling(steps=2)
+
+    class Recorder(ChangeOracle):
+        def __init__(self):
+            prompts, seeds = scene_prompts(ON, 5)
+            self.plain = {len(ON): generate_with(pipe, prompts, seeds, sampling).astype(np.float32)}
+            self.seen = []
+
+        def read(self, images):
+            self.seen.append(images)
+            return super().read(images)
+
+    oracle = Recorder()
+    res = causal_timing(pipe, _planted_sae(), "down.2.1", PLANTED, "colour=red", ON, oracle, sampling, grid=4,
+                        strength=1.0, windows=[[], [0], [1], [0, 1]], seed=5, batch_size=2)
+    assert res.baseline == 0 and list(res.windows) == ["none", "0", "1", "0-1"]
+    hits = {w: r.hits for w, r in res.windows.items()}
+    assert (hits["none"], hits["0"], hits["0-1"]) == (0, 3, 3)
+    plain, none, first, last, both = (im.astype(np.float32) for im in oracle.seen)
+    assert np.array_equal(none, plain)
+    assert 0 < np.abs(last - plain).mean() < np.abs(first - plain).mean()
+    assert not np.array_equal(first, both)
+    pooled = pooled_timing([res, res])
+    assert pooled["on"]["0"]["hits"] == 6 and pooled["on"]["1"]["n"] == 6 and pooled["baseline_on"]["n"] == 6
+    assert window_name([2, 3]) == "2-3" and window_name([0, 2]) == "0,2" and window_name([1]) == "1"

@@ -9,6 +9,8 @@
 - switch off: in scenes that do have the value, remove the feature's own contribution
   (`FeatureOff`: `z_f(pos) * W_dec[:, f]` where it fires) and ask whether the value is gone;
 - both against the unedited images (how often the value is read / absent anyway);
+- timing (`causal_timing`): switch on with the edit acting only at some denoising steps
+  (each step alone, and all of them, on the multi-step turbo), to see when an edit acts;
 - locality: add the feature at one grid cell and measure the mean absolute pixel change
   as a function of the distance (in grid cells) from that cell; `locality_curve` does it
   at the same strengths as the causality curve, per image, so that the change at the cell
@@ -68,11 +70,13 @@ def _masks(scenes, label: str, grid: int) -> torch.Tensor:
                         for i in range(len(scenes))])
 
 
-def painting_edit(sae: TopKSAE, feature: int, s: float, mask: torch.Tensor | None = None) -> FeatureAdd:
+def painting_edit(sae: TopKSAE, feature: int, s: float, mask: torch.Tensor | None = None,
+                  steps: Sequence[int] | None = None) -> FeatureAdd:
     """The paper's painting rule: add `s * mean_f * W_dec[:, f]` (inside `mask`; mean_f from the
-    feature stats, 1 without them). Causality and locality both intervene with it."""
+    feature stats, 1 without them) at the denoising `steps` (None: every step). Causality,
+    locality and timing all intervene with it."""
     mean = float(sae.feature_stats.mean[feature]) if sae.feature_stats is not None else 1.0
-    return FeatureAdd(sae=sae, features=feature, strength=s * mean, mask=mask)
+    return FeatureAdd(sae=sae, features=feature, strength=s * mean, mask=mask, steps=steps)
 
 
 def preserved(plain: dict, edited: dict, label: str) -> bool:
@@ -178,6 +182,62 @@ def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_sce
         result.baseline_off = sum(not reads_value(r, s, label) for r, s in zip(plain, off_scenes))
         result.off_hits = sum(not reads_value(r, s, label) for r, s in zip(edited, off_scenes))
     return result
+
+
+def window_name(steps: Sequence[int]) -> str:
+    """"0", "2-3" or "0,2": how the chapters name the steps an edit acts at (0 = the first step)."""
+    steps = sorted(int(t) for t in steps)
+    if not steps:
+        return "none"
+    if steps == list(range(steps[0], steps[-1] + 1)):
+        return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+    return ",".join(map(str, steps))
+
+
+@dataclass
+class TimingResult:
+    """Switching a feature on when the edit acts only at some denoising steps: counts per window."""
+
+    label: str
+    n: int
+    baseline: int
+    """Scenes whose unedited image reads the value anyway."""
+    windows: dict[str, SwitchOn] = field(default_factory=dict)
+    """Window name (`window_name`) -> success and preservation counts of the edit acting there."""
+
+
+def causal_timing(pipe, sae: TopKSAE, block: str, feature: int, label: str, scenes: Sequence, oracle,
+                  sampling: Sampling, grid: int, strength: float, windows: Sequence[Sequence[int]], seed: int = 0,
+                  batch_size: int = 16) -> TimingResult:
+    """Switch `feature` on in `scenes` (without its value), the painting edit acting only at the
+    steps of each window (e.g. [[0], [1], [2], [3], [0, 1, 2, 3]] on 4-step turbo): does the
+    oracle read the value, and is everything else kept? One unedited generation serves all
+    windows. The paper: early steps change the image strongly, late ones subtly."""
+    prompts, seeds = scene_prompts(scenes, seed)
+    masks = _masks(scenes, label, grid)  # [N, grid, grid]
+    plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
+    result = TimingResult(label, n=len(scenes), baseline=sum(reads_value(r, s, label) for r, s in zip(plain, scenes)))
+    for window in windows:
+        edit = painting_edit(sae, feature, strength, masks, steps=list(window))
+        edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size))
+        result.windows[window_name(window)] = SwitchOn(
+            float(strength), hits=sum(reads_value(r, s, label) for r, s in zip(edited, scenes)),
+            preserved=sum(preserved(a, b, label) for a, b in zip(plain, edited)), n=len(scenes))
+    return result
+
+
+def pooled_timing(results: Sequence[TimingResult]) -> dict:
+    """Counts of several features pooled into Wilson rates: {"on": {window: rate},
+    "preserved": {window: rate}, "baseline_on": rate}."""
+    from repro.intervals import rate
+
+    names = list(dict.fromkeys(w for res in results for w in res.windows))
+    rows = {w: [res.windows[w] for res in results if w in res.windows] for w in names}
+    return {
+        "on": {w: rate(sum(r.hits for r in rs), sum(r.n for r in rs)) for w, rs in rows.items()},
+        "preserved": {w: rate(sum(r.preserved for r in rs), sum(r.n for r in rs)) for w, rs in rows.items()},
+        "baseline_on": rate(sum(res.baseline for res in results), sum(res.n for res in results)),
+    }
 
 
 def _distance_bins(h: int, w: int, grid: int, cell: tuple[int, int]) -> np.ndarray:

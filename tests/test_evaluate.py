@@ -152,3 +152,22 @@ def test_control_curve_reports_the_share_of_the_ceiling_at_each_budget():
         share = point["share_of_ceiling"]
         assert share["share"] == pytest.approx(transfer_ev / point["ev"], rel=1e-9)
         assert share["lo"] <= share["share"] <= share["hi"]
+
+
+def test_controls_of_several_blocks_train_together_as_they_would_alone():
+    """One run for the controls of blocks with as many tokens (a CPU budget lever): each control's
+    curve equals the one it gets trained alone; a block with other token counts trains on its own."""
+    from repro.evaluate.transfer import control_curve, control_curves
+    from repro.sae.synthetic import sparse_dictionary_data
+
+    cfg = SAEConfig(d_model=16, n_features=48, k=2, k_aux=8)
+    tokens = {b: sparse_dictionary_data(n, 16, n_atoms=24, k_active=2, seed=i)[0]
+              for i, (b, n) in enumerate((("a", 1024), ("b", 1024), ("c", 768)))}
+    updates = {b: sparse_dictionary_data(128, 16, n_atoms=24, k_active=2, seed=10 + i)[0].reshape(1, 8, 4, 4, 16)
+               for i, b in enumerate(tokens)}
+    likes = {b: TopKSAE(cfg, seed=i) for i, b in enumerate(tokens)}
+    together = control_curves(likes, tokens, [3, 12], updates, batch_size=128, device="cpu", lr=1e-2, n_boot=20)
+    assert list(together) == ["a", "b", "c"]
+    for b in tokens:
+        alone = control_curve(likes[b], tokens[b], [3, 12], updates[b], batch_size=128, device="cpu", lr=1e-2, n_boot=20)
+        assert [c["ev_per_step"] for c in together[b]] == [pytest.approx(c["ev_per_step"], abs=1e-5) for c in alone]

@@ -83,21 +83,44 @@ def control_curve(
     is the ceiling at the full budget. Training continues from the previous budget (same run,
     checkpointed), so the curve costs one training to its largest budget.
     """
+    return control_curves({"x": like}, {"x": tokens}, budgets, {"x": updates}, batch_size, seed=seed, device=device,
+                          lr=lr, n_boot=n_boot)["x"]
+
+
+def control_curves(
+    likes: dict[str, TopKSAE], tokens: dict[str, torch.Tensor], budgets: Sequence[int],
+    updates: dict[str, torch.Tensor], batch_size: int, seed: int = 0, device: str = "auto",
+    lr: float | dict[str, float] = 1e-4, n_boot: int = 1000,
+) -> dict[str, list[dict]]:
+    """`control_curve` of several blocks ({block: SAE}, {block: tokens [N, C]}, {block: updates};
+    `lr` one for all or {block: lr}), the controls of blocks with as many tokens (and the same
+    lr) trained together in one run (one batch order,
+    one pass of the training loop: on a CPU several SAEs per step cost far less than one run
+    each). Each control gets the same init seed and batch order it would get alone, so its
+    curve is the one `control_curve` gives it."""
     budgets = sorted(int(b) for b in budgets)
-    cfg = SAEConfig(**{**like.cfg.to_dict(), "d_model": tokens.shape[-1]})
-    sae = TopKSAE(cfg, seed=seed)
-    flat = tokens.reshape(-1, tokens.shape[-1]).float()
-    source = TensorSource({"x": flat}, batch_size=batch_size, seed=seed)
-    transferred = step_sums(like, updates)
-    curve = []
-    with tempfile.TemporaryDirectory(prefix="control-") as work:
-        for budget in budgets:
-            train_cfg = TrainConfig(steps=budget, lr=lr, device=device, checkpoint_every=budgets[-1] + 1, progress=False,
-                                    log_every=max(budget, 1), geometric_median_samples=min(8192, flat.shape[0]))
-            train_saes({"x": sae}, source, train_cfg, out_dir=work, resume=True, save_final=False)
-            sums = step_sums(sae, updates)
-            per_step = [s.ev() for s in sums]
-            curve.append({"steps": budget, "tokens": budget * batch_size, "ev_per_step": per_step,
-                          "ev": float(sum(per_step) / len(per_step)),
-                          "share_of_ceiling": share_of_ceiling(transferred, sums, n_boot=n_boot, seed=seed)})
-    return curve
+    flat = {b: t.reshape(-1, t.shape[-1]).float() for b, t in tokens.items()}
+    lrs = lr if isinstance(lr, dict) else {b: lr for b in likes}
+    groups: dict[tuple[int, float], list[str]] = {}
+    for block in likes:
+        groups.setdefault((flat[block].shape[0], float(lrs[block])), []).append(block)
+    curves: dict[str, list[dict]] = {}
+    for (rows, group_lr), group in groups.items():
+        controls = {b: TopKSAE(SAEConfig(**{**likes[b].cfg.to_dict(), "d_model": flat[b].shape[-1]}), seed=seed)
+                    for b in group}
+        source = TensorSource({b: flat[b] for b in group}, batch_size=batch_size, seed=seed)
+        transferred = {b: step_sums(likes[b], updates[b]) for b in group}
+        with tempfile.TemporaryDirectory(prefix="control-") as work:
+            for budget in budgets:
+                train_cfg = TrainConfig(steps=budget, lr=group_lr, device=device, checkpoint_every=budgets[-1] + 1,
+                                        progress=False, log_every=max(budget, 1),
+                                        geometric_median_samples=min(8192, rows))
+                train_saes(controls, source, train_cfg, out_dir=work, resume=True, save_final=False)
+                for b in group:
+                    sums = step_sums(controls[b], updates[b])
+                    per_step = [s.ev() for s in sums]
+                    curves.setdefault(b, []).append({
+                        "steps": budget, "tokens": budget * batch_size, "ev_per_step": per_step,
+                        "ev": float(sum(per_step) / len(per_step)),
+                        "share_of_ceiling": share_of_ceiling(transferred[b], sums, n_boot=n_boot, seed=seed)})
+    return {b: curves[b] for b in likes}

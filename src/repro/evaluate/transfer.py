@@ -16,7 +16,6 @@ measured on the same updates.
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import torch

@@ -178,3 +178,75 @@ def test_causality_paints_with_the_papers_rule_s_times_mean():
     added = painting_edit(sae, PLANTED, 2.0).apply(update, 0, "all")  # [1, C, H, W]
     want = 2.0 * 30.0 * sae.W_dec[:, PLANTED].detach()
     assert torch.allclose(added[0, :, 1, 2], want, atol=1e-5)
+
+
+def test_locality_summary_knows_a_local_and_a_global_change():
+    """near / far / spread on images whose answer is known: a change inside the edited cell
+    only (spread 0) and the same change everywhere (spread 1)."""
+    from repro.features.causality import LocalityCurve, _change_by_distance, _distance_bins
+
+    grid, side = 4, 32
+    bins = _distance_bins(side, side, grid, (2, 2))
+    plain = np.zeros((3, side, side, 3), np.uint8)
+    local = plain.copy()
+    local[:, 16:24, 16:24] = 51  # the cell (2, 2), 0.2 of full scale
+    everywhere = plain + np.uint8(51)
+    curve = LocalityCurve([0.0, 1.0, 2.0], np.stack([_change_by_distance(plain, plain, bins),
+                                                     _change_by_distance(plain, local, bins),
+                                                     _change_by_distance(plain, everywhere, bins)]))
+    assert curve.profiles.shape[:2] == (3, 3)
+    summary = curve.summary(n_boot=50)
+    assert summary[0.0]["near"]["value"] == 0 and summary[0.0]["far"]["value"] == 0
+    # distance 0 is the disc of radius one cell around the cell's centre: the cell is ~1/3 of it
+    assert summary[1.0]["near"]["value"] > 0.05 and summary[1.0]["far"]["value"] == 0
+    assert summary[1.0]["spread"]["value"] == 0
+    assert summary[2.0]["spread"]["value"] == pytest.approx(1.0)
+    assert summary[2.0]["near"]["lo"] <= summary[2.0]["near"]["value"] <= summary[2.0]["near"]["hi"]
+
+
+def test_locality_curve_at_the_causality_strengths(pipe):
+    """One plain generation, one edited per strength; s = 0 changes nothing; the one-strength
+    `locality` is the curve's mean profile at that strength."""
+    from repro.features.causality import locality_curve
+
+    prompts, seeds = ["a red circle", "a cat"], [0, 1]
+    curve = locality_curve(pipe, _planted_sae(), "up.0.1", PLANTED, prompts, seeds, Sampling(), grid=4,
+                           strengths=[0.0, 2.0])
+    assert curve.profiles.shape[:2] == (2, 2) and curve.profiles[0].max() == 0 and curve.profiles[1].max() > 0
+    single = locality(pipe, _planted_sae(), "up.0.1", PLANTED, prompts, seeds, Sampling(), grid=4, strength=2.0)
+    assert np.allclose(single, curve.profiles[1].mean(axis=0))
+    assert set(curve.to_dict(n_boot=20)["summary"]) == {0.0, 2.0}
+
+
+def test_timing_acts_only_at_the_listed_steps(pipe):
+    """On 2-step sampling, an edit restricted to no step changes nothing (0 of 3 switch on),
+    one acting at step 0 changes every image (3 of 3), one at step 1 alone changes the images
+    less (the last step's noise prediction is scaled by the smallest sigma) and differently
+    from both steps: the steps are honoured, not every step edited."""
+    from repro.features.causality import causal_timing, pooled_timing, window_name
+
+    sampling = Sampling(steps=2)
+
+    class Recorder(ChangeOracle):
+        def __init__(self):
+            prompts, seeds = scene_prompts(ON, 5)
+            self.plain = {len(ON): generate_with(pipe, prompts, seeds, sampling).astype(np.float32)}
+            self.seen = []
+
+        def read(self, images):
+            self.seen.append(images)
+            return super().read(images)
+
+    oracle = Recorder()
+    res = causal_timing(pipe, _planted_sae(), "down.2.1", PLANTED, "colour=red", ON, oracle, sampling, grid=4,
+                        strength=1.0, windows=[[], [0], [1], [0, 1]], seed=5, batch_size=2)
+    assert res.baseline == 0 and list(res.windows) == ["none", "0", "1", "0-1"]
+    hits = {w: r.hits for w, r in res.windows.items()}
+    assert (hits["none"], hits["0"], hits["0-1"]) == (0, 3, 3)
+    plain, none, first, last, both = (im.astype(np.float32) for im in oracle.seen)
+    assert np.array_equal(none, plain)
+    assert 0 < np.abs(last - plain).mean() < np.abs(first - plain).mean()
+    assert not np.array_equal(first, both)
+    pooled = pooled_timing([res, res])
+    assert pooled["on"]["0"]["hits"] == 6 and pooled["on"]["1"]["n"] == 6 and pooled["baseline_on"]["n"] == 6
+    assert window_name([2, 3]) == "2-3" and window_name([0, 2]) == "0,2" and window_name([1]) == "1"

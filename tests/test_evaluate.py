@@ -115,3 +115,59 @@ def test_control_curve_is_one_training_measured_at_each_budget():
     assert curve[1]["ev"] > curve[0]["ev"] + 0.05
     straight = control_curve(like, x, [60], updates, batch_size=128, device="cpu", lr=1e-2)
     assert straight[0]["ev_per_step"] == pytest.approx(curve[1]["ev_per_step"], abs=1e-6)
+
+
+def test_share_of_the_ceiling_has_a_joint_bootstrap_interval_over_images():
+    """The share of the ceiling (transfer EV / control EV, means over steps) gets an interval
+    from resampling images, the same images for both SAEs and every step: an SAE against
+    itself is exactly 1 in every resample; the point estimate is the ratio of ev_per_step means."""
+    from repro.evaluate.transfer import ev_per_step, share_of_ceiling, step_sums
+    from repro.sae.synthetic import sparse_dictionary_data
+
+    held, _ = sparse_dictionary_data(2 * 24 * 16, 16, n_atoms=24, k_active=2, seed=0)
+    updates = held.reshape(2, 24, 4, 4, 16)  # [steps, N, H, W, C]
+    a = TopKSAE(SAEConfig(d_model=16, n_features=48, k=3, k_aux=8), seed=0)
+    b = TopKSAE(SAEConfig(d_model=16, n_features=48, k=6, k_aux=8), seed=1)
+    sa, sb = step_sums(a, updates), step_sums(b, updates)
+    assert [s.ev() for s in sa] == pytest.approx(
+        [evaluate_reconstruction(a, updates[t], n_boot=0).ev for t in range(2)], abs=1e-9)
+    same = share_of_ceiling(sa, sa, n_boot=200)
+    assert (same["share"], same["lo"], same["hi"]) == pytest.approx((1.0, 1.0, 1.0))
+    cross = share_of_ceiling(sa, sb, n_boot=200)
+    assert cross["share"] == pytest.approx(np.mean(ev_per_step(a, updates)) / np.mean(ev_per_step(b, updates)))
+    assert cross["lo"] < cross["share"] < cross["hi"] and cross["n_images"] == 24
+
+
+def test_control_curve_reports_the_share_of_the_ceiling_at_each_budget():
+    from repro.evaluate.transfer import control_curve, ev_per_step
+    from repro.sae.synthetic import sparse_dictionary_data
+
+    x, _ = sparse_dictionary_data(2048, 16, n_atoms=24, k_active=2, seed=0)
+    held, _ = sparse_dictionary_data(256, 16, n_atoms=24, k_active=2, seed=1)
+    updates = held.reshape(1, 16, 4, 4, 16)
+    like = TopKSAE(SAEConfig(d_model=16, n_features=48, k=2, k_aux=8), seed=0)
+    curve = control_curve(like, x, [5, 40], updates, batch_size=128, device="cpu", lr=1e-2, n_boot=100)
+    transfer_ev = float(np.mean(ev_per_step(like, updates)))
+    for point in curve:
+        share = point["share_of_ceiling"]
+        assert share["share"] == pytest.approx(transfer_ev / point["ev"], rel=1e-9)
+        assert share["lo"] <= share["share"] <= share["hi"]
+
+
+def test_controls_of_several_blocks_train_together_as_they_would_alone():
+    """One run for the controls of blocks with as many tokens (a CPU budget lever): each control's
+    curve equals the one it gets trained alone; a block with other token counts trains on its own."""
+    from repro.evaluate.transfer import control_curve, control_curves
+    from repro.sae.synthetic import sparse_dictionary_data
+
+    cfg = SAEConfig(d_model=16, n_features=48, k=2, k_aux=8)
+    tokens = {b: sparse_dictionary_data(n, 16, n_atoms=24, k_active=2, seed=i)[0]
+              for i, (b, n) in enumerate((("a", 1024), ("b", 1024), ("c", 768)))}
+    updates = {b: sparse_dictionary_data(128, 16, n_atoms=24, k_active=2, seed=10 + i)[0].reshape(1, 8, 4, 4, 16)
+               for i, b in enumerate(tokens)}
+    likes = {b: TopKSAE(cfg, seed=i) for i, b in enumerate(tokens)}
+    together = control_curves(likes, tokens, [3, 12], updates, batch_size=128, device="cpu", lr=1e-2, n_boot=20)
+    assert list(together) == ["a", "b", "c"]
+    for b in tokens:
+        alone = control_curve(likes[b], tokens[b], [3, 12], updates[b], batch_size=128, device="cpu", lr=1e-2, n_boot=20)
+        assert [c["ev_per_step"] for c in together[b]] == [pytest.approx(c["ev_per_step"], abs=1e-5) for c in alone]

@@ -124,3 +124,21 @@ def test_no_chapter_chooses_behaviour_by_profile_name_or_model_size():
         text = path.read_text()
         assert not re.search(r"prof\.name\s*==|\.name\s*==\s*\"toy\"|sample_size\s*\*", text), path.name
         assert "Grid.toy()" not in text, path.name
+
+
+def test_the_toy_budget_is_pulled_in_profile_fields_that_the_chapters_read():
+    """Issue 15: the toy's CPU levers are its own fields (smaller than the defaults, every curve
+    and control kept), and 04/05 read them rather than fixed notebook counts."""
+    from repro.notebooks import notebooks_dir
+    from repro.profiles import Profile
+
+    toy, default = PROFILES["toy"], {f.name: f.default for f in dataclasses.fields(Profile)}
+    for name in ("causal_features", "timing_scenes", "timing_prompts"):
+        assert 1 <= getattr(toy, name) < default[name], name
+    assert toy.sae_seeds == 2 and toy.control_budgets >= 2  # seed stability and the control curve stay
+    assert toy.control_steps * 4 == toy.sae_steps and toy.control_prompts < default["control_prompts"]
+    text = {n: (notebooks_dir() / f"{n}.md").read_text() for n in ("04_evaluate", "05_features")}
+    assert "prof.timing_prompts" in text["04_evaluate"]
+    assert all(f"prof.{f}" in text["05_features"] for f in ("causal_features", "causal_scenes", "timing_scenes"))
+    with pytest.raises(ReproError, match="timing_scenes"):
+        dataclasses.replace(toy, timing_scenes=0)

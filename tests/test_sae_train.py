@@ -211,3 +211,36 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     full = _saes()
     train_saes(full, TensorSource(_data(), 256, seed=3), cfg, out_dir=tmp_path / "full")
     _assert_bitwise(_weights(full), _weights(resumed))
+
+
+def test_lr_zero_scales_to_the_dictionary_and_leaves_the_random_start(tmp_path):
+    """The toy SAEs barely left their random init at the paper's 1e-4 (decoders at median cosine
+    0.91 to init after 1500 steps): Adam moves each weight ~lr per step, far too little for a
+    short run. lr = 0 trains each SAE at sparsify's `scaled_lr(n_features)`, records it, and in
+    the same few steps moves the decoder away from its init and explains more."""
+    from repro.sae.config import scaled_lr
+    from repro.sae.stability import init_cosine
+    from repro.sae.train import trained_lr
+
+    assert scaled_lr(2**14) == pytest.approx(2e-4) and scaled_lr(512) == pytest.approx(1.131e-3, rel=1e-3)
+    x, _ = sparse_dictionary_data(8192, 16, n_atoms=32, k_active=3, seed=0)
+    moved = {}
+    for lr in (1e-4, 0.0):
+        sae = TopKSAE(SAEConfig(d_model=16, n_features=64, k=4, k_aux=16, dead_tokens_threshold=256 * 20), seed=3)
+        sae.metadata["init_seed"] = 3
+        res = train_saes({"blk": sae}, TensorSource({"blk": x}, 256), _cfg(steps=150, lr=lr, log_every=50),
+                         out_dir=tmp_path / str(lr))
+        saved = load_sae(tmp_path / str(lr) / "blk")
+        assert trained_lr(saved) == pytest.approx(lr or scaled_lr(64))
+        moved[lr] = (init_cosine(sae), res.last_metrics["blk"]["ev"], res.last_metrics["blk"]["lr"])
+    assert moved[0.0][2] == pytest.approx(scaled_lr(64)) == pytest.approx(3.2e-3, rel=0.01)
+    assert moved[1e-4][0] > 0.99 and moved[0.0][0] < 0.9  # median cosine of the decoder to its init
+    assert moved[0.0][1] > moved[1e-4][1] + 0.2  # EV 0.77 against 0.43
+
+
+def test_the_toy_profile_scales_its_lr_and_the_paper_keeps_1e4():
+    from repro.profiles import PROFILES
+
+    assert PROFILES["toy"].sae_lr == 0 and PROFILES["paper"].sae_lr == 1e-4 and PROFILES["standin"].sae_lr == 1e-4
+    with pytest.raises(ReproError, match="lr"):
+        TrainConfig(lr=-1e-4)

@@ -49,16 +49,46 @@ def _image_sums(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return v.sum((1, 2)), v.pow(2).sum((1, 2, 3))
 
 
-def _ev_of_images(x_sums, e_sums, positions: int):
-    """EV from per-image sums (x_sums / e_sums: (s1 [N, C], s2 [N])) of any multiset of images."""
-    def dev(s1, s2):
-        return s2.sum() - s1.sum(0).pow(2).sum() / (len(s2) * positions)
+@dataclass
+class ImageSums:
+    """Per-image moments of updates x and residuals e = x - x_hat: enough for the EV of any
+    multiset of the images (a bootstrap resample) without encoding again."""
 
-    def ev(idx):
-        idx = torch.as_tensor(idx)
-        return float(1 - dev(e_sums[0][idx], e_sums[1][idx]) / dev(x_sums[0][idx], x_sums[1][idx]))
+    x1: torch.Tensor
+    """[N, C] sum of x over each image's positions (float64)."""
+    x2: torch.Tensor
+    """[N] sum of |x|^2 over each image's positions."""
+    e1: torch.Tensor
+    """[N, C] the same for the residual."""
+    e2: torch.Tensor
+    positions: int
+    """Positions per image (H * W)."""
 
-    return ev
+    def ev(self, idx=None) -> float:
+        """The paper's EV over the images `idx` (with repeats; default: all)."""
+        idx = torch.arange(len(self.x2)) if idx is None else torch.as_tensor(idx)
+
+        def dev(s1, s2):  # sum |v - mean(v)|^2 over every position of the chosen images
+            return s2.sum() - s1.sum(0).pow(2).sum() / (len(s2) * self.positions)
+
+        return float(1 - dev(self.e1[idx], self.e2[idx]) / dev(self.x1[idx], self.x2[idx]))
+
+
+@torch.no_grad()
+def image_sums(sae: TopKSAE, updates: torch.Tensor, batch_size: int = 8192) -> ImageSums:
+    """`ImageSums` of `sae` on updates [N, H, W, C]."""
+    x = updates.reshape(-1, *updates.shape[-3:]).float()  # [N, H, W, C]
+    n, h, w, c = x.shape
+    parts: dict[str, list] = {"x1": [], "x2": [], "e1": [], "e2": []}
+    per_batch = max(1, batch_size // (h * w))
+    for start in range(0, n, per_batch):
+        chunk = x[start : start + per_batch].to(device=sae.device, dtype=sae.dtype)
+        x_hat = sae.decode_sparse(*sae.encode_topk(chunk)).float()
+        for key, v in (("x", chunk.float()), ("e", chunk.float() - x_hat)):
+            s1, s2 = _image_sums(v)
+            parts[key + "1"].append(s1)
+            parts[key + "2"].append(s2)
+    return ImageSums(**{k: torch.cat(v) for k, v in parts.items()}, positions=h * w)
 
 
 @torch.no_grad()
@@ -97,9 +127,8 @@ def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int
     position_ev = (1.0 - residual.squared_deviation() / signal.squared_deviation().clamp_min(1e-12)).tolist()
     interval = (float("nan"), float("nan"))
     if n_boot and n > 1 and var_x > 0:
-        cat = {k: torch.cat(v) for k, v in per_image.items()}
-        ev_of = _ev_of_images((cat["x1"], cat["x2"]), (cat["e1"], cat["e2"]), h * w)
-        interval = bootstrap(np.arange(n), ev_of, n_boot=n_boot)
+        sums = ImageSums(**{k: torch.cat(v) for k, v in per_image.items()}, positions=h * w)
+        interval = bootstrap(np.arange(n), sums.ev, n_boot=n_boot)
     return Reconstruction(
         ev=ev, fvu=1.0 - ev, nmse=nmse, l0=l0_total / (n * h * w),
         dead_fraction=1.0 - float(fired.float().mean()), n_tokens=n * h * w, position_ev=position_ev,

@@ -6,26 +6,57 @@ A *control* SAE trained on the target setting itself gives the ceiling of each c
 a ceiling only when it gets the same budget (width, k, batch, steps) as the SAE it is
 compared with, so `control_curve` trains one control up to that budget and records its
 EV at several budgets on the way: a curve of control EV against training tokens.
+
+The *share of the ceiling* of a cell is (EV of the 1-step SAE) / (EV of the control), each
+averaged over the cell's steps; `share_of_ceiling` gives it a bootstrap interval over
+images, resampling the same images (at every step) for both SAEs, since both are
+measured on the same updates.
 """
 
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from repro.evaluate.reconstruction import code_overlap, evaluate_reconstruction
+import numpy as np
+
+from repro.evaluate.reconstruction import ImageSums, code_overlap, image_sums
+from repro.intervals import bootstrap
 from repro.sae.config import SAEConfig, TrainConfig
 from repro.sae.model import TopKSAE
 from repro.sae.sources import TensorSource
 from repro.sae.train import train_saes
 
 
+def step_sums(sae: TopKSAE, updates: torch.Tensor) -> list[ImageSums]:
+    """Per-image moments of `sae` at each step: updates [steps, N, H, W, C] -> [steps] `ImageSums`."""
+    return [image_sums(sae, updates[t]) for t in range(updates.shape[0])]
+
+
 def ev_per_step(sae: TopKSAE, updates: torch.Tensor) -> list[float]:
     """EV of `sae` at each step: updates [steps, N, H, W, C] -> [steps] floats."""
-    return [evaluate_reconstruction(sae, updates[t]).ev for t in range(updates.shape[0])]
+    return [s.ev() for s in step_sums(sae, updates)]
+
+
+def share_of_ceiling(transfer: list[ImageSums], control: list[ImageSums], n_boot: int = 1000,
+                     seed: int = 0) -> dict:
+    """Transfer EV / control EV (each the mean over steps) of one cell, from both SAEs'
+    `step_sums` on the same updates, with a 95% bootstrap interval over images (one
+    resample of the images serves every step and both SAEs).
+
+    Returns {"share", "lo", "hi", "transfer_ev", "control_ev", "n_images"}."""
+    def mean_ev(sums: list[ImageSums], idx=None) -> float:
+        return float(np.mean([s.ev(idx) for s in sums]))
+
+    def share(idx=None) -> float:
+        return mean_ev(transfer, idx) / mean_ev(control, idx)
+
+    n = len(transfer[0].x2)
+    lo, hi = bootstrap(np.arange(n), share, n_boot=n_boot, seed=seed) if n_boot and n > 1 else (float("nan"),) * 2
+    return {"share": share(), "lo": lo, "hi": hi, "transfer_ev": mean_ev(transfer), "control_ev": mean_ev(control),
+            "n_images": n}
 
 
 def overlap_per_step(sae: TopKSAE, updates: torch.Tensor) -> list[float]:
@@ -40,28 +71,55 @@ def budget_points(steps: int, n_points: int) -> list[int]:
 
 def control_curve(
     like: TopKSAE, tokens: torch.Tensor, budgets: Sequence[int], updates: torch.Tensor, batch_size: int,
-    seed: int = 0, device: str = "auto", lr: float = 1e-4,
+    seed: int = 0, device: str = "auto", lr: float = 1e-4, n_boot: int = 1000,
 ) -> list[dict]:
     """Train one control SAE of `like`'s config on `tokens` [N, C] of the target setting, stopping at
     each budget (steps of `batch_size` rows, increasing) to measure its EV on `updates` [steps, N, H, W, C].
-    `lr` is the compared SAE's (the paper's 1e-4 by default).
+    `like` is the transferred SAE the control is compared with; `lr` is its learning rate.
 
-    Returns [{"steps", "tokens", "ev_per_step": [steps floats], "ev": mean}] per budget; the
-    last entry is the ceiling at the full budget. Training continues from the previous
-    budget (same run, checkpointed), so the curve costs one training to its largest budget.
+    Returns [{"steps", "tokens", "ev_per_step": [steps floats], "ev": mean, "share_of_ceiling":
+    `share_of_ceiling` of `like` against the control at this budget}] per budget; the last entry
+    is the ceiling at the full budget. Training continues from the previous budget (same run,
+    checkpointed), so the curve costs one training to its largest budget.
     """
+    return control_curves({"x": like}, {"x": tokens}, budgets, {"x": updates}, batch_size, seed=seed, device=device,
+                          lr=lr, n_boot=n_boot)["x"]
+
+
+def control_curves(
+    likes: dict[str, TopKSAE], tokens: dict[str, torch.Tensor], budgets: Sequence[int],
+    updates: dict[str, torch.Tensor], batch_size: int, seed: int = 0, device: str = "auto",
+    lr: float | dict[str, float] = 1e-4, n_boot: int = 1000,
+) -> dict[str, list[dict]]:
+    """`control_curve` of several blocks ({block: SAE}, {block: tokens [N, C]}, {block: updates};
+    `lr` one for all or {block: lr}), the controls of blocks with as many tokens (and the same
+    lr) trained together in one run (one batch order,
+    one pass of the training loop: on a CPU several SAEs per step cost far less than one run
+    each). Each control gets the same init seed and batch order it would get alone, so its
+    curve is the one `control_curve` gives it."""
     budgets = sorted(int(b) for b in budgets)
-    cfg = SAEConfig(**{**like.cfg.to_dict(), "d_model": tokens.shape[-1]})
-    sae = TopKSAE(cfg, seed=seed)
-    flat = tokens.reshape(-1, tokens.shape[-1]).float()
-    source = TensorSource({"x": flat}, batch_size=batch_size, seed=seed)
-    curve = []
-    with tempfile.TemporaryDirectory(prefix="control-") as work:
-        for budget in budgets:
-            train_cfg = TrainConfig(steps=budget, lr=lr, device=device, checkpoint_every=budgets[-1] + 1, progress=False,
-                                    log_every=max(budget, 1), geometric_median_samples=min(8192, flat.shape[0]))
-            train_saes({"x": sae}, source, train_cfg, out_dir=work, resume=True, save_final=False)
-            per_step = ev_per_step(sae, updates)
-            curve.append({"steps": budget, "tokens": budget * batch_size, "ev_per_step": per_step,
-                          "ev": float(sum(per_step) / len(per_step))})
-    return curve
+    flat = {b: t.reshape(-1, t.shape[-1]).float() for b, t in tokens.items()}
+    lrs = lr if isinstance(lr, dict) else {b: lr for b in likes}
+    groups: dict[tuple[int, float], list[str]] = {}
+    for block in likes:
+        groups.setdefault((flat[block].shape[0], float(lrs[block])), []).append(block)
+    curves: dict[str, list[dict]] = {}
+    for (rows, group_lr), group in groups.items():
+        controls = {b: TopKSAE(SAEConfig(**{**likes[b].cfg.to_dict(), "d_model": flat[b].shape[-1]}), seed=seed)
+                    for b in group}
+        source = TensorSource({b: flat[b] for b in group}, batch_size=batch_size, seed=seed)
+        transferred = {b: step_sums(likes[b], updates[b]) for b in group}
+        with tempfile.TemporaryDirectory(prefix="control-") as work:
+            for budget in budgets:
+                train_cfg = TrainConfig(steps=budget, lr=group_lr, device=device, checkpoint_every=budgets[-1] + 1,
+                                        progress=False, log_every=max(budget, 1),
+                                        geometric_median_samples=min(8192, rows))
+                train_saes(controls, source, train_cfg, out_dir=work, resume=True, save_final=False)
+                for b in group:
+                    sums = step_sums(controls[b], updates[b])
+                    per_step = [s.ev() for s in sums]
+                    curves.setdefault(b, []).append({
+                        "steps": budget, "tokens": budget * batch_size, "ev_per_step": per_step,
+                        "ev": float(sum(per_step) / len(per_step)),
+                        "share_of_ceiling": share_of_ceiling(transferred[b], sums, n_boot=n_boot, seed=seed)})
+    return {b: curves[b] for b in likes}

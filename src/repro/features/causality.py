@@ -9,8 +9,12 @@
 - switch off: in scenes that do have the value, remove the feature's own contribution
   (`FeatureOff`: `z_f(pos) * W_dec[:, f]` where it fires) and ask whether the value is gone;
 - both against the unedited images (how often the value is read / absent anyway);
+- timing (`causal_timing`): switch on with the edit acting only at some denoising steps
+  (each step alone, and all of them, on the multi-step turbo), to see when an edit acts;
 - locality: add the feature at one grid cell and measure the mean absolute pixel change
-  as a function of the distance (in grid cells) from that cell.
+  as a function of the distance (in grid cells) from that cell; `locality_curve` does it
+  at the same strengths as the causality curve, per image, so that the change at the cell
+  and its spread beyond it carry bootstrap intervals.
 
 Every rate comes with its counts (`hits` of `n`), for confidence intervals.
 Controls: the same tests on `repro.features.controls.random_direction_twin(sae, ...)`, the
@@ -66,11 +70,13 @@ def _masks(scenes, label: str, grid: int) -> torch.Tensor:
                         for i in range(len(scenes))])
 
 
-def painting_edit(sae: TopKSAE, feature: int, s: float, mask: torch.Tensor | None = None) -> FeatureAdd:
+def painting_edit(sae: TopKSAE, feature: int, s: float, mask: torch.Tensor | None = None,
+                  steps: Sequence[int] | None = None) -> FeatureAdd:
     """The paper's painting rule: add `s * mean_f * W_dec[:, f]` (inside `mask`; mean_f from the
-    feature stats, 1 without them). Causality and locality both intervene with it."""
+    feature stats, 1 without them) at the denoising `steps` (None: every step). Causality,
+    locality and timing all intervene with it."""
     mean = float(sae.feature_stats.mean[feature]) if sae.feature_stats is not None else 1.0
-    return FeatureAdd(sae=sae, features=feature, strength=s * mean, mask=mask)
+    return FeatureAdd(sae=sae, features=feature, strength=s * mean, mask=mask, steps=steps)
 
 
 def preserved(plain: dict, edited: dict, label: str) -> bool:
@@ -178,6 +184,75 @@ def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_sce
     return result
 
 
+def window_name(steps: Sequence[int]) -> str:
+    """"0", "2-3" or "0,2": how the chapters name the steps an edit acts at (0 = the first step)."""
+    steps = sorted(int(t) for t in steps)
+    if not steps:
+        return "none"
+    if steps == list(range(steps[0], steps[-1] + 1)):
+        return str(steps[0]) if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+    return ",".join(map(str, steps))
+
+
+@dataclass
+class TimingResult:
+    """Switching a feature on when the edit acts only at some denoising steps: counts per window."""
+
+    label: str
+    n: int
+    baseline: int
+    """Scenes whose unedited image reads the value anyway."""
+    windows: dict[str, SwitchOn] = field(default_factory=dict)
+    """Window name (`window_name`) -> success and preservation counts of the edit acting there."""
+
+
+def causal_timing(pipe, sae: TopKSAE, block: str, feature: int, label: str, scenes: Sequence, oracle,
+                  sampling: Sampling, grid: int, strength: float, windows: Sequence[Sequence[int]], seed: int = 0,
+                  batch_size: int = 16) -> TimingResult:
+    """Switch `feature` on in `scenes` (without its value), the painting edit acting only at the
+    steps of each window (e.g. [[0], [1], [2], [3], [0, 1, 2, 3]] on 4-step turbo): does the
+    oracle read the value, and is everything else kept? One unedited generation serves all
+    windows. The paper: early steps change the image strongly, late ones subtly."""
+    prompts, seeds = scene_prompts(scenes, seed)
+    masks = _masks(scenes, label, grid)  # [N, grid, grid]
+    plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
+    result = TimingResult(label, n=len(scenes), baseline=sum(reads_value(r, s, label) for r, s in zip(plain, scenes)))
+    for window in windows:
+        edit = painting_edit(sae, feature, strength, masks, steps=list(window))
+        edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size))
+        result.windows[window_name(window)] = SwitchOn(
+            float(strength), hits=sum(reads_value(r, s, label) for r, s in zip(edited, scenes)),
+            preserved=sum(preserved(a, b, label) for a, b in zip(plain, edited)), n=len(scenes))
+    return result
+
+
+def pooled_timing(results: Sequence[TimingResult]) -> dict:
+    """Counts of several features pooled into Wilson rates: {"on": {window: rate},
+    "preserved": {window: rate}, "baseline_on": rate}."""
+    from repro.intervals import rate
+
+    names = list(dict.fromkeys(w for res in results for w in res.windows))
+    rows = {w: [res.windows[w] for res in results if w in res.windows] for w in names}
+    return {
+        "on": {w: rate(sum(r.hits for r in rs), sum(r.n for r in rs)) for w, rs in rows.items()},
+        "preserved": {w: rate(sum(r.preserved for r in rs), sum(r.n for r in rs)) for w, rs in rows.items()},
+        "baseline_on": rate(sum(res.baseline for res in results), sum(res.n for res in results)),
+    }
+
+
+def _distance_bins(h: int, w: int, grid: int, cell: tuple[int, int]) -> np.ndarray:
+    """[h, w] int: each pixel's distance from the centre of `cell`, in whole grid cells."""
+    ys, xs = np.mgrid[0:h, 0:w]
+    cy, cx = (cell[0] + 0.5) * h / grid, (cell[1] + 0.5) * w / grid
+    return np.floor(np.sqrt((ys + 0.5 - cy) ** 2 + (xs + 0.5 - cx) ** 2) / (h / grid)).astype(int)
+
+
+def _change_by_distance(plain: np.ndarray, edited: np.ndarray, bins: np.ndarray) -> np.ndarray:
+    """Per-image mean absolute pixel change (0..1) at each distance: images [N, H, W, 3] -> [N, D]."""
+    change = np.abs(edited.astype(np.float32) - plain.astype(np.float32)).mean(axis=3) / 255.0  # [N, H, W]
+    return np.stack([change[:, bins == d].mean(axis=1) for d in range(bins.max() + 1)], axis=1)
+
+
 def locality(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str], seeds: Sequence[int],
              sampling: Sampling, grid: int, cell: tuple[int, int] | None = None, strength: float = 1.0,
              batch_size: int = 16) -> np.ndarray:
@@ -185,16 +260,58 @@ def locality(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str
 
     The feature is added (strength * mean_f * W_dec[:, f]) at one cell (default: the centre) only.
     """
+    curve = locality_curve(pipe, sae, block, feature, prompts, seeds, sampling, grid, [strength], cell, batch_size)
+    return curve.profiles[0].mean(axis=0)
+
+
+@dataclass
+class LocalityCurve:
+    """Pixel change against distance from one edited cell, at several strengths, per image.
+
+    Summaries per strength (`summary`): *near*, the mean change at distance 0 (within one
+    cell of the edited cell's centre: does the edit act at all); *far*, the mean change at distance >= `far_from`
+    cells; *spread* = far / near (0: only the cell changes; 1: the whole image changes as
+    much as the cell). Each with a 95% bootstrap interval over the images."""
+
+    strengths: list[float]
+    profiles: np.ndarray
+    """[S, N, D] mean |pixel change| (0..1) of image n at distance d (grid cells) at strength s."""
+    far_from: int = 2
+
+    def summary(self, n_boot: int = 1000, seed: int = 0) -> dict[float, dict]:
+        """{s: {"near": {"value", "lo", "hi"}, "far": ..., "spread": ...}} with intervals over images."""
+        from repro.intervals import bootstrap
+
+        out = {}
+        for s, prof in zip(self.strengths, self.profiles):  # prof [N, D]
+            stats = {"near": lambda p: float(p[:, 0].mean()),
+                     "far": lambda p: float(p[:, self.far_from:].mean()),
+                     "spread": lambda p: float(p[:, self.far_from:].mean() / max(p[:, 0].mean(), 1e-12))}
+            row = {}
+            for name, stat in stats.items():
+                lo, hi = bootstrap(prof, stat, n_boot=n_boot, seed=seed) if n_boot and len(prof) > 1 else (float("nan"),) * 2
+                row[name] = {"value": stat(prof), "lo": lo, "hi": hi}
+            out[float(s)] = row
+        return out
+
+    def to_dict(self, n_boot: int = 1000) -> dict:
+        return {"strengths": self.strengths, "far_from": self.far_from,
+                "mean_profile": self.profiles.mean(axis=1).tolist(), "summary": self.summary(n_boot)}
+
+
+def locality_curve(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str], seeds: Sequence[int],
+                   sampling: Sampling, grid: int, strengths: Sequence[float], cell: tuple[int, int] | None = None,
+                   batch_size: int = 16, plain: np.ndarray | None = None, far_from: int = 2) -> LocalityCurve:
+    """Add the feature (the painting rule, `s * mean_f * W_dec[:, f]`) at one grid cell (default:
+    the centre) at each strength `s`, and measure each image's pixel change by distance from it.
+    `plain` (the unedited images [N, H, W, 3], if already generated) saves one generation."""
     cell = cell or (grid // 2, grid // 2)
     mask = torch.zeros(grid, grid)
     mask[cell] = 1.0
-    edit = painting_edit(sae, feature, strength, mask)
-    plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size).astype(np.float32)
-    edited = generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size).astype(np.float32)
-    change = np.abs(edited - plain).mean(axis=(0, 3)) / 255.0  # [H, W]
-    h, w = change.shape
-    ys, xs = np.mgrid[0:h, 0:w]
-    cy, cx = (cell[0] + 0.5) * h / grid, (cell[1] + 0.5) * w / grid
-    dist = np.sqrt((ys + 0.5 - cy) ** 2 + (xs + 0.5 - cx) ** 2) / (h / grid)  # in grid cells
-    bins = np.floor(dist).astype(int)
-    return np.array([change[bins == d].mean() for d in range(bins.max() + 1)])
+    if plain is None:
+        plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size)
+    bins = _distance_bins(plain.shape[1], plain.shape[2], grid, cell)
+    profiles = [_change_by_distance(plain, generate_with(pipe, prompts, seeds, sampling,
+                                                         {block: painting_edit(sae, feature, s, mask)}, batch_size), bins)
+                for s in strengths]
+    return LocalityCurve([float(s) for s in strengths], np.stack(profiles), far_from=far_from)

@@ -63,6 +63,16 @@ class SAEConfig:
         return cls(**{key: value for key, value in data.items() if key in known})
 
 
+def scaled_lr(n_features: int) -> float:
+    """Adam lr for a dictionary of `n_features` latents: 2e-4 / sqrt(n_features / 2^14), the rule
+    EleutherAI's sparsify uses by default (after Gao et al.'s fit of lr against width).
+
+    Adam moves every weight by about lr per step, while a unit-norm decoder column of width d
+    has entries of about 1/sqrt(d): at the paper's 1e-4, a small dictionary trained for a few
+    thousand steps (the toy's) hardly leaves its random start (measured: benchmarks/README.md)."""
+    return 2e-4 / math.sqrt(n_features / 2**14)
+
+
 @dataclass
 class TrainConfig:
     """One training run of one or several SAEs on one batch source."""
@@ -70,7 +80,8 @@ class TrainConfig:
     steps: int = 100_000
     """Optimisation steps (batches) to train for; the run ends earlier if the source runs out."""
     lr: float = 1e-4
-    """Adam learning rate (constant: the paper uses no schedule)."""
+    """Adam learning rate (constant: the paper uses no schedule); 0: `scaled_lr(n_features)` of
+    each SAE, sparsify's rule (1.1e-3 at 512 features, 3.6e-4 at 5120)."""
     adam_eps: float = 6.25e-10
     """Adam epsilon (Gao et al.)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -110,8 +121,9 @@ class TrainConfig:
             raise ReproError(f"unknown on_nonfinite {self.on_nonfinite!r}: use {choices_hint(['skip', 'stop'])}")
         if self.steps < 1:  # 0 would write untrained SAEs as if they were trained
             raise ReproError(f"steps must be at least 1, got {self.steps}")
-        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.adam_eps) and self.adam_eps > 0):
-            raise ReproError(f"lr and adam_eps must be finite and positive, got lr={self.lr}, adam_eps={self.adam_eps}")
+        if not (math.isfinite(self.lr) and self.lr >= 0 and math.isfinite(self.adam_eps) and self.adam_eps > 0):
+            raise ReproError(f"lr must be finite and >= 0 (0: scaled to the dictionary) and adam_eps finite and "
+                             f"positive, got lr={self.lr}, adam_eps={self.adam_eps}")
         if self.log_every < 1:
             raise ReproError(f"log_every must be >= 1, got {self.log_every}")
         if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
@@ -123,4 +135,4 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-__all__ = ["ARCHITECTURE", "SAEConfig", "TrainConfig"]
+__all__ = ["ARCHITECTURE", "SAEConfig", "TrainConfig", "scaled_lr"]

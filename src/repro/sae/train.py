@@ -30,7 +30,7 @@ from repro.errors import ReproError, choices_hint
 from repro.io import write_bytes_atomic
 from repro.meter import add_sae_training
 from repro.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from repro.sae.config import TrainConfig
+from repro.sae.config import TrainConfig, scaled_lr
 from repro.sae.geometric_median import geometric_median
 from repro.sae.io import save_sae
 from repro.sae.model import TopKSAE
@@ -113,6 +113,19 @@ def _truncate_metrics(path: Path, step: int) -> None:
     write_bytes_atomic(path, "".join(line + "\n" for line in kept).encode())
 
 
+def training_lr(cfg: TrainConfig, sae: TopKSAE) -> float:
+    """The Adam lr `sae` trains at under `cfg`: cfg.lr, or `scaled_lr` of its width when cfg.lr is 0."""
+    return cfg.lr or scaled_lr(sae.cfg.n_features)
+
+
+def trained_lr(sae: TopKSAE, default: float = 1e-4) -> float:
+    """The lr a saved SAE was trained at (its cfg.json's training record), or `default`; what a
+    control compared with it trains at."""
+    training = sae.metadata.get("training") or {}
+    lr = training.get("lr") or (training.get("config") or {}).get("lr")
+    return float(lr) if lr else default
+
+
 def train_saes(
     saes: dict[str, TopKSAE],
     source: BatchSource,
@@ -155,7 +168,8 @@ def train_saes(
     for block, sae in saes.items():
         sae.to(device=device, dtype=torch.float32)
         sae.metadata["block"] = block
-    opts = {block: make_optimizer(sae, cfg.lr, cfg.adam_eps, cfg.adam_betas) for block, sae in saes.items()}
+    lrs = {block: training_lr(cfg, sae) for block, sae in saes.items()}
+    opts = {block: make_optimizer(sae, lrs[block], cfg.adam_eps, cfg.adam_betas) for block, sae in saes.items()}
     step, tokens, skipped = 0, 0, {block: 0 for block in saes}
     metrics_path = out / METRICS_FILE if out else None
 
@@ -224,7 +238,8 @@ def train_saes(
         for block, sae in saes.items():
             if cfg.stats_batches:
                 sae.feature_stats = feature_stats(sae, source, cfg.stats_batches, block=block)
-            training = {"steps": step, "tokens": tokens, "skipped_nonfinite": skipped[block], "config": cfg.to_dict()}
+            training = {"steps": step, "tokens": tokens, "skipped_nonfinite": skipped[block], "lr": lrs[block],
+                        "config": cfg.to_dict()}
             data = source.describe() if hasattr(source, "describe") else {"source": type(source).__name__}
             save_sae(sae, out / block, **(metadata or {}), training=training, data=data)
     return TrainResult(steps=step, tokens=tokens, skipped_nonfinite=skipped, last_metrics=last, out_dir=out)

@@ -69,6 +69,30 @@ def _placeholder(root: Path, name: str) -> None:
     nbformat.write(nb, path)
 
 
+SIDE_SUFFIX = ".files"
+
+
+def side_folder(chapter: str, root: Path | None = None) -> Path:
+    """Where a chapter writes static files its page loads (feature pages): copied beside the
+    built page, so the page reads them by the relative path `<chapter>.files/`."""
+    return (root or project_root()) / "book" / "chapters" / f"{chapter}{SIDE_SUFFIX}"
+
+
+def copy_side_folders(root: Path) -> list[Path]:
+    """Copy every chapter's side folder next to its built page; returns the copies."""
+    import shutil
+
+    out = []
+    html = root / "book" / "_build" / "html" / "book" / "chapters"
+    for folder in sorted((root / "book" / "chapters").glob(f"*{SIDE_SUFFIX}")):
+        if folder.is_dir():
+            target = html / folder.name
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(folder, target)
+            out.append(target)
+    return out
+
+
 def build_book(root: Path | None = None, strict: bool = False) -> Path:
     """Build book/_build/html from the executed chapters; returns the index page."""
     root = root or project_root()
@@ -85,4 +109,5 @@ def build_book(root: Path | None = None, strict: bool = False) -> Path:
            "--config", str(root / "_config.yml"), "--toc", str(root / "_toc.yml")]
     if subprocess.run(cmd, cwd=root).returncode != 0:
         raise ReproError("jupyter-book failed to build the book: see its output above")
+    copy_side_folders(root)
     return root / "book" / "_build" / "html" / "index.html"

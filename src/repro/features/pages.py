@@ -1,0 +1,202 @@
+"""Feature pages: everything one feature's page shows, gathered per block, as JSON-able records.
+
+`BlockFeatures` holds what the chapter computed for one block (any part may be missing);
+`FeatureSite` (repro.features.site) turns them into lazily loaded static files. A record
+(`feature_record`) holds, for one live feature:
+
+    f, label, label_note, freq (share of positions), dens (share of images), mean, std,
+    purity, f1, hist {lo, counts}          # counts of firing positions per HIST_EDGES bin from `lo`
+    top {img, val, hmax, heat}             # image ids, max activations, zlib uint8 heatmaps (b64)
+    bands [{q: [lo, hi], img, val, hmax, heat}]  # 3 lower quantile bands of per-image max activation
+    icons [{s, src}], painted {prompt, region, plain, edited}   # files written beside the data
+    steps {setting: {half: [mean activation per step]}}
+    nbr {block: [[feature, cosine], ...]}  # nearest by decoder cosine, own block and the others
+    causal {label, s, on, off, control_on, effect}, riebench {category: times selected}
+
+Labels: on ShapesWorld the chapter gives the ground-truth label (best concept by F1) with
+purity and F1. Without ground truth the label is empty and `label_note` says why, unless
+a `labeller(block, feature, record) -> label | (label, score)` supplies one (a judge model,
+a person's notes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from repro.errors import ReproError, choices_hint
+from repro.features.browser_data import _resize_maps, _sig, encode_heat, quantise_maps
+from repro.features.profile import FeatureProfile, quantile_samples
+
+NO_LABEL = "no label: no ground truth and no judge model offline (give a labeller to label features)"
+
+Labeller = Callable[[str, int, dict], "str | tuple[str, float]"]
+"""labeller(block, feature, record) -> label or (label, score): a hook for user-supplied labels."""
+
+
+@dataclass
+class BlockFeatures:
+    """What the feature pages of one block show (all per feature of the block's SAE, n of them)."""
+
+    stats: Any
+    """FeatureStats: mean, std, frequency, count [n]."""
+    top: Any
+    """TopExamples: image_ids / values [n, m], maps [n, m, H, W]."""
+    profile: FeatureProfile | None = None
+    labels: Sequence[str] | None = None
+    purity: Sequence[float] | None = None
+    f1: Sequence[float] | None = None
+    label_note: str = NO_LABEL
+    """Shown where a feature has no label."""
+    causal: Mapping[int, dict] | None = None
+    """feature -> {label, s, on, off, control_on, effect} (see `causal_by_feature`)."""
+    steps: Mapping[str, Mapping[str, Sequence[float] | torch.Tensor]] | None = None
+    """setting -> half -> [steps, n] mean activation per step (`step_means`)."""
+    neighbours: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+    """block -> (ids [n, k], cosine [n, k]) from `decoder_neighbours`."""
+    riebench: Mapping[str, Sequence[int] | torch.Tensor] | None = None
+    """category -> [n] times RIEBench selected the feature (`selection_counts`)."""
+    icons: Mapping[int, Mapping[float, np.ndarray]] = field(default_factory=dict)
+    """feature -> strength -> uint8 [H, W, 3] icon."""
+    painted: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
+    """feature -> {prompt, region, plain: image, edited: image}."""
+
+    @property
+    def n_features(self) -> int:
+        return int(len(self.stats.mean))
+
+    def live(self) -> np.ndarray:
+        """Ids of the features that fired, ascending."""
+        count = self.stats.count if self.stats.count is not None else self.stats.mean
+        return np.flatnonzero(np.asarray(count) > 0)
+
+    def check(self, block: str) -> None:
+        n = self.n_features
+        for name in ("labels", "purity", "f1"):
+            value = getattr(self, name)
+            if value is not None and len(value) != n:
+                raise ReproError(f"{block}: {len(value)} {name} for {n} features: give one per feature")
+        for cat, counts in (self.riebench or {}).items():
+            if len(counts) != n:
+                raise ReproError(f"{block}: RIEBench counts of {cat!r} have {len(counts)} entries for {n} features")
+
+
+def _heat(maps: np.ndarray, heat_size: int) -> dict:
+    """float [m, H, W] -> {hmax, heat} quantised (see browser_data.quantise_maps)."""
+    maps = _resize_maps(np.asarray(maps, np.float32)[None], heat_size)[0]
+    q, hmax = quantise_maps(maps)
+    return {"hmax": float(f"{hmax:.6g}"), "heat": encode_heat(q)}
+
+
+def _get(seq, f: int) -> float | None:
+    return None if seq is None else float(seq[f])
+
+
+def feature_record(block: str, f: int, bf: BlockFeatures, *, heat_size: int = 16, bands: int = 3,
+                   per_band: int = 4, labeller: Labeller | None = None, icon_src: Callable[[int, float], str] | None = None,
+                   paint_src: Callable[[int, str], str] | None = None) -> dict:
+    """The JSON-able record of feature `f` of `block` (layout in the module docstring)."""
+    st = bf.stats
+    rec: dict[str, Any] = {"f": int(f), "label": "", "label_note": ""}
+    rec["freq"] = _sig([st.frequency[f]], 3)[0] if st.frequency is not None else None
+    rec["mean"], rec["std"] = _sig([st.mean[f]], 4)[0], _sig([st.std[f]], 4)[0]
+    top_ids = bf.top.image_ids[f].tolist()
+    keep = [j for j, i in enumerate(top_ids) if i >= 0]
+    maps = bf.top.maps[f].float().numpy()
+    rec["shape"] = list(_resize_maps(maps[None, :1], heat_size).shape[-2:])
+    rec["top"] = {"img": [int(top_ids[j]) for j in keep], "val": _sig(bf.top.values[f, keep], 3),
+                  **_heat(maps[keep], heat_size)}
+    p = bf.profile
+    if p is not None:
+        rec["dens"] = _sig([p.image_density[f]], 3)[0]
+        counts = p.hist[f].tolist()
+        nz = [i for i, c in enumerate(counts) if c]
+        rec["hist"] = {"lo": nz[0], "counts": counts[nz[0]:nz[-1] + 1]} if nz else {"lo": 0, "counts": []}
+        rec["bands"] = []
+        for band in quantile_samples(p, f, bands, per_band, exclude=rec["top"]["img"]):
+            entry = {"q": list(band["band"]), "img": band["ids"], "val": _sig(band["values"], 3)}
+            if band["slots"]:
+                entry.update(_heat(p.sample_maps[f, band["slots"]].float().numpy(), heat_size))
+            rec["bands"].append(entry)
+    if bf.labels is not None and bf.labels[f]:
+        rec["label"] = str(bf.labels[f])
+        rec["purity"], rec["f1"] = _sig([bf.purity[f]], 3)[0] if bf.purity is not None else None, \
+            _sig([bf.f1[f]], 3)[0] if bf.f1 is not None else None
+    elif labeller is not None:
+        got = labeller(block, int(f), rec)
+        label, score = got if isinstance(got, tuple) else (got, None)
+        rec["label"], rec["label_score"] = str(label or ""), score
+        rec["label_note"] = "" if label else bf.label_note
+    else:
+        rec["label_note"] = bf.label_note
+    if bf.icons.get(f) and icon_src is not None:
+        rec["icons"] = [{"s": float(s), "src": icon_src(f, s)} for s in sorted(bf.icons[f])]
+    if bf.painted.get(f) and paint_src is not None:
+        pt = bf.painted[f]
+        rec["painted"] = {"prompt": str(pt.get("prompt", "")), "region": str(pt.get("region", "")),
+                          "plain": paint_src(f, "plain"), "edited": paint_src(f, "edited")}
+    if bf.steps:
+        rec["steps"] = {setting: {half: _sig(np.asarray(v)[:, f], 3) for half, v in halves.items()}
+                        for setting, halves in bf.steps.items()}
+    if bf.neighbours:
+        rec["nbr"] = {other: [[int(g), round(float(c), 3)] for g, c in zip(ids[f].tolist(), cos[f].tolist())]
+                      for other, (ids, cos) in bf.neighbours.items()}
+    if bf.causal and f in bf.causal:
+        rec["causal"] = dict(bf.causal[f])
+    if bf.riebench:
+        rec["riebench"] = {cat: int(c[f]) for cat, c in bf.riebench.items()}
+    return rec
+
+
+def causal_by_feature(rows: Iterable[Mapping], strength: float) -> dict[str, dict[int, dict]]:
+    """The chapter's causal rows ({block, feature, label, kind, "switch off", "on s=<s>"}, one per
+    kind: "feature" or "random direction") -> {block: {feature: {label, s, on, off, control_on,
+    effect}}}, effect = switch-on success minus the random direction's at strength `s`."""
+    out: dict[str, dict[int, dict]] = {}
+    key = f"on s={strength}"
+    for row in rows:
+        if key not in row:
+            raise ReproError(f"no causal result at s={strength}: use one of the tested strengths "
+                             f"({choices_hint(k[5:] for k in row if k.startswith('on s='))})")
+        entry = out.setdefault(row["block"], {}).setdefault(int(row["feature"]), {"label": row["label"], "s": strength})
+        if row["kind"] == "feature":
+            entry.update(on=round(float(row[key]), 4), off=round(float(row["switch off"]), 4))
+        else:
+            entry["control_on"] = round(float(row[key]), 4)
+    for entries in out.values():
+        for e in entries.values():
+            if "on" in e and "control_on" in e:
+                e["effect"] = round(e["on"] - e["control_on"], 4)
+    return out
+
+
+def selection_counts(selections: Iterable[tuple[str, Mapping[str, Sequence[int] | torch.Tensor]]],
+                     n_features: Mapping[str, int]) -> dict[str, dict[str, torch.Tensor]]:
+    """RIEBench selections [(category, {block: selected feature ids}), ...] -> {block: {category: [n] counts}}."""
+    out = {b: {} for b in n_features}
+    for category, chosen in selections:
+        for b, ids in chosen.items():
+            if b not in out:
+                raise ReproError(f"selection names block {b!r}: use {choices_hint(out)}")
+            counts = out[b].setdefault(category, torch.zeros(n_features[b], dtype=torch.int64))
+            counts.index_add_(0, torch.as_tensor(ids, dtype=torch.int64).flatten(),
+                              torch.ones(len(torch.as_tensor(ids).flatten()), dtype=torch.int64))
+    return out
+
+
+def joint_selection(scores, k: int, strict_sign: bool = False) -> dict[str, torch.Tensor]:
+    """Features RIEBench's transport picks (top and bottom k of the joint scores), per block."""
+    from repro.riebench.transport import select
+
+    top, bottom = select(scores.scores, k, strict_sign)
+    picked = torch.zeros(scores.p_src.numel(), dtype=torch.bool)
+    picked[top] = picked[bottom] = True
+    return {b: part.nonzero().flatten() for b, part in scores.split(picked).items()}
+
+
+__all__ = ["NO_LABEL", "BlockFeatures", "Labeller", "causal_by_feature", "feature_record", "joint_selection",
+           "selection_counts"]

@@ -1,0 +1,148 @@
+"""A feature's profile beyond its mean and std: how widely and how strongly it fires, and a
+uniform sample of the images it fires in (for the "weakly on" examples of a feature page).
+
+One streaming pass over `(image_ids [b], updates [b, H, W, C], ...)` chunks, as
+`analyse_features` takes. Per feature f, with z_f zeroed where it does not fire
+(`repro.sae.metrics.fires`):
+- image_count: images with at least one firing position (density over images; the
+  position density is `FeatureStats.frequency`);
+- hist: firing positions counted in log-spaced activation bins shared by all features
+  (`HIST_EDGES`: 2^-8 .. 2^12, four bins per octave), so chunks, shards and machines add up;
+- a reservoir: `sample` images drawn uniformly without replacement from those it fires in
+  (each (feature, image) pair gets a random key; the smallest keys are kept), with the
+  image's max activation and its [H, W] map. Quantiles estimated on this sample pick the
+  examples of the lower activation bands (`quantile_samples`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import torch
+
+from repro.features.analysis import _chunks_by_size
+from repro.sae.metrics import fires
+from repro.sae.model import TopKSAE
+
+BINS_PER_OCTAVE = 4
+LOW_EXP, HIGH_EXP = -8, 12
+HIST_EDGES = torch.pow(2.0, torch.arange(LOW_EXP * BINS_PER_OCTAVE, HIGH_EXP * BINS_PER_OCTAVE + 1) / BINS_PER_OCTAVE)
+"""[81] bin edges of activation; below the first edge counts in bin 0, above the last in the last bin."""
+
+
+@dataclass
+class FeatureProfile:
+    """Per feature of one SAE: density over images, activation histogram, a uniform image sample."""
+
+    image_count: torch.Tensor
+    """[n] int64 images in which the feature fires at one position or more."""
+    n_images: int
+    hist: torch.Tensor
+    """[n, len(HIST_EDGES) - 1] int64 firing positions per activation bin."""
+    sample_ids: torch.Tensor
+    """[n, r] int64 image ids drawn uniformly from those it fires in (-1: fewer images)."""
+    sample_values: torch.Tensor
+    """[n, r] float32 max activation of the feature in each sampled image."""
+    sample_maps: torch.Tensor
+    """[n, r, H, W] float16 the feature's activation over each sampled image."""
+
+    @property
+    def image_density(self) -> torch.Tensor:
+        """[n] share of images in which the feature fires."""
+        return self.image_count.double().div(max(self.n_images, 1)).float()
+
+
+def hist_bin(values: torch.Tensor) -> torch.Tensor:
+    """Activation values -> bin index in [0, len(HIST_EDGES) - 2]."""
+    edges = HIST_EDGES.to(values.device, torch.float32)
+    return (torch.bucketize(values.float(), edges, right=True) - 1).clamp(0, len(edges) - 2)
+
+
+@torch.no_grad()
+def profile_features(sae: TopKSAE, chunks: Iterable[tuple], sample: int = 32, seed: int = 0,
+                     max_dense_elems: int = 2 ** 25) -> FeatureProfile:
+    """Stream `(image_ids [b], updates [b, H, W, C], ...)` chunks (extra items are ignored)."""
+    n, dev, r = sae.cfg.n_features, sae.device, sample
+    n_bins = len(HIST_EDGES) - 1
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    image_count = torch.zeros(n, dtype=torch.int64, device=dev)
+    hist = torch.zeros(n * n_bins, dtype=torch.int64, device=dev)
+    keys = torch.full((n, r), float("inf"), device=dev)
+    ids_kept = torch.full((n, r), -1, dtype=torch.int64, device=dev)
+    vals_kept = torch.zeros(n, r, device=dev)
+    maps_kept = None
+    n_images = 0
+    for ids, x, _ in _chunks_by_size(chunks, max_dense_elems // max(n, 1)):
+        b, h, w, c = x.shape
+        if maps_kept is None:
+            maps_kept = torch.zeros(n, r, h, w, dtype=torch.float16, device=dev)
+        vals, idx = sae.encode_topk(x.reshape(-1, c).to(device=dev, dtype=sae.dtype))  # [b*h*w, k]
+        vals = vals.float() * fires(sae.cfg, vals)
+        on = vals > 0
+        hist.index_add_(0, (idx * n_bins + hist_bin(vals))[on], torch.ones(int(on.sum()), dtype=torch.int64, device=dev))
+        z = torch.zeros(b * h * w, n, device=dev).scatter_(1, idx, vals).reshape(b, h * w, n)
+        img_max = z.amax(1).T  # [n, b]
+        fired = img_max > 0
+        image_count += fired.sum(1)
+        n_images += b
+        # reservoir: random key per (feature, image) it fires in; keep the r smallest keys
+        new_keys = torch.where(fired, torch.rand(n, b, generator=gen, device=dev), torch.full_like(img_max, float("inf")))
+        keys, order = torch.cat([keys, new_keys], 1).topk(r, dim=1, largest=False)
+        ids_kept = torch.cat([ids_kept, ids.to(dev)[None].expand(n, b)], 1).gather(1, order)
+        vals_kept = torch.cat([vals_kept, img_max], 1).gather(1, order)
+        chunk_maps = z.permute(2, 0, 1).reshape(n, b, h, w).half()
+        maps_kept = torch.cat([maps_kept, chunk_maps], 1).gather(1, order[:, :, None, None].expand(n, r, h, w))
+    if maps_kept is None:
+        maps_kept = torch.zeros(n, r, 1, 1, dtype=torch.float16)
+    empty = torch.isinf(keys)
+    ids_kept = torch.where(empty, torch.full_like(ids_kept, -1), ids_kept)
+    return FeatureProfile(image_count=image_count.cpu(), n_images=n_images, hist=hist.reshape(n, n_bins).cpu(),
+                          sample_ids=ids_kept.cpu(), sample_values=vals_kept.masked_fill(empty, 0).cpu(),
+                          sample_maps=maps_kept.cpu())
+
+
+def quantile_samples(profile: FeatureProfile, feature: int, bands: int = 3, per_band: int = 4,
+                     exclude: Iterable[int] = ()) -> list[dict]:
+    """Examples from the `bands` lower quantile bands of the feature's per-image max activation.
+
+    The sampled images (a uniform sample of those the feature fires in) are ranked by
+    value and cut into `bands + 1` equal bands; the top band is left out (the top images
+    show it), the others give `per_band` images each, evenly spread within the band.
+    Returns, weakest band first: [{"band": (lo_q, hi_q), "slots": [reservoir slot, ...],
+    "ids": [...], "values": [...]}]; `exclude` drops images already shown as top examples.
+    """
+    ids, shown = profile.sample_ids[feature], {int(i) for i in exclude}
+    keep = [s for s in range(len(ids)) if int(ids[s]) >= 0 and int(ids[s]) not in shown]
+    keep.sort(key=lambda s: float(profile.sample_values[feature, s]))
+    out = []
+    for band in range(bands):
+        lo, hi = band * len(keep) // (bands + 1), (band + 1) * len(keep) // (bands + 1)
+        slots = keep[lo:hi]
+        if len(slots) > per_band:
+            slots = [slots[round(i * (len(slots) - 1) / (per_band - 1))] for i in range(per_band)] if per_band > 1 else slots[:1]
+        out.append({"band": (band / (bands + 1), (band + 1) / (bands + 1)), "slots": slots,
+                    "ids": [int(ids[s]) for s in slots],
+                    "values": [float(profile.sample_values[feature, s]) for s in slots]})
+    return out
+
+
+@torch.no_grad()
+def step_means(sae: TopKSAE, updates: torch.Tensor, batch: int = 8192) -> torch.Tensor:
+    """Mean activation per step over all positions (silent ones count as 0).
+
+    updates: [steps, N, H, W, C] (one half of `capture_eval_updates`) -> [steps, n].
+    """
+    steps, c = updates.shape[0], updates.shape[-1]
+    out = torch.zeros(steps, sae.cfg.n_features, dtype=torch.float64)
+    for s in range(steps):
+        tokens = updates[s].reshape(-1, c)
+        for start in range(0, len(tokens), batch):
+            vals, idx = sae.encode_topk(tokens[start:start + batch].to(device=sae.device, dtype=sae.dtype))
+            vals = vals.float() * fires(sae.cfg, vals)
+            out[s].index_add_(0, idx.flatten().cpu(), vals.flatten().double().cpu())
+        out[s] /= max(len(tokens), 1)
+    return out.float()
+
+
+__all__ = ["HIST_EDGES", "FeatureProfile", "hist_bin", "profile_features", "quantile_samples", "step_means"]

@@ -1,0 +1,186 @@
+"""Feature pages: the profile pass against brute force, decoder neighbours, the per-feature
+record, labels (ground truth, none with a reason, a user labeller), causal and RIEBench
+summaries, and the static files written and read back."""
+
+import numpy as np
+import pytest
+import torch
+
+from repro.errors import ReproError
+from repro.features.browser_data import synthetic_image
+from repro.features.neighbours import decoder_neighbours
+from repro.features.pages import NO_LABEL, BlockFeatures, causal_by_feature, feature_record, selection_counts
+from repro.features.profile import HIST_EDGES, hist_bin, profile_features, quantile_samples, step_means
+from repro.features.site import FeatureSite, read_part, synthetic_blocks
+from repro.sae.config import SAEConfig
+from repro.sae.model import TopKSAE
+
+
+@pytest.fixture(scope="module")
+def sae_x():
+    torch.manual_seed(0)
+    sae = TopKSAE(SAEConfig(d_model=8, n_features=32, k=3, k_aux=4), seed=2)
+    return sae, torch.randn(30, 3, 3, 8)
+
+
+def _chunks(x, size):
+    for s in range(0, len(x), size):
+        yield torch.arange(s, min(s + size, len(x))), x[s:s + size]
+
+
+@pytest.mark.parametrize("chunk, dense", [(30, 2 ** 25), (4, 2 ** 25), (7, 32 * 9)])
+def test_profile_equals_brute_force(sae_x, chunk, dense):
+    sae, x = sae_x
+    p = profile_features(sae, _chunks(x, chunk), sample=5, seed=1, max_dense_elems=dense)
+    z = sae.encode(x.reshape(-1, 8)).detach()  # [N*9, n]
+    on = z > sae.cfg.fire_threshold
+    img_on = on.reshape(30, 9, 32).any(1)  # [N, n]
+    assert p.n_images == 30
+    assert p.image_count.tolist() == img_on.sum(0).tolist()
+    want = torch.zeros(32, len(HIST_EDGES) - 1, dtype=torch.int64)
+    for f in range(32):
+        want[f].index_add_(0, hist_bin(z[on[:, f], f]), torch.ones(int(on[:, f].sum()), dtype=torch.int64))
+    assert torch.equal(p.hist, want) and int(p.hist.sum()) == int(on.sum())
+    img_max = z.reshape(30, 9, 32).amax(1)
+    for f in range(32):
+        got = [int(i) for i in p.sample_ids[f] if i >= 0]
+        fired = set(torch.nonzero(img_on[:, f]).flatten().tolist())
+        assert len(got) == min(5, len(fired)) and set(got) <= fired and len(set(got)) == len(got)
+        for slot, i in enumerate(p.sample_ids[f].tolist()):
+            if i < 0:
+                continue
+            assert abs(float(p.sample_values[f, slot]) - float(img_max[i, f])) < 1e-5
+            torch.testing.assert_close(p.sample_maps[f, slot].float(), z.reshape(30, 3, 3, 32)[i, :, :, f],
+                                       atol=1e-2, rtol=1e-2)
+
+
+def test_reservoir_is_uniform():
+    """Every firing image is kept with probability r / (images it fires in), whatever its value."""
+    sae = TopKSAE(SAEConfig(d_model=4, n_features=5, k=4, k_aux=2), seed=0)
+    x = torch.randn(40, 1, 1, 4)
+    hits = torch.zeros(40)
+    for seed in range(300):
+        p = profile_features(sae, _chunks(x, 7), sample=10, seed=seed)
+        f = int(p.image_count.argmax())
+        hits[p.sample_ids[f][p.sample_ids[f] >= 0]] += 1
+    fired = hits > 0
+    share = hits[fired] / 300
+    expected = 10 / int(fired.sum())
+    assert (share - expected).abs().max() < 0.12, share
+
+
+def test_quantile_samples_come_from_lower_bands(sae_x):
+    sae, x = sae_x
+    p = profile_features(sae, _chunks(x, 10), sample=16, seed=0)
+    f = int(p.image_count.argmax())
+    bands = quantile_samples(p, f, bands=3, per_band=2)
+    assert [b["band"] for b in bands] == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75)]
+    values = sorted(float(v) for v, i in zip(p.sample_values[f], p.sample_ids[f]) if i >= 0)
+    assert all(v <= values[3 * len(values) // 4 - 1] + 1e-6 for b in bands for v in b["values"])
+    means = [np.mean(b["values"]) for b in bands if b["values"]]
+    assert means == sorted(means)
+    top = bands[2]["ids"]
+    assert not set(top) & {i for b in quantile_samples(p, f, exclude=top) for i in b["ids"]}
+
+
+def test_step_means(sae_x):
+    sae, x = sae_x
+    updates = torch.stack([x, 2 * x])  # [steps 2, N, H, W, C]
+    got = step_means(sae, updates, batch=50)
+    want = torch.stack([(sae.encode(u.reshape(-1, 8)) * (sae.encode(u.reshape(-1, 8)) > 1e-3)).mean(0) for u in updates])
+    torch.testing.assert_close(got, want.detach(), atol=1e-5, rtol=1e-4)
+
+
+def test_decoder_neighbours():
+    a = TopKSAE(SAEConfig(d_model=8, n_features=16, k=2, k_aux=2), seed=0)
+    b = TopKSAE(SAEConfig(d_model=8, n_features=10, k=2, k_aux=2), seed=1)
+    with torch.no_grad():
+        b.W_dec[:, 3] = a.W_dec[:, 5]
+    n = decoder_neighbours({"down.2.1": a, "up.0.1": b}, k=3, chunk=5)
+    ids, cos = n["down.2.1"]["down.2.1"]
+    assert ids.shape == (16, 3) and (ids != torch.arange(16)[:, None]).all()  # itself left out
+    full = a.W_dec.T @ a.W_dec
+    full.fill_diagonal_(-2)
+    assert torch.equal(ids[:, 0], full.argmax(1))
+    assert (cos[:, :-1] >= cos[:, 1:]).all()
+    ids, cos = n["down.2.1"]["up.0.1"]
+    assert int(ids[5, 0]) == 3 and abs(float(cos[5, 0]) - 1) < 1e-5
+    with pytest.raises(ReproError, match="widths differ"):
+        decoder_neighbours({"a": a, "b": TopKSAE(SAEConfig(d_model=4, n_features=8, k=2, k_aux=2))})
+
+
+def test_record_labels_and_hook():
+    blocks = synthetic_blocks(("down.2.1", "up.0.1"), n_features=12, m=4, grid=8, n_images=30, sample=8, labels=False)
+    bf = blocks["down.2.1"]
+    f = int(bf.live()[0])
+    rec = feature_record("down.2.1", f, bf)
+    assert rec["label"] == "" and rec["label_note"] == NO_LABEL
+    assert set(rec["nbr"]) == {"down.2.1", "up.0.1"} and len(rec["nbr"]["up.0.1"]) == 5
+    assert len(rec["bands"]) == 3 and rec["hist"]["counts"] and rec["hist"]["counts"][0] > 0
+    assert set(rec["steps"]) == {"turbo, 4 steps", "base"} and len(rec["steps"]["base"]["uncond"]) == 20
+    assert set(rec["riebench"]) == {"change colour", "change style"}
+    seen = []
+    rec = feature_record("down.2.1", f, bf, labeller=lambda b, g, r: seen.append((b, g, len(r["top"]["img"]))) or ("dog", 0.7))
+    assert rec["label"] == "dog" and rec["label_score"] == 0.7 and rec["label_note"] == "" and seen[0][:2] == ("down.2.1", f)
+    gt = synthetic_blocks(("down.2.1",), n_features=12, m=4, grid=8, n_images=30, sample=8)["down.2.1"]
+    rec = feature_record("down.2.1", f, gt)
+    assert rec["label"] and 0 <= rec["purity"] <= 1 and rec["f1"] is not None
+    with pytest.raises(ReproError, match="give one per feature"):
+        BlockFeatures(stats=gt.stats, top=gt.top, labels=["a"]).check("down.2.1")
+
+
+def test_causal_by_feature_and_selection_counts():
+    rows = [{"block": "up.0.1", "feature": 3, "label": "colour=red", "kind": "feature", "switch off": 0.5,
+             "on s=10.0": 0.75, "on s=1.0": 0.1},
+            {"block": "up.0.1", "feature": 3, "label": "colour=red", "kind": "random direction", "switch off": 0.0,
+             "on s=10.0": 0.25, "on s=1.0": 0.0}]
+    c = causal_by_feature(rows, 10.0)["up.0.1"][3]
+    assert c == {"label": "colour=red", "s": 10.0, "on": 0.75, "off": 0.5, "control_on": 0.25, "effect": 0.5}
+    with pytest.raises(ReproError, match="tested strengths"):
+        causal_by_feature(rows, 3.0)
+    counts = selection_counts([("change colour", {"up.0.1": [1, 2]}), ("change colour", {"up.0.1": torch.tensor([2])}),
+                               ("change style", {"down.2.1": [0]})], {"up.0.1": 4, "down.2.1": 3})
+    assert counts["up.0.1"]["change colour"].tolist() == [0, 1, 2, 0] and counts["down.2.1"]["change style"].tolist() == [1, 0, 0]
+
+
+def test_joint_selection_matches_transport():
+    from repro.features.pages import joint_selection
+    from repro.riebench.transport import joint_scores
+
+    g = torch.Generator().manual_seed(0)
+    scores = joint_scores({"a": torch.rand(6, generator=g), "b": torch.rand(4, generator=g)},
+                          {"a": torch.rand(6, generator=g), "b": torch.rand(4, generator=g)})
+    picked = joint_selection(scores, 2)
+    flat = torch.cat([torch.zeros(6, dtype=torch.bool).index_fill_(0, picked["a"], True),
+                      torch.zeros(4, dtype=torch.bool).index_fill_(0, picked["b"], True)])
+    s = scores.scores
+    assert int(flat.sum()) == 4 and set(torch.nonzero(flat).flatten().tolist()) == set(s.topk(2).indices.tolist()) | set((-s).topk(2).indices.tolist())
+
+
+def test_site_files_round_trip(tmp_path):
+    blocks = synthetic_blocks(("down.2.1", "up.0.1"), n_features=70, m=4, grid=8, n_images=40, sample=8)
+    f0 = int(blocks["down.2.1"].live()[0])
+    blocks["down.2.1"].icons = {f0: {s: synthetic_image(500 + i, 96) for i, s in enumerate((0.5, 1.0, 1.5))}}
+    blocks["down.2.1"].painted = {f0: {"prompt": "a cat", "region": "centre", "plain": synthetic_image(1, 96),
+                                       "edited": synthetic_image(2, 96)}}
+    site = FeatureSite(blocks, lambda i: synthetic_image(i, 96), page_size=32, thumb=48)
+    sizes = site.write(tmp_path / "fp")
+    assert sizes["files"] > 0 and sizes["json"] > 0
+    man = read_part(tmp_path / "fp", "manifest")
+    assert man["blocks"]["down.2.1"]["pages"] == 3 and man["blocks"]["down.2.1"]["n_features"] == 70
+    index = read_part(tmp_path / "fp", "down.2.1/index")
+    live = blocks["down.2.1"].live().tolist()
+    assert index["ids"] == live and len(index["label"]) == len(index["dens"]) == len(live)
+    assert sum(x is not None for x in index["causal"]) == 8
+    for k in range(3):
+        page = read_part(tmp_path / "fp", f"down.2.1/p{k}")
+        assert sorted(map(int, page["features"])) == [f for f in live if k * 32 <= f < (k + 1) * 32]
+        assert page == site.get(f"down.2.1/p{k}")
+    rec = site.get(f"down.2.1/p{f0 // 32}")["features"][str(f0)]
+    assert [i["s"] for i in rec["icons"]] == [0.5, 1.0, 1.5]
+    for path in [i["src"] for i in rec["icons"]] + [rec["painted"]["plain"], rec["painted"]["edited"]]:
+        assert (tmp_path / "fp" / path).read_bytes() == site.get(path)
+    for i in rec["top"]["img"] + [i for b in rec["bands"] for i in b["img"]]:
+        assert (tmp_path / "fp" / "img" / f"{i}.webp").is_file()
+    with pytest.raises(ReproError, match="no block"):
+        site.get("mid.0/index")

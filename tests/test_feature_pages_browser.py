@@ -1,0 +1,98 @@
+"""Feature pages in a browser: the kernel side answers the front-end's file requests; the
+static site (written by FeatureSite, shown by its standalone page with the widget's own
+code) opens a feature by its link `#block/feature`, draws the histogram, the quantile
+samples and the neighbours, follows a neighbour link and goes back, with no console error
+and no request leaving the page. Screenshots go to book/_build/screenshots/."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from offline_browser import SHOTS, launch_chromium, offline_page
+from repro.features.browser_data import synthetic_image
+from repro.features.site import FeatureSite, synthetic_blocks
+from repro.widgets.pages import FeaturePages, write_standalone
+
+
+@pytest.fixture(scope="module")
+def site():
+    blocks = synthetic_blocks(("down.2.1", "up.0.1"), n_features=90, m=6, grid=8, n_images=60, sample=12)
+    f0 = int(blocks["down.2.1"].live()[0])
+    blocks["down.2.1"].icons = {f0: {s: synthetic_image(500 + i, 96) for i, s in enumerate((0.5, 1.0, 1.5))}}
+    blocks["down.2.1"].painted = {f0: {"prompt": "a cat", "region": "centre", "plain": synthetic_image(1, 96),
+                                       "edited": synthetic_image(2, 96)}}
+    return FeatureSite(blocks, lambda i: synthetic_image(i, 96), page_size=32, thumb=48)
+
+
+def test_kernel_side_serves_the_files(site):
+    w = FeaturePages(site, src="x.files", title="t")
+    state = w.get_state()
+    assert state["src"] == "x.files" and state["live"] is False and "export default" in state["_esm"]
+    assert w.answer("manifest")["data"]["blocks"]["up.0.1"]["n_features"] == 90
+    assert w.answer("down.2.1/p0")["data"] == site.page("down.2.1", 0)
+    f = int(site.blocks["down.2.1"].live()[0])
+    assert w.answer(f"down.2.1/icon/{f}-0.5.webp")["b64"]
+    assert "error" in w.answer("mid.0/index")
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    yield from launch_chromium()
+
+
+@pytest.mark.slow
+def test_feature_link_opens_its_page(chromium, site, tmp_path_factory):
+    from playwright.sync_api import expect
+
+    folder = tmp_path_factory.mktemp("pages") / "05_features.files"
+    site.write(folder)
+    page_file = write_standalone(folder, title="Feature pages (synthetic)")
+    f0 = int(site.blocks["down.2.1"].live()[0])
+    f1 = int(site.blocks["up.0.1"].live()[3])
+    view = offline_page(chromium, 1280, 1400)
+    page = view.page
+    try:
+        page.goto(page_file.as_uri() + f"#up.0.1/{f1}")
+        card = page.locator(".repro-fp-card")
+        expect(card).to_have_attribute("data-feature", str(f1), timeout=15_000)
+        expect(page.locator(".repro-fp-block")).to_have_value("up.0.1")
+        assert page.locator(".repro-fp-hist rect").count() > 3
+        expect(page.locator(".repro-fp-band")).to_have_count(3)
+        assert page.locator(".repro-fp-bands canvas").count() >= 3
+        expect(page.locator(".repro-fp-nbr")).to_have_count(2)
+        expect(page.locator(".repro-fp-nbr a")).to_have_count(10)
+        expect(page.locator(".repro-fp-steps polyline")).to_have_count(3)
+        # heatmaps drawn over the top images and the weakest samples (file:// pixels cannot be read)
+        expect(page.locator(".repro-fp-top canvas[data-drawn=heat]").first).to_be_attached()
+        expect(page.locator(".repro-fp-band").last.locator("canvas[data-drawn=heat]").first).to_be_attached()
+        page.screenshot(path=SHOTS / "feature-page.png", full_page=True)
+
+        link = page.locator(".repro-fp-nbr").nth(0).locator("a").first  # a neighbour in down.2.1
+        target = link.inner_text().lstrip("#")
+        link.click()
+        expect(card).to_have_attribute("data-feature", target)
+        assert page.url.endswith(f"#down.2.1/{target}")
+        page.go_back()
+        expect(card).to_have_attribute("data-feature", str(f1))
+        page.go_forward()
+        expect(card).to_have_attribute("data-feature", target)
+
+        page.goto(page_file.as_uri() + f"#down.2.1/{f0}")  # icons at three strengths and a painted example
+        expect(page.locator(".repro-fp-on img")).to_have_count(5)
+        page.locator(".repro-fp-search").fill("style=")  # search by label
+        expect(page.locator(".repro-fb-item").first).to_contain_text("style=")
+        page.locator(".repro-fp-search").fill("")
+        page.locator(".repro-fp-sort").select_option("purity")  # sort by purity
+        got = page.locator(".repro-fb-item-freq").all_inner_texts()
+        assert [float(x) for x in got] == sorted((float(x) for x in got), reverse=True)
+        page.locator(".repro-fp-sort").select_option("causal")
+        expect(page.locator(".repro-fb-item").first).to_have_attribute("data-feature", re.compile(r"^\d+$"))
+        page.screenshot(path=SHOTS / "feature-page-2.png", full_page=True)
+    finally:
+        view.context.close()
+    assert not view.attempted, f"the page tried the network: {view.attempted}"
+    assert not view.missing, f"files the page loads are missing: {view.missing}"
+    assert not view.errors, f"JavaScript errors: {view.errors}"
+    assert not view.console, f"console errors: {view.console}"

@@ -117,3 +117,18 @@ def test_block_ablation_tiny_pipeline(tiny_pipe, oracle, heldout):
     assert sorted(ab.ranking()) == sorted(t.index)
     d = ab.to_dict()
     assert set(d["blocks"]) == set(t.index) and d["n"] == 2
+
+
+def test_quality_targets_read_all_right_with_wilson_intervals():
+    from repro.intervals import wilson
+    from repro.shapes.evaluation import QUALITY_TARGETS, all_right_rate, quality_targets
+
+    hits = [{"all": i < 96, "colour": True} for i in range(100)]  # 96 of 100 all right
+    r = all_right_rate(hits)
+    assert (r["hits"], r["n"], r["rate"]) == (96, 100, 0.96)
+    assert (r["lo"], r["hi"]) == wilson(96, 100)
+    table = quality_targets({"turbo_1_step": r, "base": all_right_rate(hits[4:] + hits[:4])})
+    assert table.loc["turbo_1_step", "met"] and not table.loc["turbo_1_step", "interval above target"]  # lo < 0.95
+    assert table.loc["turbo_1_step", "target"] == QUALITY_TARGETS["turbo_1_step"] == 0.95
+    low = all_right_rate([{"all": i < 80} for i in range(100)])
+    assert not quality_targets({"base": low}).loc["base", "met"]

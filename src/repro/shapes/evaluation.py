@@ -279,3 +279,30 @@ def plot_ablation(ablation: BlockAblation):
     ax2.set_title("pixel change", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+QUALITY_TARGETS = {"vae": 0.97, "turbo_1_step": 0.95, "turbo_multistep": 0.95, "base": 0.90}
+"""Share of images with every attribute right that the ShapesWorld models must reach (issue #14):
+the VAE's reconstructions of renders, the 1-step model at 1 and at 4 steps, the base model."""
+
+
+def all_right_rate(hits: list[dict[str, bool]]) -> dict:
+    """{"rate", "lo", "hi", "hits", "n"}: share of images with every attribute right, Wilson 95 % interval."""
+    from repro.intervals import rate
+
+    return rate(sum(bool(h["all"]) for h in hits), len(hits))
+
+
+def quality_targets(rates: dict[str, dict]) -> pd.DataFrame:
+    """One row per model setting in `rates` (keys of QUALITY_TARGETS -> `all_right_rate` records):
+    target, measured share with its interval, and whether the target is met (by the point estimate)
+    and whether the interval lies wholly above it."""
+    import pandas as pd
+
+    rows = {}
+    for key, r in rates.items():
+        target = QUALITY_TARGETS[key]
+        rows[key] = {"target": target, "all right": round(r["rate"], 4), "95% lo": round(r["lo"], 4),
+                     "95% hi": round(r["hi"], 4), "images": r["n"], "met": r["rate"] >= target,
+                     "interval above target": r["lo"] >= target}
+    return pd.DataFrame(rows).T

@@ -387,6 +387,16 @@ def _meta(run: Run) -> dict:
             "gpu": trained_on.get("gpu")}
 
 
+def init_history(folder: str | os.PathLike | None) -> dict | None:
+    """What a warm restart started from: the stages, lineage and GPU of the pipeline at `folder`
+    (its training.json), so that a model's record keeps the whole chain of runs behind it."""
+    meta = Path(folder) / TRAINING_FILE if folder else None
+    if meta is None or not meta.exists():
+        return None
+    earlier = json.loads(meta.read_text())
+    return {k: earlier.get(k) for k in ("model", "stages", "lineage", "gpu", "started", "provenance")}
+
+
 def export_stage(run: Run, stage: str, out: Path) -> Path:
     """Write `<out>/shapes-base` or `<out>/shapes-turbo` from the run's modules (fp16)."""
     records = run.state.get("earlier_records", []) + run.state["records"]
@@ -402,7 +412,8 @@ def export_stage(run: Run, stage: str, out: Path) -> Path:
                              "recipe": f"epsilon prediction, Min-SNR-5, offset noise {run.cfg.base.noise_offset:g}, "
                              f"{run.cfg.base.caption_dropout:.0%} caption dropout",
                              "steps": summaries.get("base", {}).get("steps"),
-                             "seconds": summaries.get("base", {}).get("seconds")}}
+                             "seconds": summaries.get("base", {}).get("seconds"),
+                             "init_history": init_history(run.cfg.base.init_from)}}
         return save_pipeline_atomic(run.base, out / NAMES["base"], extra, stage_records)
     tc = run.cfg.turbo
     extra = {**meta, "model": NAMES["turbo"], "derived_from": NAMES["base"], "stages": summaries,
@@ -411,7 +422,8 @@ def export_stage(run: Run, stage: str, out: Path) -> Path:
                          "teacher_samples": tc.teacher_samples, "teacher_steps": tc.teacher_steps,
                          "teacher_guidance": tc.teacher_guidance, "teacher_fraction": tc.teacher_fraction,
                          "steps": summaries.get("turbo", {}).get("steps"),
-                         "seconds": summaries.get("turbo", {}).get("seconds")}}
+                         "seconds": summaries.get("turbo", {}).get("seconds"),
+                         "base_init_history": init_history(run.cfg.base.init_from)}}
     return save_pipeline_atomic(run.turbo, out / NAMES["turbo"], extra, records)
 
 

@@ -119,13 +119,31 @@ class TensorSource:
         return {"source": "TensorSource", "rows": self.n_rows, "batch_size": self.batch_size, "seed": self.seed}
 
 
-class ZipSource:
+class _PartsState:
+    """The state of a source made of parts (`self.sources`): every part's, in order."""
+
+    same_parts = "the same parts"  # what a resume must keep, said when a saved state does not fit
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"parts": [s.state_dict() for s in self.sources]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if len(state.get("parts", [])) != len(self.sources):
+            raise ReproError(f"the saved state holds {len(state.get('parts', []))} parts but this "
+                             f"{type(self).__name__} has {len(self.sources)}: resume with {self.same_parts}")
+        for source, part in zip(self.sources, state["parts"]):
+            source.load_state_dict(part)
+
+
+class ZipSource(_PartsState):
     """Several sources as one: each batch is one batch of every part, merged (the parts' blocks differ).
 
     For blocks whose rows cannot be aligned (maps of different sizes): every SAE still sees
     its own block's batches in its own part's order, from one command and one checkpoint.
     The state is every part's; iteration ends when any part ends. Parts share a batch size.
     """
+
+    same_parts = "the same blocks"
 
     def __init__(self, sources):
         self.sources = list(sources)
@@ -154,22 +172,12 @@ class ZipSource:
                 merged.update(batch)
             yield merged
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"parts": [s.state_dict() for s in self.sources]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state.get("parts", [])) != len(self.sources):
-            raise ReproError(f"the saved state holds {len(state.get('parts', []))} sources but this ZipSource has "
-                             f"{len(self.sources)}: resume with the same blocks")
-        for source, part in zip(self.sources, state["parts"]):
-            source.load_state_dict(part)
-
     def describe(self) -> dict[str, Any]:
         first = self.sources[0].describe() if hasattr(self.sources[0], "describe") else {}
         return {**first, "groups": [list(s.blocks) for s in self.sources]}
 
 
-class ConcatSource:
+class ConcatSource(_PartsState):
     """Several sources of the same blocks as one: each batch is one batch of every part, rows one
     part after another ({block: [sum of the parts' B, d]}).
 
@@ -177,6 +185,8 @@ class ConcatSource:
     rank reading one part, `repro.store.store_source(ranks=W)`). The state is every
     part's; iteration ends when any part ends.
     """
+
+    same_parts = "the same number of ranks"
 
     def __init__(self, sources):
         self.sources = list(sources)
@@ -199,15 +209,6 @@ class ConcatSource:
                 return
             yield {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"parts": [s.state_dict() for s in self.sources]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if len(state.get("parts", [])) != len(self.sources):
-            raise ReproError(f"the saved state holds {len(state.get('parts', []))} parts but this ConcatSource has "
-                             f"{len(self.sources)}: resume with the same number of ranks")
-        for source, part in zip(self.sources, state["parts"]):
-            source.load_state_dict(part)
 
     def describe(self) -> dict[str, Any]:
         first = self.sources[0].describe() if hasattr(self.sources[0], "describe") else {}

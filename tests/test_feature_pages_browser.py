@@ -1,8 +1,9 @@
 """Feature pages in a browser: the kernel side answers the front-end's file requests; the
 static site (written by FeatureSite, shown by its standalone page with the widget's own
 code) opens a feature by its link `#block/feature`, draws the histogram, the quantile
-samples and the neighbours, follows a neighbour link and goes back, with no console error
-and no request leaving the page. Screenshots go to book/_build/screenshots/."""
+samples and the neighbours, follows a neighbour link and goes back, shows RIEBench's counts
+(or says RIEBench has not run, when the counts file says so or is missing), with no console
+error and no request leaving the page. Screenshots go to book/_build/screenshots/."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import pytest
 
 from offline_browser import SHOTS, launch_chromium, offline_page
 from repro.features.browser_data import synthetic_image
-from repro.features.site import FeatureSite, synthetic_blocks
+from repro.features.riebench_counts import RIEBenchCounts
+from repro.features.site import FeatureSite, synthetic_blocks, synthetic_riebench
 from repro.widgets.pages import FeaturePages, write_standalone
 
 
@@ -23,7 +25,9 @@ def site():
     blocks["down.2.1"].icons = {f0: {s: synthetic_image(500 + i, 96) for i, s in enumerate((0.5, 1.0, 1.5))}}
     blocks["down.2.1"].painted = {f0: {"prompt": "a cat", "region": "centre", "plain": synthetic_image(1, 96),
                                        "edited": synthetic_image(2, 96)}}
-    return FeatureSite(blocks, lambda i: synthetic_image(i, 96), page_size=32, thumb=48)
+    counts = synthetic_riebench(blocks)
+    only_up = RIEBenchCounts(counts={"up.0.1": counts.counts["up.0.1"]}, edits=counts.edits, k=counts.k, sae=counts.sae)
+    return FeatureSite(blocks, lambda i: synthetic_image(i, 96), page_size=32, thumb=48, riebench=only_up)
 
 
 def test_kernel_side_serves_the_files(site):
@@ -64,6 +68,10 @@ def test_feature_link_opens_its_page(chromium, site, tmp_path_factory):
         expect(page.locator(".repro-fp-nbr")).to_have_count(2)
         expect(page.locator(".repro-fp-nbr a")).to_have_count(10)
         expect(page.locator(".repro-fp-steps polyline")).to_have_count(3)
+        times = sum(int(c[f1]) for c in site.riebench.counts["up.0.1"].values())
+        expect(page.locator(".repro-fp-rie-total")).to_have_attribute("data-total", str(times))
+        expect(page.locator(".repro-fp-rie-total")).to_contain_text("in 24 edits (joint transport, k = 32")
+        expect(page.locator(".repro-fp-riebench tr")).to_have_count(3)  # a header and two categories
         # heatmaps drawn over the top images and the weakest samples (file:// pixels cannot be read)
         expect(page.locator(".repro-fp-top canvas[data-drawn=heat]").first).to_be_attached()
         expect(page.locator(".repro-fp-band").last.locator("canvas[data-drawn=heat]").first).to_be_attached()
@@ -81,6 +89,7 @@ def test_feature_link_opens_its_page(chromium, site, tmp_path_factory):
 
         page.goto(page_file.as_uri() + f"#down.2.1/{f0}")  # icons at three strengths and a painted example
         expect(page.locator(".repro-fp-on img")).to_have_count(5)
+        expect(page.locator(".repro-fp-rie-note")).to_have_text("RIEBench ran without an SAE of down.2.1")
         page.locator(".repro-fp-search").fill("style=")  # search by label
         expect(page.locator(".repro-fb-item").first).to_contain_text("style=")
         page.locator(".repro-fp-search").fill("")
@@ -90,9 +99,18 @@ def test_feature_link_opens_its_page(chromium, site, tmp_path_factory):
         page.locator(".repro-fp-sort").select_option("causal")
         expect(page.locator(".repro-fb-item").first).to_have_attribute("data-feature", re.compile(r"^\d+$"))
         page.screenshot(path=SHOTS / "feature-page-2.png", full_page=True)
+
+        (folder / "up.0.1" / "riebench.js").unlink()  # no counts file at all (a site from before)
+        page.goto(page_file.as_uri() + f"#up.0.1/{f1}")
+        page.reload()
+        expect(card).to_have_attribute("data-feature", str(f1), timeout=15_000)
+        expect(page.locator(".repro-fp-rie-note")).to_contain_text("RIEBench has not run")
+        expect(page.locator(".repro-fp-hist")).to_have_count(1)  # the rest of the page is unharmed
     finally:
         view.context.close()
     assert not view.attempted, f"the page tried the network: {view.attempted}"
-    assert not view.missing, f"files the page loads are missing: {view.missing}"
+    gone = [m for m in view.missing if not m.endswith("up.0.1/riebench.js")]
+    assert len(gone) < len(view.missing) and not gone, f"files the page loads are missing: {view.missing}"
     assert not view.errors, f"JavaScript errors: {view.errors}"
-    assert not view.console, f"console errors: {view.console}"
+    console = [m for m in view.console if "up.0.1/riebench.js" not in m]
+    assert not console, f"console errors: {view.console}"

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 import pytest
 
 from offline_browser import SHOTS, launch_chromium, offline_page
@@ -114,3 +116,57 @@ def test_feature_link_opens_its_page(chromium, site, tmp_path_factory):
     assert not view.errors, f"JavaScript errors: {view.errors}"
     console = [m for m in view.console if "up.0.1/riebench.js" not in m]
     assert not console, f"console errors: {view.console}"
+
+
+SHARED_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><style>{css}</style></head>
+<body><div id="w"></div>
+<script>
+{js}
+const state = {state};
+const model = {{
+  get: (k) => state[k], set: (k, v) => {{ if (typeof k === "string") state[k] = v; else Object.assign(state, k); }},
+  on: () => {{}}, send: () => {{}}, save_changes: () => {{ throw new Error("no comm channel"); }},
+}};
+window.__w.render({{ model, el: document.getElementById("w") }});
+</script></body></html>
+"""
+
+
+@pytest.mark.slow
+def test_feature_browser_draws_with_the_shared_code(chromium, tmp_path):
+    """The feature browser's own front-end (common.js + browser.js) in a page: heatmaps drawn
+    over its top images, and a live result for the feature shown put under its controls."""
+    import json
+
+    from playwright.sync_api import expect
+
+    from repro.features.browser_data import build_browser_data, synthetic_analyses
+    from repro.widgets.browser import HERE, FeatureBrowser
+    from repro.widgets.encode import encode_images
+
+    analyses = synthetic_analyses(("down.2.1",), n_features=20, m=4, grid=4, n_images=12, dead=0.0)
+    w = FeatureBrowser(build_browser_data(analyses, lambda i: synthetic_image(i, 48), thumb_size=48))
+    state = {k: v for k, v in w.get_state().items() if not k.startswith("_")}
+    f = state["data"]["blocks"]["down.2.1"]["ids"][0]
+    plain, image = encode_images(np.stack([synthetic_image(1, 48), synthetic_image(2, 48)]))
+    state.update(feature=f, live=True, live_blocks=["down.2.1"], result={
+        "id": 1, "block": "down.2.1", "feature": f, "action": "icon", "prompt": "", "seed": 0, "mime": "image/png",
+        "image": image, "plain": plain})
+    js = FeatureBrowser._esm.replace("export default { render };", "window.__w = { render };")
+    path = tmp_path / "browser.html"
+    path.write_text(SHARED_PAGE.format(css=(HERE / "browser.css").read_text(), js=js, state=json.dumps(state)))
+    view = offline_page(chromium, 1280, 900)
+    try:
+        view.page.goto(path.as_uri())
+        expect(view.page.locator(".repro-fb-card")).to_have_attribute("data-feature", str(f))
+        expect(view.page.locator(".repro-fb-top canvas[data-drawn=heat]")).to_have_count(4)
+        live = view.page.locator(".repro-fb-live")
+        expect(live).to_be_visible()
+        expect(live.locator(".repro-fb-result img")).to_have_count(2)
+        expect(live.locator(".repro-fb-result figcaption").nth(1)).to_have_text(f"icon: feature {f}")
+        expect(live.locator(".repro-fb-opt-region")).to_be_hidden()  # the icon reads no region
+    finally:
+        view.context.close()
+    assert not view.attempted and not view.missing and not view.errors and not view.console, \
+        (view.attempted, view.missing, view.errors, view.console)

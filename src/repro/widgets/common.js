@@ -50,8 +50,9 @@ function options(select, values, labels) {
   }));
 }
 
-// Sync the model to the kernel. The static book's widget manager has no comm and throws
-// ("no comm channel"): the change then stays in the page. Returns whether it synced.
+// Sync the model to the kernel. Without one the change stays in the page: the static book's
+// widget manager (ipywidgets 8) then does nothing, older managers and test pages throw.
+// Returns false when it threw.
 function save(model) {
   try {
     model.save_changes();

@@ -18,8 +18,14 @@ function svg(tag, attrs) {
   return e;
 }
 
-// whether a kernel is on the other side: a static page's model cannot sync and says so (save)
-const hasKernel = (model) => save(model);
+// Whether a kernel is on the other side to serve the files. Not whether save_changes()
+// throws: ipywidgets 8's does nothing without a live comm, so in the static book it returns
+// quietly. The widget manager knows: JupyterLab's (and Voila's) has a kernel, the book's
+// HTML manager none. A model that cannot sync at all (a standalone page) still counts as static.
+function hasKernel(model) {
+  const manager = model.widget_manager;
+  return Boolean(manager && manager.kernel) && save(model);
+}
 
 // --- data sources ----------------------------------------------------------------------------
 const waiting = (window.__reproFeaturesWaiting ||= new Map()); // path -> resolve

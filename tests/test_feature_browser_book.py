@@ -2,7 +2,9 @@
 settings, its vendored widget JavaScript) whose page shows a FeatureBrowser over synthetic
 data, executed by nbclient so the widget state is saved, built by jupyter-book and opened
 from disk in Debian's chromium with the network off. Switching block, paging and searching
-must change the feature shown, with no kernel and no request leaving the page.
+must change the feature shown, with no kernel and no request leaving the page. The same
+page shows FeaturePages over a site written beside it: the book's widget manager cannot
+sync, so the pages must take the static side and load the files by <script> tags.
 """
 
 from __future__ import annotations
@@ -32,6 +34,16 @@ data = build_browser_data(analyses, lambda i: synthetic_image(i, 96), labels=lab
 FeatureBrowser(data, title="Feature browser (synthetic data)")
 """
 
+PAGES_CELL = """\
+from repro.features.site import FeatureSite, synthetic_blocks
+from repro.widgets.pages import FeaturePages
+
+site = FeatureSite(synthetic_blocks(("down.2.1",), n_features=40, m=4, grid=8, n_images=30, sample=8),
+                   lambda i: synthetic_image(i, 48), page_size=16, thumb=48)
+site.write("browser.files")
+FeaturePages(site, src="browser.files", title="Feature pages (synthetic data)")
+"""
+
 
 def _tiny_book(folder: Path) -> Path:
     """Write the book's sources into `folder`: config with the project's widget settings."""
@@ -48,7 +60,8 @@ def _tiny_book(folder: Path) -> Path:
                                                      "chapters": [{"file": "browser"}]}))
     (folder / "index.md").write_text("# Feature browser test\n\nOne page: [the browser](browser.ipynb).\n")
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_markdown_cell("# Browser"), nbformat.v4.new_code_cell(CELL)]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Browser"), nbformat.v4.new_code_cell(CELL),
+                nbformat.v4.new_code_cell(PAGES_CELL)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = folder / "browser.ipynb"
     nbformat.write(nb, path)
@@ -70,6 +83,7 @@ def browser_book(tmp_path_factory) -> Path:
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(folder)]
     done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    shutil.copytree(folder / "browser.files", folder / "_build" / "html" / "browser.files")  # as build_book does
     return folder / "_build" / "html"
 
 
@@ -86,7 +100,7 @@ def test_feature_browser_works_offline(chromium, browser_book):
     page, context, attempted, missing, errors = view.page, view.context, view.attempted, view.missing, view.errors
     try:
         page.goto((browser_book / "browser.html").as_uri())
-        fb = page.locator(".repro-fb")
+        fb = page.locator(".repro-fb:not(.repro-fp)")
         expect(fb).to_have_count(1, timeout=30_000)  # rendered from saved state, no kernel
         card, fid = fb.locator(".repro-fb-card"), fb.locator(".repro-fb-fid")
         expect(fid).to_have_text(re.compile(r"^feature \d+$"))
@@ -135,4 +149,32 @@ def test_feature_browser_works_offline(chromium, browser_book):
     assert not attempted, f"the page tried the network: {attempted}"
     assert not missing, f"files the page loads are missing from the site: {missing}"
     assert not errors, f"JavaScript errors: {errors}"
+    assert not view.console, f"console errors: {view.console}"
+
+
+@pytest.mark.slow
+def test_feature_pages_take_the_static_side_in_the_book(chromium, browser_book):
+    from playwright.sync_api import expect
+
+    view = offline_page(chromium, 1280, 1400)
+    page = view.page
+    try:
+        page.goto((browser_book / "browser.html").as_uri())
+        fp = page.locator(".repro-fp")
+        expect(fp).to_have_count(1, timeout=30_000)
+        card = fp.locator(".repro-fp-card")
+        expect(card).to_have_attribute("data-feature", re.compile(r"^\d+$"), timeout=30_000)
+        assert fp.locator(".repro-fp-hist rect").count() > 3  # loaded from browser.files/ by script tags
+        expect(fp.locator(".repro-fb-live")).to_be_hidden()
+        expect(fp.locator(".repro-fp-rie-note")).to_contain_text("has not run")
+        target = fp.locator(".repro-fb-item").nth(2).get_attribute("data-feature")
+        fp.locator(".repro-fb-item").nth(2).click()  # a static page links features by its hash
+        expect(card).to_have_attribute("data-feature", target)
+        assert page.url.endswith(f"#down.2.1/{target}")
+        fp.screenshot(path=SHOTS / "feature-pages-book.png")
+    finally:
+        view.context.close()
+    assert not view.attempted, f"the page tried the network: {view.attempted}"
+    assert not view.missing, f"files the page loads are missing from the site: {view.missing}"
+    assert not view.errors, f"JavaScript errors: {view.errors}"
     assert not view.console, f"console errors: {view.console}"

@@ -9,8 +9,9 @@ import torch
 from repro.errors import ReproError
 from repro.features.browser_data import synthetic_image
 from repro.features.neighbours import decoder_neighbours
-from repro.features.pages import NO_LABEL, BlockFeatures, causal_by_feature, feature_record, selection_counts
+from repro.features.pages import NO_LABEL, BlockFeatures, causal_by_feature, feature_record
 from repro.features.profile import HIST_EDGES, hist_bin, profile_features, quantile_samples, step_means
+from repro.features.riebench_counts import RIEBenchCounts, riebench_counts, selection_counts, write_riebench
 from repro.features.site import FeatureSite, read_part, synthetic_blocks
 from repro.sae.config import SAEConfig
 from repro.sae.model import TopKSAE
@@ -118,7 +119,7 @@ def test_record_labels_and_hook():
     assert set(rec["nbr"]) == {"down.2.1", "up.0.1"} and len(rec["nbr"]["up.0.1"]) == 5
     assert len(rec["bands"]) == 3 and rec["hist"]["counts"] and rec["hist"]["counts"][0] > 0
     assert set(rec["steps"]) == {"turbo, 4 steps", "base"} and len(rec["steps"]["base"]["uncond"]) == 20
-    assert set(rec["riebench"]) == {"change colour", "change style"}
+    assert "riebench" not in rec  # in its own file per block, written after the pages
     seen = []
     rec = feature_record("down.2.1", f, bf, labeller=lambda b, g, r: seen.append((b, g, len(r["top"]["img"]))) or ("dog", 0.7))
     assert rec["label"] == "dog" and rec["label_score"] == 0.7 and rec["label_note"] == "" and seen[0][:2] == ("down.2.1", f)
@@ -143,18 +144,77 @@ def test_causal_by_feature_and_selection_counts():
     assert counts["up.0.1"]["change colour"].tolist() == [0, 1, 2, 0] and counts["down.2.1"]["change style"].tolist() == [1, 0, 0]
 
 
-def test_joint_selection_matches_transport():
-    from repro.features.pages import joint_selection
-    from repro.riebench.transport import joint_scores
+def test_selected_units_match_the_transport_weights():
+    from repro.riebench.transport import joint_scores, selected_units, selection_weights
 
     g = torch.Generator().manual_seed(0)
     scores = joint_scores({"a": torch.rand(6, generator=g), "b": torch.rand(4, generator=g)},
                           {"a": torch.rand(6, generator=g), "b": torch.rand(4, generator=g)})
-    picked = joint_selection(scores, 2)
-    flat = torch.cat([torch.zeros(6, dtype=torch.bool).index_fill_(0, picked["a"], True),
-                      torch.zeros(4, dtype=torch.bool).index_fill_(0, picked["b"], True)])
+    top, bottom = selected_units(scores, 2)
+    add, sub, _ = selection_weights(scores, 2, [1.0])
+    for key in ("a", "b"):
+        assert top[key].tolist() == torch.nonzero(add[key][0]).flatten().tolist()
+        assert bottom[key].tolist() == torch.nonzero(sub[key][0]).flatten().tolist()
     s = scores.scores
-    assert int(flat.sum()) == 4 and set(torch.nonzero(flat).flatten().tolist()) == set(s.topk(2).indices.tolist()) | set((-s).topk(2).indices.tolist())
+    flat = torch.cat([torch.zeros(6, dtype=torch.bool).index_fill_(0, top["a"], True),
+                      torch.zeros(4, dtype=torch.bool).index_fill_(0, top["b"], True)])
+    assert set(torch.nonzero(flat).flatten().tolist()) == set(s.topk(2).indices.tolist())
+
+
+class _Results:
+    """The part of RIEBenchResults the counts read: its selections."""
+
+    def __init__(self, selections):
+        from repro.riebench.runner import RIEBenchResults
+
+        self.selections = selections
+        self.selected = RIEBenchResults(selections=selections).selected
+
+
+def test_riebench_counts_written_beside_the_pages_round_trip(tmp_path):
+    sel = [{"id": "e1", "category": "change colour", "method": "transport", "k": 2, "blocks": ["down.2.1", "up.0.1"],
+            "top": {"down.2.1": [3], "up.0.1": [5]}, "bottom": {"down.2.1": [], "up.0.1": [1]}},
+           {"id": "e1", "category": "change colour", "method": "transport", "k": 4, "blocks": ["down.2.1", "up.0.1"],
+            "top": {"down.2.1": [3, 4], "up.0.1": [5, 6]}, "bottom": {"down.2.1": [0], "up.0.1": [1, 2, 7]}},
+           {"id": "e2", "category": "change colour", "method": "transport", "k": 4, "blocks": ["down.2.1", "up.0.1"],
+            "top": {"down.2.1": [3], "up.0.1": [5]}, "bottom": {"down.2.1": [9], "up.0.1": []}},
+           {"id": "e3", "category": "change style", "method": "transport", "k": 4, "blocks": ["down.2.1", "up.0.1"],
+            "top": {"down.2.1": [], "up.0.1": [5]}, "bottom": {"down.2.1": [], "up.0.1": []}},
+           {"id": "e3", "category": "change style", "method": "per_block", "k": 4, "blocks": ["up.0.1"],
+            "top": {"up.0.1": [8]}, "bottom": {"up.0.1": [9]}}]
+    results = _Results(sel)
+    rc = riebench_counts(results, {"down.2.1": 12, "up.0.1": 12}, sae="saes (k = 10)")
+    assert rc.k == 4 and rc.edits == {"change colour": 2, "change style": 1}  # the largest k by default
+    assert rc.counts["down.2.1"]["change colour"].tolist() == [1, 0, 0, 2, 1, 0, 0, 0, 0, 1, 0, 0]
+    assert rc.counts["down.2.1"]["change style"].sum() == 0  # ran, selected nothing in this block
+    assert rc.counts["up.0.1"]["change style"].tolist()[5] == 1
+    assert riebench_counts(results, {"down.2.1": 12, "up.0.1": 12}, k=2).counts["up.0.1"]["change colour"].sum() == 2
+    assert riebench_counts(results, {"up.0.1": 12}, method="per_block").counts["up.0.1"]["change style"][8] == 1
+    with pytest.raises(ReproError, match="use one of"):
+        results.selected("transport", k=3)
+    with pytest.raises(ReproError, match="only transport and per_block"):
+        results.selected("neurons")
+
+    blocks = synthetic_blocks(("down.2.1", "up.0.1", "mid.0"), n_features=12, m=4, grid=8, n_images=30, sample=8)
+    folder = tmp_path / "05_features.files"
+    FeatureSite(blocks, lambda i: synthetic_image(i, 32), page_size=8).write(folder)
+    placeholder = read_part(folder, "up.0.1/riebench")  # the pages come first: RIEBench has not run
+    assert placeholder["ran"] is False and "has not run" in placeholder["note"]
+    written = write_riebench(folder, rc)
+    assert sorted(p.relative_to(folder).as_posix() for p in written) == [
+        "down.2.1/riebench.js", "mid.0/riebench.js", "up.0.1/riebench.js"]
+    part = read_part(folder, "down.2.1/riebench")
+    assert part == {"ran": True, "method": "transport", "k": 4, "sae": "saes (k = 10)",
+                    "edits": {"change colour": 2, "change style": 1},
+                    "counts": {"change colour": {"0": 1, "3": 2, "4": 1, "9": 1}, "change style": {}}}
+    assert not read_part(folder, "mid.0/riebench")["ran"]  # no SAE of mid.0 in the run
+    site = FeatureSite(blocks, lambda i: synthetic_image(i, 32), page_size=8, riebench=rc)
+    assert site.get("down.2.1/riebench") == part  # the kernel serves what the file holds
+    wide = RIEBenchCounts(counts={"up.0.1": {"change colour": torch.zeros(13, dtype=torch.int64)}})
+    with pytest.raises(ReproError, match="pages' SAEs"):
+        write_riebench(folder, wide)
+    with pytest.raises(ReproError, match="run 05_features first"):
+        write_riebench(tmp_path / "nowhere", rc)
 
 
 def test_site_files_round_trip(tmp_path):

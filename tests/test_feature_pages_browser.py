@@ -1,18 +1,22 @@
 """Feature pages in a browser: the kernel side answers the front-end's file requests; the
 static site (written by FeatureSite, shown by its standalone page with the widget's own
 code) opens a feature by its link `#block/feature`, draws the histogram, the quantile
-samples and the neighbours, follows a neighbour link and goes back, with no console error
-and no request leaving the page. Screenshots go to book/_build/screenshots/."""
+samples and the neighbours, follows a neighbour link and goes back, shows RIEBench's counts
+(or says RIEBench has not run, when the counts file says so or is missing), with no console
+error and no request leaving the page. Screenshots go to book/_build/screenshots/."""
 
 from __future__ import annotations
 
 import re
 
+import numpy as np
+
 import pytest
 
 from offline_browser import SHOTS, launch_chromium, offline_page
 from repro.features.browser_data import synthetic_image
-from repro.features.site import FeatureSite, synthetic_blocks
+from repro.features.riebench_counts import RIEBenchCounts
+from repro.features.site import FeatureSite, synthetic_blocks, synthetic_riebench
 from repro.widgets.pages import FeaturePages, write_standalone
 
 
@@ -23,7 +27,9 @@ def site():
     blocks["down.2.1"].icons = {f0: {s: synthetic_image(500 + i, 96) for i, s in enumerate((0.5, 1.0, 1.5))}}
     blocks["down.2.1"].painted = {f0: {"prompt": "a cat", "region": "centre", "plain": synthetic_image(1, 96),
                                        "edited": synthetic_image(2, 96)}}
-    return FeatureSite(blocks, lambda i: synthetic_image(i, 96), page_size=32, thumb=48)
+    counts = synthetic_riebench(blocks)
+    only_up = RIEBenchCounts(counts={"up.0.1": counts.counts["up.0.1"]}, edits=counts.edits, k=counts.k, sae=counts.sae)
+    return FeatureSite(blocks, lambda i: synthetic_image(i, 96), page_size=32, thumb=48, riebench=only_up)
 
 
 def test_kernel_side_serves_the_files(site):
@@ -64,6 +70,10 @@ def test_feature_link_opens_its_page(chromium, site, tmp_path_factory):
         expect(page.locator(".repro-fp-nbr")).to_have_count(2)
         expect(page.locator(".repro-fp-nbr a")).to_have_count(10)
         expect(page.locator(".repro-fp-steps polyline")).to_have_count(3)
+        times = sum(int(c[f1]) for c in site.riebench.counts["up.0.1"].values())
+        expect(page.locator(".repro-fp-rie-total")).to_have_attribute("data-total", str(times))
+        expect(page.locator(".repro-fp-rie-total")).to_contain_text("in 24 edits (joint transport, k = 32")
+        expect(page.locator(".repro-fp-riebench tr")).to_have_count(3)  # a header and two categories
         # heatmaps drawn over the top images and the weakest samples (file:// pixels cannot be read)
         expect(page.locator(".repro-fp-top canvas[data-drawn=heat]").first).to_be_attached()
         expect(page.locator(".repro-fp-band").last.locator("canvas[data-drawn=heat]").first).to_be_attached()
@@ -81,6 +91,7 @@ def test_feature_link_opens_its_page(chromium, site, tmp_path_factory):
 
         page.goto(page_file.as_uri() + f"#down.2.1/{f0}")  # icons at three strengths and a painted example
         expect(page.locator(".repro-fp-on img")).to_have_count(5)
+        expect(page.locator(".repro-fp-rie-note")).to_have_text("RIEBench ran without an SAE of down.2.1")
         page.locator(".repro-fp-search").fill("style=")  # search by label
         expect(page.locator(".repro-fb-item").first).to_contain_text("style=")
         page.locator(".repro-fp-search").fill("")
@@ -90,9 +101,72 @@ def test_feature_link_opens_its_page(chromium, site, tmp_path_factory):
         page.locator(".repro-fp-sort").select_option("causal")
         expect(page.locator(".repro-fb-item").first).to_have_attribute("data-feature", re.compile(r"^\d+$"))
         page.screenshot(path=SHOTS / "feature-page-2.png", full_page=True)
+
+        (folder / "up.0.1" / "riebench.js").unlink()  # no counts file at all (a site from before)
+        page.goto(page_file.as_uri() + f"#up.0.1/{f1}")
+        page.reload()
+        expect(card).to_have_attribute("data-feature", str(f1), timeout=15_000)
+        expect(page.locator(".repro-fp-rie-note")).to_contain_text("RIEBench has not run")
+        expect(page.locator(".repro-fp-hist")).to_have_count(1)  # the rest of the page is unharmed
     finally:
         view.context.close()
     assert not view.attempted, f"the page tried the network: {view.attempted}"
-    assert not view.missing, f"files the page loads are missing: {view.missing}"
+    gone = [m for m in view.missing if not m.endswith("up.0.1/riebench.js")]
+    assert len(gone) < len(view.missing) and not gone, f"files the page loads are missing: {view.missing}"
     assert not view.errors, f"JavaScript errors: {view.errors}"
-    assert not view.console, f"console errors: {view.console}"
+    console = [m for m in view.console if "up.0.1/riebench.js" not in m]
+    assert not console, f"console errors: {view.console}"
+
+
+SHARED_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><style>{css}</style></head>
+<body><div id="w"></div>
+<script>
+{js}
+const state = {state};
+const model = {{
+  get: (k) => state[k], set: (k, v) => {{ if (typeof k === "string") state[k] = v; else Object.assign(state, k); }},
+  on: () => {{}}, send: () => {{}}, save_changes: () => {{ throw new Error("no comm channel"); }},
+}};
+window.__w.render({{ model, el: document.getElementById("w") }});
+</script></body></html>
+"""
+
+
+@pytest.mark.slow
+def test_feature_browser_draws_with_the_shared_code(chromium, tmp_path):
+    """The feature browser's own front-end (common.js + browser.js) in a page: heatmaps drawn
+    over its top images, and a live result for the feature shown put under its controls."""
+    import json
+
+    from playwright.sync_api import expect
+
+    from repro.features.browser_data import build_browser_data, synthetic_analyses
+    from repro.widgets.browser import HERE, FeatureBrowser
+    from repro.widgets.encode import encode_images
+
+    analyses = synthetic_analyses(("down.2.1",), n_features=20, m=4, grid=4, n_images=12, dead=0.0)
+    w = FeatureBrowser(build_browser_data(analyses, lambda i: synthetic_image(i, 48), thumb_size=48))
+    state = {k: v for k, v in w.get_state().items() if not k.startswith("_")}
+    f = state["data"]["blocks"]["down.2.1"]["ids"][0]
+    plain, image = encode_images(np.stack([synthetic_image(1, 48), synthetic_image(2, 48)]))
+    state.update(feature=f, live=True, live_blocks=["down.2.1"], result={
+        "id": 1, "block": "down.2.1", "feature": f, "action": "icon", "prompt": "", "seed": 0, "mime": "image/png",
+        "image": image, "plain": plain})
+    js = FeatureBrowser._esm.replace("export default { render };", "window.__w = { render };")
+    path = tmp_path / "browser.html"
+    path.write_text(SHARED_PAGE.format(css=(HERE / "browser.css").read_text(), js=js, state=json.dumps(state)))
+    view = offline_page(chromium, 1280, 900)
+    try:
+        view.page.goto(path.as_uri())
+        expect(view.page.locator(".repro-fb-card")).to_have_attribute("data-feature", str(f))
+        expect(view.page.locator(".repro-fb-top canvas[data-drawn=heat]")).to_have_count(4)
+        live = view.page.locator(".repro-fb-live")
+        expect(live).to_be_visible()
+        expect(live.locator(".repro-fb-result img")).to_have_count(2)
+        expect(live.locator(".repro-fb-result figcaption").nth(1)).to_have_text(f"icon: feature {f}")
+        expect(live.locator(".repro-fb-opt-region")).to_be_hidden()  # the icon reads no region
+    finally:
+        view.context.close()
+    assert not view.attempted and not view.missing and not view.errors and not view.console, \
+        (view.attempted, view.missing, view.errors, view.console)

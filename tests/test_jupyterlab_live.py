@@ -8,6 +8,10 @@ icon and for "switch off", and checks that each time a new image arrives from th
 and differs from the unedited one. No request may leave 127.0.0.1. Screenshots go to
 book/_build/screenshots/lab-*.png. Everything is bounded in time and the server is
 stopped (its process group) at the end.
+
+The feature pages (FeaturePages) get the same check in a second notebook: in JupyterLab
+they must take the kernel's side (their files come through widget messages, not from a
+folder beside the page) and their live control must bring a new image.
 """
 
 from __future__ import annotations
@@ -56,13 +60,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _notebook(folder: Path) -> Path:
+PAGES_CELL = """\
+import torch
+from repro.features.browser_data import synthetic_image
+from repro.features.site import FeatureSite, synthetic_blocks
+from repro.models.loading import load_pipeline
+from repro.sae import SAEConfig, TopKSAE
+from repro.widgets.pages import FeaturePages
+
+torch.set_num_threads(1)
+pipe = load_pipeline("tiny-random", device="cpu")
+sae = TopKSAE(SAEConfig(d_model=64, n_features=32, k=4, k_aux=0), seed=0)
+with torch.no_grad():
+    sae.b_lat[0] = 50.0  # feature 0 fires at every position: its icon differs from the plain image
+blocks = synthetic_blocks(("down.2.1",), n_features=32, m=4, grid=4, n_images=12, sample=4, dead=0.0)
+site = FeatureSite(blocks, lambda i: synthetic_image(i, 48), page_size=16, thumb=48)
+FeaturePages(site, src="nowhere.files", pipe=pipe, saes={"down.2.1": sae}, prompt="a red circle", title="live pages")
+"""
+
+
+def _notebook(folder: Path, name: str = "live", cell: str = CELL) -> Path:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell(CELL)]
+    nb.cells = [nbformat.v4.new_code_cell(cell)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    path = folder / "live.ipynb"
+    path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
 
@@ -72,6 +95,7 @@ def lab(tmp_path_factory):
     """(base url, token) of a JupyterLab serving a folder with live.ipynb; stopped afterwards."""
     root = tmp_path_factory.mktemp("lab")
     _notebook(root)
+    _notebook(root, "pages", PAGES_CELL)
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
@@ -180,3 +204,61 @@ def test_live_browser_in_jupyterlab(lab, browser):
         context.close()
     assert not outside, f"JupyterLab or the widget tried to leave 127.0.0.1: {outside}"
     assert not [e for e in errors if "repro" in e], errors
+
+
+def _run_all(page, base: str, token: str, notebook: str) -> None:
+    """Open `notebook` in JupyterLab and run its cells once the kernel is idle."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}&reset", timeout=STARTUP_S * 1000)
+    expect(page.locator(".jp-Notebook .jp-CodeCell").first).to_be_visible(timeout=STARTUP_S * 1000)
+    expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=STARTUP_S * 1000)
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+
+
+def test_live_feature_pages_in_jupyterlab(lab, browser):
+    from playwright.sync_api import expect
+
+    base, token = lab
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    context = browser.new_context(viewport={"width": 1400, "height": 1200})
+    outside, errors, console = [], [], []
+
+    def only_the_server(route):
+        if route.request.url.startswith(base):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    context.route(re.compile(r"^https?://"), only_the_server)
+    page = context.new_page()
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" and "repro" in m.text else None)
+    try:
+        _run_all(page, base, token, "pages.ipynb")
+        widget = page.locator(".repro-fp")
+        expect(widget).to_be_visible(timeout=STARTUP_S * 1000)
+        # kernel mode: the files come from the kernel (the folder `nowhere.files` does not exist)
+        expect(widget.locator(".repro-fp-hist rect").first).to_be_attached(timeout=60_000)
+        widget.locator(".repro-fp-search").fill("0")
+        card = widget.locator(".repro-fp-card")
+        expect(card).to_have_attribute("data-feature", "0")
+        expect(widget.locator(".repro-fp-top canvas[data-drawn=heat]").first).to_be_attached()
+        expect(widget.locator(".repro-fp-rie-note")).to_contain_text("has not run")  # served placeholder
+        live = widget.locator(".repro-fb-live")
+        expect(live).to_be_visible()
+        expect(live.locator(".repro-fb-result img")).to_have_count(0)
+        live.locator(".repro-fb-action").select_option("icon")
+        live.locator(".repro-fb-go").click()
+        plain, icon = _result(page, "icon: feature 0", timeout=STARTUP_S * 1000)
+        assert icon != plain, "the icon is the unedited image"
+        expect(live.locator(".repro-fb-status")).to_have_text("")
+        widget.screenshot(path=SHOTS / "lab-pages-icon.png")
+    finally:
+        page.screenshot(path=SHOTS / "lab-pages-last.png")
+        context.close()
+    assert not outside, f"JupyterLab or the widget tried to leave 127.0.0.1: {outside}"
+    assert not [e for e in errors if "repro" in e], errors
+    assert not console, console

@@ -58,6 +58,18 @@ def test_run_benchmark_skips_bad_edits_and_continues(tiny_pipe, tmp_path):
     per_block = good[good["method"] == "per_block"]
     for row in per_block.to_dict("records"):
         assert row["n_top"] == {row["blocks"]: 4} and row["n_selected"] == {row["blocks"]: 8}
+    # which features each edit moved: one joint selection per edit and k, one per block for per_block
+    joint = [s for s in res.selections if s["method"] == "transport"]
+    assert [s["id"] for s in joint] == ["good", "style"] and joint[0]["k"] == 4
+    assert sum(len(ids) for ids in joint[0]["top"].values()) == 4
+    assert sum(len(ids) for ids in joint[0]["bottom"].values()) == 4
+    assert len([s for s in res.selections if s["method"] == "per_block" and s["id"] == "good"]) == 4
+    assert {b: len(ids) for b, ids in res.selected("transport")[0][1].items()} == good[good["method"] == "transport"].iloc[0]["n_selected"]
+    from repro.features.riebench_counts import riebench_counts
+
+    rc = riebench_counts(res, {b: 128 for b in BLOCKS})
+    assert rc.k == 4 and rc.edits == {"change_colour": 1, "change_style": 1}
+    assert sum(int(c.sum()) for by_cat in rc.counts.values() for c in by_cat.values()) == 2 * 8
     row = good[good["method"] == "transport"].iloc[0]
     assert sum(row["n_top"].values()) == 4 and set(row["n_top"]) == set(BLOCKS)
     assert good[good["method"] == "target"]["pixel_outside"].iloc[0] == 0.0

@@ -11,7 +11,8 @@
     icons [{s, src}], painted {prompt, region, plain, edited}   # files written beside the data
     steps {setting: {half: [mean activation per step]}}
     nbr {block: [[feature, cosine], ...]}  # nearest by decoder cosine, own block and the others
-    causal {label, s, on, off, control_on, effect}, riebench {category: times selected}
+    causal {label, s, on, off, control_on, effect}
+(RIEBench's selection counts come in their own file per block: repro.features.riebench_counts.)
 
 Labels: on ShapesWorld the chapter gives the ground-truth label (best concept by F1) with
 purity and F1. Without ground truth the label is empty and `label_note` says why, unless
@@ -58,8 +59,6 @@ class BlockFeatures:
     """setting -> half -> [steps, n] mean activation per step (`step_means`)."""
     neighbours: Mapping[str, tuple[torch.Tensor, torch.Tensor]] | None = None
     """block -> (ids [n, k], cosine [n, k]) from `decoder_neighbours`."""
-    riebench: Mapping[str, Sequence[int] | torch.Tensor] | None = None
-    """category -> [n] times RIEBench selected the feature (`selection_counts`)."""
     icons: Mapping[int, Mapping[float, np.ndarray]] = field(default_factory=dict)
     """feature -> strength -> uint8 [H, W, 3] icon."""
     painted: Mapping[int, Mapping[str, Any]] = field(default_factory=dict)
@@ -80,9 +79,6 @@ class BlockFeatures:
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ReproError(f"{block}: {len(value)} {name} for {n} features: give one per feature")
-        for cat, counts in (self.riebench or {}).items():
-            if len(counts) != n:
-                raise ReproError(f"{block}: RIEBench counts of {cat!r} have {len(counts)} entries for {n} features")
 
 
 def _heat(maps: np.ndarray, heat_size: int) -> dict:
@@ -147,8 +143,6 @@ def feature_record(block: str, f: int, bf: BlockFeatures, *, heat_size: int = 16
                       for other, (ids, cos) in bf.neighbours.items()}
     if bf.causal and f in bf.causal:
         rec["causal"] = dict(bf.causal[f])
-    if bf.riebench:
-        rec["riebench"] = {cat: int(c[f]) for cat, c in bf.riebench.items()}
     return rec
 
 
@@ -174,29 +168,4 @@ def causal_by_feature(rows: Iterable[Mapping], strength: float) -> dict[str, dic
     return out
 
 
-def selection_counts(selections: Iterable[tuple[str, Mapping[str, Sequence[int] | torch.Tensor]]],
-                     n_features: Mapping[str, int]) -> dict[str, dict[str, torch.Tensor]]:
-    """RIEBench selections [(category, {block: selected feature ids}), ...] -> {block: {category: [n] counts}}."""
-    out = {b: {} for b in n_features}
-    for category, chosen in selections:
-        for b, ids in chosen.items():
-            if b not in out:
-                raise ReproError(f"selection names block {b!r}: use {choices_hint(out)}")
-            counts = out[b].setdefault(category, torch.zeros(n_features[b], dtype=torch.int64))
-            counts.index_add_(0, torch.as_tensor(ids, dtype=torch.int64).flatten(),
-                              torch.ones(len(torch.as_tensor(ids).flatten()), dtype=torch.int64))
-    return out
-
-
-def joint_selection(scores, k: int, strict_sign: bool = False) -> dict[str, torch.Tensor]:
-    """Features RIEBench's transport picks (top and bottom k of the joint scores), per block."""
-    from repro.riebench.transport import select
-
-    top, bottom = select(scores.scores, k, strict_sign)
-    picked = torch.zeros(scores.p_src.numel(), dtype=torch.bool)
-    picked[top] = picked[bottom] = True
-    return {b: part.nonzero().flatten() for b, part in scores.split(picked).items()}
-
-
-__all__ = ["NO_LABEL", "BlockFeatures", "Labeller", "causal_by_feature", "feature_record", "joint_selection",
-           "selection_counts"]
+__all__ = ["NO_LABEL", "BlockFeatures", "Labeller", "causal_by_feature", "feature_record"]

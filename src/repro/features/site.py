@@ -3,6 +3,8 @@
     <folder>/manifest.js            blocks, their sizes, the histogram bins, the strengths
     <folder>/<block>/index.js       live features: ids, label, freq, dens, purity, causal effect
     <folder>/<block>/p<k>.js        records of features k*page_size .. (k+1)*page_size - 1
+    <folder>/<block>/riebench.js    times RIEBench selected each feature (repro.features.riebench_counts;
+                                    a "has not run" placeholder until 06_riebench overwrites it)
     <folder>/img/<image id>.webp    thumbnails of every image a page shows (each once)
     <folder>/<block>/icon/<f>-<s>.webp, <block>/paint/<f>-{plain,edited}.webp
 
@@ -30,6 +32,7 @@ from repro.errors import ReproError, choices_hint
 from repro.features.browser_data import FORMATS, _sig, encode_thumbnail
 from repro.features.pages import BlockFeatures, Labeller, feature_record
 from repro.features.profile import BINS_PER_OCTAVE, LOW_EXP
+from repro.features.riebench_counts import PART as RIEBENCH, RIEBenchCounts, not_run
 
 VERSION = 1
 CALLBACK = "__reproFeatures"
@@ -44,13 +47,14 @@ class FeatureSite:
 
     blocks: block -> BlockFeatures. images: image id -> uint8 [H, W, 3] (top and sampled
     images). page_size: features per page file. thumb: thumbnail side in px. strengths:
-    the icon strengths (for the captions).
+    the icon strengths (for the captions). riebench: selection counts, when RIEBench already
+    ran on these SAEs (else each block gets the placeholder 06_riebench overwrites).
     """
 
     def __init__(self, blocks: Mapping[str, BlockFeatures], images: Callable[[int], np.ndarray], *,
                  page_size: int = 64, thumb: int = 64, heat_size: int = 16, format: str = "webp", quality: int = 80,
                  icon_size: int = 128, labeller: Labeller | None = None, bands: int = 3, per_band: int = 4,
-                 title: str = "") -> None:
+                 title: str = "", riebench: RIEBenchCounts | None = None) -> None:
         if not blocks:
             raise ReproError("no blocks: give {block: BlockFeatures(...)} for at least one block")
         if format not in FORMATS:
@@ -64,6 +68,7 @@ class FeatureSite:
         self.quality, self.icon_size, self.labeller = quality, icon_size, labeller
         self.bands, self.per_band, self.title = bands, per_band, title
         self.ext = format
+        self.riebench = riebench
         self._pages: dict[str, dict] = {}
 
     # ------------------------------------------------------------------ the JSON parts
@@ -108,6 +113,11 @@ class FeatureSite:
                 paint_src=lambda f, which, b=block: f"{b}/paint/{f}-{which}.{self.ext}") for f in live}}
         return self._pages[key]
 
+    def riebench_part(self, block: str) -> dict:
+        """`<block>/riebench`: the counts given, else the placeholder."""
+        self._block(block)
+        return self.riebench.part(block) if self.riebench is not None else not_run()
+
     def _block(self, block: str) -> BlockFeatures:
         if block not in self.blocks:
             raise ReproError(f"no block {block!r} in the feature pages: use {choices_hint(self.blocks)}")
@@ -117,6 +127,7 @@ class FeatureSite:
         yield "manifest", self.manifest()
         for b, bf in self.blocks.items():
             yield f"{b}/index", self.index(b)
+            yield f"{b}/{RIEBENCH}", self.riebench_part(b)
             for k in range(-(-bf.n_features // self.page_size)):
                 yield f"{b}/p{k}", self.page(b, k)
 
@@ -165,12 +176,15 @@ class FeatureSite:
 
     # ------------------------------------------------------------------ serving and writing
     def get(self, path: str) -> Any:
-        """A JSON part ("manifest", "<block>/index", "<block>/p<k>") or an image (bytes) by path."""
+        """A JSON part ("manifest", "<block>/index", "<block>/p<k>", "<block>/riebench") or an image
+        (bytes) by path."""
         if path == "manifest":
             return self.manifest()
         block, _, name = path.rpartition("/")
         if name == "index":
             return self.index(block)
+        if name == RIEBENCH:
+            return self.riebench_part(block)
         if name.startswith("p") and name[1:].isdigit():
             return self.page(block, int(name[1:]))
         return self.binary(path)
@@ -204,7 +218,8 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def read_part(folder: str | os.PathLike, path: str) -> Any:
-    """The JSON of a written part (`manifest`, `<block>/index`, `<block>/p<k>`), for tests and tools."""
+    """The JSON of a written part (`manifest`, `<block>/index`, `<block>/p<k>`, `<block>/riebench`),
+    for tests and tools."""
     text = (Path(folder) / f"{path}.js").read_text()
     prefix = f"{CALLBACK}({json.dumps(path)},"
     if not text.startswith(prefix):
@@ -219,7 +234,7 @@ def synthetic_blocks(blocks=("down.2.1", "mid.0", "up.0.0", "up.0.1"), n_feature
                      labels: bool = True, seed: int = 0) -> dict[str, BlockFeatures]:
     """BlockFeatures with the shapes the chapter produces, from random numbers (`synthetic_analyses`
     for stats and top images, a random profile, random unit decoders for the neighbours,
-    two settings of per-step means, RIEBench counts; ShapesWorld-like labels if `labels`)."""
+    two settings of per-step means; ShapesWorld-like labels if `labels`)."""
     import torch
 
     from repro.features.browser_data import synthetic_analyses
@@ -257,9 +272,19 @@ def synthetic_blocks(blocks=("down.2.1", "mid.0", "up.0.0", "up.0.1"), n_feature
             steps={"turbo, 4 steps": {"all": torch.from_numpy(rng.uniform(0, 1, (4, n_features)).astype(np.float32))},
                    "base": {h: torch.from_numpy(rng.uniform(0, 1, (20, n_features)).astype(np.float32))
                             for h in ("cond", "uncond")}},
-            neighbours=nbrs[b],
-            riebench={c: torch.from_numpy(rng.poisson(0.3, n_features)) for c in ("change colour", "change style")})
+            neighbours=nbrs[b])
     return out
 
 
-__all__ = ["CALLBACK", "FeatureSite", "read_part", "synthetic_blocks"]
+def synthetic_riebench(blocks: Mapping[str, BlockFeatures], edits: int = 12, seed: int = 0) -> RIEBenchCounts:
+    """Random selection counts of two categories for `blocks` (tests and the benchmark)."""
+    import torch
+
+    rng = np.random.default_rng(seed)
+    cats = ("change colour", "change style")
+    counts = {b: {c: torch.from_numpy(np.minimum(rng.poisson(0.3, bf.n_features), edits)) for c in cats}
+              for b, bf in blocks.items()}
+    return RIEBenchCounts(counts=counts, edits={c: edits for c in cats}, k=32, sae="saes (synthetic)")
+
+
+__all__ = ["CALLBACK", "FeatureSite", "read_part", "synthetic_blocks", "synthetic_riebench"]

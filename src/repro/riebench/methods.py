@@ -26,7 +26,7 @@ from repro.hooks import capture_updates
 from repro.riebench.data import RIEEdit
 from repro.riebench.neurons import NeuronTransport, capture_neurons, ff_modules
 from repro.riebench.transport import (
-    FeatureTransport, StepAdd, joint_scores, mask_mean, sae_codes, selection_weights,
+    FeatureTransport, StepAdd, joint_scores, mask_mean, sae_codes, selected_units, selection_weights,
 )
 
 METHODS = ("transport", "per_block", "steer", "neurons")
@@ -89,6 +89,9 @@ class Plan:
     settings: list[Setting]
     block_edits: Callable[[slice], dict] = lambda sl: {}
     neuron_edits: Callable[[slice], dict] = lambda sl: {}
+    selections: list[dict] = field(default_factory=list)
+    """SAE-feature methods: one {method, k, blocks, top: {block: [ids]}, bottom: {block: [ids]}}
+    per scored group and k (every m of a k moves the same features)."""
 
 
 @dataclass
@@ -170,11 +173,15 @@ def transport_plan(ref: Reference, saes: dict, blocks: list[str], ks, ms, strict
         tgt_means[b] = mask_mean(tgt_codes[b][ref.score_half][0].flatten(0, 1), ref.masks[b][1])
     groups = [[b] for b in blocks] if per_block else [list(blocks)]
     method = "per_block" if per_block else "transport"
-    settings, add_rows, sub_rows = [], {b: [] for b in blocks}, {b: [] for b in blocks}
+    settings, add_rows, sub_rows, selections = [], {b: [] for b in blocks}, {b: [] for b in blocks}, []
     for group in groups:
         scores = joint_scores({b: src_means[b] for b in group}, {b: tgt_means[b] for b in group})
         for k in ks:
             add, sub, counts = selection_weights(scores, k, ms, strict_sign)
+            top_ids, bottom_ids = selected_units(scores, k, strict_sign)
+            selections.append({"method": method, "k": int(k), "blocks": list(group),
+                               "top": {b: ids.tolist() for b, ids in top_ids.items()},
+                               "bottom": {b: ids.tolist() for b, ids in bottom_ids.items()}})
             top, bottom = _block_counts(counts)
             settings += [Setting(method, tuple(group), int(k), float(m), top, bottom) for m in ms]
             for b in blocks:  # blocks outside the group get zero weights in these rows
@@ -199,7 +206,7 @@ def transport_plan(ref: Reference, saes: dict, blocks: list[str], ks, ms, strict
                 edits[b] = parts
         return edits
 
-    return Plan(settings, block_edits=build)
+    return Plan(settings, block_edits=build, selections=selections)
 
 
 def steer_plan(ref: Reference, blocks: list[str], ms) -> Plan:

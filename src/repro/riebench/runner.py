@@ -6,6 +6,8 @@
     success_vs_preservation(results.frame())
     category_block_table(results.frame(), "n_selected")
 
+    results.selected("transport")       # [(category, {block: feature ids})], one per edit
+
 Rows: id, category, method, blocks ("all" or the one block of a per_block run), k, m,
 n_top / n_bottom / n_selected ({block: count}), pixel_outside, the scorer's metrics
 (success, preserved, clip_*, lpips_*), skipped (None, or why the edit was skipped).
@@ -13,6 +15,10 @@ Methods "source" and "target" are the unedited reference images, scored the same
 (the edit-prompt image is what a perfect edit would look like). An edit that fails
 (bad category, mask of the wrong size, identical prompts, ...) gets one row with its
 reason in `skipped`, and the run goes on.
+
+`results.selections` records which SAE features each edit's transport moved: one entry
+{id, category, method, k, blocks, top: {block: ids}, bottom: {block: ids}} per edit,
+method (transport / per_block), scored group and k (the feature pages count them).
 """
 
 from __future__ import annotations
@@ -76,6 +82,26 @@ class RIEBenchResults:
     rows: list[dict] = field(default_factory=list)
     images: dict[int, np.ndarray] = field(default_factory=dict)
     settings: dict = field(default_factory=dict)
+    selections: list[dict] = field(default_factory=list)
+    """Features each edit moved (see the module docstring)."""
+
+    def selected(self, method: str = "transport", k: int | None = None) -> list[tuple[str, dict[str, list[int]]]]:
+        """[(category, {block: ids added or subtracted})], one per edit that `method` ran at `k`.
+
+        k None: the largest k of the run. Top and bottom k grow with k (each smaller k picks
+        a subset), so that counts every feature any setting of the method moved.
+        """
+        mine = [s for s in self.selections if s["method"] == method]
+        if not mine:
+            ran = sorted({s["method"] for s in self.selections})
+            raise ReproError(f"no selections of method {method!r} in this run: it recorded {ran or 'none'} "
+                             "(only transport and per_block select SAE features)")
+        ks = sorted({s["k"] for s in mine})
+        k = ks[-1] if k is None else k
+        if k not in ks:
+            raise ReproError(f"{method} never ran at k={k}: use one of {ks}")
+        return [(s["category"], {b: s["top"].get(b, []) + s["bottom"].get(b, []) for b in s["blocks"]})
+                for s in mine if s["k"] == k]
 
     @property
     def skipped(self) -> list[dict]:
@@ -183,6 +209,8 @@ def _run_edit(pipe, saes, edit, blocks, methods, grid, scorers, config, segmente
     ref, edit = reference_pass(pipe, edit, blocks, sampling, "neurons" in methods, config.mask_dilate_px,
                                config.mask_threshold, segmenter)
     edit_plans = plans(ref, saes, blocks, methods, grid, config.strict_sign)
+    results.selections += [{"id": edit.id, "category": edit.category, **sel} for plan in edit_plans
+                           for sel in plan.selections]
     for name, i in (("source", 0), ("target", 1)):
         row = _row(edit, None, method=name)
         row.update(_scored(edit, ref.images[i : i + 1], ref, scorers)[0])

@@ -91,6 +91,17 @@ def select(scores: torch.Tensor, k: int, strict_sign: bool = False) -> tuple[tor
     return top, bottom
 
 
+def selected_units(scores: JointScores, k: int, strict_sign: bool = False) -> tuple[dict, dict]:
+    """The units `select` picks, split back per key: ({key: top ids}, {key: bottom ids}), ids ascending."""
+    top, bottom = select(scores.scores, k, strict_sign)
+    out = []
+    for chosen in (top, bottom):
+        picked = torch.zeros(scores.p_src.numel(), dtype=torch.bool)
+        picked[chosen] = True
+        out.append({key: part.nonzero().flatten() for key, part in scores.split(picked).items()})
+    return out[0], out[1]
+
+
 def selection_weights(scores: JointScores, k: int, ms, strict_sign: bool = False) -> tuple[dict, dict, dict]:
     """Per key: add-weights [len(ms), n] (m on the top units), subtract-weights (m on the
     bottom units), and the number of selected units {key: {"top": t, "bottom": b}}."""

@@ -25,6 +25,12 @@ from repro.hooks import Edit
 
 HERE = Path(__file__).parent
 
+
+def esm(name: str) -> str:
+    """A widget's front-end code: common.js (helpers, heatmap, live controls, shared by the
+    widgets) followed by the widget's own file `name`, as one module (anywidget loads one)."""
+    return f"{(HERE / 'common.js').read_text()}\n{(HERE / name).read_text()}"
+
 ACTIONS = ("icon", "paint", "modulate", "off")
 STRENGTHS = (0.5, 1.0, 1.5)
 """Icon and paint strengths, in units of mean_f * k (the paper's icon strengths)."""
@@ -72,7 +78,7 @@ class FeatureBrowser(anywidget.AnyWidget):
     Live mode: `FeatureBrowser(data, pipe=pipe, saes={block: sae}, prompt="a cat", seed=0)`.
     """
 
-    _esm = HERE / "browser.js"
+    _esm = esm("browser.js")
     _css = HERE / "browser.css"
 
     data = t.Dict(help="the payload of build_browser_data").tag(sync=True)

@@ -8,26 +8,9 @@
 // fetch() JSON), in a live notebook through the widget's messages. `#block/feature` links
 // to a feature; back and forward move between the features shown.
 
-const HOT = [[110, 0, 20], [200, 20, 10], [245, 90, 0], [255, 170, 0], [255, 235, 60], [255, 255, 210]];
-const LUT = (() => {
-  const lut = new Uint8Array(256 * 3);
-  for (let v = 0; v < 256; v++) {
-    const x = (v / 255) * (HOT.length - 1);
-    const i = Math.min(Math.floor(x), HOT.length - 2);
-    const f = x - i;
-    for (let c = 0; c < 3; c++) lut[v * 3 + c] = Math.round(HOT[i][c] * (1 - f) + HOT[i + 1][c] * f);
-  }
-  return lut;
-})();
+// Helpers, the heatmap and the live controls come from common.js (in front of this file).
 const SVG = "http://www.w3.org/2000/svg";
 const COLOURS = ["#1a4f8b", "#c2410c", "#15803d", "#7e22ce", "#a16207", "#0e7490"];
-
-function el(tag, cls, text) {
-  const e = document.createElement(tag);
-  if (cls) e.className = cls;
-  if (text !== undefined) e.textContent = text;
-  return e;
-}
 
 function svg(tag, attrs) {
   const e = document.createElementNS(SVG, tag);
@@ -35,38 +18,13 @@ function svg(tag, attrs) {
   return e;
 }
 
-function fmt(x, digits = 3) {
-  if (x === undefined || x === null || Number.isNaN(x)) return "–";
-  if (x !== 0 && (Math.abs(x) < 1e-3 || Math.abs(x) >= 1e4)) return x.toExponential(digits - 1);
-  return Number(x.toPrecision(digits)).toString();
-}
-
-const pct = (x) => (x === undefined || x === null ? "–" : `${fmt(100 * x, 3)}%`);
-
-async function inflate(b64) {
-  const s = atob(b64);
-  const raw = new Uint8Array(s.length);
-  for (let i = 0; i < s.length; i++) raw[i] = s.charCodeAt(i);
-  const stream = new Blob([raw]).stream().pipeThrough(new DecompressionStream("deflate"));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
-}
-
-function options(select, values, labels) {
-  select.replaceChildren(...values.map((v, i) => {
-    const o = el("option", "", labels ? labels[i] : String(v));
-    o.value = String(v);
-    return o;
-  }));
-}
-
-// whether a kernel is on the other side: a static page's model cannot sync and says so
+// Whether a kernel is on the other side to serve the files. Not whether save_changes()
+// throws: ipywidgets 8's does nothing without a live comm, so in the static book it returns
+// quietly. The widget manager knows: JupyterLab's (and Voila's) has a kernel, the book's
+// HTML manager none. A model that cannot sync at all (a standalone page) still counts as static.
 function hasKernel(model) {
-  try {
-    model.save_changes();
-    return true;
-  } catch {
-    return false;
-  }
+  const manager = model.widget_manager;
+  return Boolean(manager && manager.kernel) && save(model);
 }
 
 // --- data sources ----------------------------------------------------------------------------
@@ -120,33 +78,6 @@ function kernelSource(model, mime) {
 }
 
 // --- drawing ---------------------------------------------------------------------------------
-function drawHeat(canvas, img, q, h, w, alpha) {
-  const ctx = canvas.getContext("2d");
-  const W = canvas.width;
-  const H = Math.round((W * img.naturalHeight) / img.naturalWidth) || W;
-  canvas.height = H;
-  ctx.filter = alpha > 0 ? `saturate(${1 - 0.7 * alpha}) brightness(${1 - 0.25 * alpha})` : "none";
-  ctx.drawImage(img, 0, 0, W, H);
-  ctx.filter = "none";
-  if (alpha <= 0) return;
-  const small = document.createElement("canvas");
-  small.width = w;
-  small.height = h;
-  const pix = small.getContext("2d").createImageData(w, h);
-  let peak = 1;
-  for (let p = 0; p < h * w; p++) peak = Math.max(peak, q[p]);
-  for (let p = 0; p < h * w; p++) {
-    const v = Math.round((255 * q[p]) / peak);
-    pix.data[4 * p] = LUT[3 * v];
-    pix.data[4 * p + 1] = LUT[3 * v + 1];
-    pix.data[4 * p + 2] = LUT[3 * v + 2];
-    pix.data[4 * p + 3] = v ? Math.round(255 * alpha * (0.45 + 0.55 * (v / 255))) : 0;
-  }
-  small.getContext("2d").putImageData(pix, 0, 0);
-  ctx.drawImage(small, 0, 0, W, H);
-  canvas.dataset.drawn = "heat"; // pixels of file:// images cannot be read back: say it was drawn
-}
-
 function histogram(hist, spec) {
   const W = 320, H = 90, pad = 16;
   const box = svg("svg", { class: "repro-fp-hist", width: W, height: H + pad, viewBox: `0 0 ${W} ${H + pad}` });
@@ -268,7 +199,7 @@ function render({ model, el: host }) {
       }
     } else {
       model.set({ block, feature });
-      try { model.save_changes(); } catch { /* no kernel */ }
+      save(model);
     }
     show();
   }
@@ -437,82 +368,42 @@ function render({ model, el: host }) {
         `(random direction: ${pct(c.control_on)}); switching it off removes it in ${pct(c.off)}`));
       out.push(s);
     }
-    if (rec.riebench) {
-      const s = section("RIEBench: times selected, per category", "repro-fp-riebench");
-      const t = el("table", "repro-fp-table");
-      for (const [cat, n] of Object.entries(rec.riebench)) {
-        const tr = el("tr");
-        tr.append(el("td", "", cat), el("td", "", String(n)));
-        t.append(tr);
-      }
-      s.append(t);
-      out.push(s);
-    }
-    out.push(liveControls(block, rec.f));
+    out.push(riebench(block, rec.f, gen));
+    out.push(liveControls(model, block, rec.f, kernel && model.get("live") && model.get("live_blocks").includes(block)));
     card.replaceChildren(...out);
   }
 
-  // --- live mode (a kernel with the pipeline and the SAEs) ------------------------------------
-  let lastRequest = 0;
-  function liveControls(block, f) {
-    const box = el("div", "repro-fb-live");
-    box.hidden = !(kernel && model.get("live") && model.get("live_blocks").includes(block));
-    if (box.hidden) return box;
-    box.innerHTML = `
-      <div class="repro-fb-live-bar">
-        <select class="repro-fb-action"></select>
-        <label>prompt <input class="repro-fb-prompt" type="text"></label>
-        <label>seed <input class="repro-fb-seed" type="number" step="1"></label>
-        <label>strength <select class="repro-fb-strength"></select></label>
-        <label>region <select class="repro-fb-region"></select></label>
-        <label>s <select class="repro-fb-factor"></select></label>
-        <button type="button" class="repro-fb-go">generate</button>
-        <span class="repro-fb-status"></span>
-      </div>
-      <div class="repro-fb-result"></div>`;
-    const get = (name) => box.querySelector(`.repro-fb-${name}`);
-    options(get("action"), ["icon", "paint", "modulate", "off"],
-      ["icon (empty prompt)", "paint into a region", "modulate where it fires", "switch off"]);
-    options(get("strength"), [0.5, 1, 1.5]);
-    get("strength").value = "1";
-    options(get("region"), ["all", "left", "right", "top", "bottom", "centre"]);
-    options(get("factor"), [-10, -5, 5, 10]);
-    get("factor").value = "5";
-    get("prompt").value = model.get("prompt");
-    get("seed").value = String(model.get("seed"));
-    get("go").addEventListener("click", () => {
-      const request = {
-        id: ++lastRequest + Date.now(), block, feature: f, action: get("action").value,
-        strength: Number(get("strength").value), region: get("region").value, factor: Number(get("factor").value),
-        prompt: get("prompt").value, seed: Number(get("seed").value) || 0,
-      };
-      model.set({ prompt: request.prompt, seed: request.seed, request, block, feature: f });
-      get("status").textContent = "generating…";
-      model.save_changes();
-    });
-    showResult(box);
-    return box;
-  }
-
-  function showResult(box = card.querySelector(".repro-fb-live")) {
-    if (!box || box.hidden) return;
-    const r = model.get("result") || {};
-    box.querySelector(".repro-fb-status").textContent = model.get("busy") ? "generating…" : r.error ? `error: ${r.error}` : "";
-    const out = box.querySelector(".repro-fb-result");
-    if (!r.image || String(r.feature) !== card.dataset.feature || r.block !== card.dataset.block) {
-      out.replaceChildren();
-      return;
-    }
-    const fig = (b64, caption) => {
-      const f = el("figure");
-      const img = el("img");
-      img.src = `data:${r.mime};base64,${b64}`;
-      img.alt = caption;
-      f.append(img, el("figcaption", "", caption));
-      return f;
-    };
-    out.replaceChildren(fig(r.plain, `${r.action === "icon" ? "empty prompt" : `“${r.prompt}”`}, seed ${r.seed}`),
-      fig(r.image, `${r.action}: feature ${r.feature}`));
+  // RIEBench's counts: their own file per block, written by 06_riebench after these pages
+  function riebench(block, f, gen) {
+    const s = section("RIEBench: times selected, per category", "repro-fp-riebench");
+    const body = el("div", "repro-fb-empty", "loading…");
+    s.append(body);
+    const say = (text) => body.replaceWith(el("div", "repro-fp-note repro-fp-rie-note", text));
+    source.part(`${block}/riebench`).then((r) => {
+      if (gen !== drawn) return;
+      if (!r.ran) {
+        say(r.note);
+        return;
+      }
+      const cats = Object.keys(r.edits);
+      const times = (cat) => ((r.counts[cat] || {})[String(f)] || 0);
+      const total = cats.reduce((n, cat) => n + times(cat), 0);
+      const edits = cats.reduce((n, cat) => n + r.edits[cat], 0);
+      const what = `${r.method === "transport" ? "joint transport" : r.method}${r.k ? `, k = ${r.k}` : ""}${r.sae ? `, ${r.sae}` : ""}`;
+      const head = el("div", "repro-fp-rie-total", `selected ${total} times in ${edits} edits (${what})`);
+      head.dataset.total = String(total);
+      const t = el("table", "repro-fp-table");
+      const hr = el("tr");
+      hr.append(el("th", "", "category"), el("th", "", "times selected"), el("th", "", "edits run"));
+      t.append(hr);
+      for (const cat of cats) {
+        const tr = el("tr");
+        tr.append(el("td", "", cat), el("td", "", String(times(cat))), el("td", "", String(r.edits[cat])));
+        t.append(tr);
+      }
+      body.replaceWith(head, t);
+    }, () => say("RIEBench has not run: no counts beside these pages (06_riebench writes them)"));
+    return s;
   }
 
   // --- events --------------------------------------------------------------------------------
@@ -545,8 +436,9 @@ function render({ model, el: host }) {
   prev.addEventListener("click", () => turn(-1));
   next.addEventListener("click", () => turn(+1));
   if (!kernel) window.addEventListener("hashchange", () => show().catch(fail("the feature")));
-  model.on("change:result", () => showResult());
-  model.on("change:busy", () => showResult());
+  const result = () => showResult(model, card.querySelector(".repro-fb-live"));
+  model.on("change:result", result);
+  model.on("change:busy", result);
   host.append(root);
 
   source.part("manifest").then((m) => {

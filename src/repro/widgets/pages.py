@@ -16,13 +16,13 @@ import traitlets as t
 
 from repro.errors import ReproError
 from repro.features.site import FeatureSite
-from repro.widgets.browser import HERE, FeatureBrowser
+from repro.widgets.browser import HERE, FeatureBrowser, esm
 
 
 class FeaturePages(FeatureBrowser):
     """`FeaturePages(site, src="05_features.features")`; live: `..., pipe=pipe, saes={block: sae}`."""
 
-    _esm = HERE / "pages.js"
+    _esm = esm("pages.js")
     _css = HERE / "browser.css"
 
     src = t.Unicode("", help="the site's folder, relative to the page that shows the widget").tag(sync=True)
@@ -87,7 +87,7 @@ def write_standalone(folder, title: str = "Feature pages", page_size: int = 20, 
     import json
 
     folder = Path(folder)
-    js = (HERE / "pages.js").read_text().replace("export default { render };", "window.__reproPages = { render };")
+    js = FeaturePages._esm.replace("export default { render };", "window.__reproPages = { render };")
     state = {"src": ".", "block": "", "feature": -1, "page_size": page_size, "title": title, "alpha": 0.6,
              "live": False, "live_blocks": [], "prompt": "", "seed": 0, "result": {}, "busy": False, "sort": sort}
     html = STANDALONE.format(title=title, css=(HERE / "browser.css").read_text(), js=js, state=json.dumps(state))

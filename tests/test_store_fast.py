@@ -1,0 +1,75 @@
+"""The fast store paths against their references: shard bytes, direct UNet loop, writer pool, reading."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save
+
+from repro.collect import CollectConfig, collect
+from repro.generate import Sampling, generate
+from repro.store import ActivationStore
+from repro.store.serialize import parts
+
+
+def test_parts_are_the_bytes_of_safetensors_save():
+    dtypes = [torch.bool, torch.uint8, torch.int8, torch.int16, torch.float16, torch.bfloat16, torch.int32,
+              torch.float32, torch.float64, torch.int64]
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"n{i}": (torch.randn(3, i + 1, generator=g) * 10).to(d) for i, d in enumerate(dtypes)}
+    tensors |= {"latents": torch.randn(2, 4, generator=g), "seeds": torch.arange(2), "empty": torch.zeros(0, 4)}
+    meta = {"repro": json.dumps({"prompts": ['é "q"\n', "\x7f", "猫"], "start": 0}, ensure_ascii=False, sort_keys=True)}
+    assert b"".join(bytes(p) for p in parts(tensors, meta)) == save(tensors, metadata=meta)
+    assert b"".join(bytes(p) for p in parts(tensors)) == save(tensors)
+
+
+@pytest.mark.parametrize("sampling", [Sampling(), Sampling(steps=2, guidance=2.0)])
+def test_direct_sampler_gives_the_pipelines_latents(pipe, sampling):
+    from repro.direct import DirectSampler
+
+    prompts, seeds = ["a red cube", "two blue balls", "a green ring"], [3, 4, 5]
+    ref = generate(pipe, prompts, seeds, sampling, output="latent")
+    assert torch.equal(DirectSampler(pipe, sampling).latents(prompts, seeds), ref)
+
+
+def _records(folder):
+    store = ActivationStore(folder)
+    assert store.complete and store.verify_all() == []
+    keys = ("file", "start", "stop", "bytes", "sha256", "prompts_sha256", "nonfinite")
+    return [{k: r[k] for k in keys} for r in store.shards], store.info
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(steps=2, guidance=2.0, dtype="fp32")])
+def test_fast_collection_writes_the_same_store(pipe, tmp_path, kw):
+    """Direct UNet loop + 3 writer threads == the pipeline with one writer, byte for byte."""
+    base = dict(n_prompts=7, shard_size=2, batch_size=2, **kw)
+    ref = collect(CollectConfig(out=tmp_path / "ref", engine="pipeline", writers=1, **base), pipe=pipe, progress=False)
+    fast = collect(CollectConfig(out=tmp_path / "fast", engine="direct", writers=3, **base), pipe=pipe, progress=False)
+    assert _records(ref.folder) == _records(fast.folder)
+    for r in ref.shards:
+        assert (ref.folder / r["file"]).read_bytes() == (fast.folder / r["file"]).read_bytes()
+
+
+def test_fast_shard_equals_the_old_writers_bytes(pipe, tmp_path):
+    """The first shard, rebuilt as the one-thread writer of before serialised it (`st_save`)."""
+    from repro.collect import capture_batch
+    from repro.prompts import open_prompts, seeds_for
+    from repro.store.layout import LATENTS, SEEDS, store_dtype
+
+    store = collect(CollectConfig(out=tmp_path / "s", n_prompts=4, shard_size=4, batch_size=2), pipe=pipe,
+                    progress=False)
+    prompts = open_prompts("shapes").get(0, 4)
+    parts_, lat = {}, []
+    for lo in (0, 2):
+        up, latents = capture_batch(pipe, prompts[lo : lo + 2], seeds_for(lo, lo + 2, 0), store.blocks, Sampling(),
+                                    store_dtype("bf16"))
+        for b, t in up.items():
+            parts_.setdefault(b, []).append(t.cpu())
+        lat.append(latents.float().cpu())
+    tensors = {b: torch.cat(p) for b, p in parts_.items()}
+    tensors[LATENTS] = torch.cat(lat)
+    tensors[SEEDS] = torch.tensor(seeds_for(0, 4, 0), dtype=torch.int64)
+    meta = {"repro": json.dumps({"prompts": prompts, "start": 0, "stop": 4}, ensure_ascii=False, sort_keys=True)}
+    assert (store.folder / store.shards[0]["file"]).read_bytes() == save(tensors, metadata=meta)

@@ -121,3 +121,34 @@ def test_store_reading_gives_the_reference_batches(pipe, tmp_path, prefetch, sha
     resumed = StoreSource(store, 48, **kw, prefetch=prefetch)
     resumed.load_state_dict(state)
     assert all(torch.equal(a[k], b[k]) for a, b in zip(resumed, ref[3:]) for k in a)
+
+
+def test_overlapped_streaming_trains_the_same_saes(pipe):
+    """Direct UNet loop + prefetching generation thread + SAE side stream == the sequential path."""
+    from repro.collect import StreamSource
+    from repro.sae.config import SAEConfig, TrainConfig
+    from repro.sae.model import TopKSAE
+    from repro.sae.train import train_saes
+
+    blocks = ["mid.0", "up.0.0"]
+
+    def run(**kw):
+        src = StreamSource(pipe, "shapes", 32, blocks=blocks, n_prompts=12, gen_batch_size=2, buffer_images=4, **kw)
+        saes = {b: TopKSAE(SAEConfig(d_model=src_width(b), n_features=64, k=4, k_aux=8), seed=1) for b in blocks}
+        cfg = TrainConfig(steps=6, device="cpu", checkpoint_every=0, progress=False, log_every=2,
+                          geometric_median_samples=64, side_stream=kw.pop("side", False))
+        res = train_saes(saes, src, cfg)
+        return saes, res
+
+    def src_width(b):
+        from repro.blocks import get_block
+
+        return get_block(pipe.unet, b).config.in_channels
+
+    ref, r1 = run()
+    fast, r2 = run(engine="direct", prefetch=1)
+    strip = lambda m: {b: {k: v for k, v in row.items() if k != "tokens_per_s"} for b, row in m.items()}  # noqa: E731
+    assert r1.steps == r2.steps == 6 and strip(r1.last_metrics) == strip(r2.last_metrics)
+    for b in blocks:
+        for (name, p), q in zip(ref[b].state_dict().items(), fast[b].state_dict().values()):
+            assert torch.equal(p, q), name

@@ -358,6 +358,9 @@ class StreamSource(ChunkedSource):
     `shuffle_seed` and the chunk number) and cut into batches that may span chunks.
     `step` / `half` keep one step / one half. Tokens stay on the pipeline's device, in
     `dtype` (default: the pipeline's). See the module docstring for resume semantics.
+    `engine="direct"` calls the UNet directly (`repro.direct`, same numbers); `prefetch=1`
+    generates the next chunk in a background thread on its own CUDA stream while this one
+    is trained on (with `TrainConfig(side_stream=True)` the SAE steps run on a third).
     """
 
     def __init__(
@@ -379,9 +382,15 @@ class StreamSource(ChunkedSource):
         dtype: torch.dtype | None = None,
         shuffle: bool = True,
         progress: bool = False,
+        engine: str = "pipeline",
+        prefetch: int = 0,
     ):
         super().__init__(batch_size, shuffle_seed, shuffle)
         self.pipe = pipe
+        if engine not in ("direct", "pipeline"):
+            raise ReproError(f"engine {engine!r} is not known: use 'direct' or 'pipeline'")
+        self.engine = engine
+        self.prefetch = int(prefetch)  # 1: the next chunk generates in a background thread (own CUDA stream)
         self.source = prompts if isinstance(prompts, PromptSource) else open_prompts(prompts, seed=seed)
         self._blocks = resolve_blocks(pipe.unet, blocks)
         from repro.models.loading import default_resolution
@@ -404,6 +413,7 @@ class StreamSource(ChunkedSource):
         self.half = half_index(halves, half)
         self._step_arg, self._half_arg = step, half
         self.dtype = dtype or pipe.unet.dtype
+        self.sampler = DirectSampler(pipe, self.sampling) if engine == "direct" else None
         self.progress = progress
         self.images_generated = 0
         self.cursor = self._chunk_cursor(0)
@@ -431,7 +441,7 @@ class StreamSource(ChunkedSource):
         for a in range(lo, hi, self.gen_batch_size):  # batches fixed by global index within the chunk
             b_ = min(a + self.gen_batch_size, hi)
             updates, _ = capture_batch(self.pipe, prompts[a - lo : b_ - lo], seeds_for(a, b_, self.image_seed),
-                                       self._blocks, self.sampling, self.dtype)
+                                       self._blocks, self.sampling, self.dtype, self.sampler)
             for b in self._blocks:
                 parts[b].append(select_tokens(updates[b], self.step, self.half))
             self.images_generated += b_ - a

@@ -21,6 +21,8 @@ step (cond and uncond halves kept apart under guidance) and arrange it as
 from __future__ import annotations
 
 import dataclasses
+import threading
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,12 +32,13 @@ import torch
 
 from repro.blocks import resolve_blocks
 from repro.errors import ReproError
+from repro.direct import DirectSampler
 from repro.generate import Sampling, decode_latents, generate
 from repro.hooks import capture_updates
 from repro.prompts import PromptSource, open_prompts, prompts_digest, seeds_for
 from repro.store.chunks import ChunkedSource
 from repro.store.layout import (
-    HALVES_CFG, HALVES_PLAIN, FORMAT_VERSION, half_index, select_tokens, shard_range, step_index, store_dtype,
+    HALVES_CFG, HALVES_PLAIN, FORMAT_VERSION, LATENTS, half_index, select_tokens, shard_range, step_index, store_dtype,
     to_layout,
 )
 
@@ -62,8 +65,9 @@ class CollectConfig:
     """Image side in pixels; None: the model's own."""
     batch_size: int = 8
     """Images per UNet call (part of the settings: batch composition changes the floats)."""
-    shard_size: int = 256
-    """Images per shard file: the unit of atomic writes and of resumption."""
+    shard_size: int = 1024
+    """Images per shard file: the unit of atomic writes and of resumption (1024 SDXL Turbo
+    images at 16x16 x 1280 in bf16: 2.7 GB for the four blocks)."""
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Dtype of the stored updates."""
     seed: int = 0
@@ -76,11 +80,19 @@ class CollectConfig:
     """Where to generate: auto, cpu, cuda, cuda:N, mps."""
     model_dtype: str = "auto"
     """Compute dtype of the pipeline: auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16."""
+    engine: Literal["direct", "pipeline"] = "direct"
+    """How images are generated: the UNet called directly (`repro.direct`) or the diffusers
+    pipeline (`generate`); the same bits either way (tested), the direct one without host syncs."""
+    writers: int = 4
+    """Shards serialised, hashed and written at once by background threads (memory: one
+    shard's buffers per writer, plus one being filled)."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        if self.engine not in ("direct", "pipeline"):
+            raise ReproError(f"engine {self.engine!r} is not known: use 'direct' or 'pipeline'")
         store_dtype(self.dtype)
-        for name in ("n_prompts", "batch_size", "shard_size"):
+        for name in ("n_prompts", "batch_size", "shard_size", "writers"):
             if int(getattr(self, name)) < 1:
                 raise ReproError(f"{name} must be at least 1, got {getattr(self, name)}")
         if isinstance(self.blocks, str):
@@ -103,11 +115,16 @@ def capture_batch(
     blocks: Sequence[str],
     sampling: Sampling,
     dtype: torch.dtype,
+    sampler: DirectSampler | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Generate one batch and return ({block: [B, steps, halves, H*W, C]} on the pipe's
-    device in `dtype`, final latents [B, 4, h, w])."""
+    device in `dtype`, final latents [B, 4, h, w]). `sampler` (a `DirectSampler` of the
+    same sampling) calls the UNet directly instead of the pipeline: same numbers."""
     with capture_updates(pipe.unet, blocks, cfg=sampling.cfg, dtype=dtype) as cap:
-        latents = generate(pipe, prompts, seeds, sampling, output="latent")
+        if sampler is None:
+            latents = generate(pipe, prompts, seeds, sampling, output="latent")
+        else:
+            latents = sampler.latents(prompts, seeds)
     out = {}
     for block in blocks:
         stacked = cap.updates(block, half="all")  # [steps, B_total, C, H, W]
@@ -188,11 +205,15 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
         total = sum(stop - start for i, (start, stop) in enumerate(ranges) if mine[i])
         bar = tqdm(total=total, initial=done, unit="img", desc=f"collect {cfg.out.name}",
                    disable=not progress or rank != 0, dynamic_ncols=True)
-        # Shards are written by one background thread (serialise, hash, fsync, rename,
-        # manifest) while the next shard generates; at most one write is in flight and its
-        # error surfaces before the next shard is handed over. Order and bytes are unchanged.
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-writer")
-        pending: Future | None = None
+        # Shards are written by `cfg.writers` background threads (serialise, hash, fsync,
+        # rename, manifest) while the next shards generate; each batch's updates are copied
+        # into the shard's (pinned) host buffers without waiting for the GPU, and a writer
+        # waits for the shard's CUDA event. Errors surface before the next shard is handed
+        # over. Order and bytes are unchanged.
+        sampler = DirectSampler(pipe, sampling) if cfg.engine == "direct" else None
+        buffers = _ShardBuffers(pipe.device)
+        pool = ThreadPoolExecutor(max_workers=cfg.writers, thread_name_prefix="store-writer")
+        pending: deque[Future] = deque()
         try:
             for index, (start, stop) in enumerate(ranges):
                 if not mine[index]:
@@ -201,32 +222,41 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
                 digest = prompts_digest(prompts)
                 if writer.has_shard(index, start, stop, digest):
                     continue
-                parts: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
-                lat, imgs = [], []
+                host: dict[str, torch.Tensor] | None = None
+                nonfinite: list[torch.Tensor] = []
+                imgs = []
                 for lo in range(start, stop, cfg.batch_size):  # batches fixed by global index
                     hi = min(lo + cfg.batch_size, stop)
                     updates, latents = capture_batch(
-                        pipe, prompts[lo - start : hi - start], seeds_for(lo, hi, cfg.seed), blocks, sampling, dtype
+                        pipe, prompts[lo - start : hi - start], seeds_for(lo, hi, cfg.seed), blocks, sampling, dtype,
+                        sampler,
                     )
-                    for b in blocks:
-                        parts[b].append(updates[b].cpu())
-                    lat.append(latents.float().cpu())
+                    updates[LATENTS] = latents.float()
+                    if host is None:
+                        host = buffers.take(updates, cfg.shard_size)
+                    for name, t in updates.items():  # [B, ...] into rows lo..hi of the shard, async on CUDA
+                        host[name][lo - start : hi - start].copy_(t, non_blocking=True)
+                    nonfinite.append(torch.stack([(~torch.isfinite(updates[b])).sum() for b in blocks]))
                     if cfg.store_images:
                         imgs.append(torch.from_numpy(decode_latents(pipe, latents)))
                     bar.update(hi - lo)
-                tensors = {b: torch.cat(p) for b, p in parts.items()}
+                n = stop - start
+                tensors = {b: host[b][:n] for b in blocks}
+                counts = buffers.counts(torch.stack(nonfinite).sum(0))
+                ready = buffers.event()
                 if "block_shapes" not in writer.manifest["info"]:
-                    writer.manifest["info"].update(_shape_info(pipe, tensors, torch.cat(lat), sampling))
-                if pending is not None:
-                    pending.result()
-                pending = pool.submit(
-                    writer.write_shard, index, start, stop, prompts, seeds_for(start, stop, cfg.seed), tensors,
-                    torch.cat(lat), torch.cat(imgs) if imgs else None, prompts_sha=digest, extra={"device": device},
-                )
-            if pending is not None:
-                pending.result()
+                    writer.manifest["info"].update(_shape_info(pipe, tensors, host[LATENTS][:n], sampling))
+                while len(pending) >= cfg.writers:
+                    pending.popleft().result()
+                pending.append(pool.submit(
+                    _write_when_ready, writer, buffers, host, ready, counts, blocks, index, start, stop, prompts,
+                    seeds_for(start, stop, cfg.seed), tensors, host[LATENTS][:n], torch.cat(imgs) if imgs else None,
+                    digest, {"device": device},
+                ))
+            while pending:
+                pending.popleft().result()
         finally:
-            pool.shutdown(wait=True)  # a shard being written when generation fails is still finished
+            pool.shutdown(wait=True)  # shards being written when generation fails are still finished
             bar.close()
         if not ranked:
             writer.finish(n_shards)
@@ -238,6 +268,54 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
         else:
             return None  # independent workers: the same command in one process merges the parts
     return ActivationStore(cfg.out)
+
+
+class _ShardBuffers:
+    """Reusable host buffers for a shard's tensors (pinned on CUDA), handed back by the writers."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.free: list[dict[str, torch.Tensor]] = []
+        self.lock = threading.Lock()
+
+    def take(self, like: dict[str, torch.Tensor], rows: int) -> dict[str, torch.Tensor]:
+        """Buffers {name: [rows, ...]} shaped and typed like the batch tensors `like`."""
+        with self.lock:
+            while self.free:
+                bufs = self.free.pop()
+                if all(k in bufs and bufs[k].shape[1:] == t.shape[1:] and bufs[k].dtype == t.dtype
+                       and bufs[k].shape[0] >= rows for k, t in like.items()):
+                    return bufs
+        return {k: torch.empty((rows, *t.shape[1:]), dtype=t.dtype, pin_memory=self.cuda) for k, t in like.items()}
+
+    def give_back(self, bufs: dict[str, torch.Tensor]) -> None:
+        with self.lock:
+            self.free.append(bufs)
+
+    def counts(self, t: torch.Tensor) -> torch.Tensor:
+        """A small device tensor copied to the host without waiting (read after `event()`)."""
+        host = torch.empty(t.shape, dtype=t.dtype, pin_memory=self.cuda)
+        return host.copy_(t, non_blocking=True)
+
+    def event(self):
+        """Marks the copies queued so far (None on the CPU, where they are done)."""
+        if not self.cuda:
+            return None
+        ev = torch.cuda.Event()
+        ev.record()
+        return ev
+
+
+def _write_when_ready(writer, buffers: _ShardBuffers, host, ready, counts, blocks, index, start, stop, prompts, seeds,
+                      tensors, latents, images, digest, extra):
+    """A writer thread's job: wait for the shard's copies, write it, hand its buffers back."""
+    if ready is not None:
+        ready.synchronize()
+    try:
+        return writer.write_shard(index, start, stop, prompts, seeds, tensors, latents, images, prompts_sha=digest,
+                                  extra=extra, nonfinite=dict(zip(blocks, (int(c) for c in counts.tolist()))))
+    finally:
+        buffers.give_back(host)
 
 
 def _clean_store_temporaries(folder: Path) -> None:
@@ -280,6 +358,9 @@ class StreamSource(ChunkedSource):
     `shuffle_seed` and the chunk number) and cut into batches that may span chunks.
     `step` / `half` keep one step / one half. Tokens stay on the pipeline's device, in
     `dtype` (default: the pipeline's). See the module docstring for resume semantics.
+    `engine="direct"` calls the UNet directly (`repro.direct`, same numbers); `prefetch=1`
+    generates the next chunk in a background thread on its own CUDA stream while this one
+    is trained on (with `TrainConfig(side_stream=True)` the SAE steps run on a third).
     """
 
     def __init__(
@@ -301,9 +382,15 @@ class StreamSource(ChunkedSource):
         dtype: torch.dtype | None = None,
         shuffle: bool = True,
         progress: bool = False,
+        engine: str = "pipeline",
+        prefetch: int = 0,
     ):
         super().__init__(batch_size, shuffle_seed, shuffle)
         self.pipe = pipe
+        if engine not in ("direct", "pipeline"):
+            raise ReproError(f"engine {engine!r} is not known: use 'direct' or 'pipeline'")
+        self.engine = engine
+        self.prefetch = int(prefetch)  # 1: the next chunk generates in a background thread (own CUDA stream)
         self.source = prompts if isinstance(prompts, PromptSource) else open_prompts(prompts, seed=seed)
         self._blocks = resolve_blocks(pipe.unet, blocks)
         from repro.models.loading import default_resolution
@@ -326,6 +413,7 @@ class StreamSource(ChunkedSource):
         self.half = half_index(halves, half)
         self._step_arg, self._half_arg = step, half
         self.dtype = dtype or pipe.unet.dtype
+        self.sampler = DirectSampler(pipe, self.sampling) if engine == "direct" else None
         self.progress = progress
         self.images_generated = 0
         self.cursor = self._chunk_cursor(0)
@@ -353,7 +441,7 @@ class StreamSource(ChunkedSource):
         for a in range(lo, hi, self.gen_batch_size):  # batches fixed by global index within the chunk
             b_ = min(a + self.gen_batch_size, hi)
             updates, _ = capture_batch(self.pipe, prompts[a - lo : b_ - lo], seeds_for(a, b_, self.image_seed),
-                                       self._blocks, self.sampling, self.dtype)
+                                       self._blocks, self.sampling, self.dtype, self.sampler)
             for b in self._blocks:
                 parts[b].append(select_tokens(updates[b], self.step, self.half))
             self.images_generated += b_ - a

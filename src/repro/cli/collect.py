@@ -24,11 +24,14 @@ def register(sub) -> None:
     p.add_argument("--guidance", type=finite(), default=0.0, help="above 1 stores the cond and uncond halves apart")
     p.add_argument("--resolution", type=at_least(8), default=None, help="image side in pixels, a multiple of 8")
     p.add_argument("--batch-size", type=at_least(1), default=8, help="images per UNet call")
-    p.add_argument("--shard-size", type=at_least(1), default=256, help="images per shard file (unit of resumption)")
+    p.add_argument("--shard-size", type=at_least(1), default=1024, help="images per shard file (unit of resumption)")
     p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
                    help="dtype of the stored updates (the model's is --model-dtype)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompt 0; prompt i gets seed+i")
     p.add_argument("--store-images", action="store_true", help="also store decoded uint8 images (small toy models)")
+    p.add_argument("--engine", choices=("direct", "pipeline"), default="direct",
+                   help="UNet called directly (default) or through the diffusers pipeline: the same bits")
+    p.add_argument("--writers", type=at_least(1), default=4, help="shards written at once by background threads")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, required=True, help="store folder (an existing store is resumed)")
     p.set_defaults(run=run_collect)
@@ -57,7 +60,7 @@ def run_collect(args: argparse.Namespace) -> int:
     cfg = CollectConfig(
         out=args.out, model=args.model, prompts=args.prompts, n_prompts=args.n_prompts, blocks=args.blocks,
         steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
-        shard_size=args.shard_size, dtype=args.dtype, seed=args.seed, prompt_column=args.prompt_column,
+        shard_size=args.shard_size, engine=args.engine, writers=args.writers, dtype=args.dtype, seed=args.seed, prompt_column=args.prompt_column,
         store_images=args.store_images, device=args.device, model_dtype=args.model_dtype,
     )
     try:

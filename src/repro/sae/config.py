@@ -110,6 +110,10 @@ class TrainConfig:
     """Batches of a pass after training that measure per-feature statistics (0: skip)."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    side_stream: bool = False
+    """On CUDA, run the SAE steps on their own CUDA stream, so that they overlap with work the
+    batch source queues on another (a `StreamSource` generating with `prefetch=1`); the
+    per-batch finite check then waits for the SAE stream only. Same numbers either way."""
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)

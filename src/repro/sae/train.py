@@ -14,6 +14,7 @@ Adam state, dead counters, step, source position, RNG states) is in the checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -193,14 +194,17 @@ def train_saes(
     t_last, tokens_last = time.perf_counter(), tokens
     t_start, tokens_start = t_last, tokens
     batches = iter(source)
+    side = torch.cuda.Stream(device=device) if (cfg.side_stream and device.type == "cuda") else None
     try:
         while step < cfg.steps:
             batch = next(batches, None)
             if batch is None:
                 bar.write(f"batch source ran out after {step} steps ({tokens} tokens per block)")
                 break
-            xs = {block: block_batch(batch, block, sae).to(device, non_blocking=True).float() for block, sae in saes.items()}
-            finite = torch.stack([torch.isfinite(x).all() for x in xs.values()]).tolist()  # one host sync
+            with _on_stream(side, batch):
+                xs = {block: block_batch(batch, block, sae).to(device, non_blocking=True).float()
+                      for block, sae in saes.items()}
+                finite = torch.stack([torch.isfinite(x).all() for x in xs.values()]).tolist()  # host sync (SAE stream)
             for (block, sae), ok in zip(saes.items(), finite):
                 if not ok:
                     if cfg.on_nonfinite == "stop":
@@ -210,12 +214,16 @@ def train_saes(
                         )
                     skipped[block] += 1
                     continue
-                res = step_fn(sae, opts[block], xs[block], impl=impl, compute_dtype=cdt)
-                acc[block] += torch.stack([getattr(res, name).float() for name in METRIC_NAMES])
+                with _on_stream(side):
+                    res = step_fn(sae, opts[block], xs[block], impl=impl, compute_dtype=cdt)
+                    acc[block] += torch.stack([getattr(res, name).float() for name in METRIC_NAMES])
                 n_acc[block] += 1
             step += 1
             tokens += batch_rows or next(iter(xs.values())).shape[0]
             bar.update(1)
+            if side is not None and (step % cfg.log_every == 0 or step == cfg.steps
+                                     or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)):
+                torch.cuda.current_stream(device).wait_stream(side)  # logs and checkpoints read the SAEs
             if step % cfg.log_every == 0 or step == cfg.steps:
                 now = time.perf_counter()
                 rate = (tokens - tokens_last) / max(now - t_last, 1e-9)
@@ -227,7 +235,7 @@ def train_saes(
     finally:
         bar.close()
         if device.type == "cuda":
-            torch.cuda.synchronize(device)
+            torch.cuda.synchronize(device)  # every stream, the SAE one included
         add_sae_training(tokens - tokens_start, len(saes), time.perf_counter() - t_start)
 
     if out is not None:
@@ -243,6 +251,23 @@ def train_saes(
             data = source.describe() if hasattr(source, "describe") else {"source": type(source).__name__}
             save_sae(sae, out / block, **(metadata or {}), training=training, data=data)
     return TrainResult(steps=step, tokens=tokens, skipped_nonfinite=skipped, last_metrics=last, out_dir=out)
+
+
+@contextlib.contextmanager
+def _on_stream(stream, batch: dict[str, torch.Tensor] | None = None):
+    """Run the body on `stream` (None: as is). A `batch` made on the current stream is waited
+    for, and its memory is marked as used by `stream` (the caching allocator must not hand it
+    out again before the SAE stream is done with it)."""
+    if stream is None:
+        yield
+        return
+    if batch is not None:
+        stream.wait_stream(torch.cuda.current_stream(stream.device))
+        for t in batch.values():
+            if t.is_cuda:
+                t.record_stream(stream)
+    with torch.cuda.stream(stream):
+        yield
 
 
 def _checkpoint(out, step, tokens, skipped, saes, opts, source, cfg) -> None:

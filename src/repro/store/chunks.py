@@ -46,37 +46,56 @@ class ChunkedSource:
         raise NotImplementedError
 
     # -- the stream ---------------------------------------------------------------------
-    def _order(self, cursor: tuple[int, ...], n: int) -> torch.Tensor:
+    def _order(self, cursor: tuple[int, ...], n: int) -> torch.Tensor | None:
+        """The chunk's row order (None: as loaded)."""
         if not self.shuffle:
-            return torch.arange(n)
+            return None
         gen = torch.Generator().manual_seed(chunk_seed(self.seed, *cursor))
         return torch.randperm(n, generator=gen)
+
+    def _prepared(self, cursor: tuple[int, ...]) -> tuple[Batch, int]:
+        """Chunk `cursor` with its rows already in this chunk's permuted order, and its size.
+
+        One gather per chunk (on the chunk's device), after which every batch is a slice:
+        the rows and their order are those of gathering `order[offset:offset+B]` per batch.
+        """
+        chunk = self._load_chunk(cursor)
+        n = next(iter(chunk.values())).shape[0]
+        order = self._order(cursor, n)
+        if order is not None:
+            chunk = {name: t.index_select(0, order.to(t.device)) for name, t in chunk.items()}
+        return chunk, n
 
     def __iter__(self) -> Iterator[Batch]:
         B = self.batch_size
         parts: list[Batch] = []
         have = 0
         cursor, offset = self.cursor, self.offset
-        while cursor is not None:
-            chunk = self._load_chunk(cursor)
-            n = next(iter(chunk.values())).shape[0]
-            order = self._order(cursor, n)
-            while offset < n:
-                take = order[offset : offset + (B - have)]
-                offset += len(take)
-                have += len(take)
-                parts.append({name: t[take.to(t.device)] for name, t in chunk.items()})
-                if have == B:
-                    batch = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-                    parts, have = [], 0
-                    # Written before yielding: state_dict() taken after a batch points past it,
-                    # never into a half-built batch.
-                    if offset >= n:
-                        self.cursor, self.offset = self._next_cursor(cursor), 0
-                    else:
-                        self.cursor, self.offset = cursor, offset
-                    yield batch
-            cursor, offset = self._next_cursor(cursor), 0
+        ahead = _Prefetcher(self) if getattr(self, "prefetch", 0) else None
+        try:
+            while cursor is not None:
+                chunk, n = ahead.get(cursor) if ahead else self._prepared(cursor)
+                if ahead:
+                    ahead.start(self._next_cursor(cursor))  # the next chunk loads while this one is served
+                while offset < n:
+                    take = min(n - offset, B - have)
+                    parts.append({name: t[offset : offset + take] for name, t in chunk.items()})
+                    offset += take
+                    have += take
+                    if have == B:
+                        batch = parts[0] if len(parts) == 1 else {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+                        parts, have = [], 0
+                        # Written before yielding: state_dict() taken after a batch points past it,
+                        # never into a half-built batch.
+                        if offset >= n:
+                            self.cursor, self.offset = self._next_cursor(cursor), 0
+                        else:
+                            self.cursor, self.offset = cursor, offset
+                        yield batch
+                cursor, offset = self._next_cursor(cursor), 0
+        finally:
+            if ahead:
+                ahead.close()
         # The data ended: a final partial batch is dropped and the source stays at its end.
         self.cursor, self.offset = None, 0
 
@@ -86,3 +105,56 @@ class ChunkedSource:
     def _restore(self, state: dict[str, Any]) -> None:
         self.cursor = None if state["cursor"] is None else tuple(int(c) for c in state["cursor"])
         self.offset = int(state["offset"])
+
+
+class _Prefetcher:
+    """Prepares the next chunk (`ChunkedSource._prepared`) in one background thread.
+
+    Chunks are prepared strictly one after another in that thread, in the order they are
+    consumed, so a source's own state that `_load_chunk` and `_order` share (a store's row
+    map) stays consistent. On CUDA the thread works on its own stream and the consumer's
+    stream waits for it before using the chunk.
+    """
+
+    def __init__(self, source: ChunkedSource):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.source = source
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chunk-prefetch")
+        self.future = None
+        self.cursor = None
+
+    def _run(self, cursor, consumer_stream):
+        if consumer_stream is None:
+            return self.source._prepared(cursor), None
+        stream = torch.cuda.Stream(device=consumer_stream.device)
+        stream.wait_stream(consumer_stream)  # tensors the consumer handed over (e.g. a held chunk) are ready
+        with torch.cuda.stream(stream):
+            out = self.source._prepared(cursor)
+            done = torch.cuda.Event()
+            done.record(stream)
+        return out, (stream, done)
+
+    def start(self, cursor) -> None:
+        if cursor is None:
+            return
+        stream = torch.cuda.current_stream() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+        self.cursor, self.future = cursor, self.pool.submit(self._run, cursor, stream)
+
+    def get(self, cursor):
+        if self.future is None or self.cursor != cursor:
+            self.start(cursor)
+        (chunk, n), sync = self.future.result()
+        self.future = None
+        if sync is not None:
+            stream, done = sync
+            torch.cuda.current_stream().wait_event(done)
+            for t in chunk.values():
+                if t.is_cuda:
+                    t.record_stream(torch.cuda.current_stream())
+        return chunk, n
+
+    def close(self) -> None:
+        if self.future is not None:
+            self.future.cancel()
+        self.pool.shutdown(wait=True)

@@ -16,18 +16,19 @@ import errno
 import fcntl
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Iterable
 from typing import Any
 
 import torch
-from safetensors.torch import save as st_save
 
 from repro.errors import ReproError
 from repro.io import atomic_path, provenance, write_json_atomic
+from repro.store.serialize import parts as st_parts, write_parts
 from repro.store.layout import (
     IMAGES, LATENTS, LOCK, MANIFEST, SEEDS, SETTINGS_KEYS, SHARD_DIR,
-    read_manifest, sha256_bytes, shard_file,
+    read_manifest, shard_file,
 )
 
 
@@ -52,10 +53,11 @@ def clean_temporaries(folder: str | os.PathLike) -> None:
             p.unlink(missing_ok=True)
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    """Write `data` to `path` (a module function so tests can simulate a full disk)."""
+def _write_file(path: Path, data: list) -> tuple[int, str]:
+    """Write the chunks `data` to `path`, hashing them on the way: (bytes, sha256 hex). A module
+    function so tests can simulate a full disk."""
     with open(path, "wb") as fh:
-        fh.write(data)
+        return write_parts(fh, data)
 
 
 class StoreWriter:
@@ -75,6 +77,7 @@ class StoreWriter:
             raise ValueError(f"store settings lack {missing}")
         self.settings = {k: settings[k] for k in SETTINGS_KEYS}
         self.part = part
+        self._lock = threading.Lock()  # records and manifest: shards may be written by several threads
         self._check_folder()
         (self.folder / SHARD_DIR).mkdir(parents=True, exist_ok=True)
         self._locks = []
@@ -184,9 +187,13 @@ class StoreWriter:
         images: torch.Tensor | None = None,
         prompts_sha: str = "",
         extra: dict[str, Any] | None = None,
+        nonfinite: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         """Write shard `index` holding `blocks` {block: [n, steps, halves, HW, C]} (already in
-        the store dtype, on CPU), latents [n, 4, h, w] float32, optional uint8 images [n, H, W, 3]."""
+        the store dtype, on CPU), latents [n, 4, h, w] float32, optional uint8 images [n, H, W, 3].
+
+        Thread-safe: several shards may be written at once (`repro.store.pool`). `nonfinite`
+        {block: count}, when the caller counted it (on the GPU), skips counting here."""
         n = stop - start
         tensors = {name: t.contiguous() for name, t in blocks.items()}
         tensors[LATENTS] = latents.detach().float().cpu().contiguous()
@@ -196,28 +203,30 @@ class StoreWriter:
         for name, t in tensors.items():
             if t.shape[0] != n:
                 raise ValueError(f"shard {index}: {name} has {t.shape[0]} rows for {n} prompts")
-        nonfinite = {b: int((~torch.isfinite(t)).sum()) for b, t in blocks.items()}
+        if nonfinite is None:
+            nonfinite = {b: int((~torch.isfinite(t)).sum()) for b, t in blocks.items()}
         # One metadata key only: safetensors writes several in hash order, which would make
         # the bytes (and the checksum) of identical shards differ between runs.
         meta = {"repro": json.dumps({"prompts": prompts, "start": start, "stop": stop}, ensure_ascii=False, sort_keys=True)}
-        data = st_save(tensors, metadata=meta)
+        data = st_parts(tensors, metadata=meta)  # the bytes of st_save(tensors, metadata=meta), not copied
         rel = shard_file(index)
         try:
             with atomic_path(self.folder / rel) as tmp:
-                _write_file(tmp, data)
+                size, digest = _write_file(tmp, data)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise ReproError(
-                    f"the disk is full while writing {rel} of {self.folder} ({len(data) / 2**20:.1f} MiB): "
+                    f"the disk is full while writing {rel} of {self.folder} ({sum(memoryview(d).nbytes for d in data) / 2**20:.1f} MiB): "
                     "no partial shard was kept; free space and run the same command again to resume"
                 ) from exc
             raise
         record = {
-            "index": index, "file": rel, "start": start, "stop": stop, "bytes": len(data),
-            "sha256": sha256_bytes(data), "prompts_sha256": prompts_sha, "nonfinite": nonfinite, **(extra or {}),
+            "index": index, "file": rel, "start": start, "stop": stop, "bytes": size,
+            "sha256": digest, "prompts_sha256": prompts_sha, "nonfinite": nonfinite, **(extra or {}),
         }
-        self.records[index] = record
-        self._write_manifest()
+        with self._lock:  # several writer threads: one manifest rewrite at a time, records in index order
+            self.records[index] = record
+            self._write_manifest()
         return record
 
     def _write_manifest(self, complete: bool = False) -> None:

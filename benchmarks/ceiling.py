@@ -1,0 +1,251 @@
+"""Issue #17's rows on one GPU, each path before and after, same process, same prompts and seeds.
+
+    python benchmarks/ceiling.py PART --model standin-sdxl-turbo --out OUT.json [options]
+
+PART is one of
+  disk      the disk's own write bandwidth (fsync'd, 1 and --writers threads) and read-back
+  generate  plain generation (`generate`, the pipeline) against the direct UNet loop
+            (`repro.direct.DirectSampler`), no hooks, images/s
+  collect   collection into a store: pipeline + 1 writer thread ("before") against the direct
+            loop + `--writers` threads ("after"); the two stores' shards are compared by sha256
+  stream    streaming: generation only, then into one SAE per block (d = block width,
+            4x features, k 10), sequential ("before") and overlapped ("after":
+            direct loop, prefetching generation thread, SAE side stream)
+  read      reading a store as shuffled token batches, tokens/s per block: one reader thread
+            without prefetch ("before") against parallel reads + prefetch ("after"), on the
+            CPU and gathered on the GPU (--read-store, default: the `collect` part's store)
+  all       every part above with one model load
+
+Every timing is after one untimed warm-up batch; `--cpu-dry-run` is the same on the CPU
+with the tiny model (checks the logic, not the speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+
+PARTS = ("disk", "generate", "collect", "stream", "read")
+
+
+def _sync():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _timed(fn) -> float:
+    _sync()
+    t0 = time.perf_counter()
+    fn()
+    _sync()
+    return time.perf_counter() - t0
+
+
+def disk(args) -> dict:
+    """Sequential write bandwidth with fsync (what a shard write pays), 1 thread and N threads."""
+    folder = args.workdir / "disk"
+    folder.mkdir(parents=True, exist_ok=True)
+    chunk = os.urandom(1 << 20) * 64  # 64 MiB of incompressible bytes
+    total = args.disk_bytes
+    out = {}
+    for threads in sorted({1, args.writers}):
+        per = max(len(chunk), total // threads // len(chunk) * len(chunk))
+
+        def write(i):
+            with open(folder / f"f{i}", "wb") as fh:
+                for _ in range(per // len(chunk)):
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+        t0 = time.perf_counter()
+        ts = [threading.Thread(target=write, args=(i,)) for i in range(threads)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        dt = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        for i in range(threads):
+            h = hashlib.sha256()
+            with open(folder / f"f{i}", "rb") as fh:
+                while b := fh.read(64 << 20):
+                    h.update(b)
+        dr = time.perf_counter() - t1
+        out[f"threads_{threads}"] = {"bytes": per * threads, "write_GBps": per * threads / dt / 1e9,
+                                     "read_sha256_GBps_page_cache": per * threads / dr / 1e9}
+        shutil.rmtree(folder)
+        folder.mkdir()
+    shutil.rmtree(folder, ignore_errors=True)
+    return out
+
+
+def generate_part(args, pipe, prompts) -> dict:
+    from repro.direct import DirectSampler
+    from repro.generate import Sampling, generate
+    from repro.prompts import seeds_for
+
+    n, bs = len(prompts), args.batch_size
+    sampler = DirectSampler(pipe, Sampling())
+    generate(pipe, prompts[:bs], seeds_for(0, bs), Sampling(), output="latent")  # warm-up
+    sampler.latents(prompts[:bs], seeds_for(0, bs))
+
+    def plain():
+        for lo in range(0, n, bs):
+            generate(pipe, prompts[lo : lo + bs], seeds_for(lo, min(lo + bs, n)), Sampling(), output="latent")
+
+    def direct():
+        for lo in range(0, n, bs):
+            sampler.latents(prompts[lo : lo + bs], seeds_for(lo, min(lo + bs, n)))
+
+    a, b = _timed(plain), _timed(direct)
+    return {"plain_generation": {"images_per_s": n / a}, "direct_generation": {"images_per_s": n / b}}
+
+
+def _store_digest(folder: Path) -> list[str]:
+    from repro.store import ActivationStore
+
+    return [r["sha256"] for r in ActivationStore(folder).shards]
+
+
+def collect_part(args, pipe) -> dict:
+    from repro.collect import CollectConfig, collect
+
+    out = {}
+    for name, kw in (("before", dict(engine="pipeline", writers=1)), ("after", dict(engine="direct", writers=args.writers))):
+        folder = args.workdir / f"store-{name}"
+        shutil.rmtree(folder, ignore_errors=True)
+        cfg = CollectConfig(out=folder, model=args.model, n_prompts=args.n_prompts, batch_size=args.batch_size,
+                            shard_size=args.shard_size, dtype="bf16", **kw)
+        seconds = _timed(lambda: collect(cfg, pipe=pipe, progress=False))
+        nbytes = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
+        out[name] = {**kw, "images_per_s": args.n_prompts / seconds, "seconds": seconds, "bytes": nbytes,
+                     "written_GBps": nbytes / seconds / 1e9}
+    out["same_shards"] = _store_digest(args.workdir / "store-before") == _store_digest(args.workdir / "store-after")
+    shutil.rmtree(args.workdir / "store-before", ignore_errors=True)
+    return out
+
+
+def stream_part(args, pipe) -> dict:
+    from repro.blocks import PAPER_BLOCKS, get_block
+    from repro.collect import StreamSource
+    from repro.sae.config import SAEConfig, TrainConfig
+    from repro.sae.model import TopKSAE
+    from repro.sae.train import train_saes
+
+    n, dtype = args.n_prompts, torch.bfloat16 if pipe.device.type == "cuda" else torch.float32
+    blocks = [b for b in PAPER_BLOCKS]
+    widths = {b: get_block(pipe.unet, b).config.in_channels for b in blocks}
+
+    def source(**kw):
+        return StreamSource(pipe, "shapes", args.token_batch, blocks=blocks, n_prompts=n, gen_batch_size=args.batch_size,
+                            buffer_images=args.buffer_images, dtype=dtype, **kw)
+
+    def only(**kw):
+        for _ in source(**kw):
+            pass
+
+    def train(side: bool, **kw):
+        saes = {b: TopKSAE(SAEConfig(d_model=w, n_features=4 * w, k=min(10, w // 4), k_aux=min(256, 2 * w)), seed=0)
+                for b, w in widths.items()}
+        cfg = TrainConfig(steps=10**9, device=str(pipe.device), checkpoint_every=0, progress=False, log_every=10**6,
+                          geometric_median_samples=min(4096, args.token_batch), side_stream=side)
+        return train_saes(saes, source(**kw), cfg)
+
+    out = {}
+    for name, kw in (("before", dict()), ("after", dict(engine="direct", prefetch=1))):
+        out[f"stream_only_{name}"] = {"images_per_s": n / _timed(lambda: only(**kw)), **kw}
+    for name, side, kw in (("before", False, dict()), ("after", True, dict(engine="direct", prefetch=1))):
+        out[f"stream_training_{name}"] = {"images_per_s": n / _timed(lambda: train(side, **kw)), "side_stream": side, **kw}
+    return out
+
+
+def read_part(args, folder: Path) -> dict:
+    from repro.store import StoreSource
+
+    out = {}
+    devices = [None] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        for name, kw in (("before", dict(prefetch=0, read_threads=1)), ("after", dict(prefetch=1))):
+            src = StoreSource(folder, args.token_batch, seed=0, epochs=1, device=device,
+                              buffer_tokens=args.read_buffer_tokens, **kw)
+            n = 0
+
+            def run():
+                nonlocal n
+                for b in src:
+                    n += next(iter(b.values())).shape[0]
+
+            seconds = _timed(run)
+            out[f"{name}_{device or 'cpu'}"] = {**kw, "tokens_per_s_per_block": n / seconds, "tokens": n,
+                                                "groups": src.n_groups}
+    return out
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("part", choices=(*PARTS, "all"))
+    p.add_argument("--model", default="standin-sdxl-turbo")
+    p.add_argument("--n-prompts", type=int, default=1024)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--shard-size", type=int, default=256)
+    p.add_argument("--writers", type=int, default=4)
+    p.add_argument("--token-batch", type=int, default=4096)
+    p.add_argument("--buffer-images", type=int, default=256, help="images per streamed chunk")
+    p.add_argument("--read-buffer-tokens", type=int, default=1 << 16, help="tokens per block per read group (several groups: the streaming path)")
+    p.add_argument("--read-store", type=Path, default=None)
+    p.add_argument("--disk-bytes", type=int, default=4 << 30)
+    p.add_argument("--workdir", type=Path, default=Path("/tmp/ceiling"))
+    p.add_argument("--cpu-dry-run", action="store_true", help="tiny model on the CPU, small counts: checks the logic")
+    p.add_argument("--out", type=Path, required=True)
+    args = p.parse_args(argv)
+    if args.cpu_dry_run:
+        args.model, args.n_prompts, args.batch_size, args.shard_size = "tiny-random", 16, 4, 8
+        args.token_batch, args.buffer_images, args.disk_bytes, args.read_buffer_tokens = 256, 8, 64 << 20, 512
+        torch.set_num_threads(1)
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    from repro.io import provenance
+
+    res: dict = {"part": args.part, "settings": {k: str(v) for k, v in vars(args).items()}, "provenance": provenance(),
+                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    parts = PARTS if args.part == "all" else (args.part,)
+    pipe = prompts = None
+    if any(x in parts for x in ("generate", "collect", "stream")):
+        from repro.models.loading import load_pipeline
+        from repro.prompts import open_prompts
+
+        t0 = time.perf_counter()
+        pipe = load_pipeline(args.model, device="cpu" if args.cpu_dry_run else "auto")
+        res["model_load_s"] = time.perf_counter() - t0
+        prompts = open_prompts("shapes").get(0, args.n_prompts)
+    for part in parts:  # one failing part does not stop the others
+        t0 = time.perf_counter()
+        try:
+            if part == "disk":
+                res[part] = disk(args)
+            elif part == "generate":
+                res[part] = generate_part(args, pipe, prompts)
+            elif part == "collect":
+                res[part] = collect_part(args, pipe)
+            elif part == "stream":
+                res[part] = stream_part(args, pipe)
+            elif part == "read":
+                res[part] = read_part(args, args.read_store or args.workdir / "store-after")
+        except Exception as exc:  # noqa: BLE001 - recorded, the next part still runs
+            res[part] = {"error": f"{type(exc).__name__}: {exc}"}
+        res.setdefault("part_seconds", {})[part] = time.perf_counter() - t0
+        print(part, json.dumps(res[part]), flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")  # after every part: a timeout keeps what was done
+    return res
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Issue #17 in one device call (<= 9 minutes on one H200): every row of its tables, before and after.
+#   bash benchmarks/gpu_ceiling.sh OUTDIR                # on the GPU machine
+#   bash benchmarks/gpu_ceiling.sh OUTDIR --cpu-dry-run  # here: the same steps, tiny and on the CPU
+# Needs the wheels in ${WHEELS:-.whl} (diffusers, eai-sparsify 1.3.3, natsort, simple-parsing,
+# docstring-parser: carry `.whl`). Optional "before" run of the unchanged code: put the source of
+# the commit before #17 at .cache/before/src (`mkdir -p .cache/before && git archive cd3b535 src |
+# tar -x -C .cache/before`) and carry `.cache/before`.
+# Each step has its own timeout, all within ${BUDGET_S:-530} s; a failed step does not stop the
+# next; every step writes JSON (and a log) into OUTDIR; summary.json lists the steps' exit codes.
+set -u
+out=${1:?usage: gpu_ceiling.sh OUTDIR [--cpu-dry-run]}
+dry=0; [ "${2:-}" = "--cpu-dry-run" ] && dry=1
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+PY=${PY:-python3}
+budget=${BUDGET_S:-530}
+site="$out/site"
+export PYTHONUNBUFFERED=1 OUT="$out"
+rm -f "$out/steps.tsv"
+step() {  # step NAME TIMEOUT_S CMD...: runs CMD with at most min(TIMEOUT_S, what is left of the budget)
+  local name=$1 limit=$2; shift 2
+  local left=$(( budget - SECONDS ))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -le 5 ]; then echo "== $name: skipped (budget spent)"; printf '%s\tskipped\t0\n' "$name" >> "$out/steps.tsv"; return; fi
+  local t0=$SECONDS
+  echo "== $name (<= ${limit}s): $*"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( SECONDS - t0 ))" >> "$out/steps.tsv"
+  echo "   rc=$rc in $(( SECONDS - t0 ))s: $(tail -c 240 "$out/$name.log" | tr '\n' ' ')"
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
+df -h /tmp . > "$out/disk.txt" 2>&1; nproc >> "$out/disk.txt"
+step setup 60 $PY -m pip install --no-deps --no-index --target "$site" ${WHEELS:-.whl}/*.whl
+export PYTHONPATH=src:$site${PYTHONPATH:+:$PYTHONPATH}
+
+if [ $dry = 1 ]; then
+  sae="--device cpu --d-model 64 --k 4 --k-aux 16 --batch-size 64 --steps 2 --warmup 1 --n-features 256 512 1024"
+  step sae_fast 60 $PY benchmarks/sae_speed.py $sae --impl fast --out "$out/sae_fast.json"
+  step sae_reference 60 $PY benchmarks/sae_speed.py $sae --impl reference --out "$out/sae_reference.json"
+  step sparsify 60 $PY -c "import sys, os; assert os.path.isdir('$site/sparsify'), 'sparsify not installed'; print('sparsify bench needs CUDA: installed only')"
+  step calibrate 30 $PY -c "print('gpu_calibrate.py needs CUDA: skipped on the dry run')"
+  step unet 120 $PY benchmarks/unet_speed.py --model tiny-random --device cpu --batch-sizes 2 --iters 1 --out "$out/unet.json"
+  step ceiling 300 $PY benchmarks/ceiling.py all --cpu-dry-run --workdir "$out/work" --out "$out/ceiling.json"
+else
+  sae="--n-features 5120 20480 81920 --steps 50 --warmup 5"
+  step sae_fast 75 $PY benchmarks/sae_speed.py $sae --impl fast --out "$out/sae_fast.json"
+  step sae_reference 75 $PY benchmarks/sae_speed.py $sae --impl reference --out "$out/sae_reference.json"
+  step sparsify 75 sh -c "$PY benchmarks/peer/sparsify_step_bench.py '$site' 5120 20480 81920 > '$out/sparsify.json'"
+  step calibrate 90 $PY benchmarks/peer/gpu_calibrate.py          # writes $OUT/calib.json
+  step unet 75 $PY benchmarks/unet_speed.py --model standin-sdxl-turbo --batch-sizes 32 64 --out "$out/unet.json"
+  step ceiling 240 $PY benchmarks/ceiling.py all --model standin-sdxl-turbo --n-prompts 1024 --batch-size 32 \
+       --shard-size 256 --writers 4 --workdir /tmp/ceiling --out "$out/ceiling.json"
+fi
+if [ -d .cache/before/src ]; then  # the unchanged code of before #17, same machine, same run
+  if [ $dry = 1 ]; then args="--model tiny-random --device cpu --n-prompts 16 --batch-size 4 --shard-size 8 --token-batch 256 --threads 1"
+  else args="--model standin-sdxl-turbo --n-prompts 512 --batch-size 32 --shard-size 256 --token-batch 4096"; fi
+  step before 150 env PYTHONPATH=.cache/before/src:$site $PY benchmarks/collect_speed.py $args --repeats 1 \
+       --workdir /tmp/ceiling-before --out "$out/collect_before.json"
+fi
+rm -rf /tmp/ceiling /tmp/ceiling-before "$out/work" "$site"
+$PY - "$out" <<'PYEOF'
+import json, sys, pathlib
+out = pathlib.Path(sys.argv[1])
+steps = [dict(zip(("step", "rc", "seconds"), l.split("\t"))) for l in (out / "steps.tsv").read_text().splitlines()]
+files = sorted(p.name for p in out.glob("*.json") if p.name != "summary.json")
+json.dump({"steps": steps, "json": files}, open(out / "summary.json", "w"), indent=1)
+print(json.dumps(steps))
+PYEOF

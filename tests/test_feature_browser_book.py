@@ -172,6 +172,15 @@ def test_feature_pages_take_the_static_side_in_the_book(chromium, browser_book):
         expect(card).to_have_attribute("data-feature", target)
         assert page.url.endswith(f"#down.2.1/{target}")
         fp.screenshot(path=SHOTS / "feature-pages-book.png")
+        # a feature opened by its link, on a fresh load of the built page
+        page.goto((browser_book / "browser.html").as_uri() + f"#down.2.1/{target}")
+        fp = page.locator(".repro-fp")
+        expect(fp.locator(".repro-fp-card")).to_have_attribute("data-feature", target, timeout=30_000)
+        assert fp.locator(".repro-fp-hist rect").count() > 3  # the activation histogram
+        expect(fp.locator(".repro-fp-band")).to_have_count(3)  # samples from 3 lower quantiles
+        assert fp.locator(".repro-fp-bands canvas").count() >= 3
+        assert fp.locator(".repro-fp-nbr a").count() > 0  # nearest features by decoder cosine
+        fp.screenshot(path=SHOTS / "feature-pages-book-link.png")
     finally:
         view.context.close()
     assert not view.attempted, f"the page tried the network: {view.attempted}"

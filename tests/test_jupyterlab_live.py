@@ -151,13 +151,12 @@ def _result(page, caption: str, timeout: float = 60_000) -> tuple[str, str]:
     return plain, edited
 
 
-def test_live_browser_in_jupyterlab(lab, browser):
-    from playwright.sync_api import expect
-
-    base, token = lab
+def _local_page(browser, base: str, height: int):
+    """A page whose requests may reach only the lab server: (context, page, outside requests,
+    page errors, console errors naming repro)."""
     SHOTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1000})
-    outside, errors = [], []
+    context = browser.new_context(viewport={"width": 1400, "height": height})
+    outside, errors, console = [], [], []
 
     def only_the_server(route):
         if route.request.url.startswith(base):
@@ -169,14 +168,29 @@ def test_live_browser_in_jupyterlab(lab, browser):
     context.route(re.compile(r"^https?://"), only_the_server)
     page = context.new_page()
     page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" and "repro" in m.text else None)
+    return context, page, outside, errors, console
+
+
+def _run_all(page, base: str, token: str, notebook: str) -> None:
+    """Open `notebook` in JupyterLab and run its cells once the kernel is idle (a run sent
+    before the kernel is connected is lost)."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{base}/lab/tree/{notebook}?token={token}&reset", timeout=STARTUP_S * 1000)
+    expect(page.locator(".jp-Notebook .jp-CodeCell").first).to_be_visible(timeout=STARTUP_S * 1000)
+    expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=STARTUP_S * 1000)
+    page.get_by_role("menuitem", name="Run", exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+
+
+def test_live_browser_in_jupyterlab(lab, browser):
+    from playwright.sync_api import expect
+
+    base, token = lab
+    context, page, outside, errors, _ = _local_page(browser, base, 1000)
     try:
-        page.goto(f"{base}/lab/tree/live.ipynb?token={token}&reset", timeout=STARTUP_S * 1000)
-        cell = page.locator(".jp-Notebook .jp-CodeCell").first
-        expect(cell).to_be_visible(timeout=STARTUP_S * 1000)
-        # The kernel must be connected and idle before the run, or the run is lost.
-        expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=STARTUP_S * 1000)
-        page.get_by_role("menuitem", name="Run", exact=True).click()
-        page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+        _run_all(page, base, token, "live.ipynb")
         widget = page.locator(".repro-fb")
         expect(widget).to_be_visible(timeout=STARTUP_S * 1000)
         page.locator(".repro-fb-search").fill("0")  # feature 0, the one that fires everywhere
@@ -206,36 +220,13 @@ def test_live_browser_in_jupyterlab(lab, browser):
     assert not [e for e in errors if "repro" in e], errors
 
 
-def _run_all(page, base: str, token: str, notebook: str) -> None:
-    """Open `notebook` in JupyterLab and run its cells once the kernel is idle."""
-    from playwright.sync_api import expect
-
-    page.goto(f"{base}/lab/tree/{notebook}?token={token}&reset", timeout=STARTUP_S * 1000)
-    expect(page.locator(".jp-Notebook .jp-CodeCell").first).to_be_visible(timeout=STARTUP_S * 1000)
-    expect(page.get_by_text(re.compile(r"Python 3 \(ipykernel\) \| Idle"))).to_be_visible(timeout=STARTUP_S * 1000)
-    page.get_by_role("menuitem", name="Run", exact=True).click()
-    page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
 
 
 def test_live_feature_pages_in_jupyterlab(lab, browser):
     from playwright.sync_api import expect
 
     base, token = lab
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    context = browser.new_context(viewport={"width": 1400, "height": 1200})
-    outside, errors, console = [], [], []
-
-    def only_the_server(route):
-        if route.request.url.startswith(base):
-            route.continue_()
-        else:
-            outside.append(route.request.url)
-            route.abort()
-
-    context.route(re.compile(r"^https?://"), only_the_server)
-    page = context.new_page()
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    page.on("console", lambda m: console.append(m.text) if m.type == "error" and "repro" in m.text else None)
+    context, page, outside, errors, console = _local_page(browser, base, 1200)
     try:
         _run_all(page, base, token, "pages.ipynb")
         widget = page.locator(".repro-fp")

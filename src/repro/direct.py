@@ -22,11 +22,13 @@ covered; anything else should keep using `generate`.
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import torch
 
 from repro.generate import Sampling, generators
+from repro.meter import add_images
 
 
 class DirectSampler:
@@ -64,6 +66,7 @@ class DirectSampler:
         """
         pipe, s = self.pipe, self.sampling
         prompts = list(prompts)
+        start = time.perf_counter()
         device = self.device
         cfg = s.cfg
         # the pipeline's state that its properties (do_classifier_free_guidance, ...) read
@@ -115,4 +118,5 @@ class DirectSampler:
                 uncond, cond = pred.chunk(2)
                 pred = uncond + s.guidance * (cond - uncond)
             latents = pipe.scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
+        add_images(len(prompts), len(prompts) * len(timesteps) * (2 if cfg else 1), time.perf_counter() - start)
         return latents

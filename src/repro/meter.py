@@ -81,6 +81,14 @@ def metered_images(n: int, unet_evaluations: int, device="cpu"):
     METER.image_seconds += time.perf_counter() - start
 
 
+def add_images(n: int, unet_evaluations: int, seconds: float) -> None:
+    """Count `n` images made without a sync (the direct loop): `seconds` is the host's time,
+    which on a GPU can end before the GPU's work does."""
+    METER.images += int(n)
+    METER.unet_evaluations += int(unet_evaluations)
+    METER.image_seconds += float(seconds)
+
+
 def add_sae_training(tokens: int, blocks: int, seconds: float) -> None:
     METER.sae_tokens += int(tokens)
     METER.sae_blocks = int(blocks)

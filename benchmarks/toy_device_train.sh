@@ -13,6 +13,12 @@
 # training has finished it scores both models and the VAE (benchmarks/toy_eval.py, 500
 # held-out captions) and leaves in OUTDIR: pipelines.tar.* (untar into models/), metrics.jsonl,
 # evals.json, train.log, gpu.log (nvidia-smi dmon). Needs diffusers: carry .whl (benchmarks/README.md).
+#
+# Several trainings side by side (ablations): give each its own TOY folder, GPUS (e.g. "1": the
+# GPUs it may use), PORT (its torchrun port) and one shared DATA folder (the renders, made once).
+# PRELOAD=shapes-base copies the repo's base into TOY/models first (a turbo-only run needs it).
+# EVAL_ONLY=shapes-turbo scores only that model; TAR=shapes-turbo returns only it (TAR="": none). A run stopped by --chunk-seconds is exported
+# as it stands (`repro toy export --unfinished`) and scored.
 set -u
 cmd=${1:?usage: toy_device_train.sh start|watch|pause|resume OUTDIR}
 out=${2:-/tmp/toy-out}
@@ -32,14 +38,18 @@ resume) pkill -CONT -f 'repro.cli toy train' && echo resumed; exit ;;
 start)
     [ -f "$toy/run.sh" ] && { echo "already started (remove $toy to start over)"; exit 1; }
     rm -rf "$toy/src" && cp -r src "$toy/src" && cp -r models "$toy/repo-models"
-    gpus=$(nvidia-smi -L | wc -l)
+    visible=${GPUS:-$(nvidia-smi --query-gpu=index --format=csv,noheader | paste -sd,)}
+    gpus=$(echo "$visible" | tr ',' '\n' | wc -l)
     nvidia-smi --query-gpu=index,name,memory.total,clocks.max.sm --format=csv,noheader
-    echo "training on $gpus GPU(s): repro toy train ${TRAIN_ARGS:-}"
+    echo "training on GPU(s) $visible: repro toy train ${TRAIN_ARGS:-}"
+    mkdir -p "$toy/models" "$toy/work"
+    for m in ${PRELOAD:-}; do cp -r "models/$m" "$toy/models/"; done
+    if [ -n "${DATA:-}" ]; then mkdir -p "$DATA" && ln -sfn "$DATA" "$toy/work/data"; fi
     # REPRO_MODELS_DIR: the oracle comes from the copy; the tree may be replaced by a later call
     cat > "$toy/run.sh" <<INNER
 nvidia-smi dmon -s pucm -d 10 > $toy/gpu.log 2>&1 &
 dmon=\$!
-REPRO_MODELS_DIR=$toy/repo-models python3 -m torch.distributed.run --nproc-per-node $gpus --master-port 29533 \\
+CUDA_VISIBLE_DEVICES=$visible REPRO_MODELS_DIR=$toy/repo-models python3 -m torch.distributed.run --nproc-per-node $gpus --master-port ${PORT:-29533} \\
     -m repro.cli toy train --out $toy/models --work $toy/work --no-progress ${TRAIN_ARGS:-} \\
     > $toy/result.json 2> $toy/train.log
 echo \$? > $toy/rc
@@ -64,10 +74,16 @@ if [ ! -f "$toy/rc" ]; then
     echo "still training after $(( $(date +%s) - t0 )) s; last log lines:"; tail -n 3 "$toy/train.log"; exit 0
 fi
 echo "training ended with rc $(cat "$toy/rc")"; tail -n 20 "$toy/train.log"; cat "$toy/result.json"
+if grep -q '"finished": false' "$toy/result.json" && [ ! -f "$toy/exported" ]; then
+    python3 -m repro.cli toy export "$toy/work/checkpoint" --out "$toy/models" --unfinished && touch "$toy/exported"
+fi
 cp "$toy/work/metrics.jsonl" "$toy/gpu.log" "$out/" 2>/dev/null; tail -c 4000000 "$toy/train.log" > "$out/train.log"
-(cd "$toy/models" && tar cf - shapes-*) | split -b 15M - "$out/pipelines.tar."
-if [ -d "$toy/models/shapes-base" ] && [ ! -f "$toy/evals.json" ]; then
-    REPRO_MODELS_DIR="$toy/repo-models" timeout $(( budget - ($(date +%s) - t0) )) python3 benchmarks/toy_eval.py "$toy/models" --n "${EVAL_N:-500}" --out "$toy/evals.json"
+if [ -n "${TAR-shapes-*}" ]; then  # TAR: which pipelines come back ("" for none; at most 64 MiB in all leave a call)
+    (cd "$toy/models" && tar cf - ${TAR-shapes-*}) | split -b 15M - "$out/pipelines.tar."
+fi
+if [ -d "$toy/models/shapes-turbo" ] && [ ! -f "$toy/evals.json" ]; then
+    REPRO_MODELS_DIR="$toy/repo-models" timeout $(( budget - ($(date +%s) - t0) )) python3 benchmarks/toy_eval.py "$toy/models" --n "${EVAL_N:-500}" \
+        ${EVAL_ONLY:+--only $EVAL_ONLY} --out "$toy/evals.json"
 fi
 cp "$toy/evals.json" "$out/" 2>/dev/null
 echo "call took $(( $(date +%s) - t0 )) s"

@@ -27,13 +27,14 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=500)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--only", default=None, choices=("shapes-turbo", "shapes-base"), help="score this model alone")
     args = ap.parse_args()
     models = Path(args.models)
     results: dict = {}
     oracle = None
     runs = {"shapes-turbo": [(1, 0.0), (4, 0.0)], "shapes-base": [(25, 5.0)]}
     for name, settings in runs.items():
-        if not (models / name).exists():
+        if not (models / name).exists() or (args.only and name != args.only):
             continue
         pipe = load_pipeline(str(models / name), device=args.device)
         oracle = oracle or load_oracle(device=pipe.device)

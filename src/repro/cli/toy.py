@@ -29,6 +29,11 @@ def register(sub) -> None:
     p.add_argument("--lr", default=None, help="peak learning rate of every selected stage, or per stage: turbo=5e-4")
     p.add_argument("--init-base", default=None,
                    help="start the base stage from this pipeline's UNet and text encoders (warm restart)")
+    p.add_argument("--init-turbo", default=None,
+                   help="start the turbo student from this pipeline's UNet (continue a distillation) instead of the base's")
+    p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
+                   help="any stage setting, e.g. --set turbo.teacher_fraction=0.5 (repeatable; see repro.toymodels.config)")
+    p.add_argument("--no-autocast", action="store_true", help="train in fp32 (TF32 on a GPU) instead of bf16 autocast")
     p.add_argument("--teacher-samples", type=int, default=None, help="turbo: (noise, teacher sample) pairs (default 32768)")
     p.add_argument("--scenes", type=int, default=None, help="train-split scenes to render (default 100000)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
@@ -74,6 +79,37 @@ def parse_steps(text: str | None, stages: tuple[str, ...], what: str = "--steps"
     return steps
 
 
+def parse_setting(item: str, changes: dict, cfg) -> tuple[str, str, object]:
+    """"turbo.teacher_fraction=0.5" -> ("turbo", "teacher_fraction", 0.5), typed like the field's default."""
+    key, sep, text = item.partition("=")
+    stage, _, name = key.strip().partition(".")
+    section = changes.get(stage, getattr(cfg, stage, None)) if stage in ("data", "vae", "base", "turbo") else None
+    fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
+    if not sep or name not in fields:
+        known = ", ".join(f"{stage}.{f}" for f in fields) if fields else "data.*, vae.*, base.*, turbo.*"
+        raise ReproError(f"cannot read --set {item!r}: give STAGE.FIELD=VALUE with a field of {known}")
+    current = getattr(section, name)
+    text = text.strip()
+    try:
+        if text.lower() in ("none", "null") and "None" in str(fields[name].type):
+            value = None
+        elif isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            value = text.lower() in ("true", "1")
+        elif isinstance(current, int):
+            if not float(text).is_integer():
+                raise ValueError(text)
+            value = int(float(text))
+        elif isinstance(current, float):
+            value = float(text)
+        else:
+            value = text
+    except ValueError:
+        raise ReproError(f"--set {item}: {text!r} is not a valid {type(current).__name__} for {stage}.{name}") from None
+    return stage, name, value
+
+
 def build_config(args: argparse.Namespace):
     from repro.toymodels.config import ToyTrainConfig, parse_stages
 
@@ -89,6 +125,10 @@ def build_config(args: argparse.Namespace):
         changes["work"] = args.work
     if args.init_base:
         changes["base"] = dataclasses.replace(changes.get("base", cfg.base), init_from=args.init_base)
+    if getattr(args, "init_turbo", None):
+        changes["turbo"] = dataclasses.replace(changes.get("turbo", cfg.turbo), init_from=args.init_turbo)
+    if getattr(args, "no_autocast", False):
+        changes["autocast"] = False
     if args.teacher_samples:
         changes["turbo"] = dataclasses.replace(changes.get("turbo", cfg.turbo), teacher_samples=args.teacher_samples)
     if args.scenes:
@@ -101,6 +141,9 @@ def build_config(args: argparse.Namespace):
         changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), batch_size=n)
     for stage, lr in parse_steps(getattr(args, "lr", None), stages, "--lr", float).items():
         changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), lr=lr)
+    for item in getattr(args, "set", None) or []:
+        stage, name, value = parse_setting(item, changes, cfg)
+        changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), **{name: value})
     if (args.chunk_seconds is not None and args.chunk_seconds <= 0) or (args.chunk_steps is not None and args.chunk_steps < 1):
         raise ReproError("--chunk-seconds and --chunk-steps must be positive")
     return cfg.replace(**changes)

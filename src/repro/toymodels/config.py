@@ -154,6 +154,9 @@ class TurboStage:
     """Share of captions replaced by the empty prompt (SDXL Turbo runs without guidance)."""
     couple_grain: bool = True
     """Grainy targets take their grain from the input noise (so 1 step can draw grain, not its mean)."""
+    init_from: str | None = None
+    """Start the student UNet from this pipeline's UNet (e.g. a shapes-turbo exported by an earlier run,
+    to continue its distillation) instead of the base UNet; the teacher is still the base."""
 
 
 @dataclass(frozen=True)

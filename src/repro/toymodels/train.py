@@ -335,6 +335,15 @@ def _init_denoiser(run: Run, folder: Path) -> None:
             raise ReproError(f"{folder / name} does not fit these network sizes: {str(exc).splitlines()[0]}") from exc
 
 
+def _student_init(folder: str | None) -> dict | None:
+    """The UNet weights of the pipeline at `folder` (`TurboStage.init_from`), or None."""
+    if not folder:
+        return None
+    from diffusers import UNet2DConditionModel
+
+    return _load_component(UNet2DConditionModel, Path(folder) / "unet", "the UNet to start the turbo from").state_dict()
+
+
 def _setup_stage(run: Run, stage: str, data: ToyData, latents, device):
     """(trainable parameters, make_batch(gen), loss_fn(batch)) of `stage`."""
     cfg, ranks = run.cfg, run.ranks
@@ -352,9 +361,13 @@ def _setup_stage(run: Run, stage: str, data: ToyData, latents, device):
         bc = ranks.per_rank(cfg.base, "base")
         return (model.trainable(), lambda gen: base_batch(data, latents, bc, gen),
                 base_loss(model, latents, bc, cfg.autocast))
-    # turbo: the student starts as the (fp16-rounded) base UNet unless resumed mid-stage
+    # turbo: the student starts as the (fp16-rounded) base UNet, or `turbo.init_from`'s, unless resumed mid-stage
     if run.state["step"] == 0:
-        run.turbo.unet.load_state_dict(run.base.unet.state_dict())
+        try:
+            run.turbo.unet.load_state_dict(_student_init(cfg.turbo.init_from) or run.base.unet.state_dict())
+        except RuntimeError as exc:
+            raise ReproError(f"{cfg.turbo.init_from}/unet does not fit these network sizes: "
+                             f"{str(exc).splitlines()[0]}") from exc
     teacher = Denoiser(run.base.unet, run.base.text_encoder, run.base.text_encoder_2, cfg.sizes.resolution).train(False)
     student = Denoiser(run.turbo.unet, run.base.text_encoder, run.base.text_encoder_2,
                        cfg.sizes.resolution).train(True, text_encoders=False)
@@ -418,12 +431,15 @@ def export_stage(run: Run, stage: str, out: Path) -> Path:
     tc = run.cfg.turbo
     extra = {**meta, "model": NAMES["turbo"], "derived_from": NAMES["base"], "stages": summaries,
              "parameters": parameter_counts(run.turbo),
-             "lineage": {"teacher": NAMES["base"], "init": f"{NAMES['base']} UNet", "recipe": LINEAGE_RECIPE,
+             "lineage": {"teacher": NAMES["base"],
+                         "init": f"UNet of {Path(tc.init_from).name} (continued)" if tc.init_from else f"{NAMES['base']} UNet",
+                         "recipe": LINEAGE_RECIPE, "precision": "bf16 autocast" if run.cfg.autocast else "fp32",
                          "teacher_samples": tc.teacher_samples, "teacher_steps": tc.teacher_steps,
                          "teacher_guidance": tc.teacher_guidance, "teacher_fraction": tc.teacher_fraction,
                          "steps": summaries.get("turbo", {}).get("steps"),
                          "seconds": summaries.get("turbo", {}).get("seconds"),
-                         "base_init_history": init_history(run.cfg.base.init_from)}}
+                         "base_init_history": init_history(run.cfg.base.init_from),
+                         "init_history": init_history(tc.init_from)}}
     return save_pipeline_atomic(run.turbo, out / NAMES["turbo"], extra, records)
 
 

@@ -176,6 +176,50 @@ def test_cli_parses_steps_and_stages():
         build_config(argparse.Namespace(**{**vars(args), "steps": "decoder=3"}))
 
 
+def test_cli_sets_any_stage_field_typed_like_its_default():
+    from repro.cli import build_parser
+    from repro.cli.toy import build_config
+
+    args = build_parser().parse_args(["toy", "train", "--tiny", "--stage", "turbo", "--no-autocast",
+                                      "--init-turbo", "old/shapes-turbo", "--set", "turbo.teacher_fraction=0.75",
+                                      "--set", "turbo.teacher_samples=64", "--set", "turbo.couple_grain=false",
+                                      "--set", "base.min_snr_gamma=none"])
+    cfg = build_config(args)
+    assert cfg.autocast is False and cfg.turbo.init_from == "old/shapes-turbo"
+    assert cfg.turbo.teacher_fraction == 0.75 and isinstance(cfg.turbo.teacher_fraction, float)
+    assert cfg.turbo.teacher_samples == 64 and isinstance(cfg.turbo.teacher_samples, int)
+    assert cfg.turbo.couple_grain is False and cfg.base.min_snr_gamma is None
+    for bad, message in (("turbo.nope=1", "turbo.teacher_fraction"), ("turbo.teacher_samples=1.5", "not a valid int"),
+                         ("turbo.couple_grain=maybe", "not a valid bool"), ("sizes.resolution=64", "STAGE.FIELD"),
+                         ("turbo.teacher_fraction=2", "lie in")):
+        with pytest.raises(ReproError, match=message):
+            build_config(build_parser().parse_args(["toy", "train", "--tiny", "--set", bad]))
+
+
+def test_turbo_continues_from_a_saved_turbo_and_records_the_chain(trained, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from repro.toymodels.train import train_toy_models
+
+    cfg, result = trained
+    shutil.copytree(result["folders"]["base"], tmp_path / "out" / "shapes-base")
+    earlier = Path(result["folders"]["turbo"])
+    run = cfg.replace(stages=("turbo",), out=str(tmp_path / "out"), checkpoint=str(tmp_path / "ckpt"), autocast=False,
+                      turbo=TurboStage(steps=1, batch_size=8, lr=1e-9, teacher_samples=8, teacher_steps=2,
+                                       init_from=str(earlier)))
+    folder = Path(train_toy_models(run, progress=False)["folders"]["turbo"])
+    name = "unet/diffusion_pytorch_model.safetensors"
+    saved, again, base = (load_file(f / name) for f in (earlier, folder, tmp_path / "out" / "shapes-base"))
+    assert all(torch.allclose(again[k].float(), saved[k].float(), atol=1e-3) for k in saved)  # the turbo's, not the base's
+    assert any(not torch.allclose(base[k].float(), saved[k].float(), atol=1e-3) for k in saved)
+    lineage = json.loads((folder / "training.json").read_text())["lineage"]
+    assert lineage["teacher"] == "shapes-base" and lineage["precision"] == "fp32"
+    assert lineage["init"] == "UNet of shapes-turbo (continued)"
+    assert lineage["init_history"]["lineage"]["init"] == "shapes-base UNet"  # the earlier run's own record
+
+
 def _small_config(tmp_path, **changes) -> ToyTrainConfig:
     return tiny_config(tmp_path, data=DataConfig(scenes=24, captions_per_scene=2, workers=1),
                        vae=VaeStage(steps=5, batch_size=2, lr=2e-3), base=BaseStage(steps=5, batch_size=4, lr=2e-3),

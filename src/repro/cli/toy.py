@@ -34,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
                    help="any stage setting, e.g. --set turbo.teacher_fraction=0.5 (repeatable; see repro.toymodels.config)")
     p.add_argument("--no-autocast", action="store_true", help="train in fp32 (TF32 on a GPU) instead of bf16 autocast")
-    p.add_argument("--teacher-samples", type=int, default=None, help="turbo: (noise, teacher sample) pairs (default 32768)")
+    p.add_argument("--teacher-samples", type=int, default=None, help="turbo: (noise, teacher sample) pairs (default 8192)")
     p.add_argument("--scenes", type=int, default=None, help="train-split scenes to render (default 100000)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     p.add_argument("--out", default=None, help="folder for shapes-base/ and shapes-turbo/ (default: models/)")

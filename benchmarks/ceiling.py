@@ -168,14 +168,22 @@ def stream_part(args, pipe) -> dict:
 
 
 def read_part(args, folder: Path) -> dict:
-    from repro.store import StoreSource
+    """Before (1 thread, no prefetch) and after, in groups of `--read-buffer-tokens`; then the
+    library's default groups (several shards read and hashed at once), with and without the
+    sha256 check of every shard - which separates the hash from the read."""
+    from repro.store import ActivationStore, StoreSource
 
     out = {}
     devices = [None] + (["cuda"] if torch.cuda.is_available() else [])
+    variants = (("before", dict(prefetch=0, read_threads=1), args.read_buffer_tokens, True),
+                ("after", dict(prefetch=1), args.read_buffer_tokens, True),
+                ("after_default_groups", dict(prefetch=1), None, True),
+                ("after_default_groups_unverified", dict(prefetch=1), None, False))
     for device in devices:
-        for name, kw in (("before", dict(prefetch=0, read_threads=1)), ("after", dict(prefetch=1))):
-            src = StoreSource(folder, args.token_batch, seed=0, epochs=1, device=device,
-                              buffer_tokens=args.read_buffer_tokens, **kw)
+        for name, kw, buffer_tokens, verify in variants:
+            sized = {"buffer_tokens": buffer_tokens} if buffer_tokens else {}
+            src = StoreSource(ActivationStore(folder, verify=verify), args.token_batch, seed=0, epochs=1,
+                              device=device, **sized, **kw)
             n = 0
 
             def run():
@@ -185,7 +193,7 @@ def read_part(args, folder: Path) -> dict:
 
             seconds = _timed(run)
             out[f"{name}_{device or 'cpu'}"] = {**kw, "tokens_per_s_per_block": n / seconds, "tokens": n,
-                                                "groups": src.n_groups}
+                                                "groups": src.n_groups, "verify": verify}
     return out
 
 

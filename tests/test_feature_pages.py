@@ -55,6 +55,21 @@ def test_profile_equals_brute_force(sae_x, chunk, dense):
                                        atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.parametrize("chunk, dense", [(30, 2 ** 25), (7, 32 * 9)])
+def test_profile_folded_into_the_analysis_pass_equals_the_separate_pass(sae_x, chunk, dense):
+    from repro.features.analysis import analyse_features
+
+    sae, x = sae_x
+    alone = profile_features(sae, _chunks(x, chunk), sample=5, seed=3, max_dense_elems=dense)
+    folded = analyse_features(sae, _chunks(x, chunk), m=4, max_dense_elems=dense, profile_sample=5, profile_seed=3)
+    assert folded.profile is not None and folded.profile.n_images == alone.n_images == 30
+    for name in ("image_count", "hist", "sample_ids", "sample_values", "sample_maps"):
+        assert torch.equal(getattr(folded.profile, name), getattr(alone, name)), name
+    plain = analyse_features(sae, _chunks(x, chunk), m=4, max_dense_elems=dense)
+    assert plain.profile is None and torch.equal(plain.top.image_ids, folded.top.image_ids)
+    assert torch.equal(plain.stats.count, folded.stats.count)
+
+
 def test_reservoir_is_uniform():
     """Every firing image is kept with probability r / (images it fires in), whatever its value."""
     sae = TopKSAE(SAEConfig(d_model=4, n_features=5, k=4, k_aux=2), seed=0)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import torch
 
@@ -23,6 +23,9 @@ from repro.meter import add_sae_analysis
 from repro.sae.metrics import fires
 from repro.sae.model import TopKSAE
 from repro.sae.stats import FeatureStats
+
+if TYPE_CHECKING:
+    from repro.features.profile import FeatureProfile
 
 
 @dataclass
@@ -74,6 +77,8 @@ class FeatureAnalysis:
     stats: FeatureStats
     top: TopExamples
     concepts: ConceptCounts | None
+    profile: "FeatureProfile | None" = None
+    """Density over images, activation histogram and image sample (`profile_sample=`), else None."""
 
 
 def _chunks_by_size(chunks, max_elems: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
@@ -98,13 +103,20 @@ def analyse_features(
     m: int = 16,
     concept_names: list[str] | None = None,
     max_dense_elems: int = 2 ** 25,
+    profile_sample: int | None = None,
+    profile_seed: int = 0,
 ) -> FeatureAnalysis:
     """Stream `(image_ids [b], updates [b, H, W, C][, concepts [b, c, H, W] bool])` chunks.
 
-    Concepts are optional; give `concept_names` (length c) with them.
+    Concepts are optional; give `concept_names` (length c) with them. `profile_sample=r` also
+    builds each feature's profile in the same pass (`repro.features.profile`: equal to
+    `profile_features(sae, chunks, r, profile_seed, max_dense_elems)`).
     """
+    from repro.features.profile import ProfileAccumulator
+
     n = sae.cfg.n_features
     dev = sae.device
+    profile = ProfileAccumulator(n, profile_sample, profile_seed, dev) if profile_sample else None
     started = time.perf_counter()
     count = torch.zeros(n, dtype=torch.int64, device=dev)
     total = torch.zeros(n, dtype=torch.float64, device=dev)
@@ -122,6 +134,8 @@ def analyse_features(
         vals, idx = sae.encode_topk(tokens)  # [b*h*w, k]
         vals = vals.float() * fires(sae.cfg, vals)  # below the firing threshold counts as silent
         z = torch.zeros(tokens.shape[0], n, device=dev).scatter_(1, idx, vals)  # [b*h*w, n]
+        if profile is not None:
+            profile.add(ids, vals, idx, z, (h, w))
         on = z > 0
         count += on.sum(0)
         total += z.sum(0).double()
@@ -160,4 +174,4 @@ def analyse_features(
     if both is not None:
         concepts_out = ConceptCounts(list(concept_names or [f"c{i}" for i in range(both.shape[1])]),
                                      both.cpu(), fired_pos.cpu(), concept_pos.cpu(), n_tokens)
-    return FeatureAnalysis(stats, top, concepts_out)
+    return FeatureAnalysis(stats, top, concepts_out, profile.result() if profile is not None else None)

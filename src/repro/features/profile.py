@@ -2,7 +2,7 @@
 uniform sample of the images it fires in (for the "weakly on" examples of a feature page).
 
 One streaming pass over `(image_ids [b], updates [b, H, W, C], ...)` chunks, as
-`analyse_features` takes. Per feature f, with z_f zeroed where it does not fire
+`analyse_features` takes - or folded into its pass (`profile_sample=`). Per feature f, with z_f zeroed where it does not fire
 (`repro.sae.metrics.fires`):
 - image_count: images with at least one firing position (density over images; the
   position density is `FeatureStats.frequency`);
@@ -59,47 +59,71 @@ def hist_bin(values: torch.Tensor) -> torch.Tensor:
     return (torch.bucketize(values.float(), edges, right=True) - 1).clamp(0, len(edges) - 2)
 
 
+class ProfileAccumulator:
+    """The running state of a profile pass; `add` takes one chunk's codes, `result` the profile.
+
+    `analyse_features(..., profile_sample=r)` feeds it from its own pass over the store (one
+    read of a paper-scale store instead of two); `profile_features` is the same pass alone.
+    """
+
+    def __init__(self, n_features: int, sample: int, seed: int, device: torch.device):
+        n, r, self.n_bins = n_features, sample, len(HIST_EDGES) - 1
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.image_count = torch.zeros(n, dtype=torch.int64, device=device)
+        self.hist = torch.zeros(n * self.n_bins, dtype=torch.int64, device=device)
+        self.keys = torch.full((n, r), float("inf"), device=device)
+        self.ids = torch.full((n, r), -1, dtype=torch.int64, device=device)
+        self.values = torch.zeros(n, r, device=device)
+        self.maps: torch.Tensor | None = None
+        self.n_images = 0
+
+    def add(self, ids: torch.Tensor, vals: torch.Tensor, idx: torch.Tensor, z: torch.Tensor, hw: tuple[int, int]) -> None:
+        """ids [b]; vals, idx [b*h*w, k] the fired TopK codes (0 where silent); z [b*h*w, n] the same, dense."""
+        n, r = self.keys.shape
+        h, w = hw
+        b = len(ids)
+        dev = z.device
+        if self.maps is None:
+            self.maps = torch.zeros(n, r, h, w, dtype=torch.float16, device=dev)
+        on = vals > 0
+        self.hist.index_add_(0, (idx * self.n_bins + hist_bin(vals))[on],
+                             torch.ones(int(on.sum()), dtype=torch.int64, device=dev))
+        z_img = z.reshape(b, h * w, n)
+        img_max = z_img.amax(1).T  # [n, b]
+        fired = img_max > 0
+        self.image_count += fired.sum(1)
+        self.n_images += b
+        # reservoir: random key per (feature, image) it fires in; keep the r smallest keys
+        new_keys = torch.where(fired, torch.rand(n, b, generator=self.gen, device=dev),
+                               torch.full_like(img_max, float("inf")))
+        self.keys, order = torch.cat([self.keys, new_keys], 1).topk(r, dim=1, largest=False)
+        self.ids = torch.cat([self.ids, ids.to(dev)[None].expand(n, b)], 1).gather(1, order)
+        self.values = torch.cat([self.values, img_max], 1).gather(1, order)
+        chunk_maps = z_img.permute(2, 0, 1).reshape(n, b, h, w).half()
+        self.maps = torch.cat([self.maps, chunk_maps], 1).gather(1, order[:, :, None, None].expand(n, r, h, w))
+
+    def result(self) -> FeatureProfile:
+        n = self.keys.shape[0]
+        maps = self.maps if self.maps is not None else torch.zeros(n, self.keys.shape[1], 1, 1, dtype=torch.float16)
+        empty = torch.isinf(self.keys)
+        ids = torch.where(empty, torch.full_like(self.ids, -1), self.ids)
+        return FeatureProfile(image_count=self.image_count.cpu(), n_images=self.n_images,
+                              hist=self.hist.reshape(n, self.n_bins).cpu(), sample_ids=ids.cpu(),
+                              sample_values=self.values.masked_fill(empty, 0).cpu(), sample_maps=maps.cpu())
+
+
 @torch.no_grad()
 def profile_features(sae: TopKSAE, chunks: Iterable[tuple], sample: int = 32, seed: int = 0,
                      max_dense_elems: int = 2 ** 25) -> FeatureProfile:
     """Stream `(image_ids [b], updates [b, H, W, C], ...)` chunks (extra items are ignored)."""
-    n, dev, r = sae.cfg.n_features, sae.device, sample
-    n_bins = len(HIST_EDGES) - 1
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    image_count = torch.zeros(n, dtype=torch.int64, device=dev)
-    hist = torch.zeros(n * n_bins, dtype=torch.int64, device=dev)
-    keys = torch.full((n, r), float("inf"), device=dev)
-    ids_kept = torch.full((n, r), -1, dtype=torch.int64, device=dev)
-    vals_kept = torch.zeros(n, r, device=dev)
-    maps_kept = None
-    n_images = 0
+    n, dev = sae.cfg.n_features, sae.device
+    acc = ProfileAccumulator(n, sample, seed, dev)
     for ids, x, _ in _chunks_by_size(chunks, max_dense_elems // max(n, 1)):
         b, h, w, c = x.shape
-        if maps_kept is None:
-            maps_kept = torch.zeros(n, r, h, w, dtype=torch.float16, device=dev)
         vals, idx = sae.encode_topk(x.reshape(-1, c).to(device=dev, dtype=sae.dtype))  # [b*h*w, k]
         vals = vals.float() * fires(sae.cfg, vals)
-        on = vals > 0
-        hist.index_add_(0, (idx * n_bins + hist_bin(vals))[on], torch.ones(int(on.sum()), dtype=torch.int64, device=dev))
-        z = torch.zeros(b * h * w, n, device=dev).scatter_(1, idx, vals).reshape(b, h * w, n)
-        img_max = z.amax(1).T  # [n, b]
-        fired = img_max > 0
-        image_count += fired.sum(1)
-        n_images += b
-        # reservoir: random key per (feature, image) it fires in; keep the r smallest keys
-        new_keys = torch.where(fired, torch.rand(n, b, generator=gen, device=dev), torch.full_like(img_max, float("inf")))
-        keys, order = torch.cat([keys, new_keys], 1).topk(r, dim=1, largest=False)
-        ids_kept = torch.cat([ids_kept, ids.to(dev)[None].expand(n, b)], 1).gather(1, order)
-        vals_kept = torch.cat([vals_kept, img_max], 1).gather(1, order)
-        chunk_maps = z.permute(2, 0, 1).reshape(n, b, h, w).half()
-        maps_kept = torch.cat([maps_kept, chunk_maps], 1).gather(1, order[:, :, None, None].expand(n, r, h, w))
-    if maps_kept is None:
-        maps_kept = torch.zeros(n, r, 1, 1, dtype=torch.float16)
-    empty = torch.isinf(keys)
-    ids_kept = torch.where(empty, torch.full_like(ids_kept, -1), ids_kept)
-    return FeatureProfile(image_count=image_count.cpu(), n_images=n_images, hist=hist.reshape(n, n_bins).cpu(),
-                          sample_ids=ids_kept.cpu(), sample_values=vals_kept.masked_fill(empty, 0).cpu(),
-                          sample_maps=maps_kept.cpu())
+        acc.add(ids, vals, idx, torch.zeros(b * h * w, n, device=dev).scatter_(1, idx, vals), (h, w))
+    return acc.result()
 
 
 def quantile_samples(profile: FeatureProfile, feature: int, bands: int = 3, per_band: int = 4,
@@ -145,4 +169,4 @@ def step_means(sae: TopKSAE, updates: torch.Tensor, batch: int = 8192) -> torch.
     return out.float()
 
 
-__all__ = ["HIST_EDGES", "FeatureProfile", "hist_bin", "profile_features", "quantile_samples", "step_means"]
+__all__ = ["HIST_EDGES", "FeatureProfile", "ProfileAccumulator", "hist_bin", "profile_features", "quantile_samples", "step_means"]

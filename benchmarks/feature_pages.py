@@ -6,6 +6,10 @@ bytes loaded before the first interaction.
 
     python benchmarks/feature_pages.py --out /tmp/feature-pages [--features 5120] [--json out.json]
 
+An existing page instead (e.g. the built book's chapter, whose theme loads its own assets):
+
+    python benchmarks/feature_pages.py --page book/_build/html/chapters/05_features.html --site SITE_FOLDER
+
 Targets (issue 18): first render <= 2 s, <= 3 MB before the first interaction.
 """
 
@@ -78,18 +82,31 @@ def measure(page: Path, link: str, repeats: int = 3) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, required=True, help="folder for the site (replaced)")
+    ap.add_argument("--out", type=Path, help="folder for the site (replaced)")
+    ap.add_argument("--page", type=Path, help="measure this existing page instead of writing a site")
+    ap.add_argument("--site", type=Path, help="with --page: the site folder it loads (picks the feature to open)")
     ap.add_argument("--features", type=int, default=5120, help="features per block")
     ap.add_argument("--images", type=int, default=10_000, help="distinct images the top lists draw from")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args(argv)
-    figures = {"features_per_block": args.features, "blocks": len(BLOCKS)}
-    figures.update(write_site(args.out, args.features, args.images))
     from repro.features.site import read_part
 
-    f = read_part(args.out, "up.0.1/index")["ids"][len(BLOCKS) * 100 % args.features // 2]
-    figures["link"] = f"#up.0.1/{f}"
+    if args.page:
+        if not (args.site and args.page.is_file()):
+            ap.error("--page needs an existing page and --site, the folder of the site it loads")
+        manifest = read_part(args.site, "manifest")
+        block = list(manifest["blocks"])[-1]
+        ids = read_part(args.site, f"{block}/index")["ids"]
+        figures = {"page": str(args.page.resolve()), "site": str(args.site), "link": f"#{block}/{ids[len(ids) // 2]}",
+                   "site_on_disk_mb": round(sum(p.stat().st_size for p in args.site.rglob("*") if p.is_file()) / 1e6, 2)}
+    else:
+        if not args.out:
+            ap.error("give --out (write a paper-scale site) or --page and --site (measure an existing page)")
+        figures = {"features_per_block": args.features, "blocks": len(BLOCKS)}
+        figures.update(write_site(args.out, args.features, args.images))
+        f = read_part(args.out, "up.0.1/index")["ids"][len(BLOCKS) * 100 % args.features // 2]
+        figures["link"] = f"#up.0.1/{f}"
     figures.update(measure(Path(figures["page"]), figures["link"], args.repeats))
     print(json.dumps(figures, indent=1))
     if args.json:

@@ -86,6 +86,27 @@ def assets(page: Path) -> list[tuple[str, str]]:
     return found
 
 
+def test_lazy_images_marks_each_image_once(tmp_path):
+    from repro.book import lazy_images
+
+    page = tmp_path / "a" / "p.html"
+    page.parent.mkdir()
+    page.write_text('<p><img src="x.png" alt="x"><IMG src="y.png"><img loading="eager" src="z.png"></p>')
+    (tmp_path / "b.html").write_text("<p>no images</p>")
+    assert lazy_images(tmp_path) == 2
+    assert page.read_text() == ('<p><img loading="lazy" src="x.png" alt="x"><img loading="lazy" src="y.png">'
+                                '<img loading="eager" src="z.png"></p>')
+    assert lazy_images(tmp_path) == 0  # a second pass changes nothing
+
+
+@pytest.mark.slow
+def test_built_pages_load_their_figures_lazily(built_book):
+    eager = {p.name: n for p in pages(built_book)
+             if (n := len(re.findall(r"<img(?![^>]*\bloading=)", p.read_text(), re.I)))}
+    assert not eager, eager
+    assert any('loading="lazy"' in p.read_text() for p in pages(built_book))
+
+
 @pytest.mark.slow
 def test_no_script_or_style_from_the_network(built_book):
     remote = [(p.name, url) for p in pages(built_book) for tag, url in assets(p) if REMOTE.match(url)]

@@ -250,3 +250,14 @@ def test_timing_acts_only_at_the_listed_steps(pipe):
     pooled = pooled_timing([res, res])
     assert pooled["on"]["0"]["hits"] == 6 and pooled["on"]["1"]["n"] == 6 and pooled["baseline_on"]["n"] == 6
     assert window_name([2, 3]) == "2-3" and window_name([0, 2]) == "0,2" and window_name([1]) == "1"
+
+
+def test_beats_control_needs_the_intervals_apart():
+    from repro.features.causality import beats_control
+    from repro.intervals import rate
+
+    feature = {1.0: rate(2, 16), 10.0: rate(14, 16), 100.0: rate(16, 16)}
+    control = {1.0: rate(0, 16), 10.0: rate(1, 16), 100.0: rate(15, 16)}
+    assert beats_control(feature, control) == [10.0]  # 2/16 vs 0/16 and 16/16 vs 15/16 overlap
+    assert beats_control(control, feature) == []
+    assert beats_control({3.0: rate(16, 16)}, control) == []  # no control at that strength

@@ -157,6 +157,15 @@ def pooled(results: Sequence[CausalResult]) -> dict:
     }
 
 
+def beats_control(feature: dict, control: dict) -> list[float]:
+    """Strengths at which switching the feature on succeeds more often than the control does,
+    with the two Wilson intervals apart (feature's lower bound above the control's upper one).
+
+    feature, control: `pooled(...)["on"]`, {strength: rate}; strengths missing from either are skipped.
+    """
+    return [s for s in sorted(feature) if s in control and feature[s]["lo"] > control[s]["hi"]]
+
+
 def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_scenes: Sequence, off_scenes: Sequence,
                 oracle, sampling: Sampling, grid: int, strengths: Sequence[float] = (1.0,), seed: int = 0,
                 batch_size: int = 16) -> CausalResult:

@@ -244,3 +244,26 @@ def test_the_toy_profile_scales_its_lr_and_the_paper_keeps_1e4():
     assert PROFILES["toy"].sae_lr == 0 and PROFILES["paper"].sae_lr == 1e-4 and PROFILES["standin"].sae_lr == 1e-4
     with pytest.raises(ReproError, match="lr"):
         TrainConfig(lr=-1e-4)
+
+
+def test_the_next_batch_is_drawn_before_this_step_and_none_past_the_last():
+    """The loop reads a batch's non-finite flags only after the next batch and its check are
+    queued (on a GPU the wait then never drains the queue); no batch is drawn past `steps`."""
+    from repro.sae.train import train_step
+
+    events = []
+
+    class Logged(TensorSource):
+        def __iter__(self):
+            for i, batch in enumerate(super().__iter__()):
+                events.append(f"draw {i}")
+                yield batch
+
+    def step_fn(sae, opt, x, **kw):
+        if sae is saes["a"]:
+            events.append(f"step {sum(e.startswith('step') for e in events)}")
+        return train_step(sae, opt, x, **kw)
+
+    saes = _saes()
+    train_saes(saes, Logged(_data(), 256, seed=3), _cfg(steps=4, init_b_pre=False), step_fn=step_fn)
+    assert events == ["draw 0", "draw 1", "step 0", "draw 2", "step 1", "draw 3", "step 2", "step 3"]

@@ -195,16 +195,19 @@ def train_saes(
     t_start, tokens_start = t_last, tokens
     batches = iter(source)
     side = torch.cuda.Stream(device=device) if (cfg.side_stream and device.type == "cuda") else None
+    fetch = _Lookahead(batches, saes, device, side)
+    pending = fetch() if step < cfg.steps else None
     try:
         while step < cfg.steps:
-            batch = next(batches, None)
-            if batch is None:
+            if pending is None:
                 bar.write(f"batch source ran out after {step} steps ({tokens} tokens per block)")
                 break
-            with _on_stream(side, batch):
-                xs = {block: block_batch(batch, block, sae).to(device, non_blocking=True).float()
-                      for block, sae in saes.items()}
-                finite = torch.stack([torch.isfinite(x).all() for x in xs.values()]).tolist()  # host sync (SAE stream)
+            xs, finite = pending.xs, pending.finite()  # waits for this batch's check alone
+            saving = out is not None and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0
+            source_state = _source_state(source) if saving else None  # before the next batch is drawn
+            # the next batch and its check are queued before this step's kernels, so the wait
+            # above never drains the GPU: it always has the previous step still to run
+            pending = fetch() if step + 1 < cfg.steps else None
             for (block, sae), ok in zip(saes.items(), finite):
                 if not ok:
                     if cfg.on_nonfinite == "stop":
@@ -230,8 +233,8 @@ def train_saes(
                 t_last, tokens_last = now, tokens
                 last = _log(saes, opts, acc, n_acc, skipped, step, tokens, rate, metrics_path)
                 bar.set_postfix(_postfix(last, rate), refresh=False)
-            if out is not None and cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
-                _checkpoint(out, step, tokens, skipped, saes, opts, source, cfg)
+            if saving:
+                _checkpoint(out, step, tokens, skipped, saes, opts, source_state, cfg)
     finally:
         bar.close()
         if device.type == "cuda":
@@ -240,7 +243,7 @@ def train_saes(
 
     if out is not None:
         if cfg.checkpoint_every and step % cfg.checkpoint_every != 0:
-            _checkpoint(out, step, tokens, skipped, saes, opts, source, cfg)
+            _checkpoint(out, step, tokens, skipped, saes, opts, _source_state(source), cfg)
     if final_dir is not None:
         out = final_dir
         for block, sae in saes.items():
@@ -270,9 +273,60 @@ def _on_stream(stream, batch: dict[str, torch.Tensor] | None = None):
         yield
 
 
-def _checkpoint(out, step, tokens, skipped, saes, opts, source, cfg) -> None:
-    state = {"tokens": tokens, "skipped": skipped, "rng": _rng_state(), "source": source.state_dict()}
+def _source_state(source) -> dict:
+    """What a checkpoint keeps of the data side: the source's position and the global RNG."""
+    return {"rng": _rng_state(), "source": copy.deepcopy(source.state_dict())}  # the source moves on
+
+
+def _checkpoint(out, step, tokens, skipped, saes, opts, source_state: dict, cfg) -> None:
+    state = {"tokens": tokens, "skipped": skipped, **source_state}
     save_checkpoint(out / CHECKPOINTS, step, saes, opts, state, keep=cfg.keep_checkpoints)
+
+
+class _Pending:
+    """A drawn batch on the training device and its non-finite check, queued, not yet read."""
+
+    def __init__(self, xs: dict[str, torch.Tensor], flags: torch.Tensor, event):
+        self.xs, self._flags, self._event = xs, flags, event
+
+    def finite(self) -> list[bool]:
+        """Per block, whether the batch is finite; waits only for the work queued before the check."""
+        if self._event is not None:
+            self._event.synchronize()
+        return self._flags.tolist()
+
+
+class _Lookahead:
+    """`fetch()` -> the source's next batch as a `_Pending` (None when it runs out).
+
+    On CUDA the per-block flags are copied into one of two pinned buffers and an event is
+    recorded after the copy: reading them later waits for that batch's check, not for the
+    training steps queued after it (the old loop's `.tolist()` right after the draw drained
+    the GPU every step).
+    """
+
+    def __init__(self, batches, saes: dict[str, TopKSAE], device: torch.device, side):
+        self.batches, self.saes, self.device, self.side = batches, saes, device, side
+        cuda = device.type == "cuda"
+        self.buffers = [torch.empty(len(saes), dtype=torch.bool, pin_memory=True) for _ in range(2)] if cuda else None
+        self.turn = 0
+
+    def __call__(self) -> _Pending | None:
+        batch = next(self.batches, None)
+        if batch is None:
+            return None
+        with _on_stream(self.side, batch):
+            xs = {block: block_batch(batch, block, sae).to(self.device, non_blocking=True).float()
+                  for block, sae in self.saes.items()}
+            flags = torch.stack([torch.isfinite(x).all() for x in xs.values()])
+            if self.buffers is None:
+                return _Pending(xs, flags, None)
+            host = self.buffers[self.turn]  # two: one being read while the next is written
+            self.turn ^= 1
+            host.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+        return _Pending(xs, host, event)
 
 
 def _log(saes, opts, acc, n_acc, skipped, step, tokens, rate, path) -> dict[str, dict[str, float]]:

@@ -93,6 +93,7 @@ def test_turbo_alone_resumes_from_the_saved_base(trained, tmp_path):
     assert result["stages"]["turbo"]["steps"] == 4 and "base" not in result["stages"]
     lineage = json.loads((Path(result["folders"]["turbo"]) / "training.json").read_text())["lineage"]
     assert lineage["teacher"] == "shapes-base" and lineage["steps"] == 4
+    assert lineage["precision"] == "fp32"  # autocast is on, but a no-op on a CPU
 
 
 def test_every_vocabulary_word_is_one_token():

@@ -410,6 +410,12 @@ def init_history(folder: str | os.PathLike | None) -> dict | None:
     return {k: earlier.get(k) for k in ("model", "stages", "lineage", "gpu", "started", "provenance")}
 
 
+def _precision(run: Run) -> str:
+    """How the run computed: autocast is bf16 on a GPU only (on a CPU it is a no-op)."""
+    device = str((run.state.get("trained_on") or {}).get("device") or "")
+    return "bf16 autocast" if run.cfg.autocast and device.startswith("cuda") else "fp32"
+
+
 def export_stage(run: Run, stage: str, out: Path) -> Path:
     """Write `<out>/shapes-base` or `<out>/shapes-turbo` from the run's modules (fp16)."""
     records = run.state.get("earlier_records", []) + run.state["records"]
@@ -433,7 +439,7 @@ def export_stage(run: Run, stage: str, out: Path) -> Path:
              "parameters": parameter_counts(run.turbo),
              "lineage": {"teacher": NAMES["base"],
                          "init": f"UNet of {Path(tc.init_from).name} (continued)" if tc.init_from else f"{NAMES['base']} UNet",
-                         "recipe": LINEAGE_RECIPE, "precision": "bf16 autocast" if run.cfg.autocast else "fp32",
+                         "recipe": LINEAGE_RECIPE, "precision": _precision(run),
                          "teacher_samples": tc.teacher_samples, "teacher_steps": tc.teacher_steps,
                          "teacher_guidance": tc.teacher_guidance, "teacher_fraction": tc.teacher_fraction,
                          "steps": summaries.get("turbo", {}).get("steps"),

@@ -299,17 +299,15 @@ class _Pending:
 class _Lookahead:
     """`fetch()` -> the source's next batch as a `_Pending` (None when it runs out).
 
-    On CUDA the per-block flags are copied into one of two pinned buffers and an event is
-    recorded after the copy: reading them later waits for that batch's check, not for the
-    training steps queued after it (the old loop's `.tolist()` right after the draw drained
-    the GPU every step).
+    On CUDA the per-block flags are copied into a pinned buffer and an event is recorded
+    after the copy: reading them later waits for that batch's check, not for the training
+    steps queued after it (the old loop's `.tolist()` right after the draw drained the GPU
+    every step). One buffer is enough: a batch's flags are read before the next draw.
     """
 
     def __init__(self, batches, saes: dict[str, TopKSAE], device: torch.device, side):
         self.batches, self.saes, self.device, self.side = batches, saes, device, side
-        cuda = device.type == "cuda"
-        self.buffers = [torch.empty(len(saes), dtype=torch.bool, pin_memory=True) for _ in range(2)] if cuda else None
-        self.turn = 0
+        self.host = torch.empty(len(saes), dtype=torch.bool, pin_memory=True) if device.type == "cuda" else None
 
     def __call__(self) -> _Pending | None:
         batch = next(self.batches, None)
@@ -319,14 +317,12 @@ class _Lookahead:
             xs = {block: block_batch(batch, block, sae).to(self.device, non_blocking=True).float()
                   for block, sae in self.saes.items()}
             flags = torch.stack([torch.isfinite(x).all() for x in xs.values()])
-            if self.buffers is None:
+            if self.host is None:
                 return _Pending(xs, flags, None)
-            host = self.buffers[self.turn]  # two: one being read while the next is written
-            self.turn ^= 1
-            host.copy_(flags, non_blocking=True)
+            self.host.copy_(flags, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-        return _Pending(xs, host, event)
+        return _Pending(xs, self.host, event)
 
 
 def _log(saes, opts, acc, n_acc, skipped, step, tokens, rate, path) -> dict[str, dict[str, float]]:

@@ -2,8 +2,8 @@
 uniform sample of the images it fires in (for the "weakly on" examples of a feature page).
 
 One streaming pass over `(image_ids [b], updates [b, H, W, C], ...)` chunks, as
-`analyse_features` takes - or folded into its pass (`profile_sample=`). Per feature f, with z_f zeroed where it does not fire
-(`repro.sae.metrics.fires`):
+`analyse_features` takes - or folded into its pass (`profile_sample=`). Per feature f, with
+z_f zeroed where it does not fire (`repro.sae.metrics.fires`):
 - image_count: images with at least one firing position (density over images; the
   position density is `FeatureStats.frequency`);
 - hist: firing positions counted in log-spaced activation bins shared by all features

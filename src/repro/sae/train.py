@@ -321,7 +321,7 @@ class _Lookahead:
                 return _Pending(xs, flags, None)
             self.host.copy_(flags, non_blocking=True)
             event = torch.cuda.Event()
-            event.record()
+            event.record(torch.cuda.current_stream(self.device))  # the stream the copy went on, on this device
         return _Pending(xs, self.host, event)
 
 

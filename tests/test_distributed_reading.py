@@ -50,13 +50,13 @@ def _cli_rank(rank: int, world: int, port: int, store: str, out: str, logs: list
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     read: list[str] = []
-    load_shard = reader.ActivationStore.load_shard
+    read_shard = reader.ActivationStore.read_shard  # every shard read goes through it
 
-    def counting(self, record, names=None):
+    def counting(self, record, *args, **kwargs):
         read.append(record["file"])
-        return load_shard(self, record, names)
+        return read_shard(self, record, *args, **kwargs)
 
-    reader.ActivationStore.load_shard = counting
+    reader.ActivationStore.read_shard = counting
     assert main(_train_args(Path(store), Path(out))) == 0
     Path(logs[rank]).write_text(json.dumps(read))
 
@@ -110,9 +110,9 @@ def test_a_store_in_one_group_is_read_once_and_yields_the_same_batches(store, mo
     from repro.store import StoreSource, reader
 
     reads = []
-    load_shard = reader.ActivationStore.load_shard
-    monkeypatch.setattr(reader.ActivationStore, "load_shard",
-                        lambda self, rec, names=None: reads.append(rec["file"]) or load_shard(self, rec, names))
+    read_shard = reader.ActivationStore.read_shard
+    monkeypatch.setattr(reader.ActivationStore, "read_shard",
+                        lambda self, rec, *a, **kw: reads.append(rec["file"]) or read_shard(self, rec, *a, **kw))
     kept = StoreSource(store, 24, seed=2, epochs=3)
     got = [b[BLOCK] for b in kept]
     assert len(reads) == 8  # three epochs, one read of each shard

@@ -41,8 +41,11 @@ def register(sub) -> None:
     p = ssub.add_parser("info", help="settings, size and progress of a store")
     p.add_argument("store", type=Path)
     p.set_defaults(run=run_info)
-    p = ssub.add_parser("verify", help="check the sha256 of every shard against the manifest")
+    p = ssub.add_parser("verify", help="check the sha256 of every shard against the manifest, several at once "
+                                       "(then `repro train --no-verify` can skip the check)")
     p.add_argument("store", type=Path)
+    p.add_argument("--threads", type=at_least(1), default=None,
+                   help="shards hashed at once (default: the usable cores, at most 8)")
     p.add_argument("--repair", action="store_true",
                    help="forget and delete damaged shards, so that the same `repro collect` command rewrites them")
     p.add_argument("--no-progress", action="store_true")
@@ -84,7 +87,7 @@ def run_verify(args: argparse.Namespace) -> int:
     from repro.store import ActivationStore, StoreWriter
 
     store = ActivationStore(args.store)
-    bad = store.verify_all(progress=not args.no_progress)
+    bad = store.verify_all(progress=not args.no_progress, threads=args.threads)
     if bad and args.repair:
         n_prompts = int(store.manifest.get("n_prompts") or store.n_images)
         with StoreWriter(args.store, store.settings, store.info, n_prompts) as writer:  # the lock: no collection runs

@@ -37,6 +37,11 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N")
     p.add_argument("--parallel", choices=("block", "data"), default="block",
                    help="under torchrun: block = one block's SAE per rank, data = all ranks share every SAE")
+    p.add_argument("--no-verify", action="store_true",
+                   help="read shards without checking their sha256 against the manifest (faster); only for a store "
+                        "already checked with `repro store verify` (default: every shard is checked on its first read)")
+    p.add_argument("--read-threads", type=at_least(1), default=None,
+                   help="shards read and checked at once (default: the usable cores, at most 8)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(run=run_train)
 
@@ -49,7 +54,7 @@ def run_train(args: argparse.Namespace) -> int:
     from repro.sae import TrainConfig, build_block_saes
     from repro.store import ActivationStore
 
-    store = ActivationStore(args.store)
+    store = ActivationStore(args.store, verify=not args.no_verify)
     blocks = [store._block(b) for b in expand_aliases(args.blocks or "all", store.blocks)]
     if len(set(blocks)) != len(blocks):
         raise ReproError(f"--blocks {args.blocks} names a block twice: give each block once")
@@ -68,7 +73,7 @@ def run_train(args: argparse.Namespace) -> int:
         # data-parallel ranks read only their part of the shards (see store_batches).
         data_device = env.local_device() if args.device == "auto" else args.device
         source, split = store_batches(store, args.batch_size, parallel=args.parallel, step=args.step, half=args.half,
-                                      seed=args.seed, device=data_device)
+                                      seed=args.seed, device=data_device, read_threads=args.read_threads)
         result = train_distributed(saes, source, cfg, out_dir=args.out, parallel=args.parallel, split=split,
                                    resume=True, metadata={"model": store.settings["model"], "store": str(args.store)})
         if env.rank() == 0:

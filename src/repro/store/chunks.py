@@ -45,6 +45,9 @@ class ChunkedSource:
     def _load_chunk(self, cursor: tuple[int, ...]) -> Batch:
         raise NotImplementedError
 
+    def _end_iteration(self) -> None:
+        """Called when an iteration ends or is left: free what was read ahead (default: nothing)."""
+
     # -- the stream ---------------------------------------------------------------------
     def _order(self, cursor: tuple[int, ...], n: int) -> torch.Tensor | None:
         """The chunk's row order (None: as loaded)."""
@@ -95,7 +98,8 @@ class ChunkedSource:
                 cursor, offset = self._next_cursor(cursor), 0
         finally:
             if ahead:
-                ahead.close()
+                ahead.close()  # first: the prefetch thread may still be reading
+            self._end_iteration()
         # The data ended: a final partial batch is dropped and the source stays at its end.
         self.cursor, self.offset = None, 0
 

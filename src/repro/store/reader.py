@@ -5,18 +5,27 @@ touches a shard (for tokens, an image, latents or prompts) it hashes the whole f
 compares it with the manifest; a mismatch raises a ReproError naming the shard, and the
 shard is never used. The verdict is kept for the life of the object (not on disk: a file
 may rot later). `verify=False` skips it; `verify_all()` (`repro store verify`) checks
-every shard at once.
+every shard, several at once.
+
+Reading for training (`StoreSource`) is bound by that check and by copying shards into
+memory, so a shard is read once, in pieces, into a reused buffer (`read_file`: no
+zero-filled fresh allocation, no page faults after the first use) and each piece is hashed
+while it is still in the CPU cache; several shards are read and hashed at once by threads
+(hashlib releases the GIL), ahead of use and across group boundaries (`_ReadAhead`).
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import json
 import os
 import struct
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from safetensors import safe_open
@@ -31,7 +40,8 @@ from repro.store.layout import (
 
 
 def _read_all(path: Path) -> bytearray:
-    """The file's bytes in a writable buffer (one copy from the page cache, the GIL released)."""
+    """The file's bytes in a new, zero-filled bytearray: the reader of before (kept for
+    `benchmarks/read_verify.py`'s comparison; `read_file` is what reads now)."""
     size = path.stat().st_size
     buf = bytearray(size)
     with open(path, "rb", buffering=0) as fh:
@@ -44,13 +54,60 @@ def _read_all(path: Path) -> bytearray:
     return buf
 
 
+READ_PIECE = 4 << 20
+"""Bytes read (and hashed) at a time: small enough that a piece is still in the cache when hashed."""
+
+
+def new_buffer(size: int) -> torch.Tensor:
+    """An uninitialised uint8 buffer [size] (torch.empty: no zero-fill, unlike bytearray)."""
+    return torch.empty(size, dtype=torch.uint8)
+
+
+def read_file(path: Path, alloc: Callable[[int], torch.Tensor] = new_buffer,
+              digest: bool = False) -> tuple[torch.Tensor, str | None]:
+    """All bytes of `path` as a uint8 tensor [size] (a view of `alloc(size)`, which may be a
+    reused buffer of at least `size` bytes), and their sha256 hex when `digest` (else None).
+
+    One copy from the page cache with `readinto`, in pieces of READ_PIECE bytes; each piece
+    is hashed right after it is read, while it is in the cache. Both release the GIL.
+    """
+    with open(path, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        data = alloc(size)[:size]
+        view = memoryview(data.numpy())
+        h = hashlib.sha256() if digest else None
+        got = 0
+        while got < size:
+            n = fh.readinto(view[got : min(size, got + READ_PIECE)])
+            if not n:
+                raise ReproError(f"{path} was shorter than its size while reading it: is it being rewritten?")
+            if h is not None:
+                h.update(view[got : got + n])
+            got += n
+    return data, None if h is None else h.hexdigest()
+
+
+def default_read_threads() -> int:
+    """Threads that read and hash shards at once: the usable cores, at most 8 (one sha256
+    stream does ~0.8-1.6 GB/s; 8 leave cores to the trainer and to other ranks of a host)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
 _DTYPES = {"BOOL": torch.bool, "U8": torch.uint8, "I8": torch.int8, "I16": torch.int16, "F16": torch.float16,
            "BF16": torch.bfloat16, "I32": torch.int32, "F32": torch.float32, "F64": torch.float64, "I64": torch.int64}
 
 
-def tensor_views(data: bytearray, names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
-    """Tensors of a safetensors file held in `data`, as views of its bytes (no copy; they keep
-    `data` alive): what `safetensors.torch.load(data)` gives, without its copy."""
+def tensor_views(data: "bytearray | memoryview | torch.Tensor", names: Sequence[str] | None = None
+                 ) -> dict[str, torch.Tensor]:
+    """Tensors of a safetensors file held in `data` (bytes, or a uint8 tensor [size]), as views
+    of its bytes (no copy; they keep `data` alive): what `safetensors.torch.load(data)` gives,
+    without its copy."""
+    if isinstance(data, torch.Tensor):
+        data = memoryview(data.numpy())
     (n,) = struct.unpack("<Q", bytes(data[:8]))
     header = json.loads(bytes(data[8 : 8 + n]))
     header.pop("__metadata__", None)
@@ -127,31 +184,52 @@ class ActivationStore:
     def _path(self, record: dict[str, Any]) -> Path:
         return self.folder / record["file"]
 
+    def _missing(self, record: dict[str, Any]) -> ReproError:
+        return ReproError(f"shard {record['file']} of {self.folder} is missing: rerun the collection to rewrite it")
+
+    def _corrupt(self, record: dict[str, Any], digest: str) -> ReproError:
+        return ReproError(
+            f"shard {record['file']} of {self.folder} is corrupt (sha256 {digest[:12]}... differs from the "
+            f"manifest's): run `repro store verify --repair {self.folder}`, then the same `repro collect` "
+            "command to rewrite it"
+        )
+
     def _check(self, record: dict[str, Any], data: bytes | None = None) -> None:
         if not self.verify or record["file"] in self._verified:
             return
         path = self._path(record)
         if not path.exists():
-            raise ReproError(f"shard {record['file']} of {self.folder} is missing: rerun the collection to rewrite it")
+            raise self._missing(record)
         digest = sha256_bytes(data) if data is not None else sha256_file(path)
         if digest != record["sha256"]:
-            raise ReproError(
-                f"shard {record['file']} of {self.folder} is corrupt (sha256 {digest[:12]}... differs from the "
-                f"manifest's): run `repro store verify --repair {self.folder}`, then the same `repro collect` "
-                "command to rewrite it"
-            )
+            raise self._corrupt(record, digest)
         self._verified.add(record["file"])
+
+    def read_shard(self, record: dict[str, Any], alloc: Callable[[int], torch.Tensor] = new_buffer,
+                   verify: bool | None = None) -> torch.Tensor:
+        """The bytes of one shard file, uint8 [size], read into `alloc(size)` (see `read_file`).
+
+        Checked against the manifest's sha256 while being read when verification is due
+        (`verify`, default the store's, and not yet verified by this object): a mismatch
+        raises before any byte is used. Safe to call from several threads at once.
+        """
+        path = self._path(record)
+        check = (self.verify if verify is None else verify) and record["file"] not in self._verified
+        try:
+            data, digest = read_file(path, alloc, digest=check)
+        except FileNotFoundError:
+            raise self._missing(record) from None
+        if check:
+            if digest != record["sha256"]:
+                raise self._corrupt(record, digest)
+            self._verified.add(record["file"])  # set.add is atomic under the GIL
+        return data
 
     def load_shard(self, record: dict[str, Any], names: Sequence[str] | None = None) -> dict[str, torch.Tensor]:
         """Tensors of one shard (all, or `names`), verified first when `verify` is on."""
-        path = self._path(record)
         if self.verify and record["file"] not in self._verified:
-            if not path.exists():
-                self._check(record)  # raises "missing"
-            data = _read_all(path)  # one read: hashed, then viewed without a copy
-            self._check(record, data)
-            return tensor_views(data, names)
-        with safe_open(path, "pt") as fh:
+            return tensor_views(self.read_shard(record), names)  # one read: hashed, then viewed without a copy
+        with safe_open(self._path(record), "pt") as fh:
             return {n: fh.get_tensor(n) for n in (names or fh.keys())}
 
     def locate(self, index: int) -> tuple[dict[str, Any], int]:
@@ -223,17 +301,28 @@ class ActivationStore:
         return out
 
     # -- checking ------------------------------------------------------------------------
-    def verify_all(self, progress: bool = False) -> list[str]:
-        """Hash every shard; returns the files that are missing or corrupt (empty: all good)."""
+    def verify_all(self, progress: bool = False, threads: int | None = None) -> list[str]:
+        """Hash every shard, `threads` at a time (default: `default_read_threads()`); returns the
+        files that are missing or corrupt, in the manifest's order (empty: all good)."""
         from tqdm.auto import tqdm
 
-        bad = []
-        for record in tqdm(self.shards, desc="verify", unit="shard", disable=not progress):
+        threads = default_read_threads() if threads is None else int(threads)
+        if threads < 1:
+            raise ReproError(f"verify needs at least 1 thread, got {threads}")
+
+        def one(record: dict[str, Any]) -> bool:
             path = self._path(record)
-            if not path.exists() or sha256_file(path) != record["sha256"]:
-                bad.append(record["file"])
-            else:
-                self._verified.add(record["file"])
+            return path.exists() and sha256_file(path) == record["sha256"]
+
+        bad = []
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
+            oks = pool.map(one, self.shards)  # in order; the files are hashed `threads` at a time
+            for record, ok in tqdm(zip(self.shards, oks), total=len(self.shards), desc="verify", unit="shard",
+                                   disable=not progress):
+                if ok:
+                    self._verified.add(record["file"])
+                else:
+                    bad.append(record["file"])
         return bad
 
     def summary(self) -> str:
@@ -305,6 +394,83 @@ def store_source(store: "ActivationStore | str | os.PathLike", batch_size: int, 
     return parts[0] if len(parts) == 1 else ZipSource(parts)
 
 
+class _Buffers:
+    """Host buffers for whole shard files, reused: allocated once (uninitialised), so reads pay
+    no zero-fill and no page faults after the first use. Pinned (page-locked) when batches
+    go to a GPU, so that the copy there is a direct DMA. Thread-safe."""
+
+    def __init__(self, capacity: int, pin: bool):
+        self.capacity, self.pin = int(capacity), pin  # capacity: the largest shard, so any buffer fits any shard
+        self.free: list[torch.Tensor] = []
+        self.lock = threading.Lock()
+
+    def get(self, size: int) -> torch.Tensor:
+        """A uint8 buffer [>= size]."""
+        with self.lock:
+            while self.free:
+                buf = self.free.pop()
+                if buf.numel() >= size:
+                    return buf
+        return torch.empty(max(size, self.capacity), dtype=torch.uint8, pin_memory=self.pin)
+
+    def put(self, buf: torch.Tensor) -> None:
+        """Give `buf` back: nothing may use its bytes any more."""
+        with self.lock:
+            self.free.append(buf)
+
+
+class _ReadAhead:
+    """Shards read (and hashed) by `threads` threads ahead of use, in reading order, at most
+    `depth` not yet taken: the reads run across group boundaries, so every thread has a
+    shard to read even when a group holds one shard.
+
+    `take(key, stream)` waits for and returns the read of `key`; when `key` is not the next
+    one read ahead (the first call, a resume, another iteration), what was read ahead is
+    dropped and reading restarts from `stream()`, an iterator of (key, record) in reading
+    order that starts at `key`. `read(record)` -> (buffer, bytes); `release(buffer)` gives a
+    dropped read's buffer back.
+    """
+
+    def __init__(self, read: Callable, release: Callable, threads: int, depth: int):
+        self.read, self.release, self.depth = read, release, depth
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="shard-read")
+        self.pending: deque = deque()  # (key, future), in reading order
+        self.upcoming: Iterator = iter(())
+
+    def take(self, key: tuple[int, ...], stream: Callable[[], Iterator]) -> Any:
+        if not self.pending or self.pending[0][0] != key:
+            self.drop()
+            self.upcoming = stream()
+            self._fill()
+        _, future = self.pending.popleft()
+        self._fill()  # the next read starts before this one is waited for
+        return future.result()  # a failed check raises here, when the shard is used
+
+    def _fill(self) -> None:
+        while len(self.pending) < self.depth:
+            nxt = next(self.upcoming, None)
+            if nxt is None:
+                return
+            key, record = nxt
+            self.pending.append((key, self.pool.submit(self.read, record)))
+
+    def drop(self) -> None:
+        """Forget what was read ahead; its buffers go back."""
+        while self.pending:
+            _, future = self.pending.popleft()
+            if future.cancel():
+                continue
+            try:
+                self.release(future.result()[0])
+            except Exception:  # noqa: BLE001 - a read that failed ahead of use: it raises again if used
+                pass
+        self.upcoming = iter(())
+
+    def close(self) -> None:
+        self.drop()
+        self.pool.shutdown(wait=True)
+
+
 class StoreSource(ChunkedSource):
     """Token batches `{block: [B, C]}` from a store, following the SAE batch-source protocol.
 
@@ -318,6 +484,14 @@ class StoreSource(ChunkedSource):
     exactly the batches that would have come next. `shards` (indices into the store's
     shard list) restricts the reader to those shards (one rank's part, see `store_source`).
     A store (or part) that fits in one group is read once and kept, not reread each epoch.
+
+    Reading: `read_threads` threads (default `default_read_threads()`) read and hash
+    shards at once, `read_ahead` shards (default read_threads + 1) ahead of use and across
+    group boundaries, into reused host buffers (pinned when `device` is a GPU): host memory
+    of about (read_ahead + 2) shard files. `verify` (default: the store's, on for a folder)
+    checks every shard's sha256 against the manifest on its first read by this source's
+    store; `verify=False` skips it, for a store already checked with `repro store verify`.
+    None of these change the batches.
     """
 
     def __init__(
@@ -336,16 +510,27 @@ class StoreSource(ChunkedSource):
         device: str | torch.device | None = None,
         shards: Sequence[int] | None = None,
         prefetch: int = 1,
-        read_threads: int = 4,
+        read_threads: int | None = None,
+        read_ahead: int | None = None,
+        verify: bool | None = None,
     ):
         super().__init__(batch_size, seed, shuffle)
         self.prefetch = int(prefetch)  # 1: the next group is read (and permuted) while this one is served
-        self.read_threads = max(1, int(read_threads))  # shards of a group read and hashed at once
+        if verify is not None and not isinstance(verify, bool):
+            raise ReproError(f"verify must be True (check each shard's sha256 on its first read, the default) or False "
+                             f"(a store already checked with `repro store verify`), got {verify!r}")
+        self.read_threads = default_read_threads() if read_threads is None else read_threads
+        self.read_ahead = self.read_threads + 1 if read_ahead is None else read_ahead
+        for name in ("read_threads", "read_ahead"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ReproError(f"{name} must be a whole number >= 1 (shards read at once / ahead), got {value!r}")
         # On a GPU, each group is moved there once and batches are gathered there: the
         # per-batch CPU gather and host-to-device copy otherwise bound SAE training (H100,
         # 4 SAEs 1280x5120: 95k tokens/s per block with CPU batches).
         self.device = None if device is None else torch.device(device)
         self.store = store if isinstance(store, ActivationStore) else ActivationStore(store)
+        self.verify = self.store.verify if verify is None else verify
         if not self.store.shards:
             raise ReproError(f"the store {self.store.folder} holds no shards yet: collect first")
         self._blocks = [self.store._block(b) for b in (blocks or self.store.blocks)]
@@ -377,6 +562,8 @@ class StoreSource(ChunkedSource):
         # row map from this epoch's shard order into it (None: the chunk is in its own order)
         self._held: tuple[dict[int, tuple[int, int]], dict[str, torch.Tensor]] | None = None
         self._row_map: torch.Tensor | None = None
+        self._ahead: _ReadAhead | None = None  # made on first use, closed when an iteration stops
+        self._buffers: _Buffers | None = None
 
     @property
     def blocks(self) -> list[str]:
@@ -397,7 +584,51 @@ class StoreSource(ChunkedSource):
             return None
         return (epoch, group)
 
+    def _group_records(self, cursor: tuple[int, int]) -> list[dict[str, Any]]:
+        """Manifest records of group `cursor`'s shards, in this epoch's order."""
+        epoch, group = cursor
+        order = self._shard_order(epoch)[group * self.shards_per_chunk : (group + 1) * self.shards_per_chunk]
+        return [self.store.shards[self.shard_ids[i]] for i in order]
+
+    def _stream(self, cursor: tuple[int, int] | None) -> Iterator[tuple[tuple[int, int, int], dict[str, Any]]]:
+        """((epoch, group, position), record) of every shard read from group `cursor` on."""
+        while cursor is not None:
+            for j, record in enumerate(self._group_records(cursor)):
+                yield (*cursor, j), record
+            cursor = self._next_cursor(cursor)
+
+    def _read(self, record: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(buffer, the shard's bytes [size] in it), checked when verification is on."""
+        taken: list[torch.Tensor] = []
+
+        def alloc(size: int) -> torch.Tensor:
+            taken.append(self._buffers.get(size))
+            return taken[0]
+
+        try:
+            data = self.store.read_shard(record, alloc, self.verify)
+            return taken[0], data
+        except BaseException:
+            if taken:
+                self._buffers.put(taken[0])
+            raise
+
+    def _reader(self) -> _ReadAhead:
+        if self._ahead is None:
+            pin = self.device is not None and self.device.type == "cuda" and torch.cuda.is_available()
+            capacity = max(int(self.store.shards[i].get("bytes", 0)) for i in self.shard_ids)
+            self._buffers = _Buffers(capacity, pin)
+            self._ahead = _ReadAhead(self._read, self._buffers.put, self.read_threads, self.read_ahead)
+        return self._ahead
+
+    def _end_iteration(self) -> None:
+        """Stop reading ahead and free the buffers (an iteration ended or was left)."""
+        if self._ahead is not None:
+            self._ahead.close()
+        self._ahead = self._buffers = None
+
     def _load_chunk(self, cursor) -> dict[str, torch.Tensor]:
+        """The group's rows {block: [N, C]} in file order (used when the store is one group)."""
         epoch, group = cursor
         order = self._shard_order(epoch)[group * self.shards_per_chunk : (group + 1) * self.shards_per_chunk]
         ids = [self.shard_ids[i] for i in order]
@@ -410,8 +641,12 @@ class StoreSource(ChunkedSource):
         spans: dict[int, tuple[int, int]] = {}
         row = 0
         records = [self.store.shards[i] for i in ids]
+
+        def load(record):  # own buffers: the kept chunk may be views of them
+            return tensor_views(self.store.read_shard(record, verify=self.verify), self._blocks)
+
         with ThreadPoolExecutor(max_workers=min(self.read_threads, len(records))) as pool:  # read + sha256 in parallel
-            loaded = list(pool.map(lambda r: self.store.load_shard(r, self._blocks), records))
+            loaded = list(pool.map(load, records))
         for i, record, tensors in zip(ids, records, loaded):
             for b in self._blocks:
                 parts[b].append(select_tokens(tensors[b], self.step, self.half).to(self.device or "cpu"))
@@ -426,12 +661,12 @@ class StoreSource(ChunkedSource):
     def _prepared(self, cursor):
         """The group's rows gathered straight into their permuted order: each shard's tokens are
         scattered to their places (one copy from the file's bytes), no concatenation first.
+        Shards come from the read-ahead (read and checked by other threads); each one's buffer
+        is given back as soon as its rows are copied out.
         A store of one group keeps its rows in file order (reread never) and gathers per epoch."""
         if self.n_groups == 1:
             return super()._prepared(cursor)
-        epoch, group = cursor
-        order = self._shard_order(epoch)[group * self.shards_per_chunk : (group + 1) * self.shards_per_chunk]
-        records = [self.store.shards[self.shard_ids[i]] for i in order]
+        records = self._group_records(cursor)
         sizes = [(r["stop"] - r["start"]) * self.per_image for r in records]
         n = sum(sizes)
         perm = super()._order(cursor, n)  # output row p holds concatenated row perm[p]
@@ -441,19 +676,25 @@ class StoreSource(ChunkedSource):
             dest[perm] = torch.arange(n)  # concatenated row r goes to output row dest[r]
         device = self.device or torch.device("cpu")
         out: dict[str, torch.Tensor] = {}
-        with ThreadPoolExecutor(max_workers=min(self.read_threads, len(records))) as pool:  # read + sha256 in parallel
-            loaded = pool.map(lambda r: self.store.load_shard(r, self._blocks), records)
-            lo = 0
-            for size, tensors in zip(sizes, loaded):
+        reader = self._reader()
+        lo = 0
+        for j, size in enumerate(sizes):
+            buf, data = reader.take((*cursor, j), lambda: self._stream(cursor))
+            try:
+                tensors = tensor_views(data, self._blocks)
                 for b in self._blocks:
                     rows = select_tokens(tensors[b], self.step, self.half)  # [size, C] view of the file's bytes
                     if b not in out:
                         out[b] = torch.empty((n, rows.shape[1]), dtype=rows.dtype, device=device)
+                    # both copies are synchronous (the host-to-GPU one included): the buffer is free after them
                     if dest is None:
                         out[b][lo : lo + size].copy_(rows)
                     else:
                         out[b].index_copy_(0, dest[lo : lo + size].to(device), rows.to(device))
-                lo += size
+            finally:
+                tensors = rows = None
+                self._buffers.put(buf)
+            lo += size
         return out, n
 
     def _order(self, cursor: tuple[int, ...], n: int) -> torch.Tensor | None:

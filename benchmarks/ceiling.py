@@ -5,12 +5,15 @@
 PART is one of
   disk      the disk's own write bandwidth (fsync'd, 1 and --writers threads) and read-back
   generate  plain generation (`generate`, the pipeline) against the direct UNet loop
-            (`repro.direct.DirectSampler`), no hooks, images/s
+            (`repro.direct.DirectSampler`), alone and with the text prepared one batch ahead
+            (what collection runs), no hooks, images/s; `prepare` and `run` timed apart; the
+            host syncs per batch of each path (torch.profiler)
   collect   collection into a store: pipeline + 1 writer thread ("before") against the direct
             loop + `--writers` threads ("after"); the two stores' shards are compared by sha256
   stream    streaming: generation only, then into one SAE per block (d = block width,
             4x features, k 10), sequential ("before") and overlapped ("after":
-            direct loop, prefetching generation thread, SAE side stream)
+            direct loop, prefetching generation thread, SAE side stream, SAE steps replayed
+            from CUDA graphs; once more with eager SAE steps)
   read      reading a store as shuffled token batches, tokens/s per block: one reader thread
             without prefetch ("before") against parallel reads + prefetch ("after"), on the
             CPU and gathered on the GPU (--read-store, default: the `collect` part's store)
@@ -105,8 +108,59 @@ def generate_part(args, pipe, prompts) -> dict:
         for lo in range(0, n, bs):
             sampler.latents(prompts[lo : lo + bs], seeds_for(lo, min(lo + bs, n)))
 
-    a, b = _timed(plain), _timed(direct)
-    return {"plain_generation": {"images_per_s": n / a}, "direct_generation": {"images_per_s": n / b}}
+    def specs():
+        return ((lo, prompts[lo : lo + bs], seeds_for(lo, min(lo + bs, n))) for lo in range(0, n, bs))
+
+    def prefetched():  # what collection runs: text encoded one batch ahead in a background thread
+        for _, prep in sampler.prepared(specs()):
+            sampler.run(prep)
+
+    a, b, c = _timed(plain), _timed(direct), _timed(prefetched)
+    return {"plain_generation": {"images_per_s": n / a}, "direct_generation": {"images_per_s": n / b},
+            "direct_prefetched_generation": {"images_per_s": n / c},
+            "phases": _phases(sampler, prompts, bs), "host_syncs": _host_syncs(pipe, sampler, prompts, bs)}
+
+
+def _phases(sampler, prompts, bs: int, repeats: int = 4) -> dict:
+    """Seconds per batch of `prepare` (tokenise, both text towers, initial noise) and `run`
+    (the denoising loop), each timed alone with the GPU drained around it."""
+    from repro.prompts import seeds_for
+
+    prep_s, run_s = [], []
+    for i in range(repeats):
+        lo = i * bs
+        _sync()
+        t0 = time.perf_counter()
+        prep = sampler.prepare(prompts[lo : lo + bs], seeds_for(lo, lo + bs))
+        _sync()
+        t1 = time.perf_counter()
+        sampler.run(prep)
+        _sync()
+        prep_s.append(t1 - t0)
+        run_s.append(time.perf_counter() - t1)
+    return {"prepare_ms_per_batch": 1e3 * min(prep_s), "run_ms_per_batch": 1e3 * min(run_s), "batch": bs}
+
+
+def _host_syncs(pipe, sampler, prompts, bs: int) -> dict:
+    """CUDA runtime calls that make the host wait (stream/device/event synchronise, blocking
+    copies), per batch, for the pipeline and for the direct loop (profiled over 2 batches)."""
+    if not torch.cuda.is_available():
+        return {}
+    from torch.profiler import ProfilerActivity, profile
+
+    from repro.generate import Sampling, generate
+    from repro.prompts import seeds_for
+
+    def count(fn) -> dict:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for lo in (0, bs):
+                fn(prompts[lo : lo + bs], seeds_for(lo, lo + bs))
+            _sync()
+        names = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+        return {e.key: e.count / 2 for e in prof.key_averages() if e.key.startswith(names) and e.count}
+
+    return {"pipeline": count(lambda p, s: generate(pipe, p, s, Sampling(), output="latent")),
+            "direct": count(sampler.latents)}
 
 
 def _store_digest(folder: Path) -> list[str]:
@@ -152,11 +206,12 @@ def stream_part(args, pipe) -> dict:
         for _ in source(**kw):
             pass
 
-    def train(side: bool, **kw):
+    def train(side: bool, graph: bool = True, **kw):
         saes = {b: TopKSAE(SAEConfig(d_model=w, n_features=4 * w, k=min(10, w // 4), k_aux=min(256, 2 * w)), seed=0)
                 for b, w in widths.items()}
         cfg = TrainConfig(steps=10**9, device=str(pipe.device), checkpoint_every=0, progress=False, log_every=10**6,
-                          geometric_median_samples=min(4096, args.token_batch), side_stream=side)
+                          geometric_median_samples=min(4096, args.token_batch), side_stream=side,
+                          cuda_graph=graph)
         return train_saes(saes, source(**kw), cfg)
 
     out = {}
@@ -164,6 +219,10 @@ def stream_part(args, pipe) -> dict:
         out[f"stream_only_{name}"] = {"images_per_s": n / _timed(lambda: only(**kw)), **kw}
     for name, side, kw in (("before", False, dict()), ("after", True, dict(engine="direct", prefetch=1))):
         out[f"stream_training_{name}"] = {"images_per_s": n / _timed(lambda: train(side, **kw)), "side_stream": side, **kw}
+    # the same "after" with the SAE steps launched eagerly: what the CUDA graphs bring
+    out["stream_training_after_eager_steps"] = {
+        "images_per_s": n / _timed(lambda: train(True, graph=False, engine="direct", prefetch=1)),
+        "side_stream": True, "cuda_graph": False}
     return out
 
 

@@ -38,15 +38,18 @@ export PYTHONPATH=src:$site${PYTHONPATH:+:$PYTHONPATH}
 if [ $dry = 1 ]; then
   sae="--device cpu --d-model 64 --k 4 --k-aux 16 --batch-size 64 --steps 2 --warmup 1 --n-features 256 512 1024"
   step sae_fast 60 $PY benchmarks/sae_speed.py $sae --impl fast --out "$out/sae_fast.json"
-  step sae_reference 60 $PY benchmarks/sae_speed.py $sae --impl reference --out "$out/sae_reference.json"
+  step sae_reference 60 $PY benchmarks/sae_speed.py $sae --impl reference --profile --out "$out/sae_reference.json"
+  step sae_graph 60 $PY benchmarks/sae_speed.py $sae --impl reference --graph --out "$out/sae_graph.json"
   step sparsify 60 $PY -c "import sys, os; assert os.path.isdir('$site/sparsify'), 'sparsify not installed'; print('sparsify bench needs CUDA: installed only')"
   step calibrate 30 $PY -c "print('gpu_calibrate.py needs CUDA: skipped on the dry run')"
   step unet 120 $PY benchmarks/unet_speed.py --model tiny-random --device cpu --batch-sizes 2 --iters 1 --out "$out/unet.json"
   step ceiling 300 $PY benchmarks/ceiling.py all --cpu-dry-run --workdir "$out/work" --out "$out/ceiling.json"
 else
   sae="--n-features 5120 20480 81920 --steps 50 --warmup 5"
-  step sae_fast 75 $PY benchmarks/sae_speed.py $sae --impl fast --out "$out/sae_fast.json"
-  step sae_reference 75 $PY benchmarks/sae_speed.py $sae --impl reference --out "$out/sae_reference.json"
+  step cuda_tests 120 $PY -m pytest -q -p no:cacheprovider tests/test_sae_graphed.py tests/test_store_fast.py
+  step sae_fast 75 $PY benchmarks/sae_speed.py $sae --impl fast --profile --out "$out/sae_fast.json"
+  step sae_reference 75 $PY benchmarks/sae_speed.py $sae --impl reference --profile --out "$out/sae_reference.json"
+  step sae_graph 75 $PY benchmarks/sae_speed.py $sae --impl reference --graph --profile --out "$out/sae_graph.json"
   step sparsify 75 sh -c "$PY benchmarks/peer/sparsify_step_bench.py '$site' 5120 20480 81920 > '$out/sparsify.json'"
   step calibrate 90 $PY benchmarks/peer/gpu_calibrate.py          # writes $OUT/calib.json
   step unet 75 $PY benchmarks/unet_speed.py --model standin-sdxl-turbo --batch-sizes 32 64 --out "$out/unet.json"

@@ -23,6 +23,7 @@ import torch
 from repro.devices import pick_device
 from repro.io import provenance, write_json_atomic
 from repro.sae.config import SAEConfig
+from repro.sae.graphed import GraphedStep
 from repro.sae.model import TopKSAE
 from repro.sae.step import make_optimizer, resolve_compute_dtype, train_step
 
@@ -39,6 +40,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="compute dtype")
     p.add_argument("--impl", default="fast", choices=["fast", "reference"])
+    p.add_argument("--graph", action="store_true", help="replay the step from a CUDA graph (repro.sae.graphed)")
+    p.add_argument("--profile", action="store_true", help="also record 10 steps with torch.profiler: GPU busy time "
+                   "per step and the kernels that take it")
     p.add_argument("--dead-frac", type=float, default=0.1, help="fraction of latents forced dead (AuxK active)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write results as JSON here")
@@ -54,24 +58,61 @@ def bench_one(args: argparse.Namespace, n: int, device: torch.device, cdt: torch
     """Time `args.steps` steps at `n` features; returns tokens/s and the last loss."""
     cfg = SAEConfig(d_model=args.d_model, n_features=n, k=args.k, k_aux=args.k_aux)
     sae = TopKSAE(cfg, seed=args.seed, device=device)
-    opt = make_optimizer(sae)
+    opt = make_optimizer(sae, capturable=args.graph)
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     xs = [torch.randn(args.batch_size, args.d_model, generator=gen).to(device) for _ in range(8)]
     dead = (torch.rand(n, generator=gen) < args.dead_frac).to(device)
+    if args.graph:
+        step = GraphedStep(sae, opt, impl=args.impl, compute_dtype=cdt, force_dead=dead)
+    else:
+        step = lambda x: train_step(sae, opt, x, impl=args.impl, compute_dtype=cdt, force_dead=dead)  # noqa: E731
+    losses = []
     for i in range(args.warmup):
-        train_step(sae, opt, xs[i % 8], impl=args.impl, compute_dtype=cdt, force_dead=dead)
+        losses.append(step(xs[i % 8]).loss.detach().clone())
     _sync(device)
     t0 = time.perf_counter()
     for i in range(args.steps):
-        out = train_step(sae, opt, xs[i % 8], impl=args.impl, compute_dtype=cdt, force_dead=dead)
+        out = step(xs[i % 8])
     _sync(device)
     seconds = time.perf_counter() - t0
-    return {
+    row = {
         "n_features": n,
         "tokens_per_s": args.steps * args.batch_size / seconds,
         "ms_per_step": 1e3 * seconds / args.steps,
         "last_loss": out.loss.item(),
+        "warmup_losses": [float(v) for v in losses],
         "dead_latents": int(dead.sum()),
+        "graph": bool(args.graph and getattr(step, "graph", None) is not None),
+    }
+    if args.profile:
+        row["profile"] = profile_steps(step, xs, device)
+    return row
+
+
+def profile_steps(step, xs, device: torch.device, n: int = 10, top: int = 12) -> dict:
+    """`n` steps under torch.profiler: wall ms per step, summed kernel ms per step, the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    t0 = time.perf_counter()
+    with profile(activities=acts) as prof:
+        for i in range(n):
+            step(xs[i % len(xs)])
+        _sync(device)
+    wall = (time.perf_counter() - t0) / n
+    events = prof.key_averages()
+    attr = "device_time_total" if hasattr(events[0], "device_time_total") else "cuda_time_total"
+    kernels = [e for e in events if getattr(e, attr, 0) > 0 and e.key and not e.key.startswith(("aten::", "cuda", "Memcpy"))]
+    kernels.sort(key=lambda e: getattr(e, attr), reverse=True)
+    gpu_us = sum(getattr(e, attr) for e in kernels)
+    return {
+        "steps": n,
+        "wall_ms_per_step": round(1e3 * wall, 3),
+        "kernel_ms_per_step": round(gpu_us / 1e3 / n, 3),
+        "kernel_launches_per_step": round(sum(e.count for e in kernels) / n, 1),
+        "top_kernels": [{"name": e.key[:120], "ms_per_step": round(getattr(e, attr) / 1e3 / n, 4),
+                         "calls_per_step": e.count / n} for e in kernels[:top]],
     }
 
 

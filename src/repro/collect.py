@@ -32,7 +32,7 @@ import torch
 
 from repro.blocks import resolve_blocks
 from repro.errors import ReproError
-from repro.direct import DirectSampler
+from repro.direct import DirectSampler, Prepared
 from repro.generate import Sampling, decode_latents, generate
 from repro.hooks import capture_updates
 from repro.prompts import PromptSource, open_prompts, prompts_digest, seeds_for
@@ -116,13 +116,17 @@ def capture_batch(
     sampling: Sampling,
     dtype: torch.dtype,
     sampler: DirectSampler | None = None,
+    prepared: Prepared | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Generate one batch and return ({block: [B, steps, halves, H*W, C]} on the pipe's
     device in `dtype`, final latents [B, 4, h, w]). `sampler` (a `DirectSampler` of the
-    same sampling) calls the UNet directly instead of the pipeline: same numbers."""
+    same sampling) calls the UNet directly instead of the pipeline: same numbers;
+    `prepared` is its `prepare(prompts, seeds)`, done ahead."""
     with capture_updates(pipe.unet, blocks, cfg=sampling.cfg, dtype=dtype) as cap:
         if sampler is None:
             latents = generate(pipe, prompts, seeds, sampling, output="latent")
+        elif prepared is not None:
+            latents = sampler.run(prepared)
         else:
             latents = sampler.latents(prompts, seeds)
     out = {}
@@ -214,32 +218,45 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
         buffers = _ShardBuffers(pipe.device)
         pool = ThreadPoolExecutor(max_workers=cfg.writers, thread_name_prefix="store-writer")
         pending: deque[Future] = deque()
-        try:
+
+        def shards_to_make():  # (index, start, stop, prompts, digest) of this rank's missing shards, lazily
             for index, (start, stop) in enumerate(ranges):
-                if not mine[index]:
-                    continue
-                prompts = source.get(start, stop)  # per shard: generated prompts are made lazily
-                digest = prompts_digest(prompts)
-                if writer.has_shard(index, start, stop, digest):
-                    continue
-                host: dict[str, torch.Tensor] | None = None
-                nonfinite: list[torch.Tensor] = []
-                imgs = []
-                for lo in range(start, stop, cfg.batch_size):  # batches fixed by global index
+                if mine[index]:
+                    prompts = source.get(start, stop)  # per shard: generated prompts are made lazily
+                    digest = prompts_digest(prompts)
+                    if not writer.has_shard(index, start, stop, digest):
+                        yield index, start, stop, prompts, digest
+
+        def batches():  # ((shard, lo, hi), prompts, seeds): batches fixed by global index
+            for shard in shards_to_make():
+                _, start, stop, prompts, _ = shard
+                for lo in range(start, stop, cfg.batch_size):
                     hi = min(lo + cfg.batch_size, stop)
-                    updates, latents = capture_batch(
-                        pipe, prompts[lo - start : hi - start], seeds_for(lo, hi, cfg.seed), blocks, sampling, dtype,
-                        sampler,
-                    )
-                    updates[LATENTS] = latents.float()
-                    if host is None:
-                        host = buffers.take(updates, cfg.shard_size)
-                    for name, t in updates.items():  # [B, ...] into rows lo..hi of the shard, async on CUDA
-                        host[name][lo - start : hi - start].copy_(t, non_blocking=True)
-                    nonfinite.append(torch.stack([(~torch.isfinite(updates[b])).sum() for b in blocks]))
-                    if cfg.store_images:
-                        imgs.append(torch.from_numpy(decode_latents(pipe, latents)))
-                    bar.update(hi - lo)
+                    yield (shard, lo, hi), prompts[lo - start : hi - start], seeds_for(lo, hi, cfg.seed)
+
+        # the direct sampler encodes the next batch's text in a background thread meanwhile
+        work = sampler.prepared(batches()) if sampler is not None else ((tag, None) for tag, _, _ in batches())
+        host: dict[str, torch.Tensor] | None = None
+        nonfinite: list[torch.Tensor] = []
+        imgs = []
+        try:
+            for (shard, lo, hi), prep in work:
+                index, start, stop, prompts, digest = shard
+                updates, latents = capture_batch(
+                    pipe, prompts[lo - start : hi - start], seeds_for(lo, hi, cfg.seed), blocks, sampling, dtype,
+                    sampler, prep,
+                )
+                updates[LATENTS] = latents.float()
+                if host is None:
+                    host = buffers.take(updates, cfg.shard_size)
+                for name, t in updates.items():  # [B, ...] into rows lo..hi of the shard, async on CUDA
+                    host[name][lo - start : hi - start].copy_(t, non_blocking=True)
+                nonfinite.append(torch.stack([(~torch.isfinite(updates[b])).sum() for b in blocks]))
+                if cfg.store_images:
+                    imgs.append(torch.from_numpy(decode_latents(pipe, latents)))
+                bar.update(hi - lo)
+                if hi < stop:
+                    continue
                 n = stop - start
                 tensors = {b: host[b][:n] for b in blocks}
                 counts = buffers.counts(torch.stack(nonfinite).sum(0))
@@ -253,6 +270,7 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
                     seeds_for(start, stop, cfg.seed), tensors, host[LATENTS][:n], torch.cat(imgs) if imgs else None,
                     digest, {"device": device},
                 ))
+                host, nonfinite, imgs = None, [], []  # the writer owns this shard's buffers now
             while pending:
                 pending.popleft().result()
         finally:
@@ -438,10 +456,13 @@ class StreamSource(ChunkedSource):
             hi = min(hi, self.start + self.n_prompts)
         prompts = self.source.get(lo, hi)
         parts: dict[str, list[torch.Tensor]] = {b: [] for b in self._blocks}
-        for a in range(lo, hi, self.gen_batch_size):  # batches fixed by global index within the chunk
-            b_ = min(a + self.gen_batch_size, hi)
+        specs = [((a, min(a + self.gen_batch_size, hi)), prompts[a - lo : min(a + self.gen_batch_size, hi) - lo],
+                  seeds_for(a, min(a + self.gen_batch_size, hi), self.image_seed))
+                 for a in range(lo, hi, self.gen_batch_size)]  # batches fixed by global index within the chunk
+        work = self.sampler.prepared(specs) if self.sampler is not None else ((tag, None) for tag, _, _ in specs)
+        for (a, b_), prep in work:
             updates, _ = capture_batch(self.pipe, prompts[a - lo : b_ - lo], seeds_for(a, b_, self.image_seed),
-                                       self._blocks, self.sampling, self.dtype, self.sampler)
+                                       self._blocks, self.sampling, self.dtype, self.sampler, prep)
             for b in self._blocks:
                 parts[b].append(select_tokens(updates[b], self.step, self.half))
             self.images_generated += b_ - a

@@ -110,6 +110,11 @@ class TrainConfig:
     """Batches of a pass after training that measure per-feature statistics (0: skip)."""
     progress: bool = True
     """Show a tqdm progress bar."""
+    cuda_graph: bool = True
+    """On CUDA, replay each SAE's step from a CUDA graph after 3 eager steps (`sae.graphed`): one
+    launch per step instead of ~150. Only the dense `reference` loss is capturable (the sparse
+    one reads its dead-latent count on the host); other impls, the CPU and a custom `step_fn`
+    run eagerly. The same kernels run either way."""
     side_stream: bool = False
     """On CUDA, run the SAE steps on their own CUDA stream, so that they overlap with work the
     batch source queues on another (a `StreamSource` generating with `prefetch=1`); the

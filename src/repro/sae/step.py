@@ -32,13 +32,18 @@ def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def make_optimizer(
-    sae: TopKSAE, lr: float = 1e-4, eps: float = 6.25e-10, betas: tuple[float, float] = (0.9, 0.999)
+    sae: TopKSAE, lr: float = 1e-4, eps: float = 6.25e-10, betas: tuple[float, float] = (0.9, 0.999),
+    *, capturable: bool = False,
 ) -> torch.optim.Adam:
-    """Adam over the SAE's float32 master weights (fused kernel on CUDA; the deterministic loop on CPU)."""
+    """Adam over the SAE's float32 master weights (fused kernel on CUDA; the deterministic loop on CPU).
+
+    `capturable` (CUDA only) keeps Adam's step count on the GPU, so a CUDA graph can replay the
+    update (`repro.sae.graphed.GraphedStep`)."""
     for name, p in sae.named_parameters():
         if p.dtype != torch.float32:
             raise ReproError(f"SAE parameter {name} is {p.dtype}; training needs float32 master weights: call sae.float()")
-    return torch.optim.Adam(sae.parameters(), lr=lr, eps=eps, betas=betas, fused=sae.device.type == "cuda")
+    cuda = sae.device.type == "cuda"
+    return torch.optim.Adam(sae.parameters(), lr=lr, eps=eps, betas=betas, fused=cuda, capturable=capturable and cuda)
 
 
 def train_step(

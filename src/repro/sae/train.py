@@ -33,6 +33,7 @@ from repro.meter import add_sae_training
 from repro.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from repro.sae.config import TrainConfig, scaled_lr
 from repro.sae.geometric_median import geometric_median
+from repro.sae.graphed import GraphedStep, graph_capturable
 from repro.sae.io import save_sae
 from repro.sae.model import TopKSAE
 from repro.sae.sources import BatchSource
@@ -170,7 +171,9 @@ def train_saes(
         sae.to(device=device, dtype=torch.float32)
         sae.metadata["block"] = block
     lrs = {block: training_lr(cfg, sae) for block, sae in saes.items()}
-    opts = {block: make_optimizer(sae, lrs[block], cfg.adam_eps, cfg.adam_betas) for block, sae in saes.items()}
+    graphed = cfg.cuda_graph and step_fn is None and graph_capturable(impl, device)
+    opts = {block: make_optimizer(sae, lrs[block], cfg.adam_eps, cfg.adam_betas, capturable=graphed)
+            for block, sae in saes.items()}
     step, tokens, skipped = 0, 0, {block: 0 for block in saes}
     metrics_path = out / METRICS_FILE if out else None
 
@@ -187,6 +190,9 @@ def train_saes(
         if cfg.init_b_pre:
             init_b_pre(saes, source, cfg.geometric_median_samples)
 
+    if graphed:  # built after the checkpoint is loaded: a graph keeps the tensors it was captured with
+        steps = {id(sae): GraphedStep(sae, opts[block], impl=impl, compute_dtype=cdt) for block, sae in saes.items()}
+        step_fn = lambda sae, opt, x, **_: steps[id(sae)](x)  # noqa: E731
     last: dict[str, dict[str, float]] = {}
     acc = {block: torch.zeros(len(METRIC_NAMES), device=device) for block in saes}
     n_acc = {block: 0 for block in saes}

@@ -1,0 +1,73 @@
+"""`GraphedStep`: a CUDA-graph replay of the SAE step gives the eager step's numbers.
+
+The graph itself needs a GPU (the CUDA test runs on the device machine: `pytest
+tests/test_sae_graphed.py`); on the CPU the wrapper must be the plain eager step.
+"""
+
+import pytest
+import torch
+
+from repro.sae.config import SAEConfig
+from repro.sae.graphed import GraphedStep, graph_capturable
+from repro.sae.model import TopKSAE
+from repro.sae.step import make_optimizer, train_step
+
+CFG = SAEConfig(d_model=32, n_features=128, k=4, k_aux=16)
+
+
+def _batches(n: int, device, seed: int = 0) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(64, CFG.d_model, generator=gen).to(device) for _ in range(n)]
+
+
+def _train(device, graphed: bool, impl: str = "reference", steps: int = 8, dead_every: int = 3):
+    sae = TopKSAE(CFG, seed=1, device=device)
+    opt = make_optimizer(sae, 1e-3, capturable=graphed)
+    dead = (torch.arange(CFG.n_features, device=device) % dead_every == 0)  # AuxK on
+    cdt = torch.float32
+    step = (GraphedStep(sae, opt, impl=impl, compute_dtype=cdt, force_dead=dead, warmup=2) if graphed else
+            (lambda x: train_step(sae, opt, x, impl=impl, compute_dtype=cdt, force_dead=dead)))
+    losses = [step(x).loss.detach().clone() for x in _batches(steps, device)]
+    return sae, torch.stack(losses), step
+
+
+def test_on_the_cpu_it_is_the_eager_step():
+    assert not graph_capturable("reference", torch.device("cpu"))
+    sae_g, loss_g, step = _train("cpu", graphed=True)
+    sae_e, loss_e, _ = _train("cpu", graphed=False)
+    assert step.graph is None
+    assert torch.equal(loss_g, loss_e)
+    for a, b in zip(sae_g.state_dict().values(), sae_e.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_the_sparse_loss_is_never_captured():
+    assert not graph_capturable("fast", torch.device("cuda"))
+    assert graph_capturable("reference", torch.device("cuda"))
+
+
+def test_a_non_capturable_adam_is_refused_on_cuda(monkeypatch):
+    sae = TopKSAE(CFG, seed=1)
+    monkeypatch.setattr("repro.sae.graphed.graph_capturable", lambda impl, device: True)
+    with pytest.raises(ValueError, match="capturable=True"):
+        GraphedStep(sae, make_optimizer(sae), impl="reference", compute_dtype=torch.float32)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_replayed_steps_match_the_eager_steps_on_cuda():
+    sae_g, loss_g, step = _train("cuda", graphed=True, steps=12)
+    sae_e, loss_e, _ = _train("cuda", graphed=False, steps=12)
+    assert step.graph is not None  # steps 3..12 were replays
+    torch.testing.assert_close(loss_g, loss_e, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(sae_g.state_dict().items(), sae_e.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_a_batch_of_another_shape_runs_eagerly_after_the_graph_on_cuda():
+    sae, _, step = _train("cuda", graphed=True, steps=5)
+    before = sae.W_dec.detach().clone()
+    out = step(torch.randn(10, CFG.d_model, device="cuda"))
+    assert out.x_hat.shape == (10, CFG.d_model) and not torch.equal(before, sae.W_dec)
+    again = step(torch.randn(64, CFG.d_model, device="cuda"))  # back on the graph
+    assert again is step.out

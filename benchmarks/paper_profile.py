@@ -11,6 +11,14 @@ figure count and the `resources` that the chapter's `results/<name>.json` record
 (`repro.meter`: images/s, SAE tokens/s, peak GPU and host memory) to
 OUTDIR/paper_profile.json, so a run cut short keeps what it measured.
 
+`--defaults NAME ...` runs those chapters at their notebook's default counts instead (issue
+#17 asks `04_evaluate` to finish at its defaults within 10 minutes and 32 GB of host memory);
+`--skip-done` leaves out chapters that OUTDIR/paper_profile.json already records as ok (a
+second device call resumes). Every chapter's host memory is also measured from outside:
+the peak of the kernel's RSS sampled every 0.2 s (`peak_rss_sampled_gib`, kept even when the
+chapter is killed by a time limit: SIGTERM stops the kernel and records the chapter as
+timed out) and, once the kernel has exited, its `ru_maxrss` (`peak_rss_children_gib`).
+
 `report` turns one or more such files into the markdown table, with the full-scale
 projection (1.5M prompts, 93,750 SAE steps of 4096 tokens) computed from the rates.
 """
@@ -21,7 +29,10 @@ import argparse
 import json
 import os
 import platform
+import resource
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +59,38 @@ def _figures(notebook: Path) -> int:
     return sum("image/png" in out.get("data", {}) for cell in nb["cells"] for out in cell.get("outputs", []))
 
 
+class _RssSampler(threading.Thread):
+    """Peak RSS of this process's children (the chapter's kernel and anything it starts), sampled."""
+
+    def __init__(self, period: float = 0.2):
+        super().__init__(daemon=True)
+        self.period, self.peak, self.stop = period, 0, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while not self.stop.is_set():
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            self.stop.wait(self.period)
+
+
+def _kill_children() -> None:
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.Error:
+            pass
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -64,14 +107,43 @@ def run(args: argparse.Namespace) -> int:
         "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
         "diffusers": __import__("diffusers").__version__, "profile": args.profile,
     }
-    record["command"] = "python benchmarks/paper_profile.py run " + " ".join(sys.argv[2:])
-    for name in args.chapters:
-        params = {"profile": args.profile, **CHAPTER_PARAMETERS[name]}
+    record.setdefault("commands", []).append("python benchmarks/paper_profile.py run " + " ".join(sys.argv[2:]))
+    record["command"] = " && ".join(record["commands"])
+    chapters = list(dict.fromkeys(args.chapters + args.defaults))
+    chapters.sort(key=list(CHAPTER_PARAMETERS).index)
+
+    def save() -> None:
+        record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+    current: dict = {}
+
+    def on_term(signum, frame):  # a time limit: stop the kernel, keep what was measured
+        _kill_children()
+        if current:
+            entry, sampler, started = current["entry"], current["sampler"], current["started"]
+            entry.update(ok=False, error=f"stopped by signal {signum} (time limit) after "
+                         f"{time.perf_counter() - started:.0f} s", timed_out=True,
+                         wall_s=round(time.perf_counter() - started, 1),
+                         peak_rss_sampled_gib=round(sampler.peak / 2**30, 2))
+            record["chapters"][current["name"]] = entry
+            save()
+        sys.exit(124)
+
+    signal.signal(signal.SIGTERM, on_term)
+    for name in chapters:
+        if args.skip_done and record["chapters"].get(name, {}).get("ok"):
+            print(f"== {name}: done already, skipped", flush=True)
+            continue
+        at_defaults = name in args.defaults
+        params = {"profile": args.profile, **({} if at_defaults else CHAPTER_PARAMETERS[name])}
         if args.overrides:
             params["overrides"] = json.loads(args.overrides)
-        print(f"== {name} {params}", flush=True)
+        print(f"== {name} {params}{' (default counts)' if at_defaults else ''}", flush=True)
         started = time.perf_counter()
-        entry: dict = {"parameters": params}
+        entry: dict = {"parameters": params, "default_counts": at_defaults}
+        sampler = _RssSampler()
+        sampler.start()
+        current.update(name=name, entry=entry, sampler=sampler, started=started)
         try:
             executed = run_notebook(name, params, output=out / "chapters" / f"{name}.ipynb")
             entry["ok"] = True
@@ -84,10 +156,16 @@ def run(args: argparse.Namespace) -> int:
         except ReproError as exc:
             entry["ok"] = False
             entry["error"] = str(exc)
+        sampler.stop.set()
+        sampler.join()
+        current.clear()
         entry["wall_s"] = round(time.perf_counter() - started, 1)
+        entry["peak_rss_sampled_gib"] = round(sampler.peak / 2**30, 2)
+        # ru_maxrss of the largest child waited for so far (the kernels: this one, if it is the largest yet)
+        entry["peak_rss_children_gib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 2**30, 2)
         record["chapters"][name] = entry
-        record_path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        print(f"   {name}: {'ok' if entry['ok'] else 'FAILED'} in {entry['wall_s']} s "
+        save()
+        print(f"   {name}: {'ok' if entry['ok'] else 'FAILED'} in {entry['wall_s']} s, peak RSS {entry['peak_rss_sampled_gib']} GiB "
               f"{entry.get('resources', entry.get('error'))}", flush=True)
     return 0
 
@@ -184,7 +262,11 @@ def main(argv=None) -> int:
     r.add_argument("--out", required=True)
     r.add_argument("--profile", default="standin")
     r.add_argument("--overrides", default=None, help="JSON of profile fields to change (e.g. to try it on CPU)")
-    r.add_argument("--chapters", nargs="+", default=list(CHAPTER_PARAMETERS), choices=list(CHAPTER_PARAMETERS))
+    r.add_argument("--chapters", nargs="*", default=None, choices=list(CHAPTER_PARAMETERS),
+                   help="chapters at the reduced counts of CHAPTER_PARAMETERS (default: all, unless --defaults is given)")
+    r.add_argument("--defaults", nargs="+", default=[], choices=list(CHAPTER_PARAMETERS),
+                   help="chapters to run at their notebook's default counts")
+    r.add_argument("--skip-done", action="store_true", help="leave out chapters OUTDIR/paper_profile.json records as ok")
     r.set_defaults(fn=run)
     p = sub.add_parser("report")
     p.add_argument("records", nargs="+")
@@ -192,6 +274,8 @@ def main(argv=None) -> int:
     p.add_argument("--before", default=None, help="a record of the same chapters before a change, to compare")
     p.set_defaults(fn=report)
     args = parser.parse_args(argv)
+    if args.action == "run" and args.chapters is None:
+        args.chapters = [] if args.defaults else list(CHAPTER_PARAMETERS)
     return args.fn(args)
 
 

@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# Issues #17 and #18 on the standin profile, in one or two device calls (<= 9.5 minutes each):
+#   02_collect, 03_train, 05_features at paper_profile.py's reduced counts (SAEs of 1280 x 5120,
+#   four blocks), the feature site 05 writes packed for the browser (#18), then 04_evaluate at
+#   its DEFAULT counts with its wall time and peak host memory (#17).
+#   bash benchmarks/standin_chapters.sh OUTDIR                # on the GPU machine (carry .whl .whl-nb)
+#   bash benchmarks/standin_chapters.sh OUTDIR --cpu-dry-run  # here: the same steps on the toy profile
+# Resumable: chapters recorded as done in $STATE/paper_profile.json (kept in the working copy,
+# which persists on the device between calls) are skipped, and 04 starts only when at least
+# ${MIN_04_S:-420} s of the budget are left, so the first call does 02/03/05 and the site, the
+# second call 04 (run the same command twice). Each step has its own timeout within
+# ${BUDGET_S:-560} s; a failed step does not stop the next. OUTDIR gets at most 7 files:
+# summary.json, logs.tar.xz (every log, paper_profile.json, the chapters' results/*.json, the
+# executed 04), and once: site_pack.json + site.tar.xz.part-NN (benchmarks/site_pack.py).
+set -u
+out=${1:?usage: standin_chapters.sh OUTDIR [--cpu-dry-run]}
+dry=0; [ "${2:-}" = "--cpu-dry-run" ] && dry=1
+mkdir -p "$out"; out=$(cd "$out" && pwd)
+repo=$(pwd)
+PY=${PY:-python3}
+budget=${BUDGET_S:-560}
+min04=${MIN_04_S:-420}
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [ $dry = 1 ]; then
+  PY=${PY_DRY:-.venv/bin/python}
+  state=${STATE:-$out/state}
+  # a mirror of the checkout whose results/, artifacts/, book/ and build/ are its own: the dry
+  # run must not overwrite this checkout's toy store, SAEs or book
+  root=$state/root; mkdir -p "$root"
+  for p in notebooks models src pyproject.toml _config.yml _toc.yml; do [ -e "$root/$p" ] || ln -s "$repo/$p" "$root/$p"; done
+  export REPRO_ROOT=$root
+  profile=toy
+  overrides='{"collect_prompts": 256, "sae_steps": 60, "control_steps": 20, "control_budgets": 2, "control_prompts": 8, "timing_prompts": 1, "dead_tokens": 20000}'
+  sitedir=$root/book/chapters/05_features.files
+else
+  state=${STATE:-$repo/build/standin_chapters}
+  profile=standin
+  overrides=''
+  sitedir=$repo/book/chapters/05_features.files
+fi
+mkdir -p "$state"
+call=$(date +%H%M%S)
+logs=$state/logs-$call; mkdir -p "$logs"
+rm -f "$logs/steps.tsv"
+step() {  # step NAME TIMEOUT_S CMD...: runs CMD with at most min(TIMEOUT_S, what is left of the budget)
+  local name=$1 limit=$2; shift 2
+  local left=$(( budget - SECONDS ))
+  [ "$left" -lt "$limit" ] && limit=$left
+  if [ "$limit" -le 5 ]; then echo "== $name: skipped (budget spent)"; printf '%s\tskipped\t0\n' "$name" >> "$logs/steps.tsv"; return; fi
+  local t0=$SECONDS
+  echo "== $name (<= ${limit}s): $*"
+  timeout -k 15 "$limit" "$@" > "$logs/$name.log" 2>&1
+  local rc=$?
+  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( SECONDS - t0 ))" >> "$logs/steps.tsv"
+  echo "   rc=$rc in $(( SECONDS - t0 ))s: $(tail -c 300 "$logs/$name.log" | tr '\n\r' '  ')"
+}
+done_ok() {  # done_ok CHAPTER: recorded as ok in the state's paper_profile.json
+  [ -f "$state/paper_profile.json" ] && $PY -c "import json,sys; c=json.load(open('$state/paper_profile.json'))['chapters']; sys.exit(0 if c.get('$1',{}).get('ok') else 1)" 2>/dev/null
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv; free -g; df -h /tmp .; nproc; } > "$logs/machine.txt" 2>&1
+if [ $dry = 1 ]; then
+  # The wheels are for the device's Python 3.12: install them with a 3.12 here and import the
+  # notebook stack (the chapters themselves run in this checkout's venv, which has it all).
+  P312=${PY312:-}
+  for c in python3.12 /root/.pyenv/versions/3.12*/bin/python3.12; do
+    [ -z "$P312" ] && "$c" -c pass 2>/dev/null && P312=$c
+  done
+  step setup 120 sh -c "rm -rf /tmp/standin-site312 && $P312 -m pip install -q --no-index --no-deps --no-compile --target /tmp/standin-site312 .whl/*.whl .whl-nb/*.whl && PYTHONPATH=/tmp/standin-site312 $P312 -c 'import papermill, nbclient, nbformat, jupyter_client, ipykernel, IPython, jupytext, myst_nb, ipywidgets, anywidget, docutils, jsonschema, matplotlib_inline; print(\"notebook stack imports on\", __import__(\"sys\").version)'"
+  export PYTHONPATH=$repo/src${PYTHONPATH:+:$PYTHONPATH}
+else
+  site=/tmp/standin-site
+  step setup 90 $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" .whl/*.whl .whl-nb/*.whl
+  export PYTHONPATH=$repo/src:$site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+pp=($PY benchmarks/paper_profile.py run --out "$state" --profile "$profile" --skip-done)
+[ -n "$overrides" ] && pp+=(--overrides "$overrides")
+for ch in 02_collect 03_train 05_features; do
+  if done_ok $ch; then echo "== $ch: done in an earlier call"; continue; fi
+  step "$ch" 300 "${pp[@]}" --chapters $ch
+done
+if done_ok 05_features && [ ! -f "$state/site_packed" ]; then
+  step site_pack 120 $PY benchmarks/site_pack.py "$sitedir" "$out" && [ -f "$out/site_pack.json" ] && cp "$out/site_pack.json" "$state/site_packed"
+fi
+if done_ok 04_evaluate; then echo "== 04_evaluate: done in an earlier call"
+elif [ $(( budget - SECONDS )) -ge "$min04" ]; then
+  step 04_evaluate 600 "${pp[@]}" --defaults 04_evaluate
+else
+  echo "== 04_evaluate: not started ($(( budget - SECONDS )) s left < MIN_04_S=$min04): run this command again"
+  printf '04_evaluate\tdeferred\t0\n' >> "$logs/steps.tsv"
+fi
+
+# What comes back: summary.json, logs.tar.xz (and the site parts written above)
+results=${REPRO_ROOT:-$repo}/results
+cp "$state/paper_profile.json" "$logs/" 2>/dev/null
+for ch in 02_collect 03_train 04_evaluate 05_features; do cp "$results/$ch.json" "$logs/result_$ch.json" 2>/dev/null; done
+cp "$state/chapters/04_evaluate.ipynb" "$logs/" 2>/dev/null
+cp -r ${REPRO_ROOT:-$repo}/build/logs "$logs/kernel-logs" 2>/dev/null
+tar -cJf "$out/logs.tar.xz" -C "$state" "logs-$call" 2>/dev/null || tar -czf "$out/logs.tar.gz" -C "$state" "logs-$call"
+$PY - "$out" "$logs" "$state" <<'PYEOF'
+import json, sys, pathlib
+out, logs, state = (pathlib.Path(a) for a in sys.argv[1:])
+steps = [dict(zip(("step", "rc", "seconds"), l.split("\t"))) for l in (logs / "steps.tsv").read_text().splitlines()]
+record = json.loads((state / "paper_profile.json").read_text()) if (state / "paper_profile.json").exists() else {}
+short = {name: {k: e.get(k) for k in ("ok", "default_counts", "wall_s", "peak_rss_sampled_gib", "peak_rss_children_gib",
+                                       "timed_out", "error")}
+         | {k: e.get("resources", {}).get(k) for k in ("peak_host_memory_gib", "peak_gpu_memory_gib", "peak_gpu_reserved_gib")}
+         for name, e in record.get("chapters", {}).items()}
+site = json.loads((out / "site_pack.json").read_text()) if (out / "site_pack.json").exists() else None
+json.dump({"steps": steps, "chapters": short, "site_pack": site, "files": sorted(p.name for p in out.iterdir())},
+          open(out / "summary.json", "w"), indent=1)
+print(json.dumps({"steps": steps, "chapters": short}, indent=1))
+PYEOF

@@ -16,7 +16,12 @@ PART is one of
             from CUDA graphs; once more with eager SAE steps)
   read      reading a store as shuffled token batches, tokens/s per block: one reader thread
             without prefetch ("before") against parallel reads + prefetch ("after"), on the
-            CPU and gathered on the GPU (--read-store, default: the `collect` part's store)
+            CPU and gathered on the GPU (--read-store, default: the `collect` part's store);
+            then `read_verify.suite` on a synthetic store of --read-synthetic-shards shards
+            of --shard-size images (enough shards for every read thread): the disk's
+            sequential read rate with the page cache dropped and warm, sha256 over memory
+            (1 and N threads), the reader verified and unverified (default groups and one
+            shard per group, CPU and GPU batches, and verified with the cache dropped)
   all       every part above with one model load
 
 Every timing is after one untimed warm-up batch; `--cpu-dry-run` is the same on the CPU
@@ -138,7 +143,26 @@ def _phases(sampler, prompts, bs: int, repeats: int = 4) -> dict:
         _sync()
         prep_s.append(t1 - t0)
         run_s.append(time.perf_counter() - t1)
-    return {"prepare_ms_per_batch": 1e3 * min(prep_s), "run_ms_per_batch": 1e3 * min(run_s), "batch": bs}
+    out = {"prepare_ms_per_batch": 1e3 * min(prep_s), "run_ms_per_batch": 1e3 * min(run_s), "batch": bs}
+    if torch.cuda.is_available():  # where prepare's time goes: host ops and GPU kernels
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            sampler.prepare(prompts[:bs], seeds_for(0, bs))
+            _sync()
+        ev = prof.key_averages()
+        dev = "device_time_total" if hasattr(ev[0], "device_time_total") else "cuda_time_total"
+        kernels = [e for e in ev if getattr(e, dev, 0) > 0 and not e.key.startswith(("aten::", "cuda"))
+                   and "evaluate_function" not in e.key]
+        out["prepare_profile"] = {
+            "kernel_ms": sum(getattr(e, dev) for e in kernels) / 1e3,
+            "kernels": sum(e.count for e in kernels),
+            "top_host_ops_ms": {e.key[:80]: round(e.self_cpu_time_total / 1e3, 2)
+                                for e in sorted(ev, key=lambda e: -e.self_cpu_time_total)[:12]},
+            "top_kernels_ms": {e.key[:80]: round(getattr(e, dev) / 1e3, 2)
+                               for e in sorted(kernels, key=lambda e: -getattr(e, dev))[:8]},
+        }
+    return out
 
 
 def _host_syncs(pipe, sampler, prompts, bs: int) -> dict:
@@ -184,6 +208,16 @@ def collect_part(args, pipe) -> dict:
                      "written_GBps": nbytes / seconds / 1e9}
     out["same_shards"] = _store_digest(args.workdir / "store-before") == _store_digest(args.workdir / "store-after")
     shutil.rmtree(args.workdir / "store-before", ignore_errors=True)
+    # steady state: the last shard's write is never overlapped, a fixed cost of each run; the
+    # marginal rate of twice the prompts, n / (T(2n) - T(n)), leaves such costs out
+    folder = args.workdir / "store-after-2n"
+    shutil.rmtree(folder, ignore_errors=True)
+    cfg = CollectConfig(out=folder, model=args.model, n_prompts=2 * args.n_prompts, batch_size=args.batch_size,
+                        shard_size=args.shard_size, dtype="bf16", engine="direct", writers=args.writers)
+    seconds = _timed(lambda: collect(cfg, pipe=pipe, progress=False))
+    shutil.rmtree(folder, ignore_errors=True)
+    out["after_marginal"] = {"images_per_s": args.n_prompts / (seconds - out["after"]["seconds"]),
+                             "seconds_2n": seconds, "n": args.n_prompts}
     return out
 
 
@@ -219,6 +253,14 @@ def stream_part(args, pipe) -> dict:
         out[f"stream_only_{name}"] = {"images_per_s": n / _timed(lambda: only(**kw)), **kw}
     for name, side, kw in (("before", False, dict()), ("after", True, dict(engine="direct", prefetch=1))):
         out[f"stream_training_{name}"] = {"images_per_s": n / _timed(lambda: train(side, **kw)), "side_stream": side, **kw}
+    # steady state: per-run costs (b_pre's geometric median regenerates the first chunk, graph
+    # capture, the last chunk's steps) left out by the marginal rate n / (T(2n) - T(n))
+    n_run = n
+    n = 2 * n_run
+    t2n = _timed(lambda: train(True, engine="direct", prefetch=1))
+    n = n_run
+    out["stream_training_after_marginal"] = {
+        "images_per_s": n / (t2n - n / out["stream_training_after"]["images_per_s"]), "seconds_2n": t2n, "n": n}
     # the same "after" with the SAE steps launched eagerly: what the CUDA graphs bring
     out["stream_training_after_eager_steps"] = {
         "images_per_s": n / _timed(lambda: train(True, graph=False, engine="direct", prefetch=1)),
@@ -228,9 +270,13 @@ def stream_part(args, pipe) -> dict:
 
 def read_part(args, folder: Path) -> dict:
     """Before (1 thread, no prefetch) and after, in groups of `--read-buffer-tokens`; then the
-    library's default groups (several shards read and hashed at once), with and without the
-    sha256 check of every shard - which separates the hash from the read."""
+    library's default groups, with and without the sha256 check of every shard - which
+    separates the hash from the read; then the full suite on a synthetic store with more shards
+    (`read_verify.suite`: disk, hash and reader rates, one key per measure)."""
     from repro.store import ActivationStore, StoreSource
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import read_verify
 
     out = {}
     devices = [None] + (["cuda"] if torch.cuda.is_available() else [])
@@ -251,8 +297,20 @@ def read_part(args, folder: Path) -> dict:
                     n += next(iter(b.values())).shape[0]
 
             seconds = _timed(run)
-            out[f"{name}_{device or 'cpu'}"] = {**kw, "tokens_per_s_per_block": n / seconds, "tokens": n,
+            out[f"{name}_{device or 'cpu'}"] = {**kw, "read_threads": src.read_threads, "read_ahead": src.read_ahead,
+                                                "tokens_per_s_per_block": n / seconds, "tokens": n,
                                                 "groups": src.n_groups, "verify": verify}
+    if args.read_synthetic_shards:
+        synthetic = args.workdir / "store-synthetic"
+        t0 = time.perf_counter()
+        read_verify.make_store(synthetic, args.read_synthetic_shards, args.shard_size, 16, 1280, distinct=False)
+        out["synthetic_store"] = {"shards": args.read_synthetic_shards, "images_per_shard": args.shard_size,
+                                  "blocks": "4 x 16x16x1280 bf16, 1 step", "write_s": time.perf_counter() - t0}
+        try:
+            out["suite"] = read_verify.suite(synthetic, args.token_batch, threads=args.read_threads or None,
+                                             devices=devices, log=lambda *a: print(" ", *a, flush=True))
+        finally:
+            shutil.rmtree(synthetic, ignore_errors=True)
     return out
 
 
@@ -268,6 +326,10 @@ def main(argv=None) -> dict:
     p.add_argument("--buffer-images", type=int, default=256, help="images per streamed chunk")
     p.add_argument("--read-buffer-tokens", type=int, default=1 << 16, help="tokens per block per read group (several groups: the streaming path)")
     p.add_argument("--read-store", type=Path, default=None)
+    p.add_argument("--read-synthetic-shards", type=int, default=20,
+                   help="shards of the read suite's synthetic store (0: no suite); 20 x 256 images = 13.7 GB, "
+                        "1.3M tokens per block: two default groups")
+    p.add_argument("--read-threads", type=int, default=0, help="N of the read suite's N-thread rows (0: the reader's default)")
     p.add_argument("--disk-bytes", type=int, default=4 << 30)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/ceiling"))
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny model on the CPU, small counts: checks the logic")
@@ -276,6 +338,7 @@ def main(argv=None) -> dict:
     if args.cpu_dry_run:
         args.model, args.n_prompts, args.batch_size, args.shard_size = "tiny-random", 16, 4, 8
         args.token_batch, args.buffer_images, args.disk_bytes, args.read_buffer_tokens = 256, 8, 64 << 20, 512
+        args.read_synthetic_shards = min(args.read_synthetic_shards, 4)
         torch.set_num_threads(1)
     args.workdir.mkdir(parents=True, exist_ok=True)
     from repro.io import provenance

@@ -71,3 +71,12 @@ def test_a_batch_of_another_shape_runs_eagerly_after_the_graph_on_cuda():
     assert out.x_hat.shape == (10, CFG.d_model) and not torch.equal(before, sae.W_dec)
     again = step(torch.randn(64, CFG.d_model, device="cuda"))  # back on the graph
     assert again is step.out
+
+
+def test_auto_takes_the_graphed_dense_step_on_cuda_up_to_the_measured_crossover():
+    from repro.sae.step import DENSE_MAX_FEATURES_CUDA, auto_impl
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    assert auto_impl(cuda, 5120) == auto_impl(cuda, DENSE_MAX_FEATURES_CUDA) == "reference"
+    assert auto_impl(cuda, 81920) == "fast"
+    assert auto_impl(cpu, 5120) == "fast"

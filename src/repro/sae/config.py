@@ -88,8 +88,9 @@ class TrainConfig:
     """Adam betas (PyTorch defaults, as in the original code)."""
     impl: Literal["auto", "fast", "reference"] = "auto"
     """Loss implementation: sparse "fast" path or the dense "reference" twin (same numbers);
-    "auto" takes whichever measured faster on the device (benchmarks/README.md): the dense
-    one on CUDA (cuBLAS beats the sparse gathers at these sizes), the sparse one on CPU."""
+    "auto" takes whichever measured faster on the device (`step.auto_impl`, benchmarks/README.md):
+    on CUDA the dense one, replayed from a CUDA graph, up to 32,768 features and the sparse one
+    above; the sparse one on the CPU."""
     device: str = "auto"
     """Where to train: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N."""
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"

@@ -24,6 +24,18 @@ def loss_fn(impl: str) -> Callable[..., LossOutput]:
     return LOSS_IMPLS[impl]
 
 
+# Above this many features the sparse step beats the dense one replayed from a CUDA graph on an
+# H200 (d 1280, B 4096; benchmarks/README.md, issue #17: 81,920 features 0.205M vs 0.165M
+# tokens/s; 20,480: 0.51M vs 0.57M).
+DENSE_MAX_FEATURES_CUDA = 32_768
+
+
+def auto_impl(device: torch.device, n_features: int) -> str:
+    """The loss impl `impl="auto"` trains with: the dense one (CUDA-graph capturable) on CUDA up to
+    `DENSE_MAX_FEATURES_CUDA` features, the sparse one above it and on the CPU."""
+    return "reference" if device.type == "cuda" and n_features <= DENSE_MAX_FEATURES_CUDA else "fast"
+
+
 def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:
     """"auto" -> bfloat16 on CUDA (the paper's mixed precision), float32 elsewhere."""
     if name == "auto":

@@ -38,7 +38,7 @@ from repro.sae.io import save_sae
 from repro.sae.model import TopKSAE
 from repro.sae.sources import BatchSource
 from repro.sae.stats import feature_stats
-from repro.sae.step import make_optimizer, resolve_compute_dtype, train_step
+from repro.sae.step import auto_impl, make_optimizer, resolve_compute_dtype, train_step
 
 METRICS_FILE = "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -166,7 +166,7 @@ def train_saes(
         raise ReproError("checkpoints and resume need an output folder: pass out_dir=, or set checkpoint_every=0")
     device = pick_device(cfg.device)
     cdt = resolve_compute_dtype(cfg.compute_dtype, device)
-    impl = cfg.impl if cfg.impl != "auto" else ("reference" if device.type == "cuda" else "fast")
+    impl = cfg.impl if cfg.impl != "auto" else auto_impl(device, max(sae.cfg.n_features for sae in saes.values()))
     for block, sae in saes.items():
         sae.to(device=device, dtype=torch.float32)
         sae.metadata["block"] = block

@@ -73,7 +73,10 @@ def read_file(path: Path, alloc: Callable[[int], torch.Tensor] = new_buffer,
     """
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
-        data = alloc(size)[:size]
+        buf = alloc(size)
+        if buf.numel() < size:
+            raise ValueError(f"a buffer of {buf.numel()} bytes cannot hold {path} ({size} bytes)")
+        data = buf[:size]
         view = memoryview(data.numpy())
         h = hashlib.sha256() if digest else None
         got = 0

@@ -284,6 +284,9 @@ def read_part(args, folder: Path) -> dict:
                 ("after", dict(prefetch=1), args.read_buffer_tokens, True),
                 ("after_default_groups", dict(prefetch=1), None, True),
                 ("after_default_groups_unverified", dict(prefetch=1), None, False))
+    if not (folder / "manifest.json").exists():  # `ceiling.py read` alone: only the synthetic suite
+        out["collected_store"] = f"{folder} is not a store: rows on it skipped"
+        variants = ()
     for device in devices:
         for name, kw, buffer_tokens, verify in variants:
             sized = {"buffer_tokens": buffer_tokens} if buffer_tokens else {}
@@ -329,7 +332,8 @@ def main(argv=None) -> dict:
     p.add_argument("--read-synthetic-shards", type=int, default=20,
                    help="shards of the read suite's synthetic store (0: no suite); 20 x 256 images = 13.7 GB, "
                         "1.3M tokens per block: two default groups")
-    p.add_argument("--read-threads", type=int, default=0, help="N of the read suite's N-thread rows (0: the reader's default)")
+    p.add_argument("--read-threads", type=int, default=0, help="N of the read suite's N-thread rows and its reader's read_threads (0: the reader's default, "
+                        "min(8, cores))")
     p.add_argument("--disk-bytes", type=int, default=4 << 30)
     p.add_argument("--workdir", type=Path, default=Path("/tmp/ceiling"))
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny model on the CPU, small counts: checks the logic")

@@ -194,11 +194,11 @@ def suite(folder: Path, token_batch: int, *, threads: int | None = None, devices
         for verify in (True, False):
             tag = "verified" if verify else "unverified"
             put(f"reader_{tag}_default_groups_{where}_batches",
-                reader_rate(folder, token_batch, verify=verify, device=device))
+                reader_rate(folder, token_batch, verify=verify, device=device, read_threads=threads))
             put(f"reader_{tag}_one_shard_groups_{where}_batches",
-                reader_rate(folder, token_batch, verify=verify, device=device, **one))
+                reader_rate(folder, token_batch, verify=verify, device=device, read_threads=threads, **one))
         put(f"reader_verified_default_groups_{where}_batches_cold_cache",
-            reader_rate(folder, token_batch, verify=True, device=device, cold=True))
+            reader_rate(folder, token_batch, verify=True, device=device, cold=True, read_threads=threads))
     return out
 
 
@@ -212,7 +212,8 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=2, help="best of this many runs per row")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/read_verify"))
     p.add_argument("--keep", action="store_true", help="keep the synthetic store")
-    p.add_argument("--threads", type=int, default=None, help="N of the suite's N-thread rows (default: the reader's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="N of the suite's N-thread rows and its reader's read_threads (default: the reader's default)")
     p.add_argument("--no-suite", action="store_true", help="only the rows of before (no disk/hash/reader suite)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)

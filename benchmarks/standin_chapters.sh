@@ -30,7 +30,7 @@ if [ $dry = 1 ]; then
   for p in notebooks models src pyproject.toml _config.yml _toc.yml; do [ -e "$root/$p" ] || ln -s "$repo/$p" "$root/$p"; done
   export REPRO_ROOT=$root
   profile=toy
-  overrides='{"collect_prompts": 256, "sae_steps": 60, "control_steps": 20, "control_budgets": 2, "control_prompts": 8, "timing_prompts": 1, "dead_tokens": 20000}'
+  overrides='{"collect_prompts": 256, "sae_steps": 60, "control_steps": 20, "control_budgets": 2, "control_prompts": 8, "timing_prompts": 1, "dead_tokens": 20000, "causal_features": 1, "causal_scenes": 2, "timing_scenes": 1}'
   sitedir=$root/book/chapters/05_features.files
 else
   state=${STATE:-$repo/build/standin_chapters}

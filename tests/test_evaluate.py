@@ -171,3 +171,41 @@ def test_controls_of_several_blocks_train_together_as_they_would_alone():
     for b in tokens:
         alone = control_curve(likes[b], tokens[b], [3, 12], updates[b], batch_size=128, device="cpu", lr=1e-2, n_boot=20)
         assert [c["ev_per_step"] for c in together[b]] == [pytest.approx(c["ev_per_step"], abs=1e-5) for c in alone]
+
+
+def test_streamed_transfer_equals_the_held_one(tiny_pipe):
+    """Issue 17: 04 sees the held-out updates one batch of prompts at a time (StepStream),
+    with the controls trained first (train_controls); every number is the one of the holding
+    path (capture_eval_updates + ev_per_step / overlap_per_step / control_curves)."""
+    from repro.evaluate.capture import stream_eval_updates
+    from repro.evaluate.transfer import (StepStream, control_curves, curves_from_sums, ev_per_step, overlap_per_step,
+                                         train_controls)
+
+    sampling = Sampling(steps=2, guidance=3.0)
+    blocks = ["mid.0", "up.0.0"]
+    held = capture_eval_updates(tiny_pipe, PROMPTS, SEEDS, sampling, blocks, batch_size=3)
+    widths = {b: held[b]["cond"].shape[-1] for b in blocks}
+    saes = {b: TopKSAE(SAEConfig(d_model=widths[b], n_features=3 * widths[b], k=6, k_aux=8), seed=i)
+            for i, b in enumerate(blocks)}
+    tokens = capture_token_sample(tiny_pipe, PROMPTS, SEEDS, sampling, blocks, max_tokens=10**9, batch_size=3)
+    budgets, lr = [2, 5], {"mid.0": 1e-2, "up.0.0": 3e-3}
+    for half in ("cond", "uncond"):
+        got = {b: tokens[b][half] for b in blocks}
+        ref = control_curves(saes, got, budgets, {b: held[b][half] for b in blocks}, batch_size=64, device="cpu",
+                             lr=lr, n_boot=50)
+        controls = train_controls(saes, got, budgets, batch_size=64, device="cpu", lr=lr)
+        streams = {b: StepStream({"t": saes[b], **{i: c for i, c in enumerate(controls[b])}}, overlap_of="t") for b in blocks}
+        for b, h, u in stream_eval_updates(tiny_pipe, PROMPTS, SEEDS, sampling, blocks, batch_size=3):
+            if h == half:
+                assert u.shape[1] in (3, 1)  # one batch of prompts at a time
+                streams[b].add(u)
+        for b in blocks:
+            sums = streams[b].step_sums("t")
+            assert [s.ev() for s in sums] == pytest.approx(ev_per_step(saes[b], held[b][half]), abs=1e-6)
+            assert streams[b].overlap() == pytest.approx(overlap_per_step(saes[b], held[b][half]), abs=1e-6)
+            curve = curves_from_sums(sums, [streams[b].step_sums(i) for i in range(len(budgets))], budgets, 64, n_boot=50)
+            assert [c["steps"] for c in curve] == [c["steps"] for c in ref[b]]
+            for c, r in zip(curve, ref[b]):
+                assert c["ev_per_step"] == pytest.approx(r["ev_per_step"], abs=1e-6)
+                for key in ("share", "lo", "hi", "transfer_ev", "control_ev"):
+                    assert c["share_of_ceiling"][key] == pytest.approx(r["share_of_ceiling"][key], abs=1e-6)

@@ -34,6 +34,15 @@ def capture_eval_updates(
     return {b: {h: torch.cat(v, dim=1) for h, v in hs.items()} for b, hs in parts.items()}
 
 
+def stream_eval_updates(pipe, prompts: Sequence[str], seeds: Sequence[int], sampling: Sampling,
+                        blocks: Sequence[str], batch_size: int = 16):
+    """`capture_eval_updates` one batch of images at a time, left where the UNet made them:
+    yields (block, half, updates [steps, B, H, W, C]) in the UNet's dtype, so that a caller
+    keeps only what it computes from them (`repro.evaluate.transfer.StepStream`)."""
+    for _, b, h, u in _batch_updates(pipe, prompts, seeds, sampling, blocks, batch_size):
+        yield b, h, u.permute(0, 1, 3, 4, 2).to(dtype=pipe.unet.dtype)
+
+
 def _batch_updates(pipe, prompts, seeds, sampling: Sampling, blocks, batch_size: int):
     """Generate in batches; yield (first image index, block, half, updates [steps, B, C, H, W])."""
     halves = ("cond", "uncond") if sampling.cfg else ("all",)
@@ -55,6 +64,7 @@ def capture_token_sample(
     max_tokens: int,
     batch_size: int = 16,
     seed: int = 0,
+    device: torch.device | str = "cpu",
 ) -> dict[str, dict[str, torch.Tensor]]:
     """About `max_tokens` update rows per block and half: `{block: {half: [steps, N, P, C]}}` on the CPU.
 
@@ -62,7 +72,8 @@ def capture_token_sample(
     the same P = ceil(max_tokens / (N x steps)) positions at every step, drawn by
     (`seed`, image index); with P >= H x W every position is kept, in order, which is
     exactly `capture_eval_updates`. SDXL base at 1024 px gives 1024 positions per block and
-    step: keeping all of them for 96 prompts would take ~50 GB of host memory.
+    step: keeping all of them for 96 prompts would take ~50 GB of host memory; `device`
+    (default the CPU) keeps the sample there instead, e.g. on the GPU that trains on it.
     """
     per = max(1, -(-int(max_tokens) // (len(prompts) * sampling.steps)))
     parts: dict[str, dict[str, list[torch.Tensor]]] = {b: {} for b in blocks}
@@ -74,5 +85,5 @@ def capture_token_sample(
                 for i in range(u.shape[1])
             ]).to(u.device)  # [B, P]
             u = u.gather(2, keep[None, :, :, None].expand(u.shape[0], -1, -1, u.shape[3]))
-        parts[b].setdefault(h, []).append(u.to("cpu", pipe.unet.dtype))
+        parts[b].setdefault(h, []).append(u.to(device, pipe.unet.dtype))
     return {b: {h: torch.cat(v, dim=1) for h, v in hs.items()} for b, hs in parts.items()}

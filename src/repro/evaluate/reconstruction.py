@@ -142,6 +142,12 @@ def code_overlap(sae: TopKSAE, a: torch.Tensor, b: torch.Tensor) -> float:
 
     The paper's "feature overlap" between adjacent denoising steps t and t+1.
     """
+    return float(code_cosines(sae, a, b).mean())
+
+
+@torch.no_grad()
+def code_cosines(sae: TopKSAE, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of the SAE codes of each position in `a` and `b` ([..., C] each): [rows]."""
     za = sae.encode(a.reshape(-1, a.shape[-1]).to(device=sae.device, dtype=sae.dtype)).float()
     zb = sae.encode(b.reshape(-1, b.shape[-1]).to(device=sae.device, dtype=sae.dtype)).float()
-    return float(torch.nn.functional.cosine_similarity(za, zb, dim=-1, eps=1e-12).mean())
+    return torch.nn.functional.cosine_similarity(za, zb, dim=-1, eps=1e-12)

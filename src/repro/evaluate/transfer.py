@@ -15,6 +15,7 @@ measured on the same updates.
 
 from __future__ import annotations
 
+import copy
 import tempfile
 from typing import Sequence
 
@@ -22,7 +23,7 @@ import torch
 
 import numpy as np
 
-from repro.evaluate.reconstruction import ImageSums, code_overlap, image_sums
+from repro.evaluate.reconstruction import ImageSums, code_cosines, code_overlap, image_sums
 from repro.intervals import bootstrap
 from repro.sae.config import SAEConfig, TrainConfig
 from repro.sae.model import TopKSAE
@@ -96,19 +97,36 @@ def control_curves(
     lr) trained together in one run (one batch order,
     one pass of the training loop: on a CPU several SAEs per step cost far less than one run
     each). Each control gets the same init seed and batch order it would get alone, so its
-    curve is the one `control_curve` gives it."""
+    curve is the one `control_curve` gives it.
+
+    Holds every held-out update; `train_controls` + `StepStream` + `curves_from_sums` give
+    the same curves from updates seen one batch of images at a time (`04_evaluate`)."""
+    snapshots = train_controls(likes, tokens, budgets, batch_size, seed=seed, device=device, lr=lr)
+    return {b: curves_from_sums(step_sums(likes[b], updates[b]), [step_sums(c, updates[b]) for c in snapshots[b]],
+                                budgets, batch_size, n_boot=n_boot, seed=seed)
+            for b in likes}
+
+
+def train_controls(
+    likes: dict[str, TopKSAE], tokens: dict[str, torch.Tensor], budgets: Sequence[int], batch_size: int,
+    seed: int = 0, device: str = "auto", lr: float | dict[str, float] = 1e-4,
+) -> dict[str, list[TopKSAE]]:
+    """The control SAEs of `control_curves`, trained as it trains them, without measuring them:
+    {block: [a frozen copy of the control at each budget, increasing]}.
+
+    `tokens` may be 16-bit and on the training device (the loop moves each batch there and
+    to float32): no float32 copy of the whole sample is made."""
     budgets = sorted(int(b) for b in budgets)
-    flat = {b: t.reshape(-1, t.shape[-1]).float() for b, t in tokens.items()}
+    flat = {b: t.reshape(-1, t.shape[-1]) for b, t in tokens.items()}
     lrs = lr if isinstance(lr, dict) else {b: lr for b in likes}
     groups: dict[tuple[int, float], list[str]] = {}
     for block in likes:
         groups.setdefault((flat[block].shape[0], float(lrs[block])), []).append(block)
-    curves: dict[str, list[dict]] = {}
+    snapshots: dict[str, list[TopKSAE]] = {b: [] for b in likes}
     for (rows, group_lr), group in groups.items():
         controls = {b: TopKSAE(SAEConfig(**{**likes[b].cfg.to_dict(), "d_model": flat[b].shape[-1]}), seed=seed)
                     for b in group}
         source = TensorSource({b: flat[b] for b in group}, batch_size=batch_size, seed=seed)
-        transferred = {b: step_sums(likes[b], updates[b]) for b in group}
         with tempfile.TemporaryDirectory(prefix="control-") as work:
             for budget in budgets:
                 train_cfg = TrainConfig(steps=budget, lr=group_lr, device=device, checkpoint_every=budgets[-1] + 1,
@@ -116,10 +134,52 @@ def control_curves(
                                         geometric_median_samples=min(8192, rows))
                 train_saes(controls, source, train_cfg, out_dir=work, resume=True, save_final=False)
                 for b in group:
-                    sums = step_sums(controls[b], updates[b])
-                    per_step = [s.ev() for s in sums]
-                    curves.setdefault(b, []).append({
-                        "steps": budget, "tokens": budget * batch_size, "ev_per_step": per_step,
-                        "ev": float(sum(per_step) / len(per_step)),
-                        "share_of_ceiling": share_of_ceiling(transferred[b], sums, n_boot=n_boot, seed=seed)})
-    return {b: curves[b] for b in likes}
+                    snapshots[b].append(copy.deepcopy(controls[b]).requires_grad_(False))
+    return snapshots
+
+
+def curves_from_sums(transferred: list[ImageSums], controls: list[list[ImageSums]], budgets: Sequence[int],
+                     batch_size: int, n_boot: int = 1000, seed: int = 0) -> list[dict]:
+    """One block's control curve (`control_curve`'s entries) from the `step_sums` of the
+    transferred SAE and of the control at each budget (increasing), on the same updates."""
+    curve = []
+    for budget, sums in zip(sorted(int(b) for b in budgets), controls):
+        per_step = [s.ev() for s in sums]
+        curve.append({"steps": budget, "tokens": budget * batch_size, "ev_per_step": per_step,
+                      "ev": float(sum(per_step) / len(per_step)),
+                      "share_of_ceiling": share_of_ceiling(transferred, sums, n_boot=n_boot, seed=seed)})
+    return curve
+
+
+class StepStream:
+    """`step_sums` of several SAEs and `overlap_per_step` of one, accumulated over batches of
+    images: updates [steps, B, H, W, C] are seen once (on the generation device) and only
+    per-image sums stay, so no step of a large model's held-out updates is kept.
+
+    `step_sums(name)` and `overlap()` equal `step_sums(sae, all_updates)` and
+    `overlap_per_step(sae, all_updates)` up to float rounding (batch composition)."""
+
+    def __init__(self, saes: dict[str, TopKSAE], overlap_of: str | None = None):
+        self.saes = saes
+        self.overlap_of = overlap_of
+        self._sums: dict[str, list[list[ImageSums]]] = {name: [] for name in saes}  # [name][batch][step]
+        self._cos: list[float] = []
+        self._rows = 0
+
+    @torch.no_grad()
+    def add(self, updates: torch.Tensor) -> None:
+        for name, sae in self.saes.items():
+            self._sums[name].append(step_sums(sae, updates))
+        if self.overlap_of is not None:
+            sae = self.saes[self.overlap_of]
+            cos = [float(code_cosines(sae, updates[t], updates[t + 1]).double().sum()) for t in range(updates.shape[0] - 1)]
+            self._cos = [a + b for a, b in zip(self._cos, cos)] if self._cos else cos
+            self._rows += updates[0].numel() // updates.shape[-1]
+
+    def step_sums(self, name: str) -> list[ImageSums]:
+        batches = self._sums[name]
+        return [ImageSums(**{k: torch.cat([getattr(b[t], k) for b in batches]) for k in ("x1", "x2", "e1", "e2")},
+                          positions=batches[0][t].positions) for t in range(len(batches[0]))]
+
+    def overlap(self) -> list[float]:
+        return [c / self._rows for c in self._cos]

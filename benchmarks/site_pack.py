@@ -8,7 +8,7 @@ the full site and its size) and a standalone `site/index.html` (the widget's pag
 `benchmarks/feature_pages.py` opens it), and OUTDIR/site_pack.json (what was packed).
 
 The whole site goes when its archive fits in --limit-mib. Otherwise only what opening one
-feature by its link loads, and more: the manifest, every block's index, and every page file
+feature by its link loads, and more: the manifest, every block's index and RIEBench part, and every page file
 of the block that `feature_pages.py --page ... --site ...` opens (the manifest's last block;
 its link is that block's middle live feature), with every image those pages reference and
 that block's icons and painted examples. The listing still covers the whole site.
@@ -86,7 +86,7 @@ def subset(site: Path) -> tuple[list[Path], dict]:
     block = list(manifest["blocks"])[-1]
     ids = read_part(site, f"{block}/index")["ids"]
     link = f"#{block}/{ids[len(ids) // 2]}"
-    files = {p for p in site.glob("manifest.*")} | {p for p in site.glob("*/index.*")}
+    files = {p for p in site.glob("manifest.*")} | {p for p in site.glob("*/index.*")} | {p for p in site.glob("*/riebench.*")}
     pages = sorted((site / block).glob("p*.*"))
     files |= set(pages)
     for sub in ("icon", "paint"):
@@ -115,8 +115,11 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     everything = sorted(p for p in site.rglob("*") if p.is_file() and p.name != "index.html")
     listing = {str(p.relative_to(site)): p.stat().st_size for p in everything}
+    had_page = (site / "index.html").exists()
     page = write_standalone(site, title=args.title)  # the page feature_pages.py opens (index.html)
     extra = {"listing.json": json.dumps(listing, indent=0).encode(), "index.html": Path(page).read_bytes()}
+    if not had_page:  # leave the chapter's side folder as the chapter wrote it
+        Path(page).unlink()
     record = {"site": str(args.site), "files": len(listing), "bytes": sum(listing.values()),
               "json_bytes": sum(v for k, v in listing.items() if not k.startswith("img/") and "/icon/" not in k and "/paint/" not in k),
               "image_files": sum(1 for k in listing if k.startswith("img/"))}

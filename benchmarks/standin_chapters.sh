@@ -66,7 +66,11 @@ if [ $dry = 1 ]; then
   for c in python3.12 /root/.pyenv/versions/3.12*/bin/python3.12; do
     [ -z "$P312" ] && "$c" -c pass 2>/dev/null && P312=$c
   done
-  step setup 120 sh -c "rm -rf /tmp/standin-site312 && $P312 -m pip install -q --no-index --no-deps --no-compile --target /tmp/standin-site312 .whl/*.whl .whl-nb/*.whl && PYTHONPATH=/tmp/standin-site312 $P312 -c 'import papermill, nbclient, nbformat, jupyter_client, ipykernel, IPython, jupytext, myst_nb, ipywidgets, anywidget, docutils, jsonschema, matplotlib_inline; print(\"notebook stack imports on\", __import__(\"sys\").version)'"
+  # what the GPU image already has (KINDS.md's package list), from the registry, once
+  img=/tmp/standin-image312
+  [ -d $img/attr ] || $P312 -m pip install -q --target $img attrs pyyaml requests click tqdm psutil pygments python-dateutil \
+      markdown-it-py mdurl packaging typing-extensions jinja2 six > /dev/null 2>&1
+  step setup 120 sh -c "rm -rf /tmp/standin-site312 && $P312 -m pip install -q --no-index --no-deps --no-compile --target /tmp/standin-site312 .whl/*.whl .whl-nb/*.whl && PYTHONPATH=/tmp/standin-site312:$img $P312 -c 'import papermill, nbclient, nbformat, jupyter_client, ipykernel, IPython, jupytext, myst_nb, ipywidgets, anywidget, docutils, jsonschema; from myst_nb.ext.glue import glue; print(\"notebook stack imports on\", __import__(\"sys\").version)'"
   export PYTHONPATH=$repo/src${PYTHONPATH:+:$PYTHONPATH}
 else
   site=/tmp/standin-site

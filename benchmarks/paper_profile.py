@@ -135,7 +135,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"== {name}: done already, skipped", flush=True)
             continue
         at_defaults = name in args.defaults
-        params = {"profile": args.profile, **({} if at_defaults else CHAPTER_PARAMETERS[name])}
+        params = {"profile": args.profile, **({} if at_defaults else CHAPTER_PARAMETERS[name]),
+                  **json.loads(args.params or "{}").get(name, {})}
         if args.overrides:
             params["overrides"] = json.loads(args.overrides)
         print(f"== {name} {params}{' (default counts)' if at_defaults else ''}", flush=True)
@@ -266,6 +267,8 @@ def main(argv=None) -> int:
                    help="chapters at the reduced counts of CHAPTER_PARAMETERS (default: all, unless --defaults is given)")
     r.add_argument("--defaults", nargs="+", default=[], choices=list(CHAPTER_PARAMETERS),
                    help="chapters to run at their notebook's default counts")
+    r.add_argument("--params", default=None, help='JSON {chapter: {notebook parameter: value}} on top of the '
+                   'reduced counts, e.g. \'{"03_train": {"steps": 500}}\'')
     r.add_argument("--skip-done", action="store_true", help="leave out chapters OUTDIR/paper_profile.json records as ok")
     r.set_defaults(fn=run)
     p = sub.add_parser("report")

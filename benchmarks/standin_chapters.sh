@@ -80,7 +80,9 @@ fi
 
 pp=($PY benchmarks/paper_profile.py run --out "$state" --profile "$profile" --skip-done)
 [ -n "$overrides" ] && pp+=(--overrides "$overrides")
-for ch in 02_collect 03_train 05_features; do
+# PRE_CHAPTERS="02_collect 03_train" PARAMS='{"03_train": {"steps": 500}}': only what 04 needs, sooner
+[ -n "${PARAMS:-}" ] && pp+=(--params "$PARAMS")
+for ch in ${PRE_CHAPTERS:-02_collect 03_train 05_features}; do
   if done_ok $ch; then echo "== $ch: done in an earlier call"; continue; fi
   step "$ch" 300 "${pp[@]}" --chapters $ch
 done

@@ -76,7 +76,9 @@ def capture_token_sample(
     (default the CPU) keeps the sample there instead, e.g. on the GPU that trains on it.
     """
     per = max(1, -(-int(max_tokens) // (len(prompts) * sampling.steps)))
-    parts: dict[str, dict[str, list[torch.Tensor]]] = {b: {} for b in blocks}
+    # each batch is written into its rows of one preallocated tensor per block and half: a
+    # final torch.cat would hold the sample twice (SDXL base: 2 x 50 GB, over an H200's memory)
+    out: dict[str, dict[str, torch.Tensor]] = {b: {} for b in blocks}
     for start, b, h, u in _batch_updates(pipe, prompts, seeds, sampling, blocks, batch_size):
         u = u.flatten(3).transpose(2, 3)  # [steps, B, H*W, C]
         if per < u.shape[2]:
@@ -85,5 +87,7 @@ def capture_token_sample(
                 for i in range(u.shape[1])
             ]).to(u.device)  # [B, P]
             u = u.gather(2, keep[None, :, :, None].expand(u.shape[0], -1, -1, u.shape[3]))
-        parts[b].setdefault(h, []).append(u.to(device, pipe.unet.dtype))
-    return {b: {h: torch.cat(v, dim=1) for h, v in hs.items()} for b, hs in parts.items()}
+        if h not in out[b]:
+            out[b][h] = torch.empty((u.shape[0], len(prompts), *u.shape[2:]), dtype=pipe.unet.dtype, device=device)
+        out[b][h][:, start : start + u.shape[1]].copy_(u)
+    return out

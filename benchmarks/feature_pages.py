@@ -64,7 +64,11 @@ def measure(page: Path, link: str, repeats: int = 3) -> dict:
             started = time.perf_counter()
             view.page.goto(page.as_uri() + link)
             view.page.wait_for_selector(f".repro-fp-card[data-feature='{link.rsplit('/', 1)[1]}'] .repro-fp-hist rect")
-            view.page.wait_for_selector(".repro-fp-band canvas[data-drawn=heat]")
+            # every quantile band settled: its weakest example's heatmap drawn, or marked empty
+            # (a feature that fires in few images has no lower-quantile examples)
+            view.page.wait_for_function(
+                "() => { const b = [...document.querySelectorAll('.repro-fp-band')];"
+                " return b.length > 0 && b.every(e => e.querySelector('canvas[data-drawn=heat], .repro-fb-empty')); }")
             first_render = time.perf_counter() - started
             in_page = view.page.evaluate("performance.now()")
             view.page.wait_for_load_state("networkidle")
@@ -88,6 +92,8 @@ def main(argv=None) -> None:
     ap.add_argument("--features", type=int, default=5120, help="features per block")
     ap.add_argument("--images", type=int, default=10_000, help="distinct images the top lists draw from")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--link", default=None, help="with --page: open this feature (#block/feature) instead of the "
+                    "last block's middle feature by id")
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args(argv)
     from repro.features.site import read_part
@@ -98,7 +104,7 @@ def main(argv=None) -> None:
         manifest = read_part(args.site, "manifest")
         block = list(manifest["blocks"])[-1]
         ids = read_part(args.site, f"{block}/index")["ids"]
-        figures = {"page": str(args.page.resolve()), "site": str(args.site), "link": f"#{block}/{ids[len(ids) // 2]}",
+        figures = {"page": str(args.page.resolve()), "site": str(args.site), "link": args.link or f"#{block}/{ids[len(ids) // 2]}",
                    "site_on_disk_mb": round(sum(p.stat().st_size for p in args.site.rglob("*") if p.is_file()) / 1e6, 2)}
     else:
         if not args.out:

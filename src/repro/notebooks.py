@@ -274,6 +274,51 @@ def _engine(keep_sigint) -> str:
     return "repro"
 
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+PROGRESS_MODELS = ("FloatProgressModel", "IntProgressModel")
+
+
+def static_widget_outputs(nb) -> dict[str, int]:
+    """What the static book needs of an executed notebook's widgets, and nothing more.
+
+    * A widget output that carries its own static rendering (`text/html`, e.g. FeaturePages)
+      keeps only that: the book shows it without a widget manager.
+    * A progress bar (tqdm's HBox with a progress model) is dropped: finished, it says nothing.
+    * With no widget output left, the saved widget state goes too, and with it the 3.6 MB
+      widget runtime the book would load on the page before its first interaction.
+    Returns the counts {"static": ..., "progress_bars": ..., "widgets_left": ...}.
+    """
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+
+    def is_progress_bar(model_id: str) -> bool:
+        model = state.get(model_id, {})
+        children = model.get("state", {}).get("children", []) if model.get("model_name") == "HBoxModel" else []
+        return any(state.get(str(c).removeprefix("IPY_MODEL_"), {}).get("model_name") in PROGRESS_MODELS
+                   for c in children)
+
+    counts = {"static": 0, "progress_bars": 0, "widgets_left": 0}
+    for cell in nb.cells:
+        kept = []
+        for out in cell.get("outputs", []):
+            data = out.get("data", {})
+            if WIDGET_VIEW in data:
+                if "text/html" in data:
+                    del data[WIDGET_VIEW]
+                    counts["static"] += 1
+                elif is_progress_bar(str(data[WIDGET_VIEW].get("model_id", ""))):
+                    counts["progress_bars"] += 1
+                    continue
+                else:
+                    counts["widgets_left"] += 1
+            kept.append(out)
+        if "outputs" in cell:
+            cell["outputs"] = kept
+    if counts["widgets_left"] == 0:
+        nb.metadata.pop("widgets", None)
+    return counts
+
+
 def _stamp(path: Path, params: dict[str, Any], seconds: float) -> None:
     """Record how and where the chapter ran, for the book's status page."""
     import platform
@@ -287,6 +332,7 @@ def _stamp(path: Path, params: dict[str, Any], seconds: float) -> None:
     papermill_meta = nb.metadata.get("papermill", {})
     for key in ("input_path", "output_path"):
         papermill_meta.pop(key, None)
+    static_widget_outputs(nb)
     nb.metadata["repro"] = {
         "parameters": params,
         "seconds": round(seconds, 1),

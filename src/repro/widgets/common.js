@@ -90,7 +90,7 @@ function drawHeat(canvas, img, q, h, w, alpha) {
   }
   small.getContext("2d").putImageData(pix, 0, 0);
   ctx.drawImage(small, 0, 0, W, H);
-  canvas.dataset.drawn = "heat"; // pixels of file:// images cannot be read back: say it was drawn
+  canvas.dataset.drawn = "heat"; // pixels of images opened from disk (file: URLs) cannot be read back: say it was drawn
 }
 
 // --- live mode: the kernel regenerates with the feature on / painted / modulated / off ------

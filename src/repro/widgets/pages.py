@@ -64,32 +64,65 @@ class FeaturePages(FeatureBrowser):
         if isinstance(content, dict) and "want" in content:
             self.send({"id": content.get("id"), **self.answer(str(content["want"]))})
 
+    def _repr_mimebundle_(self, **kwargs):
+        """The widget (JupyterLab: live, from the kernel) and a static `text/html` twin.
 
-STANDALONE = """<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
-<style>body {{ margin: 1em; }} {css}</style></head>
-<body><div id="feature-pages"></div>
+        The twin is the widget's own code inline with a model that cannot sync, reading the
+        site from `src` as the static book does: the built book shows it instead of the
+        widget (`nb_mime_priority_overrides` in _config.yml), so the page needs no widget
+        manager (3.6 MB of `embed-amd.js`, loaded before the first interaction)."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        data = bundle[0] if isinstance(bundle, tuple) else bundle
+        if data is not None and not self.live:
+            data["text/html"] = static_html(self._static_state(), f"repro-fp-{self.model_id}")
+        return bundle
+
+    def _static_state(self) -> dict:
+        return {"src": self.src, "block": self.block, "feature": -1, "page_size": self.page_size,
+                "title": self.title, "alpha": self.alpha, "live": False, "live_blocks": [], "prompt": "",
+                "seed": 0, "result": {}, "busy": False, "sort": self.sort}
+
+
+STATIC = """<div id="{id}"></div><style>{css}</style>
 <script>
+(function () {{
 {js}
 const state = {state};
 const model = {{
   get: (k) => state[k], set: () => {{}}, on: () => {{}}, send: () => {{}},
   save_changes: () => {{ throw new Error("a static page has no kernel"); }},
 }};
-window.__reproPages.render({{ model, el: document.getElementById("feature-pages") }});
-</script></body></html>
+window.__reproPages.render({{ model, el: document.getElementById("{id}") }});
+}})();
+</script>
+"""
+
+
+def static_html(state: dict, element_id: str) -> str:
+    """The feature pages as an HTML fragment with no widget manager: a div, the widget's css and
+    code inline, and a model holding `state` that cannot sync (the static side of pages.js)."""
+    import json
+
+    js = FeaturePages._esm.replace("export default { render };", "window.__reproPages = { render };")
+    return STATIC.format(id=element_id, css=(HERE / "browser.css").read_text(), js=js,
+                         state=json.dumps(state).replace("</", "<\\/"))
+
+
+STANDALONE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body {{ margin: 1em; }}</style></head>
+<body>{pages}</body></html>
 """
 
 
 def write_standalone(folder, title: str = "Feature pages", page_size: int = 20, sort: str = "id") -> Path:
     """An `index.html` inside a written site folder that shows its pages with no notebook and
-    no book: the widget's code inline, a model that cannot sync (as in the static book)."""
-    import json
+    no book: the static twin (`static_html`) reading the site from its own folder."""
+    import html
 
     folder = Path(folder)
-    js = FeaturePages._esm.replace("export default { render };", "window.__reproPages = { render };")
     state = {"src": ".", "block": "", "feature": -1, "page_size": page_size, "title": title, "alpha": 0.6,
              "live": False, "live_blocks": [], "prompt": "", "seed": 0, "result": {}, "busy": False, "sort": sort}
-    html = STANDALONE.format(title=title, css=(HERE / "browser.css").read_text(), js=js, state=json.dumps(state))
-    (folder / "index.html").write_text(html)
+    page = STANDALONE.format(title=html.escape(title), pages=static_html(state, "feature-pages"))
+    (folder / "index.html").write_text(page)
     return folder / "index.html"

@@ -152,3 +152,35 @@ def test_overlapped_streaming_trains_the_same_saes(pipe):
     for b in blocks:
         for (name, p), q in zip(ref[b].state_dict().items(), fast[b].state_dict().values()):
             assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_a_rewound_stream_serves_its_kept_chunks_without_generating_them_again(pipe, prefetch):
+    """init_b_pre draws its sample and rewinds: the chunks it saw (and the one prepared ahead)
+    are served again, the same batches, with no image generated twice."""
+    from repro.collect import StreamSource
+    from repro.sae.config import SAEConfig, TrainConfig
+    from repro.sae.model import TopKSAE
+    from repro.sae.train import train_saes
+
+    blocks = ["mid.0"]
+
+    def run(keep: int):
+        src = StreamSource(pipe, "shapes", 32, blocks=blocks, n_prompts=12, gen_batch_size=2, buffer_images=4,
+                           engine="direct", prefetch=prefetch)
+        src.keep_chunks = keep
+        from repro.blocks import get_block
+
+        sae = TopKSAE(SAEConfig(d_model=get_block(pipe.unet, "mid.0").config.in_channels, n_features=64, k=4, k_aux=8),
+                      seed=1)
+        cfg = TrainConfig(steps=10, device="cpu", checkpoint_every=0, progress=False, log_every=5,
+                          geometric_median_samples=48)
+        train_saes({"mid.0": sae}, src, cfg)
+        return sae, src.images_generated
+
+    kept, n_kept = run(keep=2)
+    plain, n_plain = run(keep=0)
+    for (name, a), b in zip(kept.state_dict().items(), plain.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert n_kept == 12  # every image once: 10 batches of 32 rows take 3 chunks of 4 images
+    assert n_plain > n_kept  # without keeping, the first chunk (and the one read ahead) came twice

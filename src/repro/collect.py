@@ -381,6 +381,8 @@ class StreamSource(ChunkedSource):
     is trained on (with `TrainConfig(side_stream=True)` the SAE steps run on a third).
     """
 
+    keep_chunks = 2  # a rewind (init_b_pre's) serves the chunk and the one prepared ahead again: no regeneration
+
     def __init__(
         self,
         pipe,

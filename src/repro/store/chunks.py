@@ -29,7 +29,16 @@ def chunk_seed(*parts: int) -> int:
 
 class ChunkedSource:
     """Base class: subclasses set `self.cursor` to their first chunk (a tuple of ints) and
-    give `_next_cursor(c)` (None at the end) and `_load_chunk(c) -> Batch`."""
+    give `_next_cursor(c)` (None at the end) and `_load_chunk(c) -> Batch`.
+
+    `keep_chunks` (a subclass's choice, default 0): how many prepared chunks to keep after an
+    iteration is left, so that a rewind to them (`load_state_dict` to an earlier position:
+    `init_b_pre` draws its sample and rewinds) serves them again instead of loading them
+    again. For a generating source that is a whole chunk of images; a store re-reads cheaply.
+    Batches are views of a kept chunk: consumers must not change them in place.
+    """
+
+    keep_chunks = 0
 
     def __init__(self, batch_size: int, seed: int, shuffle: bool):
         self.batch_size = int(batch_size)
@@ -37,6 +46,7 @@ class ChunkedSource:
         self.shuffle = shuffle
         self.cursor: tuple[int, ...] | None = None  # the first chunk: set by the subclass
         self.offset = 0
+        self._kept: dict[tuple[int, ...], tuple[Batch, int]] = {}  # cursor -> prepared chunk, oldest first
 
     # -- to implement -------------------------------------------------------------------
     def _next_cursor(self, cursor: tuple[int, ...]) -> tuple[int, ...] | None:
@@ -77,9 +87,10 @@ class ChunkedSource:
         ahead = _Prefetcher(self) if getattr(self, "prefetch", 0) else None
         try:
             while cursor is not None:
-                chunk, n = ahead.get(cursor) if ahead else self._prepared(cursor)
-                if ahead:
-                    ahead.start(self._next_cursor(cursor))  # the next chunk loads while this one is served
+                chunk, n = self._chunk(cursor, ahead)
+                following = self._next_cursor(cursor)
+                if ahead and following not in self._kept:
+                    ahead.start(following)  # the next chunk loads while this one is served
                 while offset < n:
                     take = min(n - offset, B - have)
                     parts.append({name: t[offset : offset + take] for name, t in chunk.items()})
@@ -98,10 +109,30 @@ class ChunkedSource:
                 cursor, offset = self._next_cursor(cursor), 0
         finally:
             if ahead:
-                ahead.close()  # first: the prefetch thread may still be reading
+                done = ahead.close()  # first: the prefetch thread may still be reading
+                if done is not None:
+                    self._keep(*done)  # a chunk prepared ahead and not served yet
             self._end_iteration()
         # The data ended: a final partial batch is dropped and the source stays at its end.
         self.cursor, self.offset = None, 0
+
+    def _chunk(self, cursor: tuple[int, ...], ahead: "_Prefetcher | None") -> tuple[Batch, int]:
+        """Chunk `cursor`, permuted: kept from an earlier iteration, prepared ahead, or prepared now."""
+        if cursor in self._kept:
+            chunk, n = self._kept.pop(cursor)
+        else:
+            chunk, n = ahead.get(cursor) if ahead else self._prepared(cursor)
+        self._keep(cursor, (chunk, n))
+        return chunk, n
+
+    def _keep(self, cursor: tuple[int, ...], prepared: tuple[Batch, int]) -> None:
+        """Remember a served (or ready) chunk, dropping the oldest beyond `keep_chunks`."""
+        if self.keep_chunks < 1:
+            return
+        self._kept.pop(cursor, None)
+        self._kept[cursor] = prepared
+        while len(self._kept) > self.keep_chunks:
+            self._kept.pop(next(iter(self._kept)))
 
     def _position(self) -> dict[str, Any]:
         return {"cursor": None if self.cursor is None else list(self.cursor), "offset": self.offset, "seed": self.seed}
@@ -158,7 +189,13 @@ class _Prefetcher:
                     t.record_stream(torch.cuda.current_stream())
         return chunk, n
 
-    def close(self) -> None:
-        if self.future is not None:
+    def close(self):
+        """Stop; returns (cursor, (chunk, n)) of a chunk the thread had already prepared when the
+        source keeps chunks (ready for the consumer's stream), else None."""
+        keep = self.future is not None and self.source.keep_chunks > 0
+        if self.future is not None and not keep:
             self.future.cancel()
         self.pool.shutdown(wait=True)
+        if not keep or self.future.cancelled() or self.future.exception() is not None:
+            return None
+        return self.cursor, self.get(self.cursor)

@@ -17,18 +17,8 @@ budget=${BUDGET_S:-530}
 site="$out/site"
 export PYTHONUNBUFFERED=1 OUT="$out"
 rm -f "$out/steps.tsv"
-step() {  # step NAME TIMEOUT_S CMD...: runs CMD with at most min(TIMEOUT_S, what is left of the budget)
-  local name=$1 limit=$2; shift 2
-  local left=$(( budget - SECONDS ))
-  [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -le 5 ]; then echo "== $name: skipped (budget spent)"; printf '%s\tskipped\t0\n' "$name" >> "$out/steps.tsv"; return; fi
-  local t0=$SECONDS
-  echo "== $name (<= ${limit}s): $*"
-  timeout "$limit" "$@" > "$out/$name.log" 2>&1
-  local rc=$?
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( SECONDS - t0 ))" >> "$out/steps.tsv"
-  echo "   rc=$rc in $(( SECONDS - t0 ))s: $(tail -c 240 "$out/$name.log" | tr '\n' ' ')"
-}
+STEP_LOGS=$out
+. "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv > "$out/gpu.txt" 2>&1
 df -h /tmp . > "$out/disk.txt" 2>&1; nproc >> "$out/disk.txt"

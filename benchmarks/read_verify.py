@@ -41,6 +41,19 @@ import torch
 BLOCKS = ["down.2.1", "mid.0", "up.0.0", "up.0.1"]
 
 
+def _read_all(path: Path) -> bytearray:
+    """The reader of before: the file's bytes in a new, zero-filled bytearray (one read per file)."""
+    buf = bytearray(path.stat().st_size)
+    with open(path, "rb", buffering=0) as fh:
+        view, got = memoryview(buf), 0
+        while got < len(buf):
+            n = fh.readinto(view[got:])
+            if not n:
+                raise OSError(f"{path} ended early")
+            got += n
+    return buf
+
+
 def make_store(folder: Path, shards: int, images: int, side: int, channels: int, distinct: bool = True) -> None:
     """A store of `shards` x `images` random images (bf16 blocks of side x side x channels).
     `distinct=False` writes the same random tensors into every shard (faster to make; the
@@ -220,7 +233,7 @@ def main(argv=None) -> dict:
     from repro.io import provenance
     from repro.store import ActivationStore, StoreSource
     from repro.store.layout import sha256_file
-    from repro.store.reader import _read_all, read_file
+    from repro.store.reader import read_file
 
     folder = args.workdir / "store"
     make_store(folder, args.shards, args.images, args.side, args.channels)

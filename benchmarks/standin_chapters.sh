@@ -42,18 +42,8 @@ mkdir -p "$state"
 call=$(date +%H%M%S)
 logs=$state/logs-$call; mkdir -p "$logs"
 rm -f "$logs/steps.tsv"
-step() {  # step NAME TIMEOUT_S CMD...: runs CMD with at most min(TIMEOUT_S, what is left of the budget)
-  local name=$1 limit=$2; shift 2
-  local left=$(( budget - SECONDS ))
-  [ "$left" -lt "$limit" ] && limit=$left
-  if [ "$limit" -le 5 ]; then echo "== $name: skipped (budget spent)"; printf '%s\tskipped\t0\n' "$name" >> "$logs/steps.tsv"; return; fi
-  local t0=$SECONDS
-  echo "== $name (<= ${limit}s): $*"
-  timeout -k 15 "$limit" "$@" > "$logs/$name.log" 2>&1
-  local rc=$?
-  printf '%s\t%s\t%s\n' "$name" "$rc" "$(( SECONDS - t0 ))" >> "$logs/steps.tsv"
-  echo "   rc=$rc in $(( SECONDS - t0 ))s: $(tail -c 300 "$logs/$name.log" | tr '\n\r' '  ')"
-}
+STEP_LOGS=$logs
+. "$(dirname "${BASH_SOURCE[0]}")/steps.sh"
 done_ok() {  # done_ok CHAPTER: recorded as ok in the state's paper_profile.json
   [ -f "$state/paper_profile.json" ] && $PY -c "import json,sys; c=json.load(open('$state/paper_profile.json'))['chapters']; sys.exit(0 if c.get('$1',{}).get('ok') else 1)" 2>/dev/null
 }

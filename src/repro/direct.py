@@ -101,12 +101,10 @@ class DirectSampler:
         pipe._interrupt = False
 
     @torch.no_grad()
-    def prepare(self, prompts: Sequence[str], seeds: Sequence[int],
-                noise: tuple[torch.Tensor, list[torch.Generator]] | None = None) -> Prepared:
+    def prepare(self, prompts: Sequence[str], seeds: Sequence[int]) -> Prepared:
         """Text embeddings and initial noise of one batch, queued on the current stream.
 
-        `noise` (`self.noise(seeds, dtype)`, e.g. drawn ahead) skips drawing it here. Touches
-        no scheduler state, so it may run in another thread while `run` denoises a batch."""
+        Touches no scheduler state, so it may run in another thread while `run` denoises a batch."""
         pipe = self.pipe
         self._set_pipe_state()
         embeds, neg_embeds, pooled, neg_pooled = pipe.encode_prompt(
@@ -117,7 +115,7 @@ class DirectSampler:
         if pipe.do_classifier_free_guidance:
             embeds = torch.cat([neg_embeds, embeds], dim=0)
             pooled = torch.cat([neg_pooled, pooled], dim=0)
-        first, gens = noise if noise is not None else self.noise(seeds, embeds.dtype)
+        first, gens = self.noise(seeds, embeds.dtype)
         first = first.to(self.device, non_blocking=True)
         return Prepared(len(prompts), embeds.to(self.device), pooled.to(self.device), first, gens)
 
@@ -170,10 +168,9 @@ class DirectSampler:
         add_images(n, n * s.steps * (2 if cfg else 1), time.perf_counter() - start)
         return latents
 
-    def latents(self, prompts: Sequence[str], seeds: Sequence[int],
-                noise: tuple[torch.Tensor, list[torch.Generator]] | None = None) -> torch.Tensor:
-        """Final latents [B, 4, h, w] on the pipe's device: `run(prepare(prompts, seeds, noise))`."""
-        return self.run(self.prepare(prompts, seeds, noise))
+    def latents(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
+        """Final latents [B, 4, h, w] on the pipe's device: `run(prepare(prompts, seeds))`."""
+        return self.run(self.prepare(prompts, seeds))
 
     def prepared(self, batches: Iterable[tuple[T, Sequence[str], Sequence[int]]], ahead: int = 1
                  ) -> Iterator[tuple[T, Prepared]]:

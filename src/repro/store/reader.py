@@ -34,24 +34,9 @@ from repro.paths import display_path
 from repro.errors import ReproError, choices_hint
 from repro.store.chunks import ChunkedSource, chunk_seed
 from repro.store.layout import (
-    IMAGES, LATENTS, SEEDS, half_index, read_manifest, select_tokens, sha256_bytes, sha256_file, step_index,
+    IMAGES, LATENTS, SEEDS, half_index, read_manifest, select_tokens, sha256_file, step_index,
     store_dtype,
 )
-
-
-def _read_all(path: Path) -> bytearray:
-    """The file's bytes in a new, zero-filled bytearray: the reader of before (kept for
-    `benchmarks/read_verify.py`'s comparison; `read_file` is what reads now)."""
-    size = path.stat().st_size
-    buf = bytearray(size)
-    with open(path, "rb", buffering=0) as fh:
-        view, got = memoryview(buf), 0
-        while got < size:
-            n = fh.readinto(view[got:])
-            if not n:
-                raise ReproError(f"{path} was shorter than its size while reading it: is it being rewritten?")
-            got += n
-    return buf
 
 
 READ_PIECE = 4 << 20
@@ -197,13 +182,13 @@ class ActivationStore:
             "command to rewrite it"
         )
 
-    def _check(self, record: dict[str, Any], data: bytes | None = None) -> None:
+    def _check(self, record: dict[str, Any]) -> None:
         if not self.verify or record["file"] in self._verified:
             return
         path = self._path(record)
         if not path.exists():
             raise self._missing(record)
-        digest = sha256_bytes(data) if data is not None else sha256_file(path)
+        digest = sha256_file(path)
         if digest != record["sha256"]:
             raise self._corrupt(record, digest)
         self._verified.add(record["file"])

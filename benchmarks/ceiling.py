@@ -2,7 +2,7 @@
 
     python benchmarks/ceiling.py PART --model standin-sdxl-turbo --out OUT.json [options]
 
-PART is one of
+PART is one or more of
   disk      the disk's own write bandwidth (fsync'd, 1 and --writers threads) and read-back
   generate  plain generation (`generate`, the pipeline) against the direct UNet loop
             (`repro.direct.DirectSampler`), alone and with the text prepared one batch ahead
@@ -102,28 +102,35 @@ def generate_part(args, pipe, prompts) -> dict:
 
     n, bs = len(prompts), args.batch_size
     sampler = DirectSampler(pipe, Sampling())
+    eager_unet = DirectSampler(pipe, Sampling(), graph=False)
     generate(pipe, prompts[:bs], seeds_for(0, bs), Sampling(), output="latent")  # warm-up
-    sampler.latents(prompts[:bs], seeds_for(0, bs))
+    for _ in range(2):  # the second call captures the UNet's CUDA graph
+        sampler.latents(prompts[:bs], seeds_for(0, bs))
+    eager_unet.latents(prompts[:bs], seeds_for(0, bs))
 
     def plain():
         for lo in range(0, n, bs):
             generate(pipe, prompts[lo : lo + bs], seeds_for(lo, min(lo + bs, n)), Sampling(), output="latent")
 
-    def direct():
+    def direct(s=sampler):
         for lo in range(0, n, bs):
-            sampler.latents(prompts[lo : lo + bs], seeds_for(lo, min(lo + bs, n)))
+            s.latents(prompts[lo : lo + bs], seeds_for(lo, min(lo + bs, n)))
 
     def specs():
         return ((lo, prompts[lo : lo + bs], seeds_for(lo, min(lo + bs, n))) for lo in range(0, n, bs))
 
-    def prefetched():  # what collection runs: text encoded one batch ahead in a background thread
-        for _, prep in sampler.prepared(specs()):
-            sampler.run(prep)
+    def prefetched(s=sampler):  # what collection runs: text encoded one batch ahead in a background thread
+        for _, prep in s.prepared(specs()):
+            s.run(prep)
 
     a, b, c = _timed(plain), _timed(direct), _timed(prefetched)
+    d, e = _timed(lambda: direct(eager_unet)), _timed(lambda: prefetched(eager_unet))
     return {"plain_generation": {"images_per_s": n / a}, "direct_generation": {"images_per_s": n / b},
             "direct_prefetched_generation": {"images_per_s": n / c},
-            "phases": _phases(sampler, prompts, bs), "host_syncs": _host_syncs(pipe, sampler, prompts, bs)}
+            "direct_generation_eager_unet": {"images_per_s": n / d},
+            "direct_prefetched_generation_eager_unet": {"images_per_s": n / e},
+            "phases": _phases(sampler, prompts, bs), "phases_eager_unet": _phases(eager_unet, prompts, bs),
+            "host_syncs": _host_syncs(pipe, sampler, prompts, bs)}
 
 
 def _phases(sampler, prompts, bs: int, repeats: int = 4) -> dict:
@@ -197,7 +204,9 @@ def collect_part(args, pipe) -> dict:
     from repro.collect import CollectConfig, collect
 
     out = {}
-    for name, kw in (("before", dict(engine="pipeline", writers=1)), ("after", dict(engine="direct", writers=args.writers))):
+    variants = (("before", dict(engine="pipeline", writers=1)), ("after", dict(engine="direct", writers=args.writers)),
+                ("after_eager_unet", dict(engine="direct", writers=args.writers, unet_graph=False)))
+    for name, kw in variants:
         folder = args.workdir / f"store-{name}"
         shutil.rmtree(folder, ignore_errors=True)
         cfg = CollectConfig(out=folder, model=args.model, n_prompts=args.n_prompts, batch_size=args.batch_size,
@@ -206,8 +215,11 @@ def collect_part(args, pipe) -> dict:
         nbytes = sum(f.stat().st_size for f in folder.rglob("*.safetensors"))
         out[name] = {**kw, "images_per_s": args.n_prompts / seconds, "seconds": seconds, "bytes": nbytes,
                      "written_GBps": nbytes / seconds / 1e9}
-    out["same_shards"] = _store_digest(args.workdir / "store-before") == _store_digest(args.workdir / "store-after")
-    shutil.rmtree(args.workdir / "store-before", ignore_errors=True)
+    digests = {name: _store_digest(args.workdir / f"store-{name}") for name, _ in variants}
+    out["same_shards"] = digests["before"] == digests["after"]
+    out["same_shards_eager_unet"] = digests["after_eager_unet"] == digests["after"]
+    for name in ("before", "after_eager_unet"):
+        shutil.rmtree(args.workdir / f"store-{name}", ignore_errors=True)
     # steady state: the last shard's write is never overlapped, a fixed cost of each run; the
     # marginal rate of twice the prompts, n / (T(2n) - T(n)), leaves such costs out
     folder = args.workdir / "store-after-2n"
@@ -240,7 +252,7 @@ def stream_part(args, pipe) -> dict:
         for _ in source(**kw):
             pass
 
-    def train(side: bool, graph: bool = True, **kw):
+    def train(side: bool, graph: bool = True, **kw):  # graph: the SAE steps' CUDA graphs
         saes = {b: TopKSAE(SAEConfig(d_model=w, n_features=4 * w, k=min(10, w // 4), k_aux=min(256, 2 * w)), seed=0)
                 for b, w in widths.items()}
         cfg = TrainConfig(steps=10**9, device=str(pipe.device), checkpoint_every=0, progress=False, log_every=10**6,
@@ -265,6 +277,10 @@ def stream_part(args, pipe) -> dict:
     out["stream_training_after_eager_steps"] = {
         "images_per_s": n / _timed(lambda: train(True, graph=False, engine="direct", prefetch=1)),
         "side_stream": True, "cuda_graph": False}
+    # and with the UNet's calls launched eagerly: what the UNet's CUDA graph brings
+    out["stream_training_after_eager_unet"] = {
+        "images_per_s": n / _timed(lambda: train(True, engine="direct", prefetch=1, unet_graph=False)),
+        "side_stream": True, "unet_graph": False}
     return out
 
 
@@ -319,7 +335,7 @@ def read_part(args, folder: Path) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", choices=(*PARTS, "all"))
+    p.add_argument("part", nargs="+", choices=(*PARTS, "all"))
     p.add_argument("--model", default="standin-sdxl-turbo")
     p.add_argument("--n-prompts", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=32)
@@ -349,7 +365,7 @@ def main(argv=None) -> dict:
 
     res: dict = {"part": args.part, "settings": {k: str(v) for k, v in vars(args).items()}, "provenance": provenance(),
                  "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    parts = PARTS if args.part == "all" else (args.part,)
+    parts = PARTS if "all" in args.part else tuple(args.part)
     pipe = prompts = None
     if any(x in parts for x in ("generate", "collect", "stream")):
         from repro.models.loading import load_pipeline

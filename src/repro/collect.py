@@ -34,7 +34,7 @@ from repro.blocks import resolve_blocks
 from repro.errors import ReproError
 from repro.direct import DirectSampler, Prepared
 from repro.generate import Sampling, decode_latents, generate
-from repro.hooks import capture_updates
+from repro.hooks import capture_updates, short_name, stack_steps
 from repro.prompts import PromptSource, open_prompts, prompts_digest, seeds_for
 from repro.store.chunks import ChunkedSource
 from repro.store.layout import (
@@ -83,6 +83,9 @@ class CollectConfig:
     engine: Literal["direct", "pipeline"] = "direct"
     """How images are generated: the UNet called directly (`repro.direct`) or the diffusers
     pipeline (`generate`); the same bits either way (tested), the direct one without host syncs."""
+    unet_graph: bool = True
+    """With the direct engine on CUDA, replay each UNet call from a CUDA graph (`repro.unet_graph`;
+    the same floats, one launch per call); False launches its kernels one by one."""
     writers: int = 4
     """Shards serialised, hashed and written at once by background threads (memory: one
     shard's buffers per writer, plus one being filled)."""
@@ -122,22 +125,20 @@ def capture_batch(
     device in `dtype`, final latents [B, 4, h, w]). `sampler` (a `DirectSampler` of the
     same sampling) calls the UNet directly instead of the pipeline: same numbers;
     `prepared` is its `prepare(prompts, seeds)`, done ahead."""
-    with capture_updates(pipe.unet, blocks, cfg=sampling.cfg, dtype=dtype) as cap:
-        if sampler is None:
+    if sampler is None:
+        with capture_updates(pipe.unet, blocks, cfg=sampling.cfg, dtype=dtype) as cap:
             latents = generate(pipe, prompts, seeds, sampling, output="latent")
-        elif prepared is not None:
-            latents = sampler.run(prepared)
-        else:
-            latents = sampler.latents(prompts, seeds)
+        records = {block: cap.raw.get(short_name(block), []) for block in blocks}
+    else:  # the sampler records the updates itself (inside its CUDA graph on a GPU)
+        latents, records = sampler.run_recording(prepared or sampler.prepare(prompts, seeds), blocks, dtype)
     out = {}
     for block in blocks:
-        stacked = cap.updates(block, half="all")  # [steps, B_total, C, H, W]
-        if stacked.shape[0] != sampling.steps:
+        if len(records[block]) != sampling.steps:
             raise ReproError(
-                f"block {block} was called {stacked.shape[0]} times for {sampling.steps} steps: this pipeline "
+                f"block {block} was called {len(records[block])} times for {sampling.steps} steps: this pipeline "
                 "does not run one UNet call per step; collection needs one"
             )
-        out[block] = to_layout(stacked, sampling.cfg)
+        out[block] = to_layout(stack_steps(records[block], sampling.cfg, "all"), sampling.cfg)  # [steps, B_total, C, H, W] -> [B, steps, halves, HW, C]
     return out, latents
 
 
@@ -214,7 +215,7 @@ def collect(cfg: CollectConfig, pipe=None, progress: bool = True, source: Prompt
         # into the shard's (pinned) host buffers without waiting for the GPU, and a writer
         # waits for the shard's CUDA event. Errors surface before the next shard is handed
         # over. Order and bytes are unchanged.
-        sampler = DirectSampler(pipe, sampling) if cfg.engine == "direct" else None
+        sampler = DirectSampler(pipe, sampling, graph=cfg.unet_graph) if cfg.engine == "direct" else None
         buffers = _ShardBuffers(pipe.device)
         pool = ThreadPoolExecutor(max_workers=cfg.writers, thread_name_prefix="store-writer")
         pending: deque[Future] = deque()
@@ -378,7 +379,8 @@ class StreamSource(ChunkedSource):
     `dtype` (default: the pipeline's). See the module docstring for resume semantics.
     `engine="direct"` calls the UNet directly (`repro.direct`, same numbers); `prefetch=1`
     generates the next chunk in a background thread on its own CUDA stream while this one
-    is trained on (with `TrainConfig(side_stream=True)` the SAE steps run on a third).
+    is trained on (with `TrainConfig(side_stream=True)` the SAE steps run on a third);
+    `unet_graph` replays the direct engine's UNet calls from a CUDA graph (CUDA only).
     """
 
     keep_chunks = 2  # a rewind (init_b_pre's) serves the chunk and the one prepared ahead again: no regeneration
@@ -404,6 +406,7 @@ class StreamSource(ChunkedSource):
         progress: bool = False,
         engine: str = "pipeline",
         prefetch: int = 0,
+        unet_graph: bool = True,
     ):
         super().__init__(batch_size, shuffle_seed, shuffle)
         self.pipe = pipe
@@ -433,7 +436,7 @@ class StreamSource(ChunkedSource):
         self.half = half_index(halves, half)
         self._step_arg, self._half_arg = step, half
         self.dtype = dtype or pipe.unet.dtype
-        self.sampler = DirectSampler(pipe, self.sampling) if engine == "direct" else None
+        self.sampler = DirectSampler(pipe, self.sampling, graph=unet_graph) if engine == "direct" else None
         self.progress = progress
         self.images_generated = 0
         self.cursor = self._chunk_cursor(0)

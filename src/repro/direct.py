@@ -17,6 +17,12 @@ what costs time on a GPU and changes no number:
 * text encoding and the initial noise are a separate `prepare` step, which `prepared(...)`
   runs one batch ahead in a background thread on its own CUDA stream: the tokenizer's
   copy waits for that stream alone, and the text towers overlap the UNet of the batch before;
+* the per-image CPU generators draw their noise in parallel threads (`parallel_randn`: each
+  generator draws what it drew before, so the same floats);
+* on CUDA the UNet call itself is replayed from a CUDA graph (`repro.unet_graph.UNetGraph`,
+  `graph=True`, the default there), with the recorded blocks' updates as extra outputs
+  (`run_recording`): one launch per UNet call instead of ~1,500, so the host is free for the
+  next batch's text towers. A UNet carrying other hooks (interventions) runs eagerly;
 * no progress bar, callbacks, input checks or VAE branch;
 * text encoding through the pipeline's own `encode_prompt`, once per UNet batch (a
   larger text batch would change the floats of the embeddings on a GPU).
@@ -28,6 +34,7 @@ covered; anything else should keep using `generate`.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import threading
 import time
@@ -40,6 +47,7 @@ import torch
 
 from repro.generate import Sampling, generators
 from repro.meter import add_images
+from repro.unet_graph import UNetGraph, unhooked
 
 T = TypeVar("T")
 
@@ -66,7 +74,7 @@ class Prepared:
 class DirectSampler:
     """Denoising loop of `pipe` (a StableDiffusionXLPipeline) at `sampling`, UNet called directly."""
 
-    def __init__(self, pipe, sampling: Sampling):
+    def __init__(self, pipe, sampling: Sampling, graph: bool = True):
         from repro.models.loading import default_resolution
 
         self.pipe = pipe
@@ -74,6 +82,9 @@ class DirectSampler:
         self.resolution = sampling.resolution or default_resolution(pipe)
         self.device = pipe._execution_device
         self.pin = self.device.type == "cuda"
+        self.graph = graph and self.device.type == "cuda"
+        """Replay UNet calls from a CUDA graph (CUDA only; a hooked UNet runs eagerly)."""
+        self._graphs: dict[tuple[str, ...], UNetGraph] = {}  # one per recorded block set
         self._constants: dict[str, torch.Tensor] | None = None  # timesteps, time ids: the same every batch
 
     @torch.no_grad()
@@ -87,8 +98,10 @@ class DirectSampler:
         f = pipe.vae_scale_factor
         shape = (len(seeds), pipe.unet.config.in_channels, self.resolution // f, self.resolution // f)
         gens = generators(seeds)
-        noise = randn_tensor(shape, generator=gens, device=torch.device("cpu"), dtype=dtype)
-        return (noise.pin_memory() if self.pin else noise), gens
+        if len(gens) == 1:  # randn_tensor treats a list of one as the generator itself
+            noise = randn_tensor(shape, generator=gens, device=torch.device("cpu"), dtype=dtype)
+            return (noise.pin_memory() if self.pin else noise), gens
+        return parallel_randn(shape, gens, dtype, pin=self.pin), gens
 
     def _set_pipe_state(self) -> None:
         """The pipeline's state that its properties (do_classifier_free_guidance, ...) read."""
@@ -135,6 +148,28 @@ class DirectSampler:
     @torch.no_grad()
     def run(self, prep: Prepared) -> torch.Tensor:
         """Denoise a prepared batch; final latents [B, 4, h, w] on the pipe's device, no host sync on CUDA."""
+        return self._loop(prep, (), None)[0]
+
+    @torch.no_grad()
+    def run_recording(self, prep: Prepared, blocks: Sequence[str], dtype: torch.dtype | None = None
+                      ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        """`run`, also returning each block's update (output - input) at every step, in `dtype`
+        (default: the UNet's): (latents [B, 4, h, w], {block: [steps] x [B or 2B, C, H, W]}), the
+        floats `repro.hooks.capture_updates` records (negative half first under guidance)."""
+        return self._loop(prep, tuple(blocks), dtype)
+
+    def _unet_call(self, blocks: tuple[str, ...]):
+        """The UNet call of one step: (sample, t, embeds, added, timestep_cond) -> (pred, {block: update}),
+        replayed from a graph where allowed, and whether its outputs are graph memory (to copy)."""
+        unet = self.pipe.unet
+        if self.graph and unhooked(unet):
+            if blocks not in self._graphs:
+                self._graphs[blocks] = UNetGraph(unet, blocks)
+            return self._graphs[blocks], True
+        return UNetGraph(unet, blocks).eager, False
+
+    def _loop(self, prep: Prepared, blocks: tuple[str, ...], dtype: torch.dtype | None
+              ) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
         pipe, s = self.pipe, self.sampling
         start = time.perf_counter()
         device, n = self.device, prep.n
@@ -155,18 +190,21 @@ class DirectSampler:
             timestep_cond = pipe.get_guidance_scale_embedding(
                 scale, embedding_dim=pipe.unet.config.time_cond_proj_dim).to(device=device, dtype=latents.dtype)
         added = {"text_embeds": prep.pooled, "time_ids": time_ids}
+        unet_call, in_graph = self._unet_call(blocks)
+        records: dict[str, list[torch.Tensor]] = {b: [] for b in blocks}
         with _async_scheduler_noise(pipe.scheduler, device):
             for t in const["timesteps"]:
                 inp = torch.cat([latents] * 2) if cfg else latents
                 inp = pipe.scheduler.scale_model_input(inp, t)
-                pred = pipe.unet(inp, t, encoder_hidden_states=prep.embeds, timestep_cond=timestep_cond,
-                                 cross_attention_kwargs=None, added_cond_kwargs=added, return_dict=False)[0]
+                pred, updates = unet_call(inp, t, prep.embeds, added, timestep_cond)
+                for b in blocks:  # copied before the next replay overwrites them
+                    records[b].append(updates[b].to(dtype=dtype or updates[b].dtype, copy=in_graph))
                 if cfg:
                     uncond, cond = pred.chunk(2)
                     pred = uncond + s.guidance * (cond - uncond)
                 latents = pipe.scheduler.step(pred, t, latents, **extra, return_dict=False)[0]
         add_images(n, n * s.steps * (2 if cfg else 1), time.perf_counter() - start)
-        return latents
+        return latents, records
 
     def latents(self, prompts: Sequence[str], seeds: Sequence[int]) -> torch.Tensor:
         """Final latents [B, 4, h, w] on the pipe's device: `run(prepare(prompts, seeds))`."""
@@ -212,6 +250,31 @@ class DirectSampler:
                 yield tag, prep
 
 
+_noise_pool: ThreadPoolExecutor | None = None
+_noise_pool_lock = threading.Lock()
+
+
+def parallel_randn(shape: Sequence[int], gens: Sequence[torch.Generator], dtype: torch.dtype | None,
+                   pin: bool = False) -> torch.Tensor:
+    """`diffusers.utils.torch_utils.randn_tensor(shape, generator=gens, device="cpu", dtype=dtype)`
+    for a list of CPU generators, one per row of `shape`, the rows drawn in parallel threads.
+
+    Each generator draws the same [1, ...] tensor as in `randn_tensor` (torch releases the GIL
+    while it draws), so the floats are the same; `pin` puts the result in pinned memory."""
+    global _noise_pool
+    if len(gens) != shape[0]:
+        raise ValueError(f"{len(gens)} generators for {shape[0]} rows")
+    with _noise_pool_lock:
+        if _noise_pool is None:
+            workers = min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+            _noise_pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="noise")
+    row = (1, *shape[1:])
+    out = torch.empty(tuple(shape), dtype=dtype, pin_memory=pin)
+    list(_noise_pool.map(lambda i: torch.randn(row, generator=gens[i], dtype=dtype, out=out[i : i + 1]),
+                         range(len(gens))))
+    return out
+
+
 _patch_lock = threading.Lock()
 _patch_users: dict[str, int] = {}
 _patch_originals: dict[str, object] = {}
@@ -239,8 +302,12 @@ def _async_scheduler_noise(scheduler, device: torch.device):
                 first = generator[0] if isinstance(generator, list) else generator
                 if target.type != "cuda" or first is None or first.device.type != "cpu":
                     return original(shape, generator=generator, device=device, dtype=dtype, layout=layout)
-                cpu = original(shape, generator=generator, device=torch.device("cpu"), dtype=dtype, layout=layout)
-                return cpu.pin_memory().to(target, non_blocking=True)
+                if isinstance(generator, list) and len(generator) > 1 and layout in (None, torch.strided):
+                    cpu = parallel_randn(shape, generator, dtype, pin=True)
+                else:
+                    cpu = original(shape, generator=generator, device=torch.device("cpu"), dtype=dtype,
+                                   layout=layout).pin_memory()
+                return cpu.to(target, non_blocking=True)
 
             module.randn_tensor = randn_tensor
         _patch_users[name] = _patch_users.get(name, 0) + 1

@@ -5,6 +5,7 @@ projection, Adam, renormalisation, dead counters) on random batches kept on the 
 `--dead-frac` forces that fraction of latents to count as dead so the AuxK path runs.
 
     python benchmarks/sae_speed.py --n-features 5120 20480 --steps 100 --out sae_speed.json
+    python benchmarks/sae_speed.py --n-features 5120 20480 81920 --impl fused --graph --out fused.json
     python benchmarks/sae_speed.py --device cpu --d-model 64 --n-features 256 --batch-size 256 --steps 5
 
 Compare with /work/shared/tools/sae_dense_ref.py (dense bf16 step: 1.17M / 0.55M tokens/s
@@ -25,7 +26,7 @@ from repro.io import provenance, write_json_atomic
 from repro.sae.config import SAEConfig
 from repro.sae.graphed import GraphedStep
 from repro.sae.model import TopKSAE
-from repro.sae.step import make_optimizer, resolve_compute_dtype, train_step
+from repro.sae.step import LOSS_IMPLS, make_optimizer, resolve_compute_dtype, train_step
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -39,7 +40,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10, help="untimed steps first")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="compute dtype")
-    p.add_argument("--impl", default="fast", choices=["fast", "reference"])
+    p.add_argument("--impl", default="fast", choices=sorted(LOSS_IMPLS))
     p.add_argument("--graph", action="store_true", help="replay the step from a CUDA graph (repro.sae.graphed)")
     p.add_argument("--profile", action="store_true", help="also record 10 steps with torch.profiler: GPU busy time "
                    "per step and the kernels that take it")

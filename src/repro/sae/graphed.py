@@ -8,7 +8,7 @@ CPU's pace. `GraphedStep` records the whole step once and replays it: one launch
     step = GraphedStep(sae, opt, impl="reference", compute_dtype=torch.bfloat16)
     out = step(x)          # x [B, d]; same LossOutput as train_step (tensors reused per call)
 
-What makes the step capturable: no host sync inside it (the dense `reference` loss has none;
+What makes the step capturable: no host sync inside it (`reference` and `fused` have none;
 the sparse `fast` loss reads its dead-latent count on the host, so it stays eager), a constant
 learning rate, and an Adam built with `capturable=True` (`make_optimizer(capturable=True)`).
 The first `warmup` calls run eagerly on a side stream (what capture needs: cuBLAS and the
@@ -26,7 +26,7 @@ from repro.sae.losses import LossOutput
 from repro.sae.model import TopKSAE
 from repro.sae.step import loss_fn, train_step
 
-CAPTURABLE_IMPLS = ("reference",)
+CAPTURABLE_IMPLS = ("reference", "fused")  # no host sync, no data-dependent shape
 
 
 def graph_capturable(impl: str, device: torch.device) -> bool:

@@ -11,14 +11,15 @@ import torch
 
 from repro.errors import ReproError, choices_hint
 from repro.sae.fast import fast_loss
+from repro.sae.fused import fused_loss
 from repro.sae.losses import LossOutput, reference_loss
 from repro.sae.model import TopKSAE
 
-LOSS_IMPLS: dict[str, Callable[..., LossOutput]] = {"fast": fast_loss, "reference": reference_loss}
+LOSS_IMPLS: dict[str, Callable[..., LossOutput]] = {"fast": fast_loss, "fused": fused_loss, "reference": reference_loss}
 
 
 def loss_fn(impl: str) -> Callable[..., LossOutput]:
-    """The loss function registered under `impl` ("fast" or "reference")."""
+    """The loss function registered under `impl` ("fast", "fused" or "reference")."""
     if impl not in LOSS_IMPLS:
         raise ReproError(f"unknown SAE impl {impl!r}: use {choices_hint(LOSS_IMPLS)}")
     return LOSS_IMPLS[impl]

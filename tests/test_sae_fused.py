@@ -1,0 +1,168 @@
+"""The fused loss (hand-written backward, capturable) gives the dense reference's loss, gradients and weights."""
+
+import copy
+
+import pytest
+import torch
+
+from repro.sae import SAEConfig, TopKSAE, make_optimizer, reference_loss, train_step
+from repro.sae import fused
+from repro.sae.fused import fused_loss
+from repro.sae.graphed import GraphedStep, graph_capturable
+from repro.sae.step import loss_fn
+
+CFG = SAEConfig(d_model=16, n_features=64, k=4, k_aux=8, dead_tokens_threshold=64)
+PARAMS = ("W_enc", "b_lat", "W_dec", "b_pre")
+FIELDS = ("loss", "nmse", "auxk", "ev", "l0", "x_hat", "vals", "idx", "fired", "dead")
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _pair(cfg=CFG, seed=0, dtype=torch.float32, b_lat_mean=0.0):
+    a = TopKSAE(cfg, seed=seed, dtype=dtype)
+    with torch.no_grad():  # non-trivial biases so that every term is exercised
+        a.b_pre.normal_(generator=torch.Generator().manual_seed(1))
+        a.b_lat.normal_(b_lat_mean, 0.3, generator=torch.Generator().manual_seed(2))
+    return a, copy.deepcopy(a)
+
+
+def _compare(ref, fus, x, force_dead=None, **tol):
+    """Both losses on x, all LossOutput fields and the four gradients compared; returns the reference output."""
+    r = reference_loss(ref, x, force_dead=force_dead)
+    f = fused_loss(fus, x, force_dead=force_dead)
+    for name in FIELDS:
+        torch.testing.assert_close(getattr(f, name), getattr(r, name), msg=name)
+    r.loss.backward()
+    f.loss.backward()
+    for name in PARAMS:
+        torch.testing.assert_close(getattr(fus, name).grad, getattr(ref, name).grad, msg=name, **tol)
+        assert getattr(fus, name).grad.dtype == getattr(ref, name).dtype
+    return r
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dead_frac", [0.0, 0.3, 1.0])
+def test_loss_outputs_and_gradients_match(dead_frac, dtype):
+    ref, fus = _pair(dtype=dtype)
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(48, 16, generator=gen) * 2
+    dead = torch.rand(64, generator=gen) < dead_frac
+    r = _compare(ref, fus, x, dead)
+    assert (r.auxk > 0) == bool(dead_frac)
+    for name in PARAMS:
+        assert getattr(ref, name).grad.abs().sum() > 0
+
+
+def test_fewer_dead_latents_than_k_aux():
+    ref, fus = _pair(SAEConfig(d_model=16, n_features=64, k=4, k_aux=16))
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[[3, 10, 17, 40, 63]] = True  # 5 < k_aux: AuxK's top also takes masked (zero) alive latents
+    r = _compare(ref, fus, torch.randn(32, 16, generator=torch.Generator().manual_seed(3)) * 2, dead)
+    assert r.auxk > 0
+
+
+def test_dead_latents_from_the_counters():
+    cfg = SAEConfig(d_model=16, n_features=64, k=2, k_aux=16, dead_tokens_threshold=0)  # dead unless fired now
+    ref, fus = _pair(cfg)
+    r = _compare(ref, fus, torch.randn(8, 16, generator=torch.Generator().manual_seed(4)))
+    assert r.dead.sum() > 32 and r.auxk > 0
+
+
+def test_ties_and_negative_preactivations():
+    ref, fus = _pair(b_lat_mean=-1.5)  # many selected pre-activations <= 0: ReLU zeros them
+    with torch.no_grad():
+        for sae in (ref, fus):  # latents 1 and 2 copy latent 0: tied pre-activations
+            sae.W_enc[1:3] = sae.W_enc[0]
+            sae.b_lat[1:3] = sae.b_lat[0]
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randn(40, 16, generator=gen)
+    dead = torch.rand(64, generator=gen) < 0.5
+    dead[:3] = True
+    r = _compare(ref, fus, x, dead)
+    top = ref.pre_acts(x).topk(CFG.k, dim=-1).values
+    assert (top <= 0).any() and (r.vals == 0).any() and r.auxk > 0
+
+
+def test_without_auxk():
+    ref, fus = _pair(SAEConfig(d_model=16, n_features=64, k=4, k_aux=0))
+    r = _compare(ref, fus, torch.randn(16, 16), torch.ones(64, dtype=torch.bool))
+    assert r.auxk == 0
+
+
+def test_a_dropped_b_pre_gradient_is_caught(monkeypatch):
+    monkeypatch.setattr(fused, "_b_pre_grad", lambda gb_lat, W_enc: torch.zeros_like(W_enc[0]))
+    ref, fus = _pair()
+    with pytest.raises(AssertionError, match="b_pre"):
+        _compare(ref, fus, torch.randn(48, 16) * 2, torch.rand(64) < 0.3)
+
+
+def test_weights_match_after_training_steps():
+    cfg = SAEConfig(d_model=16, n_features=64, k=4, k_aux=8, dead_tokens_threshold=3 * 32)
+    ref, fus = _pair(cfg)
+    o_ref, o_fus = make_optimizer(ref, lr=1e-3), make_optimizer(fus, lr=1e-3)
+    gen = torch.Generator().manual_seed(7)
+    aux_steps = 0
+    for _ in range(25):
+        x = torch.randn(32, 16, generator=gen) + 1
+        r = train_step(ref, o_ref, x, impl="reference")
+        f = train_step(fus, o_fus, x, impl="fused")
+        torch.testing.assert_close(f.loss, r.loss)
+        aux_steps += int(r.auxk > 0)
+    assert aux_steps > 0  # AuxK was active during some of the steps
+    for name in PARAMS:
+        torch.testing.assert_close(getattr(fus, name), getattr(ref, name), rtol=1e-4, atol=1e-5, msg=name)
+    torch.testing.assert_close(fus.tokens_since_fired, ref.tokens_since_fired)
+
+
+def test_bfloat16_compute_is_close():
+    ref, fus = _pair()
+    x = torch.randn(48, 16, generator=torch.Generator().manual_seed(8)) * 2
+    dead = torch.rand(64, generator=torch.Generator().manual_seed(9)) < 0.3
+    r = reference_loss(ref, x, compute_dtype=torch.bfloat16, force_dead=dead)
+    f = fused_loss(fus, x, compute_dtype=torch.bfloat16, force_dead=dead)
+    assert r.loss.dtype == f.loss.dtype == torch.float32
+    torch.testing.assert_close(f.idx, r.idx)
+    torch.testing.assert_close(f.loss, r.loss, rtol=2e-2, atol=2e-2)
+    r.loss.backward()
+    f.loss.backward()
+    for name in PARAMS:
+        assert getattr(fus, name).grad.dtype == torch.float32
+        torch.testing.assert_close(getattr(fus, name).grad, getattr(ref, name).grad, rtol=0.1, atol=0.05, msg=name)
+
+
+def test_registered_and_capturable():
+    assert loss_fn("fused") is fused_loss
+    assert graph_capturable("fused", torch.device("cuda"))
+    assert not graph_capturable("fused", torch.device("cpu"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_bf16_matches_reference_and_graph_replays_match_eager():
+    cfg = SAEConfig(d_model=128, n_features=1024, k=8, k_aux=64)
+    dead = torch.arange(1024, device="cuda") % 10 == 0
+    ref, fus = (s.cuda() for s in _pair(cfg))
+    x = torch.randn(512, 128, device="cuda")
+    r = reference_loss(ref, x, compute_dtype=torch.bfloat16, force_dead=dead)
+    f = fused_loss(fus, x, compute_dtype=torch.bfloat16, force_dead=dead)
+    torch.testing.assert_close(f.loss, r.loss, rtol=1e-2, atol=1e-3)
+    r.loss.backward()
+    f.loss.backward()
+    for name in PARAMS:
+        a, b = getattr(fus, name).grad, getattr(ref, name).grad
+        assert (a - b).norm() <= 2e-2 * b.norm(), name
+
+    def train(graphed):
+        sae = TopKSAE(cfg, seed=1, device="cuda")
+        opt = make_optimizer(sae, 1e-3, capturable=graphed)
+        kw = dict(impl="fused", compute_dtype=torch.bfloat16, force_dead=dead)
+        step = GraphedStep(sae, opt, warmup=2, **kw) if graphed else (lambda x: train_step(sae, opt, x, **kw))
+        gen = torch.Generator().manual_seed(0)
+        losses = [step(torch.randn(256, 128, generator=gen).cuda()).loss.detach().clone() for _ in range(8)]
+        return sae, torch.stack(losses), step
+
+    sae_g, loss_g, step = train(True)
+    sae_e, loss_e, _ = train(False)
+    assert step.graph is not None
+    torch.testing.assert_close(loss_g, loss_e, rtol=1e-3, atol=1e-4)
+    for (name, a), b in zip(sae_g.state_dict().items(), sae_e.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-4, msg=name)

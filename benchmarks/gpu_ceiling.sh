@@ -6,6 +6,8 @@
 # docstring-parser: carry `.whl`). Optional "before" run of the unchanged code: put the source of
 # the commit before #17 at .cache/before/src (`mkdir -p .cache/before && git archive cd3b535 src |
 # tar -x -C .cache/before`) and carry `.cache/before`.
+# STEPS="cuda_tests sae_graph ..." runs only those steps (default: all of them); CEILING_PARTS
+# the parts of ceiling.py (default: all).
 # Each step has its own timeout, all within ${BUDGET_S:-530} s; a failed step does not stop the
 # next; every step writes JSON (and a log) into OUTDIR; summary.json lists the steps' exit codes.
 set -u
@@ -35,16 +37,26 @@ if [ $dry = 1 ]; then
   step unet 120 $PY benchmarks/unet_speed.py --model tiny-random --device cpu --batch-sizes 2 --iters 1 --out "$out/unet.json"
   step ceiling 300 $PY benchmarks/ceiling.py all --cpu-dry-run --workdir "$out/work" --out "$out/ceiling.json"
 else
+  # STEPS picks the steps of this call (default: all); CEILING_PARTS the parts of ceiling.py
+  want() { case " ${STEPS:-all} " in *" all "*|*" $1 "*) return 0;; *) return 1;; esac; }
   sae="--n-features 5120 20480 81920 --steps 50 --warmup 5"
-  step cuda_tests 60 $PY -m pytest -q -p no:cacheprovider tests/test_sae_graphed.py
-  step sae_fast 75 $PY benchmarks/sae_speed.py $sae --impl fast --profile --out "$out/sae_fast.json"
-  step sae_reference 75 $PY benchmarks/sae_speed.py $sae --impl reference --profile --out "$out/sae_reference.json"
-  step sae_graph 75 $PY benchmarks/sae_speed.py $sae --impl reference --graph --profile --out "$out/sae_graph.json"
-  step sparsify 75 sh -c "$PY benchmarks/peer/sparsify_step_bench.py '$site' 5120 20480 81920 > '$out/sparsify.json'"
-  step calibrate 90 $PY benchmarks/peer/gpu_calibrate.py          # writes $OUT/calib.json
-  step unet 75 $PY benchmarks/unet_speed.py --model standin-sdxl-turbo --batch-sizes 32 64 --out "$out/unet.json"
-  step ceiling 330 $PY benchmarks/ceiling.py all --model standin-sdxl-turbo --n-prompts 1024 --batch-size 32 \
-       --shard-size 256 --writers 4 --workdir /tmp/ceiling --out "$out/ceiling.json"
+  tests="tests/test_sae_graphed.py tests/test_unet_graph.py"; [ -f tests/test_sae_fused.py ] && tests="$tests tests/test_sae_fused.py"
+  want cuda_tests && step cuda_tests 150 $PY -m pytest -q -p no:cacheprovider $tests
+  want sae_graph && step sae_graph 75 $PY benchmarks/sae_speed.py $sae --impl reference --graph --profile --out "$out/sae_graph.json"
+  if want sae_fused && $PY -c "import sys; sys.path.insert(0, 'src'); from repro.sae.step import LOSS_IMPLS; sys.exit('fused' not in LOSS_IMPLS)"; then
+    step sae_fused 75 $PY benchmarks/sae_speed.py $sae --impl fused --graph --profile --out "$out/sae_fused.json"
+    step sae_fused_eager 75 $PY benchmarks/sae_speed.py $sae --impl fused --out "$out/sae_fused_eager.json"
+  fi
+  want sae_fast && step sae_fast 75 $PY benchmarks/sae_speed.py $sae --impl fast --profile --out "$out/sae_fast.json"
+  want sae_reference && step sae_reference 75 $PY benchmarks/sae_speed.py $sae --impl reference --profile --out "$out/sae_reference.json"
+  want sparsify && step sparsify 75 sh -c "$PY benchmarks/peer/sparsify_step_bench.py '$site' 5120 20480 81920 > '$out/sparsify.json'"
+  want calibrate && step calibrate 90 $PY benchmarks/peer/gpu_calibrate.py          # writes $OUT/calib.json
+  want unet && step unet 75 $PY benchmarks/unet_speed.py --model standin-sdxl-turbo --batch-sizes 32 64 --out "$out/unet.json"
+  want ceiling && step ceiling 330 $PY benchmarks/ceiling.py ${CEILING_PARTS:-all} --model standin-sdxl-turbo --n-prompts 1024 \
+       --batch-size 32 --shard-size 256 --writers 4 --workdir /tmp/ceiling --out "$out/ceiling.json"
+  want ceiling_b64 && step ceiling_b64 150 $PY benchmarks/ceiling.py generate collect --model standin-sdxl-turbo \
+       --n-prompts 1024 --batch-size 64 --shard-size 256 --writers 4 --workdir /tmp/ceiling64 --out "$out/ceiling_b64.json"
+  want analysis && [ -f benchmarks/analysis_speed.py ] && step analysis 150 $PY benchmarks/analysis_speed.py --out "$out/analysis.json"
 fi
 if [ -d .cache/before/src ]; then  # the unchanged code of before #17, same machine, same run
   if [ $dry = 1 ]; then args="--model tiny-random --device cpu --n-prompts 16 --batch-size 4 --shard-size 8 --token-batch 256 --threads 1"
@@ -52,7 +64,7 @@ if [ -d .cache/before/src ]; then  # the unchanged code of before #17, same mach
   step before 150 env PYTHONPATH=.cache/before/src:$site $PY benchmarks/collect_speed.py $args --repeats 1 \
        --workdir /tmp/ceiling-before --out "$out/collect_before.json"
 fi
-rm -rf /tmp/ceiling /tmp/ceiling-before "$out/work" "$site"
+rm -rf /tmp/ceiling /tmp/ceiling64 /tmp/ceiling-before "$out/work" "$site"
 $PY - "$out" <<'PYEOF'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])

@@ -47,6 +47,7 @@ class UNetGraph:
         self.warmup = warmup
         self.eager_calls = 0
         self.replays = 0
+        self.stream: torch.cuda.Stream | None = None  # warm-up and capture run on it
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key: tuple | None = None  # input signature of the captured call
         self.inputs: list[torch.Tensor | None] = []  # the captured inputs, refilled each replay
@@ -83,11 +84,18 @@ class UNetGraph:
         key = _signature(args)
         if sample.device.type != "cuda" or (self.key is not None and key != self.key):
             return self._forward(*args)
-        if self.graph is None and self.eager_calls < self.warmup:
-            self.eager_calls += 1
-            return self._forward(*args)
         if self.graph is None:
+            current = torch.cuda.current_stream(sample.device)
+            self.stream = self.stream or torch.cuda.Stream(device=sample.device)
+            self.stream.wait_stream(current)
+            if self.eager_calls < self.warmup:  # on the capture stream, as capture needs (torch docs)
+                self.eager_calls += 1
+                with torch.cuda.stream(self.stream):
+                    out = self._forward(*args)
+                current.wait_stream(self.stream)
+                return out
             self._capture(args, key)
+            current.wait_stream(self.stream)
         for static, new in zip(self.inputs, args):
             if static is not None:
                 static.copy_(new)
@@ -96,12 +104,10 @@ class UNetGraph:
         return self.outputs
 
     def _capture(self, args: list, key: tuple) -> None:
-        self.inputs = [None if a is None else a.clone() for a in args]
+        with torch.cuda.stream(self.stream):
+            self.inputs = [None if a is None else a.clone() for a in args]
         graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream(device=args[0].device)
-        stream.wait_stream(torch.cuda.current_stream(args[0].device))
         # thread_local: other threads (the next batch's text towers, SAE steps) go on launching meanwhile
-        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
             self.outputs = self._forward(*self.inputs)
-        torch.cuda.current_stream(args[0].device).wait_stream(stream)
         self.graph, self.key = graph, key

@@ -47,6 +47,7 @@ else
     step sae_fused 75 $PY benchmarks/sae_speed.py $sae --impl fused --graph --profile --out "$out/sae_fused.json"
     step sae_fused_eager 75 $PY benchmarks/sae_speed.py $sae --impl fused --out "$out/sae_fused_eager.json"
   fi
+  want fused_check && step fused_check 120 $PY benchmarks/fused_check.py "$out/fused_check.json"
   want sae_fast && step sae_fast 75 $PY benchmarks/sae_speed.py $sae --impl fast --profile --out "$out/sae_fast.json"
   want sae_reference && step sae_reference 75 $PY benchmarks/sae_speed.py $sae --impl reference --profile --out "$out/sae_reference.json"
   want sparsify && step sparsify 75 sh -c "$PY benchmarks/peer/sparsify_step_bench.py '$site' 5120 20480 81920 > '$out/sparsify.json'"

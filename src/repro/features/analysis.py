@@ -2,7 +2,8 @@
 when ground truth is known, each feature's association with concepts.
 
 Input is a stream of chunks `(image_ids [b], updates [b, H, W, C])`, so paper-scale
-stores are read piece by piece. Per feature f (z_f: activation after TopK and ReLU, zeroed
+stores are read piece by piece; `FeatureAccumulator` holds the running state (one per SAE,
+so that `repro.features.data.analyse_store` feeds all blocks from one read of a store). Per feature f (z_f: activation after TopK and ReLU, zeroed
 where it does not fire by `repro.sae.metrics.fires`, the training loss's rule):
 - frequency: share of positions where f fires; mean / std of z_f where it fires;
 - top examples: the `m` images with the largest max_pos z_f, with their [H, W] maps;
@@ -96,6 +97,101 @@ def _split(ids, x, concepts, max_elems):
         yield ids[s:s + step], x[s:s + step], None if concepts is None else concepts[s:s + step]
 
 
+class FeatureAccumulator:
+    """The running state of one SAE's analysis: `add` takes a chunk, `result` the analysis.
+
+    The one implementation of the maths, fed by `analyse_features` (chunks of any stream)
+    and by `repro.features.data.analyse_store` (all blocks of a store in one read). Each
+    `add` is cut into dense blocks of at most `max_dense_elems` codes, so the same chunks
+    give the same floats whoever feeds them.
+    """
+
+    def __init__(self, sae: TopKSAE, m: int = 16, concept_names: list[str] | None = None,
+                 max_dense_elems: int = 2 ** 25, profile_sample: int | None = None, profile_seed: int = 0):
+        from repro.features.profile import ProfileAccumulator
+
+        self.sae, self.m, self.concept_names = sae, m, concept_names
+        n, dev = sae.cfg.n_features, sae.device
+        self.max_elems = max_dense_elems // max(n, 1)
+        self.profile = ProfileAccumulator(n, profile_sample, profile_seed, dev) if profile_sample else None
+        self.count = torch.zeros(n, dtype=torch.int64, device=dev)
+        self.total = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.total_sq = torch.zeros(n, dtype=torch.float64, device=dev)
+        self.best_vals = torch.full((n, m), -1.0, device=dev)
+        self.best_ids = torch.full((n, m), -1, dtype=torch.int64, device=dev)
+        self.best_maps: torch.Tensor | None = None
+        self.both = self.fired_pos = self.concept_pos = None
+        self.n_tokens = 0
+
+    @torch.no_grad()
+    def add(self, ids: torch.Tensor, x: torch.Tensor, concepts: torch.Tensor | None = None) -> None:
+        """ids [b] image ids; x [b, H, W, C] updates (any device, any float dtype); concepts
+        [b, c, H, W] bool or None."""
+        for part in _split(ids, x, concepts, self.max_elems):
+            self._add(*part)
+
+    def _add(self, ids, x, concepts) -> None:
+        sae, m = self.sae, self.m
+        n, dev = sae.cfg.n_features, sae.device
+        b, h, w, c = x.shape
+        if self.best_maps is None:
+            self.best_maps = torch.zeros(n, m, h, w, dtype=torch.float16, device=dev)
+        tokens = x.reshape(-1, c).to(device=dev, dtype=sae.dtype)
+        vals, idx = sae.encode_topk(tokens)  # [b*h*w, k]
+        vals = vals.float() * fires(sae.cfg, vals)  # below the firing threshold counts as silent
+        z = torch.zeros(tokens.shape[0], n, device=dev).scatter_(1, idx, vals)  # [b*h*w, n]
+        if self.profile is not None:
+            self.profile.add(ids, vals, idx, z, (h, w))
+        on = z > 0
+        fired = on.sum(0)  # [n] int64
+        self.count += fired
+        self.total += z.sum(0).double()
+        # one float64 copy of z, squared in place (x*x either way: the same floats as `z.double() ** 2`)
+        self.total_sq += z.double().square_().sum(0)
+        self.n_tokens += tokens.shape[0]
+        # top examples: merge this chunk's per-image maxima into the running top-m
+        z_img = z.reshape(b, h * w, n)
+        img_max = z_img.amax(1).T  # [n, b]
+        cand_vals = torch.cat([self.best_vals, img_max], 1)  # [n, m + b]
+        cand_ids = torch.cat([self.best_ids, ids.to(dev)[None].expand(n, b)], 1)
+        keep_vals, order = cand_vals.topk(m, dim=1)
+        chunk_maps = z_img.permute(2, 0, 1).reshape(n, b, h, w).half()  # [n, b, h, w]
+        cand_maps = torch.cat([self.best_maps, chunk_maps], 1)
+        self.best_maps = cand_maps.gather(1, order[:, :, None, None].expand(n, m, h, w))
+        self.best_ids = cand_ids.gather(1, order)
+        self.best_vals = keep_vals
+        if concepts is not None:
+            cmat = concepts.to(dev).permute(0, 2, 3, 1).reshape(-1, concepts.shape[1]).float()  # [b*h*w, c]
+            if self.both is None:
+                self.both = torch.zeros(n, cmat.shape[1], dtype=torch.float64, device=dev)
+                self.fired_pos = torch.zeros(n, dtype=torch.float64, device=dev)
+                self.concept_pos = torch.zeros(cmat.shape[1], dtype=torch.float64, device=dev)
+            self.both += (on.float().T @ cmat).double()
+            self.fired_pos += fired.double()
+            self.concept_pos += cmat.sum(0).double()
+
+    def result(self) -> FeatureAnalysis:
+        """The analysis so far, on the CPU."""
+        count, n_tokens = self.count, self.n_tokens
+        safe = count.clamp_min(1).double()
+        mean = self.total / safe
+        std = (self.total_sq / safe - mean * mean).clamp_min(0).sqrt()
+        stats = FeatureStats(mean=mean.float().cpu(), std=std.float().cpu(),
+                             frequency=(count.double() / max(n_tokens, 1)).float().cpu(),
+                             count=count.cpu(), n_tokens=n_tokens)
+        best_ids = torch.where(self.best_vals > 0, self.best_ids, torch.full_like(self.best_ids, -1))
+        maps = self.best_maps
+        if maps is None:  # nothing added
+            maps = torch.zeros(*best_ids.shape, 1, 1, dtype=torch.float16)
+        top = TopExamples(best_ids.cpu(), self.best_vals.clamp_min(0).cpu(), maps.cpu())
+        concepts_out = None
+        if self.both is not None:
+            names = self.concept_names or [f"c{i}" for i in range(self.both.shape[1])]
+            concepts_out = ConceptCounts(list(names), self.both.cpu(), self.fired_pos.cpu(), self.concept_pos.cpu(),
+                                         n_tokens)
+        return FeatureAnalysis(stats, top, concepts_out, self.profile.result() if self.profile is not None else None)
+
+
 @torch.no_grad()
 def analyse_features(
     sae: TopKSAE,
@@ -110,68 +206,13 @@ def analyse_features(
 
     Concepts are optional; give `concept_names` (length c) with them. `profile_sample=r` also
     builds each feature's profile in the same pass (`repro.features.profile`: equal to
-    `profile_features(sae, chunks, r, profile_seed, max_dense_elems)`).
+    `profile_features(sae, chunks, r, profile_seed, max_dense_elems)`). A whole store, all
+    blocks at once: `repro.features.data.analyse_store` (each shard read once).
     """
-    from repro.features.profile import ProfileAccumulator
-
-    n = sae.cfg.n_features
-    dev = sae.device
-    profile = ProfileAccumulator(n, profile_sample, profile_seed, dev) if profile_sample else None
     started = time.perf_counter()
-    count = torch.zeros(n, dtype=torch.int64, device=dev)
-    total = torch.zeros(n, dtype=torch.float64, device=dev)
-    total_sq = torch.zeros(n, dtype=torch.float64, device=dev)
-    best_vals = torch.full((n, m), -1.0, device=dev)
-    best_ids = torch.full((n, m), -1, dtype=torch.int64, device=dev)
-    best_maps = None
-    both = fired_pos = concept_pos = None
-    n_tokens = 0
-    for ids, x, concepts in _chunks_by_size(chunks, max_dense_elems // max(n, 1)):
-        b, h, w, c = x.shape
-        if best_maps is None:
-            best_maps = torch.zeros(n, m, h, w, dtype=torch.float16, device=dev)
-        tokens = x.reshape(-1, c).to(device=dev, dtype=sae.dtype)
-        vals, idx = sae.encode_topk(tokens)  # [b*h*w, k]
-        vals = vals.float() * fires(sae.cfg, vals)  # below the firing threshold counts as silent
-        z = torch.zeros(tokens.shape[0], n, device=dev).scatter_(1, idx, vals)  # [b*h*w, n]
-        if profile is not None:
-            profile.add(ids, vals, idx, z, (h, w))
-        on = z > 0
-        count += on.sum(0)
-        total += z.sum(0).double()
-        total_sq += (z.double() ** 2).sum(0)
-        n_tokens += tokens.shape[0]
-        # top examples: merge this chunk's per-image maxima into the running top-m
-        z_img = z.reshape(b, h * w, n)
-        img_max = z_img.amax(1).T  # [n, b]
-        cand_vals = torch.cat([best_vals, img_max], 1)  # [n, m + b]
-        cand_ids = torch.cat([best_ids, ids.to(dev)[None].expand(n, b)], 1)
-        keep_vals, order = cand_vals.topk(m, dim=1)
-        chunk_maps = z_img.permute(2, 0, 1).reshape(n, b, h, w).half()  # [n, b, h, w]
-        cand_maps = torch.cat([best_maps, chunk_maps], 1)
-        best_maps = cand_maps.gather(1, order[:, :, None, None].expand(n, m, h, w))
-        best_ids = cand_ids.gather(1, order)
-        best_vals = keep_vals
-        if concepts is not None:
-            cmat = concepts.to(dev).permute(0, 2, 3, 1).reshape(-1, concepts.shape[1]).float()  # [b*h*w, c]
-            if both is None:
-                both = torch.zeros(n, cmat.shape[1], dtype=torch.float64, device=dev)
-                fired_pos = torch.zeros(n, dtype=torch.float64, device=dev)
-                concept_pos = torch.zeros(cmat.shape[1], dtype=torch.float64, device=dev)
-            both += (on.float().T @ cmat).double()
-            fired_pos += on.sum(0).double()
-            concept_pos += cmat.sum(0).double()
-    safe = count.clamp_min(1).double()
-    add_sae_analysis(n_tokens, time.perf_counter() - started)  # reading the store included
-    mean = total / safe
-    std = (total_sq / safe - mean * mean).clamp_min(0).sqrt()
-    stats = FeatureStats(mean=mean.float().cpu(), std=std.float().cpu(),
-                         frequency=(count.double() / max(n_tokens, 1)).float().cpu(),
-                         count=count.cpu(), n_tokens=n_tokens)
-    best_ids = torch.where(best_vals > 0, best_ids, torch.full_like(best_ids, -1))
-    top = TopExamples(best_ids.cpu(), best_vals.clamp_min(0).cpu(), best_maps.cpu())
-    concepts_out = None
-    if both is not None:
-        concepts_out = ConceptCounts(list(concept_names or [f"c{i}" for i in range(both.shape[1])]),
-                                     both.cpu(), fired_pos.cpu(), concept_pos.cpu(), n_tokens)
-    return FeatureAnalysis(stats, top, concepts_out, profile.result() if profile is not None else None)
+    acc = FeatureAccumulator(sae, m, concept_names, max_dense_elems, profile_sample, profile_seed)
+    for item in chunks:
+        acc.add(item[0], item[1], item[2] if len(item) > 2 else None)
+    out = acc.result()
+    add_sae_analysis(acc.n_tokens, time.perf_counter() - started)  # reading the store included
+    return out

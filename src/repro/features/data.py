@@ -2,25 +2,49 @@
 
 `store_chunks` yields `(image_ids [n], updates [n, H, W, C] float32[, concepts [n, c, H, W]])`
 one shard at a time, for one step and one half — the input `analyse_features` takes.
-On ShapesWorld stores the concepts come from the prompts themselves: every prompt is a
-caption the grammar can parse back into its scene.
+`analyse_store` is the same analysis for several blocks in one pass: each shard is read
+once (by threads, ahead of use), its bf16 block slices go to each SAE's device as they are
+stored and become float32 there; the results equal `analyse_features` over `store_chunks`
+block by block (same chunks, same order). On ShapesWorld stores the concepts come from the
+prompts themselves: every prompt is a caption the grammar can parse back into its scene.
 """
 
 from __future__ import annotations
 
-from typing import Iterator
+import json
+import struct
+import time
+from contextlib import closing
+from typing import Any, Iterator, Mapping
 
 import torch
 
+from repro.features.analysis import FeatureAccumulator, FeatureAnalysis
+from repro.meter import add_sae_analysis
+from repro.sae.model import TopKSAE
 from repro.store import ActivationStore
+from repro.store.reader import read_shards, tensor_views
+
+
+def _half_row(store: ActivationStore, half: str | None) -> int:
+    """Index of `half` in the store's halves (default: cond under guidance, else the only one)."""
+    halves = store.halves
+    return halves.index(half or ("cond" if "cond" in halves else halves[0]))
+
+
+def _scene_concepts(prompts: list[str], grid: int) -> torch.Tensor:
+    """bool [n, c, grid, grid] ground-truth concept maps of ShapesWorld captions."""
+    from repro.features.toy_concepts import scene_concepts
+    from repro.shapes.captions import parse_caption
+
+    return scene_concepts([parse_caption(p) for p in prompts], grid=grid)
 
 
 def store_chunks(store: ActivationStore, block: str, step: int = 0, half: str | None = None,
                  concepts: bool = False, max_images: int | None = None) -> Iterator[tuple]:
     """Chunks of `block`'s updates at `step` (and `half` under guidance: default cond)."""
     H, W, C = store.block_shape(block)
-    halves = store.halves
-    h = halves.index(half or ("cond" if "cond" in halves else halves[0]))
+    h = _half_row(store, half)
     seen = 0
     for record in store.shards:
         if max_images is not None and seen >= max_images:
@@ -33,8 +57,84 @@ def store_chunks(store: ActivationStore, block: str, step: int = 0, half: str | 
         if not concepts:
             yield ids, updates
             continue
-        from repro.features.toy_concepts import scene_concepts
-        from repro.shapes.captions import parse_caption
+        yield ids, updates, _scene_concepts(store.prompts(record["start"], record["start"] + n), H)
 
-        scenes = [parse_caption(p) for p in store.prompts(record["start"], record["start"] + n)]
-        yield ids, updates, scene_concepts(scenes, grid=H)
+
+def _shard_prompts(data: torch.Tensor) -> list[str]:
+    """The prompts recorded in a shard file's header; data: the file's bytes, uint8 [size]."""
+    (n,) = struct.unpack("<Q", bytes(data[:8].numpy()))
+    header = json.loads(bytes(data[8 : 8 + n].numpy()))
+    return json.loads(header["__metadata__"]["repro"])["prompts"]
+
+
+def _images_per_shard(store: ActivationStore, max_images: int | None) -> list[tuple[dict[str, Any], int]]:
+    """(record, images analysed) of the shards to read: the first `max_images` images (all: None)."""
+    out, seen = [], 0
+    for record in store.shards:
+        if max_images is not None and seen >= max_images:
+            break
+        n = record["stop"] - record["start"]
+        n = n if max_images is None else min(n, max_images - seen)
+        out.append((record, n))
+        seen += n
+    return out
+
+
+@torch.no_grad()
+def analyse_store(
+    saes: Mapping[str, TopKSAE],
+    store: ActivationStore,
+    *,
+    step: int = 0,
+    half: str | None = None,
+    concepts: bool = False,
+    m: int = 16,
+    concept_names: list[str] | None = None,
+    profile_sample: int | None = None,
+    profile_seed: int = 0,
+    max_dense_elems: int = 2 ** 25,
+    read_threads: int | None = None,
+    max_images: int | None = None,
+) -> dict[str, FeatureAnalysis]:
+    """{block: analysis} of every SAE of `saes` ({block: TopKSAE}) over the store, in one read.
+
+    Equal to `analyse_features(saes[b], store_chunks(store, b, step, half, concepts, max_images),
+    m, concept_names, max_dense_elems, profile_sample, profile_seed)` for each block b
+    (bitwise on the CPU). Shards are read (and sha256-checked on first use when the store
+    verifies) by `read_threads` threads (default `default_read_threads()`) into reused
+    buffers, pinned when an SAE is on a GPU. Concepts (ShapesWorld stores) are made once
+    per shard and map size. The meter counts the tokens of all blocks over the whole time.
+    """
+    started = time.perf_counter()
+    blocks = list(saes)
+    shapes = {b: store.block_shape(b) for b in blocks}  # (H, W, C); raises on a block the store lacks
+    h = _half_row(store, half)
+    accs = {b: FeatureAccumulator(saes[b], m, concept_names, max_dense_elems, profile_sample, profile_seed)
+            for b in blocks}
+    cuda = {saes[b].device for b in blocks if saes[b].device.type == "cuda"}
+    plan = _images_per_shard(store, max_images)
+    shards = read_shards(store, [r for r, _ in plan], threads=read_threads, pin=bool(cuda))
+    with closing(shards):
+        for (record, data), (_, n) in zip(shards, plan):
+            tensors = tensor_views(data, blocks)  # {block: [n_shard, steps, halves, HW, C]} views of the buffer
+            # [n, HW, C] as stored (bf16) to each SAE's device, from pinned memory without waiting;
+            # on the CPU a view of the buffer, which the accumulator copies when it makes float32
+            xs = {b: tensors[b][:n, step, h].to(saes[b].device, non_blocking=True) for b in blocks}
+            copied = []
+            for dev in cuda:  # the buffer is reused once the next shard is taken: its copies must be done
+                copied.append(torch.cuda.Event())
+                copied[-1].record(torch.cuda.current_stream(dev))
+            maps = {}
+            if concepts:
+                prompts = _shard_prompts(data)[:n]
+                maps = {H: _scene_concepts(prompts, H) for H in {s[0] for s in shapes.values()}}
+            ids = torch.arange(record["start"], record["start"] + n)
+            for b in blocks:
+                H, W, C = shapes[b]
+                accs[b].add(ids, xs[b].reshape(n, H, W, C), maps.get(H))  # to float32 on the device, per chunk
+            for event in copied:
+                event.synchronize()
+            tensors = xs = None
+    out = {b: acc.result() for b, acc in accs.items()}
+    add_sae_analysis(sum(acc.n_tokens for acc in accs.values()), time.perf_counter() - started)  # reading included
+    return out

@@ -459,6 +459,50 @@ class _ReadAhead:
         self.pool.shutdown(wait=True)
 
 
+def read_shards(store: ActivationStore, records: Sequence[dict[str, Any]], *, threads: int | None = None,
+                depth: int | None = None, pin: bool = False, verify: bool | None = None
+                ) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+    """(record, the shard's bytes uint8 [size]) of each of `records`, in order: each file read
+    once (`read_shard`: checked on its first read when `verify`, default the store's) by
+    `threads` threads (default `default_read_threads()`), at most `depth` (default threads + 1)
+    ahead of use, into reused host buffers (pinned when `pin`: for copies to a GPU).
+
+    The bytes are valid until the next shard is asked for: copy out what is kept (and wait
+    for a non-blocking copy from them) before that. Close the generator to stop early.
+    """
+    records = list(records)
+    if not records:
+        return
+    threads = default_read_threads() if threads is None else int(threads)
+    buffers = _Buffers(max(int(r.get("bytes", 0)) for r in records), pin)
+
+    def read(record: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        taken: list[torch.Tensor] = []
+
+        def alloc(size: int) -> torch.Tensor:
+            taken.append(buffers.get(size))
+            return taken[0]
+
+        try:
+            data = store.read_shard(record, alloc, verify)
+            return taken[0], data
+        except BaseException:
+            if taken:
+                buffers.put(taken[0])
+            raise
+
+    ahead = _ReadAhead(read, buffers.put, threads, threads + 1 if depth is None else int(depth))
+    try:
+        for j, record in enumerate(records):
+            buf, data = ahead.take(j, lambda: enumerate(records))
+            try:
+                yield record, data
+            finally:
+                buffers.put(buf)
+    finally:
+        ahead.close()
+
+
 class StoreSource(ChunkedSource):
     """Token batches `{block: [B, C]}` from a store, following the SAE batch-source protocol.
 

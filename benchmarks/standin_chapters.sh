@@ -12,7 +12,21 @@
 # ${BUDGET_S:-560} s; a failed step does not stop the next. OUTDIR gets at most 7 files:
 # summary.json, logs.tar.xz (every log, paper_profile.json, the chapters' results/*.json, the
 # executed 04), and once: site_pack.json + site.tar.xz.part-NN (benchmarks/site_pack.py).
+#
+# ONE_CALL=1: issue #17 alone, in ONE device call (timeout_s 600) on a fresh machine: 02_collect and
+# 03_train at reduced counts (03 at ${ONE_CALL_STEPS:-200} SAE steps: 04's cost does not depend on the
+# SAEs' quality, only on their shapes, which stay 1280 x 5120, k 10), then 04_evaluate at its DEFAULT
+# counts with the rest of the budget (MIN_04_S=60: it always starts; a chapter stopped by the limit
+# still records its wall time and peak host memory). 05 and the site are left out. Expected
+# (benchmarks/evaluate_cost.py): 02 ~60 s + 03 ~45 s + 04 ~5.7 min, inside BUDGET_S=560.
+#   ONE_CALL=1 PY=python3 bash benchmarks/standin_chapters.sh OUTDIR
+# Any of PRE_CHAPTERS / PARAMS / MIN_04_S given explicitly wins over the preset.
 set -u
+if [ "${ONE_CALL:-0}" = 1 ]; then
+  PRE_CHAPTERS=${PRE_CHAPTERS:-02_collect 03_train}
+  PARAMS=${PARAMS:-"{\"03_train\": {\"steps\": ${ONE_CALL_STEPS:-200}, \"stats_batches\": 10}}"}
+  MIN_04_S=${MIN_04_S:-60}
+fi
 out=${1:?usage: standin_chapters.sh OUTDIR [--cpu-dry-run]}
 dry=0; [ "${2:-}" = "--cpu-dry-run" ] && dry=1
 mkdir -p "$out"; out=$(cd "$out" && pwd)
@@ -99,12 +113,24 @@ import json, sys, pathlib
 out, logs, state = (pathlib.Path(a) for a in sys.argv[1:])
 steps = [dict(zip(("step", "rc", "seconds"), l.split("\t"))) for l in (logs / "steps.tsv").read_text().splitlines()]
 record = json.loads((state / "paper_profile.json").read_text()) if (state / "paper_profile.json").exists() else {}
+# 04's seconds per cell (papermill's own record in the executed notebook), to set beside
+# benchmarks/evaluate_cost.py's estimate per cell
+cells = []
+nb_path = logs / "04_evaluate.ipynb"
+if nb_path.exists():
+    nb = json.loads(nb_path.read_text())
+    for c in nb["cells"]:
+        d = c.get("metadata", {}).get("papermill", {}).get("duration")
+        if c["cell_type"] == "code" and d is not None:
+            src = "".join(c["source"]) if isinstance(c["source"], list) else c["source"]
+            first = next((l for l in src.splitlines() if l.strip() and not l.startswith("#")), "")[:70]
+            cells.append({"seconds": round(d, 1), "starts": first})
 short = {name: {k: e.get(k) for k in ("ok", "default_counts", "wall_s", "peak_rss_sampled_gib", "peak_rss_children_gib",
                                        "timed_out", "error")}
          | {k: e.get("resources", {}).get(k) for k in ("peak_host_memory_gib", "peak_gpu_memory_gib", "peak_gpu_reserved_gib")}
          for name, e in record.get("chapters", {}).items()}
 site = json.loads((out / "site_pack.json").read_text()) if (out / "site_pack.json").exists() else None
-json.dump({"steps": steps, "chapters": short, "site_pack": site, "files": sorted(p.name for p in out.iterdir())},
-          open(out / "summary.json", "w"), indent=1)
-print(json.dumps({"steps": steps, "chapters": short}, indent=1))
+json.dump({"steps": steps, "chapters": short, "evaluate_cells_s": cells, "site_pack": site,
+           "files": sorted(p.name for p in out.iterdir())}, open(out / "summary.json", "w"), indent=1)
+print(json.dumps({"steps": steps, "chapters": short, "evaluate_cells_s": cells}, indent=1))
 PYEOF

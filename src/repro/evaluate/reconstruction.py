@@ -19,7 +19,6 @@ import numpy as np
 import torch
 
 from repro.errors import ReproError
-from repro.intervals import bootstrap
 from repro.sae.metrics import Moments, fires
 from repro.sae.model import TopKSAE
 
@@ -44,9 +43,27 @@ class Reconstruction:
 
 
 def _image_sums(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """v [b, H, W, C] -> (sum over positions [b, C], sum of squares [b]) in float64."""
-    v = v.double().cpu()
+    """v [b, H, W, C] -> (sum over positions [b, C], sum of squares [b]) in float64, on v's device.
+
+    Summed where v is: only [b, C] + [b] numbers leave a GPU, not v itself in float64 (at SDXL
+    base's 1024 px, 04's transfer cell used to copy ~670 GB of float64 rows to the host)."""
+    v = v.double()
     return v.sum((1, 2)), v.pow(2).sum((1, 2, 3))
+
+
+def draw_weights(n: int, n_boot: int, seed: int = 0) -> torch.Tensor:
+    """[n_boot, n] float64 counts: how often each of n units is drawn in each bootstrap resample,
+    for the same draws as `repro.intervals.bootstrap(np.arange(n), ..., n_boot, seed=seed)`."""
+    rng = np.random.default_rng(seed)
+    idx = torch.as_tensor(np.stack([rng.integers(0, n, n) for _ in range(n_boot)]))
+    return torch.zeros(n_boot, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(idx.shape, dtype=torch.float64))
+
+
+def percentile_interval(draws, level: float = 0.95) -> tuple[float, float]:
+    """(lo, hi) of a statistic's bootstrap draws, as `repro.intervals.bootstrap` takes them."""
+    draws = np.asarray(draws)
+    alpha = (1 - level) / 2
+    return float(np.quantile(draws, alpha)), float(np.quantile(draws, 1 - alpha))
 
 
 @dataclass
@@ -73,22 +90,56 @@ class ImageSums:
 
         return float(1 - dev(self.e1[idx], self.e2[idx]) / dev(self.x1[idx], self.x2[idx]))
 
+    def ev_draws(self, weights: torch.Tensor) -> np.ndarray:
+        """`ev` of many resamples at once: weights [n_boot, N] counts of each image per resample
+        (`draw_weights`) -> [n_boot] EVs; each equals `ev(idx)` of that resample up to float64
+        rounding (small matrix products instead of n_boot indexings: |sum of a resample's s1|^2
+        is w G w^T with G the [N, N] Gram matrix of the images' s1)."""
+        w = weights.to(torch.float64)
+        rows = w.sum(1) * self.positions  # positions in each resample
+
+        def dev(s1, s2):
+            s1 = s1.double()
+            return w @ s2.double() - ((w @ (s1 @ s1.T)) * w).sum(1) / rows
+
+        return (1 - dev(self.e1, self.e2) / dev(self.x1, self.x2)).numpy()
+
 
 @torch.no_grad()
 def image_sums(sae: TopKSAE, updates: torch.Tensor, batch_size: int = 8192) -> ImageSums:
     """`ImageSums` of `sae` on updates [N, H, W, C]."""
+    return image_sums_of({"sae": sae}, updates, batch_size)["sae"]
+
+
+@torch.no_grad()
+def image_sums_of(saes: dict[str, TopKSAE], updates: torch.Tensor, batch_size: int = 8192) -> dict[str, ImageSums]:
+    """`image_sums` of several SAEs on the same updates [N, H, W, C]: {name: ImageSums}, each the
+    one `image_sums(sae, updates)` gives. Each chunk of images is moved and converted once per
+    device and dtype, and the sums of x, the same for all those SAEs, are computed once; the
+    sums stay on the SAEs' device until the end (one copy of [N, C] numbers to the host)."""
     x = updates.reshape(-1, *updates.shape[-3:]).float()  # [N, H, W, C]
     n, h, w, c = x.shape
-    parts: dict[str, list] = {"x1": [], "x2": [], "e1": [], "e2": []}
     per_batch = max(1, batch_size // (h * w))
-    for start in range(0, n, per_batch):
-        chunk = x[start : start + per_batch].to(device=sae.device, dtype=sae.dtype)
-        x_hat = sae.decode_sparse(*sae.encode_topk(chunk)).float()
-        for key, v in (("x", chunk.float()), ("e", chunk.float() - x_hat)):
-            s1, s2 = _image_sums(v)
-            parts[key + "1"].append(s1)
-            parts[key + "2"].append(s2)
-    return ImageSums(**{k: torch.cat(v) for k, v in parts.items()}, positions=h * w)
+    groups: dict[tuple, list[str]] = {}
+    for name, sae in saes.items():
+        groups.setdefault((sae.device, sae.dtype), []).append(name)
+    out: dict[str, ImageSums] = {}
+    for (device, dtype), names in groups.items():
+        xs: dict[str, list] = {"x1": [], "x2": []}
+        es: dict = {name: {"e1": [], "e2": []} for name in names}
+        for start in range(0, n, per_batch):
+            chunk = x[start : start + per_batch].to(device=device, dtype=dtype)
+            xf = chunk.float()
+            for key, v in zip(("x1", "x2"), _image_sums(xf)):
+                xs[key].append(v)
+            for name in names:
+                sae = saes[name]
+                for key, v in zip(("e1", "e2"), _image_sums(xf - sae.decode_sparse(*sae.encode_topk(chunk)).float())):
+                    es[name][key].append(v)
+        x1, x2 = (torch.cat(xs[k]).cpu() for k in ("x1", "x2"))
+        for name in names:
+            out[name] = ImageSums(x1=x1, x2=x2, **{k: torch.cat(v).cpu() for k, v in es[name].items()}, positions=h * w)
+    return {name: out[name] for name in saes}
 
 
 @torch.no_grad()
@@ -127,8 +178,8 @@ def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int
     position_ev = (1.0 - residual.squared_deviation() / signal.squared_deviation().clamp_min(1e-12)).tolist()
     interval = (float("nan"), float("nan"))
     if n_boot and n > 1 and var_x > 0:
-        sums = ImageSums(**{k: torch.cat(v) for k, v in per_image.items()}, positions=h * w)
-        interval = bootstrap(np.arange(n), sums.ev, n_boot=n_boot)
+        sums = ImageSums(**{k: torch.cat(v).cpu() for k, v in per_image.items()}, positions=h * w)
+        interval = percentile_interval(sums.ev_draws(draw_weights(n, n_boot)))
     return Reconstruction(
         ev=ev, fvu=1.0 - ev, nmse=nmse, l0=l0_total / (n * h * w),
         dead_fraction=1.0 - float(fired.float().mean()), n_tokens=n * h * w, position_ev=position_ev,
@@ -148,6 +199,15 @@ def code_overlap(sae: TopKSAE, a: torch.Tensor, b: torch.Tensor) -> float:
 @torch.no_grad()
 def code_cosines(sae: TopKSAE, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Cosine similarity of the SAE codes of each position in `a` and `b` ([..., C] each): [rows]."""
-    za = sae.encode(a.reshape(-1, a.shape[-1]).to(device=sae.device, dtype=sae.dtype)).float()
-    zb = sae.encode(b.reshape(-1, b.shape[-1]).to(device=sae.device, dtype=sae.dtype)).float()
+    return codes_cosines(codes(sae, a), codes(sae, b))
+
+
+@torch.no_grad()
+def codes(sae: TopKSAE, a: torch.Tensor) -> torch.Tensor:
+    """Dense SAE codes [rows, n] (float32) of the vectors a [..., C], as `code_cosines` compares them."""
+    return sae.encode(a.reshape(-1, a.shape[-1]).to(device=sae.device, dtype=sae.dtype)).float()
+
+
+def codes_cosines(za: torch.Tensor, zb: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity of two sets of `codes`, row by row: [rows]."""
     return torch.nn.functional.cosine_similarity(za, zb, dim=-1, eps=1e-12)

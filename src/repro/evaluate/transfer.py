@@ -23,8 +23,8 @@ import torch
 
 import numpy as np
 
-from repro.evaluate.reconstruction import ImageSums, code_cosines, code_overlap, image_sums
-from repro.intervals import bootstrap
+from repro.evaluate.reconstruction import (ImageSums, code_overlap, codes, codes_cosines, draw_weights, image_sums,
+                                          image_sums_of, percentile_interval)
 from repro.sae.config import SAEConfig, TrainConfig
 from repro.sae.model import TopKSAE
 from repro.sae.sources import TensorSource
@@ -48,16 +48,19 @@ def share_of_ceiling(transfer: list[ImageSums], control: list[ImageSums], n_boot
     resample of the images serves every step and both SAEs).
 
     Returns {"share", "lo", "hi", "transfer_ev", "control_ev", "n_images"}."""
-    def mean_ev(sums: list[ImageSums], idx=None) -> float:
-        return float(np.mean([s.ev(idx) for s in sums]))
-
-    def share(idx=None) -> float:
-        return mean_ev(transfer, idx) / mean_ev(control, idx)
+    def mean_ev(sums: list[ImageSums]) -> float:
+        return float(np.mean([s.ev() for s in sums]))
 
     n = len(transfer[0].x2)
-    lo, hi = bootstrap(np.arange(n), share, n_boot=n_boot, seed=seed) if n_boot and n > 1 else (float("nan"),) * 2
-    return {"share": share(), "lo": lo, "hi": hi, "transfer_ev": mean_ev(transfer), "control_ev": mean_ev(control),
-            "n_images": n}
+    lo, hi = (float("nan"),) * 2
+    if n_boot and n > 1:
+        # the draws of `repro.intervals.bootstrap(np.arange(n), share, n_boot, seed=seed)`, every
+        # resample's EVs in one product per step and SAE (the same shares up to float64 rounding)
+        w = draw_weights(n, n_boot, seed)
+        lo, hi = percentile_interval(np.mean([s.ev_draws(w) for s in transfer], axis=0)
+                                     / np.mean([s.ev_draws(w) for s in control], axis=0))
+    return {"share": mean_ev(transfer) / mean_ev(control), "lo": lo, "hi": hi, "transfer_ev": mean_ev(transfer),
+            "control_ev": mean_ev(control), "n_images": n}
 
 
 def overlap_per_step(sae: TopKSAE, updates: torch.Tensor) -> list[float]:
@@ -168,12 +171,22 @@ class StepStream:
 
     @torch.no_grad()
     def add(self, updates: torch.Tensor) -> None:
-        for name, sae in self.saes.items():
-            self._sums[name].append(step_sums(sae, updates))
-        if self.overlap_of is not None:
+        # every SAE of a step on one pass over its chunks (the sums of x once for all of them)
+        per_step = [image_sums_of(self.saes, updates[t]) for t in range(updates.shape[0])]
+        for name in self.saes:
+            self._sums[name].append([s[name] for s in per_step])
+        if self.overlap_of is not None and updates.shape[0] > 1:
+            # each step's codes once (step t is the second of one pair and the first of the next);
+            # the per-pair sums stay on the device until the one copy at the end
             sae = self.saes[self.overlap_of]
-            cos = [float(code_cosines(sae, updates[t], updates[t + 1]).double().sum()) for t in range(updates.shape[0] - 1)]
+            prev, sums = codes(sae, updates[0]), []
+            for t in range(1, updates.shape[0]):
+                z = codes(sae, updates[t])
+                sums.append(codes_cosines(prev, z).double().sum())
+                prev = z
+            cos = torch.stack(sums).tolist()
             self._cos = [a + b for a, b in zip(self._cos, cos)] if self._cos else cos
+        if self.overlap_of is not None:
             self._rows += updates[0].numel() // updates.shape[-1]
 
     def step_sums(self, name: str) -> list[ImageSums]:

@@ -1,9 +1,11 @@
 """GPU check of the fused SAE loss (issue #17): its numbers against the reference, then its speed.
 
-(a) at one size, fused vs reference loss and the four gradients in the compute dtype (bf16 on
-CUDA): relative error of each; (b) tokens/s of reference and fused, eager and CUDA-graphed,
-per size (`sae_speed.py` does the timing), and fused graphed again with its float32-output
-GEMMs switched off (the plain bf16 GEMM + cast), to see which is faster.
+(a) at one size, fused (each main-decode mode) vs reference loss and the four gradients in the
+compute dtype (bf16 on CUDA): relative error of each; (b) tokens/s of reference and fused, eager
+and CUDA-graphed, per size (`sae_speed.py` does the timing), and fused graphed again with each
+main-decode mode forced ("stacked", "gather"; `fused.main_decode_mode` picks one), with W_dec
+transposed by a copy instead of a GEMM, and with its float32-output GEMMs switched off (the
+plain bf16 GEMM + cast), to see which is faster.
 
     python benchmarks/fused_check.py out.json                       # H200: 5120 20480 81920
     python benchmarks/fused_check.py out.json --cpu-dry-run         # tiny, on the CPU
@@ -32,14 +34,16 @@ from repro.sae.step import resolve_compute_dtype  # noqa: E402
 PARAMS = ("W_enc", "b_lat", "W_dec", "b_pre")
 
 
-def check_numbers(n: int, d: int, batch: int, device: torch.device, cdt: torch.dtype) -> dict:
+def check_numbers(n: int, d: int, batch: int, device: torch.device, cdt: torch.dtype, mode: str) -> dict:
     """Fused vs reference on one batch with 10% dead latents: loss and relative gradient errors."""
+    torch.manual_seed(0)  # the same SAE and biases for each mode
     cfg = SAEConfig(d_model=d, n_features=n, k=10, k_aux=min(256, n))
     ref = TopKSAE(cfg, seed=0, device=device)
     with torch.no_grad():
         ref.b_pre.normal_(0, 0.1)
         ref.b_lat.normal_(0, 0.05)
     fus = copy.deepcopy(ref)
+    fused.MAIN_DECODE[0] = mode
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, d, generator=gen).to(device)
     dead = (torch.rand(n, generator=gen) < 0.1).to(device)
@@ -47,10 +51,11 @@ def check_numbers(n: int, d: int, batch: int, device: torch.device, cdt: torch.d
     f = fused_loss(fus, x, compute_dtype=cdt, force_dead=dead)
     r.loss.backward()
     f.loss.backward()
+    fused.MAIN_DECODE[0] = None
     rel = {name: float((getattr(fus, name).grad - getattr(ref, name).grad).norm() / getattr(ref, name).grad.norm())
            for name in PARAMS}
     row = {
-        "n_features": n, "loss_ref": r.loss.item(), "loss_fused": f.loss.item(), "auxk_ref": float(r.auxk),
+        "n_features": n, "main_decode": mode, "loss_ref": r.loss.item(), "loss_fused": f.loss.item(), "auxk_ref": float(r.auxk),
         "auxk_fused": float(f.auxk), "idx_equal_frac": float((f.idx == r.idx).float().mean()), "grad_rel_err": rel,
     }
     tol = 2e-2 if cdt != torch.float32 else 1e-4
@@ -70,19 +75,25 @@ def main(argv=None) -> dict:
     else:
         device, sizes, d, batch, steps, extra = torch.device("cuda"), args.n_features, 1280, 4096, args.steps, []
     cdt = resolve_compute_dtype("auto", device)
-    report = {"numbers": check_numbers(sizes[0], d, batch, device, cdt), "speed": []}
+    report = {"numbers": [check_numbers(sizes[0], d, batch, device, cdt, m) for m in ("stacked", "gather")],
+              "speed": []}
     print(json.dumps(report["numbers"]), flush=True)
     common = ["--device", str(device), "--d-model", str(d), "--batch-size", str(batch), "--steps", str(steps),
               "--warmup", "5", "--n-features", *map(str, sizes), *extra]
-    runs = [("reference", False, True), ("reference", True, True), ("fused", False, True), ("fused", True, True),
-            ("fused", True, False)]
-    for impl, graph, f32_out in runs:
-        fused._F32_OUT_GEMM[0] = f32_out
+    # (impl, graph, main decode forced or None, transpose by GEMM, float32-output GEMMs)
+    runs = [("reference", False, None, True, True), ("reference", True, None, True, True),
+            ("fused", False, None, True, True), ("fused", True, None, True, True),
+            ("fused", True, "stacked", True, True), ("fused", True, "gather", True, True),
+            ("fused", True, "gather", False, True), ("fused", True, None, True, False)]
+    for impl, graph, mode, t_gemm, f32_out in runs:
+        fused.MAIN_DECODE[0], fused._TRANSPOSE_BY_GEMM[0], fused._F32_OUT_GEMM[0] = mode, t_gemm, f32_out
         res = sae_speed.main(common + ["--impl", impl] + (["--graph"] if graph else []))
         for row in res["results"]:
-            report["speed"].append({"impl": impl, "graph": graph, "f32_out_gemm": f32_out,
-                                    "f32_out_gemm_used": fused._F32_OUT_GEMM[0], **row})
-    fused._F32_OUT_GEMM[0] = True
+            chosen = mode or fused.main_decode_mode(row["n_features"], batch, d, 10)
+            report["speed"].append({"impl": impl, "graph": graph, "main_decode": chosen if impl == "fused" else None,
+                                    "main_decode_forced": mode is not None, "transpose_by_gemm": t_gemm,
+                                    "f32_out_gemm": f32_out, "f32_out_gemm_used": fused._F32_OUT_GEMM[0], **row})
+    fused.MAIN_DECODE[0], fused._TRANSPOSE_BY_GEMM[0], fused._F32_OUT_GEMM[0] = None, True, True
     report["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     Path(args.out).write_text(json.dumps(report, indent=1))
     return report

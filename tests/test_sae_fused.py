@@ -18,6 +18,13 @@ FIELDS = ("loss", "nmse", "auxk", "ev", "l0", "x_hat", "vals", "idx", "fired", "
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True, params=["stacked", "gather"])
+def decode_mode(request, monkeypatch):
+    """Every test runs with both ways of the main decode (`fused.main_decode_mode` would pick "stacked" here)."""
+    monkeypatch.setattr(fused, "MAIN_DECODE", [request.param])
+    return request.param
+
+
 def _pair(cfg=CFG, seed=0, dtype=torch.float32, b_lat_mean=0.0):
     a = TopKSAE(cfg, seed=seed, dtype=dtype)
     with torch.no_grad():  # non-trivial biases so that every term is exercised
@@ -128,6 +135,23 @@ def test_bfloat16_compute_is_close():
     for name in PARAMS:
         assert getattr(fus, name).grad.dtype == torch.float32
         torch.testing.assert_close(getattr(fus, name).grad, getattr(ref, name).grad, rtol=0.1, atol=0.05, msg=name)
+
+
+def test_main_decode_mode_rule(monkeypatch):
+    monkeypatch.setattr(fused, "MAIN_DECODE", [None])
+    assert fused.main_decode_mode(64, 48, 16, 4) == "stacked"  # the tests' sizes
+    for n in (5120, 20480, 81920):  # the H200 benchmark's sizes (d 1280, B 4096, k 10)
+        assert fused.main_decode_mode(n, 4096, 1280, 10) == "gather"
+    assert fused.main_decode_mode(20480, 256, 1280, 10) == "stacked"  # 2B < d: transposing W_dec costs more
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_transposed_by_gemm_is_exact(dtype):
+    w = torch.randn(24, 40, generator=torch.Generator().manual_seed(0)).to(dtype) * 1e3
+    w[0, :3] = torch.tensor([1e-30, -0.0, 3.0])
+    got = fused.transposed(w, by_gemm=True)
+    assert got.is_contiguous() and got.shape == (40, 24)
+    assert torch.equal(got, w.t())
 
 
 def test_registered_and_capturable():

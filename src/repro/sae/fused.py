@@ -1,22 +1,26 @@
 """Fused training loss: `losses.reference_loss`'s numbers with a hand-written backward, capturable.
 
-One `torch.autograd.Function` computes the decodes and all four parameter gradients with
-only the GEMMs the loss needs and few passes over [B, n] tensors, with no host sync and
-no data-dependent shape (so `GraphedStep` can capture it):
+One `torch.autograd.Function` computes the loss, its diagnostics and all four parameter
+gradients with only the GEMMs the loss needs, few passes over [B, n] tensors, no host sync
+and no data-dependent shape (so `GraphedStep` can capture it). Weights keep their layouts:
+W_enc [n, d], W_dec [d, n]; every GEMM reads the other layout as a transposed view.
 
-forward   pre   = (x - b_pre) W_enc^T + b_lat       [B, n] GEMM 1; TopK_k; TopK_kaux after
-                                                    masking pre *in place* by the dead mask
-          dec   = sum_j vals_j W_dec[:, idx_j]      gather of k rows + bmm (no [B, n] codes)
-          e_hat = z_aux W_dec^T                     GEMM 2, z_aux written over pre's buffer
-backward  gW_dec = z_aux^T H + (sparse z^T G)       GEMM 3 + an index_add of B*k rows
-          g_aux  = (H W_dec)[aux_idx]               GEMM 4, its buffer then holds g_pre
-          gW_enc = g_pre^T (x - b_pre)              GEMM 5 (g_pre: k + k_aux nonzeros a row)
-          gb_lat = sum_B g_pre;  gb_pre = -gb_lat W_enc (+ sum_B G, through x_hat)
+forward   pre   = (x - b_pre) W_enc^T + b_lat          [B, n] GEMM 1, written into `codes`' last rows;
+                                                       TopK_k; TopK_kaux after masking pre in place
+          codes = [z; z_aux]                           [2B, n]: dense main codes, AuxK codes over pre
+          dec   = z W_dec^T,  e_hat = z_aux W_dec^T    "stacked": one GEMM over codes, M = 2B
+                  or dec = sum_j vals_j W_dec[:, idx_j] "gather": k decoder columns per row + bmm
+          loss, nmse, auxk, ev, l0                     the tail of `losses.finish`, inside the Function,
+                                                       which also forms G = dloss/ddec, H = dloss/de_hat
+backward  gW_dec = [G; H]^T codes                      [d, B2] x [B2, n] GEMM, W_dec's own layout
+          [g_z; g_zaux] = [G; H] W_dec                 "stacked" (or H W_dec, and g_top from the gathered
+                                                       columns by bmm, "gather"); g_pre overwrites g_zaux
+          gW_enc = g_pre^T (x - b_pre)                 GEMM (g_pre: k + k_aux nonzeros a row)
+          gb_lat = sum_B g_pre;  gb_pre = sum_B G - gb_lat W_enc
 
-G, H are the gradients of dec and e_hat. The reference runs 8 [B, n]-sized GEMMs: the dense
-main decode and its two backward GEMMs, and the [B, n] x [n, d] one that only feeds b_pre.
-Matmuls and [B, n] tensors are in the compute dtype (bf16 on CUDA), the weight gradients
-are accumulated and returned in the master weights' dtype (float32).
+`main_decode_mode` picks "stacked" or "gather" from a cost model in n, B, d and k. Matmuls and
+[B, n] tensors are in the compute dtype (bf16 on CUDA); losses and the weight gradients are
+float32 (the master weights' dtype).
 """
 
 from __future__ import annotations
@@ -24,10 +28,35 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from repro.sae.losses import LossOutput, fired_and_dead, finish
+from repro.sae.losses import LossOutput, fired_and_dead
+from repro.sae.metrics import fires, total_variance
 from repro.sae.model import TopKSAE
 
 _F32_OUT_GEMM = [True]  # cleared once if this torch's CUDA mm has no out_dtype (warm-up finds out, not capture)
+_TRANSPOSE_BY_GEMM = [True]  # CUDA: transpose W_dec for the gather by a GEMM with the identity (benchmarks toggle)
+MAIN_DECODE: list[str | None] = [None]  # force "stacked" or "gather" (tests, benchmarks); None: main_decode_mode
+
+# Cost of the "gather" decode per gathered element, in GEMM flops of the same time: ~8 bytes moved
+# (gather read + write, two bmm reads) at ~175 bf16 flops per byte of HBM traffic on an H100/H200.
+GATHER_FLOPS_PER_ELEMENT = 1400
+
+
+def main_decode_mode(n: int, batch: int, d: int, k: int) -> str:
+    """"stacked" or "gather": how the main (TopK) decode and its code gradient are computed.
+
+    "stacked" puts the dense main codes beside the AuxK codes, so the decode and the code
+    gradient are GEMMs with M = 2B instead of B: 4 B n d extra flops. "gather" reads the k
+    selected decoder columns per row (W_dec transposed once by a GEMM with the identity,
+    2 n d^2 flops, then B k d gathered elements and two bmm). The cheaper one by this count
+    wins; the weight gradient is the same [G; H]^T codes GEMM in both. At d 1280, B 4096,
+    k 10 the two cross near n = 5,000: "gather" for 5,120 features and up, "stacked" for
+    small batches (2B < d) and the CPU tests' sizes.
+    """
+    if MAIN_DECODE[0] is not None:
+        return MAIN_DECODE[0]
+    stacked = 4 * batch * n * d
+    gather = 2 * n * d * d + GATHER_FLOPS_PER_ELEMENT * batch * k * d
+    return "stacked" if stacked <= gather else "gather"
 
 
 def _mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -40,62 +69,112 @@ def _mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor
     return torch.mm(a, b).to(dtype)
 
 
+_EYES: dict[tuple, torch.Tensor] = {}
+
+
+def transposed(w: torch.Tensor, by_gemm: bool | None = None) -> torch.Tensor:
+    """Contiguous copy of w.t() for w [d, n]: on CUDA by a GEMM w^T I_d, which reads and writes
+    coalesced tiles where a transposed copy is strided on one side. Exact: each output is one
+    product by 1 plus zeros, in float32 accumulation (finite weights)."""
+    if by_gemm is None:
+        by_gemm = w.is_cuda and _TRANSPOSE_BY_GEMM[0]
+    if not by_gemm:
+        return w.t().contiguous()
+    key = (w.shape[0], w.dtype, w.device)
+    if key not in _EYES:  # made by the eager warm-up steps, a constant of any captured graph
+        _EYES[key] = torch.eye(w.shape[0], dtype=w.dtype, device=w.device)
+    return torch.mm(w.t(), _EYES[key])
+
+
 def _b_pre_grad(gb_lat: torch.Tensor, W_enc: torch.Tensor) -> torch.Tensor:
     """[n] gradient of b_lat, W_enc [n, d] -> [d] gradient of b_pre through x - b_pre (sum over B first)."""
     return -(gb_lat.to(W_enc.dtype) @ W_enc)
 
 
 class _FusedSAE(torch.autograd.Function):
-    """(W_enc, b_lat, W_dec, b_pre; x) -> dec [B, d], e_hat [B, d] or None, and the non-differentiable
-    vals [B, k], idx [B, k], fired [n], dead [n]. x gets no gradient."""
+    """(W_enc, b_lat, W_dec, b_pre; x) -> loss (differentiable) and the non-differentiable nmse, auxk,
+    ev, l0 (scalars), x_hat [B, d], vals [B, k], idx [B, k], fired [n], dead [n]. x gets no gradient."""
 
     @staticmethod
-    def forward(ctx, W_enc, b_lat, W_dec, b_pre, x, sae, force_dead, cdt, k_aux):
+    def forward(ctx, W_enc, b_lat, W_dec, b_pre, x, sae, force_dead, cdt, k_aux, mode):
+        cfg, f32 = sae.cfg, torch.float32  # losses in float32 as `finish`, whatever the weights' dtype
+        (B, d), n = x.shape, W_enc.shape[0]
+        parts = 2 if k_aux else 1
         xc = (x - b_pre).to(cdt)  # [B, d]
-        pre = F.linear(xc, W_enc.to(cdt), b_lat.to(cdt))  # [B, n]
-        top_vals, idx = pre.topk(sae.cfg.k, dim=-1)  # [B, k]
+        codes = torch.empty(parts * B, n, dtype=cdt, device=x.device)  # [z; z_aux]
+        pre = torch.addmm(b_lat.to(cdt), xc, W_enc.to(cdt).t(), out=codes[-B:])  # [B, n]
+        top_vals, idx = pre.topk(cfg.k, dim=-1)  # [B, k]
         vals = torch.relu(top_vals)
-        W_dec_t = W_dec.t().to(dtype=cdt, memory_format=torch.contiguous_format)  # [n, d], one cast+transpose
-        rows = F.embedding(idx, W_dec_t)  # [B, k, d] the selected feature directions (reused by backward)
-        dec = torch.bmm(vals.unsqueeze(1), rows).squeeze(1)  # [B, d]
         fired, dead = fired_and_dead(sae, top_vals, idx, force_dead)
-        e_hat = z_aux = aux_vals = aux_idx = None
+        aux_vals = aux_idx = None
         if k_aux:
-            masked = pre.mul_(dead.to(cdt))  # in place: the main TopK is done with pre; alive -> 0 as the reference
+            masked = pre.mul_(dead.to(cdt))  # in place: alive -> 0 as the reference
             # unsorted: the same set (only exact ties at the boundary could differ), without sorting k_aux per row
             aux_vals, aux_idx = masked.topk(k_aux, dim=-1, sorted=False)  # [B, k_aux]
-            z_aux = masked.zero_().scatter_(-1, aux_idx, torch.relu(aux_vals))  # [B, n] over pre's buffer
-            e_hat = z_aux @ W_dec_t  # [B, d]
-        del pre
-        ctx.save_for_backward(W_enc, xc, W_dec_t, rows, top_vals, idx, z_aux, aux_vals, aux_idx)
-        ctx.mark_non_differentiable(vals, idx, fired, dead)
-        return dec, e_hat, vals, idx, fired, dead
+            masked.zero_().scatter_(-1, aux_idx, torch.relu(aux_vals))  # z_aux over pre
+        z = codes[:B].zero_().scatter_(-1, idx, vals)  # [B, n] (over pre without AuxK: TopK is done)
+        W_dec_c = W_dec.to(cdt)  # [d, n]
+        rows = None
+        if mode == "stacked":
+            out = torch.mm(codes, W_dec_c.t())  # [parts B, d]
+            dec, e_hat = out[:B], out[B:]
+        else:
+            rows = F.embedding(idx, transposed(W_dec_c))  # [B, k, d] the selected decoder columns
+            dec = torch.bmm(vals.unsqueeze(1), rows).squeeze(1)  # [B, d]
+            e_hat = torch.mm(codes[B:], W_dec_c.t()) if k_aux else None
+        del z
+
+        # the loss tail (as losses.finish) and its gradients G, H w.r.t. dec, e_hat
+        x_hat = (dec.to(b_pre.dtype) + b_pre).to(f32)  # [B, d]
+        e = x - x_hat  # [B, d] residual
+        var_x, var_e = total_variance(x), total_variance(e)
+        nmse = e.pow(2).mean() / var_x
+        GH = torch.empty(parts * B, d, dtype=cdt, device=x.device)  # [G; H]
+        G = e * (-2 / (B * d) / var_x)  # [B, d] float32
+        g_sum = G.sum(0)  # [d] b_pre's direct gradient (x_hat = dec + b_pre)
+        GH[:B] = G
+        if k_aux:
+            a = e_hat.to(f32) - e  # [B, d]
+            raw = a.pow(2).mean() / var_e
+            any_dead = dead.any()
+            auxk = raw.nan_to_num(0.0) * any_dead  # no dead latent -> no AuxK loss (no host sync to decide)
+            live = (raw.isfinite() & any_dead).to(f32)  # nan_to_num's gradient is 0 where raw is not finite
+            GH[B:] = a * (2 * cfg.auxk_coef / (B * d) * live / var_e.where(live > 0, 1))
+        else:
+            auxk = torch.zeros((), device=x.device)
+        loss = nmse + cfg.auxk_coef * auxk
+        ev = 1 - var_e / var_x
+        l0 = fires(cfg, vals).sum(-1).float().mean()
+        ctx.save_for_backward(W_enc, xc, W_dec_c, codes, GH, g_sum, rows, top_vals, idx, aux_vals, aux_idx)
+        ctx.mode = mode
+        ctx.mark_non_differentiable(nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead)
+        return loss, nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead
 
     @staticmethod
-    def backward(ctx, g_dec, g_ehat, *_):  # g_dec, g_ehat [B, d]
-        W_enc, xc, W_dec_t, rows, top_vals, idx, z_aux, aux_vals, aux_idx = ctx.saved_tensors
+    def backward(ctx, g_loss, *_):  # g_loss: scalar
+        W_enc, xc, W_dec_c, codes, GH, g_sum, rows, top_vals, idx, aux_vals, aux_idx = ctx.saved_tensors
         acc, cdt = W_enc.dtype, xc.dtype
-        (B, d), n = xc.shape, W_dec_t.shape[0]
-        G = g_dec.to(cdt)
-        g_top = torch.bmm(rows, G.unsqueeze(-1)).squeeze(-1)  # [B, k] grad of the selected codes
-        g_top = torch.where(top_vals > 0, g_top, 0)  # through ReLU
-        if z_aux is not None:
-            H = g_ehat.to(cdt)
-            gW_dec_t = _mm_to(z_aux.t(), H, acc)  # [n, d] AuxK part
-            g_pre = torch.mm(H, W_dec_t.t())  # [B, n] grad of z_aux, read at aux_idx only
-            g_aux = torch.where(aux_vals > 0, g_pre.gather(1, aux_idx), 0)  # ReLU; > 0 implies dead (mask grad 1)
-            g_pre.zero_().scatter_(1, aux_idx, g_aux)  # the same buffer now holds grad pre
+        B = xc.shape[0]
+        GH = GH * g_loss.to(cdt)  # [parts B, d]
+        gW_dec = _mm_to(GH.t(), codes, acc)  # [d, n] = G^T z + H^T z_aux
+        if ctx.mode == "stacked":
+            g_codes = torch.mm(GH, W_dec_c)  # [parts B, n] grads of z and z_aux
+            g_top = g_codes[:B].gather(1, idx)  # [B, k]
         else:
-            gW_dec_t = torch.zeros(n, d, dtype=acc, device=xc.device)
-            g_pre = torch.zeros(B, n, dtype=cdt, device=xc.device)
+            g_top = torch.bmm(rows, GH[:B].unsqueeze(-1)).squeeze(-1)  # [B, k]
+            g_codes = torch.mm(GH[B:], W_dec_c) if aux_idx is not None else torch.empty_like(codes)
+        g_top = torch.where(top_vals > 0, g_top, 0)  # through ReLU
+        g_pre = g_codes[-B:]  # [B, n]: the grad of z_aux, read at aux_idx, then overwritten by grad pre
+        if aux_idx is not None:
+            g_aux = torch.where(aux_vals > 0, g_pre.gather(1, aux_idx), 0)  # ReLU; > 0 implies dead (mask grad 1)
+            g_pre.zero_().scatter_(1, aux_idx, g_aux)
+        else:
+            g_pre.zero_()
         g_pre.scatter_add_(1, idx, g_top)  # add: a latent may be both in the TopK and in AuxK's top
-        # main decode's weight gradient: row idx[b, j] of W_dec^T gets vals[b, j] * G[b]
-        main = torch.relu(top_vals).to(acc).unsqueeze(-1) * g_dec.to(acc).unsqueeze(1)  # [B, k, d]
-        gW_dec_t.index_add_(0, idx.reshape(-1), main.reshape(-1, d))
         gW_enc = _mm_to(g_pre.t(), xc, acc)  # [n, d]
         gb_lat = g_pre.sum(0, dtype=acc)  # [n]
-        gb_pre = _b_pre_grad(gb_lat, W_enc)  # [d]
-        return gW_enc, gb_lat, gW_dec_t.t().contiguous(), gb_pre, None, None, None, None, None
+        gb_pre = g_sum * g_loss + _b_pre_grad(gb_lat, W_enc)  # [d]
+        return gW_enc, gb_lat, gW_dec, gb_pre, None, None, None, None, None, None
 
 
 def work_dtype(sae: TopKSAE, compute_dtype: torch.dtype) -> torch.dtype:
@@ -115,8 +194,9 @@ def fused_loss(
     cfg = sae.cfg
     x = x.float()
     k_aux = min(cfg.k_aux, cfg.n_features) if cfg.k_aux > 0 and cfg.auxk_coef > 0 else 0
-    dec, e_hat, vals, idx, fired, dead = _FusedSAE.apply(
-        sae.W_enc, sae.b_lat, sae.W_dec, sae.b_pre, x, sae, force_dead, work_dtype(sae, compute_dtype), k_aux
+    mode = main_decode_mode(cfg.n_features, x.shape[0], cfg.d_model, cfg.k)
+    loss, nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead = _FusedSAE.apply(
+        sae.W_enc, sae.b_lat, sae.W_dec, sae.b_pre, x, sae, force_dead, work_dtype(sae, compute_dtype), k_aux, mode
     )
-    x_hat = dec.float() + sae.b_pre  # [B, d]; b_pre's direct gradient flows here
-    return finish(sae, x, x_hat, e_hat, dead.sum(), vals, idx, fired, dead)
+    return LossOutput(loss=loss, nmse=nmse, auxk=auxk, ev=ev, l0=l0, x_hat=x_hat, vals=vals, idx=idx, fired=fired,
+                      dead=dead)

@@ -4,8 +4,8 @@
 compute dtype (bf16 on CUDA): relative error of each; (b) tokens/s of reference and fused, eager
 and CUDA-graphed, per size (`sae_speed.py` does the timing), and fused graphed again with each
 main-decode mode forced ("stacked", "gather"; `fused.main_decode_mode` picks one), with W_dec
-transposed by a copy instead of a GEMM, and with its float32-output GEMMs switched off (the
-plain bf16 GEMM + cast), to see which is faster.
+transposed by a copy instead of a GEMM, with torch.topk instead of `fused.topk`'s rule, and with
+its float32-output GEMMs switched off (the plain bf16 GEMM + cast), to see which is faster.
 
     python benchmarks/fused_check.py out.json                       # H200: 5120 20480 81920
     python benchmarks/fused_check.py out.json --cpu-dry-run         # tiny, on the CPU
@@ -71,29 +71,33 @@ def main(argv=None) -> dict:
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on the CPU, to see that it runs")
     args = p.parse_args(argv)
     if args.cpu_dry_run:
-        device, sizes, d, batch, steps, extra = torch.device("cpu"), [256], 64, 128, 2, ["--k-aux", "32"]
+        device, sizes, d, batch, steps, k_aux = torch.device("cpu"), [256], 64, 128, 2, 32
     else:
-        device, sizes, d, batch, steps, extra = torch.device("cuda"), args.n_features, 1280, 4096, args.steps, []
+        device, sizes, d, batch, steps, k_aux = torch.device("cuda"), args.n_features, 1280, 4096, args.steps, 256
     cdt = resolve_compute_dtype("auto", device)
     report = {"numbers": [check_numbers(sizes[0], d, batch, device, cdt, m) for m in ("stacked", "gather")],
               "speed": []}
     print(json.dumps(report["numbers"]), flush=True)
     common = ["--device", str(device), "--d-model", str(d), "--batch-size", str(batch), "--steps", str(steps),
-              "--warmup", "5", "--n-features", *map(str, sizes), *extra]
-    # (impl, graph, main decode forced or None, transpose by GEMM, float32-output GEMMs)
-    runs = [("reference", False, None, True, True), ("reference", True, None, True, True),
-            ("fused", False, None, True, True), ("fused", True, None, True, True),
-            ("fused", True, "stacked", True, True), ("fused", True, "gather", True, True),
-            ("fused", True, "gather", False, True), ("fused", True, None, True, False)]
-    for impl, graph, mode, t_gemm, f32_out in runs:
-        fused.MAIN_DECODE[0], fused._TRANSPOSE_BY_GEMM[0], fused._F32_OUT_GEMM[0] = mode, t_gemm, f32_out
+              "--warmup", "5", "--k-aux", str(k_aux), "--n-features", *map(str, sizes)]
+    # fused graphed with one setting changed from its default at a time (None: the module's own choice)
+    default = {"main_decode": None, "topk": None, "transpose_by_gemm": True, "f32_out_gemm": True}
+    runs = [("reference", False, {}), ("reference", True, {}), ("fused", False, {}), ("fused", True, {}),
+            ("fused", True, {"main_decode": "stacked"}), ("fused", True, {"main_decode": "gather"}),
+            ("fused", True, {"main_decode": "gather", "transpose_by_gemm": False}),
+            ("fused", True, {"topk": "torch"}), ("fused", True, {"f32_out_gemm": False})]
+    for impl, graph, change in runs:
+        setting = {**default, **change}
+        fused.MAIN_DECODE[0], fused.TOPK[0] = setting["main_decode"], setting["topk"]
+        fused._TRANSPOSE_BY_GEMM[0], fused._F32_OUT_GEMM[0] = setting["transpose_by_gemm"], setting["f32_out_gemm"]
         res = sae_speed.main(common + ["--impl", impl] + (["--graph"] if graph else []))
         for row in res["results"]:
-            chosen = mode or fused.main_decode_mode(row["n_features"], batch, d, 10)
-            report["speed"].append({"impl": impl, "graph": graph, "main_decode": chosen if impl == "fused" else None,
-                                    "main_decode_forced": mode is not None, "transpose_by_gemm": t_gemm,
-                                    "f32_out_gemm": f32_out, "f32_out_gemm_used": fused._F32_OUT_GEMM[0], **row})
-    fused.MAIN_DECODE[0], fused._TRANSPOSE_BY_GEMM[0], fused._F32_OUT_GEMM[0] = None, True, True
+            n = row["n_features"]
+            used = {"main_decode": fused.main_decode_mode(n, batch, d, 10), "topk_chunk_k": fused.topk_chunk(n, 10),
+                    "topk_chunk_kaux": fused.topk_chunk(n, min(k_aux, n)),
+                    "f32_out_gemm_used": fused._F32_OUT_GEMM[0]} if impl == "fused" else {}
+            report["speed"].append({"impl": impl, "graph": graph, "changed": change, **used, **row})
+    fused.MAIN_DECODE[0], fused.TOPK[0], fused._TRANSPOSE_BY_GEMM[0], fused._F32_OUT_GEMM[0] = None, None, True, True
     report["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     Path(args.out).write_text(json.dumps(report, indent=1))
     return report

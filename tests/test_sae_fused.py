@@ -25,6 +25,13 @@ def decode_mode(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(autouse=True, params=["torch", "chunked"])
+def topk_mode(request, monkeypatch):
+    """... and with both TopKs (`fused.topk_chunk` would pick torch.topk at these sizes)."""
+    monkeypatch.setattr(fused, "TOPK", [request.param])
+    return request.param
+
+
 def _pair(cfg=CFG, seed=0, dtype=torch.float32, b_lat_mean=0.0):
     a = TopKSAE(cfg, seed=seed, dtype=dtype)
     with torch.no_grad():  # non-trivial biases so that every term is exercised
@@ -152,6 +159,42 @@ def test_transposed_by_gemm_is_exact(dtype):
     got = fused.transposed(w, by_gemm=True)
     assert got.is_contiguous() and got.shape == (40, 24)
     assert torch.equal(got, w.t())
+
+
+def _check_topk(x, k, sorted_):
+    vals, idx = fused.topk(x, k, sorted=sorted_)
+    ref = x.topk(k, dim=-1).values
+    assert vals.dtype == x.dtype and idx.dtype == torch.int64 and vals.shape == idx.shape == ref.shape
+    if not sorted_:
+        vals = vals.sort(dim=-1, descending=True).values
+    assert torch.equal(vals, ref)  # the values exactly (sorted: in torch.topk's order)
+    assert torch.equal(x.gather(1, idx).sort(-1).values, vals.sort(-1).values)  # indices point at them
+    assert (idx.sort(-1).values.diff(dim=-1) > 0).all()  # distinct
+    untied = ref[:, -1:] < ref[:, :1]  # rows whose k-th value is below the top (ties only at the boundary matter)
+    above = x > ref[:, -1:]  # elements certainly in the top k
+    chosen = torch.zeros_like(x, dtype=torch.bool).scatter_(1, idx, True)
+    assert (~above | chosen)[untied.squeeze(-1)].all()  # every element above the k-th value is chosen
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("n,k", [(64, 4), (1024, 10), (5120, 10), (20480, 256), (96, 12), (80, 40)])
+@pytest.mark.parametrize("sorted_", [True, False])
+def test_topk_equals_torch_topk(n, k, dtype, sorted_, topk_mode):
+    gen = torch.Generator().manual_seed(n + k)
+    x = torch.randn(6, n, generator=gen).to(dtype)
+    x[1] = torch.randint(-3, 3, (n,), generator=gen).to(dtype)  # heavy ties
+    x[2, : n // 2] = 0  # masked like AuxK's input
+    x[3] = x[3].abs() * (torch.rand(n, generator=gen) < 0.1)  # mostly zeros: ties at the k-th value
+    _check_topk(x, k, sorted_)
+
+
+def test_topk_rule(monkeypatch):
+    monkeypatch.setattr(fused, "TOPK", [None])
+    assert fused.topk_chunk(81920, 10) == 64 and fused.topk_chunk(81920, 256) == 16
+    assert fused.topk_chunk(5120, 256) is None and fused.topk_chunk(64, 4) is None  # too little to gain: torch.topk
+    monkeypatch.setattr(fused, "TOPK", ["chunked"])  # wherever there are >= k chunks
+    assert fused.topk_chunk(96, 12) == 4 and fused.topk_chunk(90, 10) == 2  # s divides n
+    assert fused.topk_chunk(64, 40) is None  # fewer than k chunks of 2
 
 
 def test_registered_and_capturable():

@@ -6,7 +6,7 @@ and no data-dependent shape (so `GraphedStep` can capture it). Weights keep thei
 W_enc [n, d], W_dec [d, n]; every GEMM reads the other layout as a transposed view.
 
 forward   pre   = (x - b_pre) W_enc^T + b_lat          [B, n] GEMM 1, written into `codes`' last rows;
-                                                       TopK_k; TopK_kaux after masking pre in place
+                                                       TopK_k; TopK_kaux after masking pre in place (`topk`)
           codes = [z; z_aux]                           [2B, n]: dense main codes, AuxK codes over pre
           dec   = z W_dec^T,  e_hat = z_aux W_dec^T    "stacked": one GEMM over codes, M = 2B
                   or dec = sum_j vals_j W_dec[:, idx_j] "gather": k decoder columns per row + bmm
@@ -24,6 +24,8 @@ float32 (the master weights' dtype).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch.nn import functional as F
@@ -57,6 +59,51 @@ def main_decode_mode(n: int, batch: int, d: int, k: int) -> str:
     stacked = 4 * batch * n * d
     gather = 2 * n * d * d + GATHER_FLOPS_PER_ELEMENT * batch * k * d
     return "stacked" if stacked <= gather else "gather"
+
+
+TOPK: list[str | None] = [None]  # force "torch" or "chunked" (tests, benchmarks); None: topk_chunk's rule
+TOPK_MIN_GAIN = 4  # "chunked" only where it reads at most 1/4 of the elements torch.topk would sort through
+
+
+def topk_chunk(n: int, k: int) -> int | None:
+    """Chunk size s of `topk`'s two-stage form for rows of n, or None for plain torch.topk.
+
+    The two-stage form costs one pass of `amax` over the row (bandwidth-bound) plus TopKs over
+    n / s chunk maxima and k s candidates; s is the power of two nearest sqrt(n / k), which
+    minimises n / s + k s. It is used when n / s >= k chunks exist and n / s + k s <= n /
+    `TOPK_MIN_GAIN` (d-independent; at k 10: from n ~ 1,000; at k 256: from n ~ 16,000).
+    """
+    if TOPK[0] == "torch" or k < 1:
+        return None
+    s = 2 ** max(0, round(math.log2(math.sqrt(n / k))))
+    while n % s:
+        s //= 2
+    if s < 2 or n // s < k or (TOPK[0] is None and n // s + k * s > n // TOPK_MIN_GAIN):
+        return None
+    return s
+
+
+def topk(x: torch.Tensor, k: int, sorted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [B, n] -> (values [B, k], indices [B, k]) of each row's k largest: torch.topk's values exactly,
+    its indices up to the order among tied values.
+
+    Two-stage form (`topk_chunk`): view each row as n / s chunks of s, take the k chunks with
+    the largest maxima, then the TopK of their k s elements. Exact: if an element of the row's
+    top k lies in a chunk left out, each of the k chosen chunks holds an element (its maximum)
+    at least as large, so the i-th largest candidate is never below the row's i-th largest.
+    """
+    s = topk_chunk(x.shape[1], k)
+    return x.topk(k, dim=-1, sorted=sorted) if s is None else topk_chunked(x, k, s, sorted)
+
+
+def topk_chunked(x: torch.Tensor, k: int, s: int, sorted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """`topk`'s two-stage form with chunks of s (s divides n, n / s >= k); x [B, n] contiguous."""
+    B, n = x.shape
+    maxima = x.view(B, n // s, s).amax(-1)  # [B, n / s]
+    chunks = maxima.topk(k, dim=-1, sorted=False).indices  # [B, k]
+    cand = torch.arange(s, device=x.device).add(chunks.unsqueeze(-1), alpha=s).view(B, k * s)  # [B, k s] indices
+    vals, pos = x.gather(1, cand).topk(k, dim=-1, sorted=sorted)
+    return vals, cand.gather(1, pos)
 
 
 def _mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -103,14 +150,14 @@ class _FusedSAE(torch.autograd.Function):
         xc = (x - b_pre).to(cdt)  # [B, d]
         codes = torch.empty(parts * B, n, dtype=cdt, device=x.device)  # [z; z_aux]
         pre = torch.addmm(b_lat.to(cdt), xc, W_enc.to(cdt).t(), out=codes[-B:])  # [B, n]
-        top_vals, idx = pre.topk(cfg.k, dim=-1)  # [B, k]
+        top_vals, idx = topk(pre, cfg.k)  # [B, k]
         vals = torch.relu(top_vals)
         fired, dead = fired_and_dead(sae, top_vals, idx, force_dead)
         aux_vals = aux_idx = None
         if k_aux:
             masked = pre.mul_(dead.to(cdt))  # in place: alive -> 0 as the reference
             # unsorted: the same set (only exact ties at the boundary could differ), without sorting k_aux per row
-            aux_vals, aux_idx = masked.topk(k_aux, dim=-1, sorted=False)  # [B, k_aux]
+            aux_vals, aux_idx = topk(masked, k_aux, sorted=False)  # [B, k_aux]
             masked.zero_().scatter_(-1, aux_idx, torch.relu(aux_vals))  # z_aux over pre
         z = codes[:B].zero_().scatter_(-1, idx, vals)  # [B, n] (over pre without AuxK: TopK is done)
         W_dec_c = W_dec.to(cdt)  # [d, n]

@@ -6,8 +6,9 @@ on pre-activations with 90% of the latents masked to 0, and on unmasked rows) it
 * torch_sorted, torch_unsorted: torch.topk;
 * sort: torch.sort, first k (exact, for scale);
 * two_stage_s{S}: rows as chunks of S, torch.topk within each chunk, then over the candidates;
-* chunk_max_s{S}: `repro.sae.fused.topk_chunked`: the k chunks with the largest maxima, then the
-  TopK of their k S elements; fused_rule: `fused.topk` (the chunk `fused.topk_chunk` picks).
+* group_max_s{S}: `repro.sae.fused.topk_chunked`: rows as n / S strided groups of S, the k groups
+  with the largest maxima, then the TopK of their k S elements; fused_rule: `fused.topk` (the
+  group size `fused.topk_chunk` picks, or torch.topk).
 
 Each variant's values are checked against torch.topk (exactly; unsorted ones after sorting) and its
 indices for pointing at them, distinct, and as the same set as torch.topk's where a row has no tie
@@ -51,10 +52,10 @@ def variants(n: int, k: int) -> dict:
     for s in (256, 1024, 4096):
         if k <= s < n and n % s == 0:
             out[f"two_stage_s{s}"] = ((lambda x, s=s: two_stage(x, k, s)), True)
-    for s in (4, 8, 16, 32, 64, 128, 256):
+    for s in (4, 8, 16, 20, 32, 40, 64, 80, 128, 256):
         if n % s == 0 and n // s >= k and n // s + k * s < n:
-            out[f"chunk_max_s{s}"] = ((lambda x, s=s: fused.topk_chunked(x, k, s)), True)
-            out[f"chunk_max_s{s}_unsorted"] = ((lambda x, s=s: fused.topk_chunked(x, k, s, sorted=False)), False)
+            out[f"group_max_s{s}"] = ((lambda x, s=s: fused.topk_chunked(x, k, s)), True)
+            out[f"group_max_s{s}_unsorted"] = ((lambda x, s=s: fused.topk_chunked(x, k, s, sorted=False)), False)
     out["fused_rule"] = ((lambda x: fused.topk(x, k)), True)
     return out
 

@@ -73,10 +73,9 @@ def test_a_batch_of_another_shape_runs_eagerly_after_the_graph_on_cuda():
     assert again is step.out
 
 
-def test_auto_takes_the_graphed_dense_step_on_cuda_up_to_the_measured_crossover():
-    from repro.sae.step import DENSE_MAX_FEATURES_CUDA, auto_impl
+def test_auto_takes_the_fused_step_on_cuda_and_the_sparse_one_elsewhere():
+    from repro.sae.step import auto_impl
 
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert auto_impl(cuda, 5120) == auto_impl(cuda, DENSE_MAX_FEATURES_CUDA) == "reference"
-    assert auto_impl(cuda, 81920) == "fast"
+    assert auto_impl(cuda, 5120) == auto_impl(cuda, 81920) == "fused"
     assert auto_impl(cpu, 5120) == "fast"

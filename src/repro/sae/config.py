@@ -15,7 +15,7 @@ from typing import Any, Literal
 from repro.errors import ReproError, choices_hint
 
 ARCHITECTURE = "topk"
-IMPLS = ("auto", "fast", "reference")
+IMPLS = ("auto", "fast", "fused", "reference")
 COMPUTE_DTYPES = ("auto", "float32", "bfloat16")
 
 
@@ -86,11 +86,11 @@ class TrainConfig:
     """Adam epsilon (Gao et al.)."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas (PyTorch defaults, as in the original code)."""
-    impl: Literal["auto", "fast", "reference"] = "auto"
-    """Loss implementation: sparse "fast" path or the dense "reference" twin (same numbers);
-    "auto" takes whichever measured faster on the device (`step.auto_impl`, benchmarks/README.md):
-    on CUDA the dense one, replayed from a CUDA graph, up to 32,768 features and the sparse one
-    above; the sparse one on the CPU."""
+    impl: Literal["auto", "fast", "fused", "reference"] = "auto"
+    """Loss implementation: the sparse "fast" path, the "fused" one (hand-written backward) or the
+    dense "reference" twin (same numbers); "auto" takes whichever measured faster on the device
+    (`step.auto_impl`, benchmarks/README.md): the fused one, replayed from a CUDA graph, on CUDA;
+    the sparse one on the CPU."""
     device: str = "auto"
     """Where to train: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N."""
     compute_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
@@ -113,9 +113,9 @@ class TrainConfig:
     """Show a tqdm progress bar."""
     cuda_graph: bool = True
     """On CUDA, replay each SAE's step from a CUDA graph after 3 eager steps (`sae.graphed`): one
-    launch per step instead of ~150. Only the dense `reference` loss is capturable (the sparse
-    one reads its dead-latent count on the host); other impls, the CPU and a custom `step_fn`
-    run eagerly. The same kernels run either way."""
+    launch per step instead of ~150. The `fused` and dense `reference` losses are capturable (the
+    sparse one reads its dead-latent count on the host); other impls, the CPU and a custom
+    `step_fn` run eagerly. The same kernels run either way."""
     side_stream: bool = False
     """On CUDA, run the SAE steps on their own CUDA stream, so that they overlap with work the
     batch source queues on another (a `StreamSource` generating with `prefetch=1`); the

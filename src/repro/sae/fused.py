@@ -25,7 +25,7 @@ float32 (the master weights' dtype).
 
 from __future__ import annotations
 
-import math
+import functools
 
 import torch
 from torch.nn import functional as F
@@ -40,7 +40,7 @@ MAIN_DECODE: list[str | None] = [None]  # force "stacked" or "gather" (tests, be
 
 # Cost of the "gather" decode per gathered element, in GEMM flops of the same time: ~8 bytes moved
 # (gather read + write, two bmm reads) at ~175 bf16 flops per byte of HBM traffic on an H100/H200.
-GATHER_FLOPS_PER_ELEMENT = 1400
+GATHER_FLOPS_PER_ELEMENT = 3400  # H200 (issue #17, c_fused_check.json): stacked won at n 5,120, gather at 20,480
 
 
 def main_decode_mode(n: int, batch: int, d: int, k: int) -> str:
@@ -62,46 +62,59 @@ def main_decode_mode(n: int, batch: int, d: int, k: int) -> str:
 
 
 TOPK: list[str | None] = [None]  # force "torch" or "chunked" (tests, benchmarks); None: topk_chunk's rule
-TOPK_MIN_GAIN = 4  # "chunked" only where it reads at most 1/4 of the elements torch.topk would sort through
+# Where the two-stage form is used by default, from the H200's measurements (issue #17,
+# benchmarks/results/gpu_ceiling_h200_third/c_topk.json, rows of 4,096 bf16): torch.topk won at
+# k 256 at every n and at k 10 for n 5,120; the chunk form won at k 10 from n 20,480 (2-3x).
+TOPK_MAX_K = 16
+TOPK_MIN_N = 16_384
+
+
+@functools.lru_cache(maxsize=None)
+def _best_groups(n: int, k: int) -> int | None:
+    """The divisor G of n with k <= G < n that minimises G + k n / G, or None."""
+    divisors = [g for g in range(max(k, 2), n) if n % g == 0]
+    return min(divisors, key=lambda g: g + k * (n // g)) if divisors else None
 
 
 def topk_chunk(n: int, k: int) -> int | None:
-    """Chunk size s of `topk`'s two-stage form for rows of n, or None for plain torch.topk.
+    """Group size s of `topk`'s two-stage form for rows of n, or None for plain torch.topk.
 
-    The two-stage form costs one pass of `amax` over the row (bandwidth-bound) plus TopKs over
-    n / s chunk maxima and k s candidates; s is the power of two nearest sqrt(n / k), which
-    minimises n / s + k s. It is used when n / s >= k chunks exist and n / s + k s <= n /
-    `TOPK_MIN_GAIN` (d-independent; at k 10: from n ~ 1,000; at k 256: from n ~ 16,000).
+    The two-stage form costs one bandwidth-bound pass of `amax` over the row plus TopKs over
+    the G = n / s group maxima and the k s candidates; G is the divisor of n (at least k) that
+    minimises G + k s (near sqrt(k n)). By default
+    (TOPK None) it is used for k <= TOPK_MAX_K and n >= TOPK_MIN_N only, where it measured faster.
     """
-    if TOPK[0] == "torch" or k < 1:
+    if TOPK[0] == "torch" or k < 1 or (TOPK[0] is None and (k > TOPK_MAX_K or n < TOPK_MIN_N)):
         return None
-    s = 2 ** max(0, round(math.log2(math.sqrt(n / k))))
-    while n % s:
-        s //= 2
-    if s < 2 or n // s < k or (TOPK[0] is None and n // s + k * s > n // TOPK_MIN_GAIN):
-        return None
-    return s
+    groups = _best_groups(n, k)
+    return None if groups is None else n // groups
 
 
 def topk(x: torch.Tensor, k: int, sorted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, n] -> (values [B, k], indices [B, k]) of each row's k largest: torch.topk's values exactly,
     its indices up to the order among tied values.
 
-    Two-stage form (`topk_chunk`): view each row as n / s chunks of s, take the k chunks with
-    the largest maxima, then the TopK of their k s elements. Exact: if an element of the row's
-    top k lies in a chunk left out, each of the k chosen chunks holds an element (its maximum)
-    at least as large, so the i-th largest candidate is never below the row's i-th largest.
+    Two-stage form (`topk_chunk`): split each row into G groups of s, take the k groups with
+    the largest maxima, then the TopK of their k s elements. Exact for any split into groups: if
+    an element of the row's top k lies in a group left out, each of the k chosen groups holds an
+    element (its maximum) at least as large, so the i-th largest candidate is never below the
+    row's i-th largest.
     """
     s = topk_chunk(x.shape[1], k)
     return x.topk(k, dim=-1, sorted=sorted) if s is None else topk_chunked(x, k, s, sorted)
 
 
 def topk_chunked(x: torch.Tensor, k: int, s: int, sorted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """`topk`'s two-stage form with chunks of s (s divides n, n / s >= k); x [B, n] contiguous."""
+    """`topk`'s two-stage form with groups of s (s divides n, n / s >= k); x [B, n] contiguous.
+
+    Group g holds the strided elements g, g + G, g + 2G, ... (G = n / s groups): their maxima are
+    a reduction over the outer axis of x viewed as [B, s, G], which reads the row in coalesced,
+    vectorised loads (a reduction over contiguous chunks of s measured ~10x slower on an H200)."""
     B, n = x.shape
-    maxima = x.view(B, n // s, s).amax(-1)  # [B, n / s]
-    chunks = maxima.topk(k, dim=-1, sorted=False).indices  # [B, k]
-    cand = torch.arange(s, device=x.device).add(chunks.unsqueeze(-1), alpha=s).view(B, k * s)  # [B, k s] indices
+    G = n // s
+    maxima = x.view(B, s, G).amax(1)  # [B, G]
+    groups = maxima.topk(k, dim=-1, sorted=False).indices  # [B, k]
+    cand = torch.arange(0, n, G, device=x.device).add(groups.unsqueeze(-1)).view(B, k * s)  # [B, k s] indices
     vals, pos = x.gather(1, cand).topk(k, dim=-1, sorted=sorted)
     return vals, cand.gather(1, pos)
 

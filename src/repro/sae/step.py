@@ -25,16 +25,12 @@ def loss_fn(impl: str) -> Callable[..., LossOutput]:
     return LOSS_IMPLS[impl]
 
 
-# Above this many features the sparse step beats the dense one replayed from a CUDA graph on an
-# H200 (d 1280, B 4096; benchmarks/README.md, issue #17: 81,920 features 0.205M vs 0.165M
-# tokens/s; 20,480: 0.51M vs 0.57M).
-DENSE_MAX_FEATURES_CUDA = 32_768
-
-
 def auto_impl(device: torch.device, n_features: int) -> str:
-    """The loss impl `impl="auto"` trains with: the dense one (CUDA-graph capturable) on CUDA up to
-    `DENSE_MAX_FEATURES_CUDA` features, the sparse one above it and on the CPU."""
-    return "reference" if device.type == "cuda" and n_features <= DENSE_MAX_FEATURES_CUDA else "fast"
+    """The loss impl `impl="auto"` trains with: on CUDA the fused one (replayed from a CUDA graph it
+    beat the dense and the sparse steps at every size measured on an H200: 1.86M / 0.71M / 0.216M
+    tokens/s at 5,120 / 20,480 / 81,920 features, against 1.57M / 0.57M / 0.164M dense and
+    0.205M sparse at 81,920; benchmarks/README.md, issue #17), the sparse one elsewhere."""
+    return "fused" if device.type == "cuda" else "fast"
 
 
 def resolve_compute_dtype(name: str, device: torch.device) -> torch.dtype:

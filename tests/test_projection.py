@@ -1,0 +1,37 @@
+"""The paper-scale projection of issue #17 adds up its stages from the committed measurements."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def projection():
+    spec = importlib.util.spec_from_file_location("projection", ROOT / "benchmarks" / "projection.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_the_store_path_is_the_sum_of_its_stages(projection):
+    r = projection.rates()
+    h = projection.project(r)["hours"]
+    assert h["training"] == max(h["training_steps"], h["training_read"])
+    assert h["total_store_path"] == pytest.approx(h["collection"] + h["training"] + h["analysis"] + h["riebench"])
+    assert h["floor"] == pytest.approx(h["unet_pass"] + h["store_disk_pass"])
+    assert h["unet_pass"] == pytest.approx(1.5e6 / r["bare_unet_images_per_s"] / 3600)
+
+
+def test_hours_scale_inversely_with_the_rates(projection):
+    r = projection.rates()
+    faster = dict(r, collect_images_per_s_steady=2 * r["collect_images_per_s_steady"],
+                  analysis_tokens_per_s_cold=4 * r["analysis_tokens_per_s_cold"])
+    a, b = projection.project(r)["hours"], projection.project(faster)["hours"]
+    assert b["collection"] == pytest.approx(a["collection"] / 2)
+    assert b["analysis"] == pytest.approx(a["analysis"] / 4)
+    assert "total, store path" in projection.markdown(r, projection.project(r))

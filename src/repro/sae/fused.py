@@ -38,9 +38,11 @@ _F32_OUT_GEMM = [True]  # cleared once if this torch's CUDA mm has no out_dtype 
 _TRANSPOSE_BY_GEMM = [True]  # CUDA: transpose W_dec for the gather by a GEMM with the identity (benchmarks toggle)
 MAIN_DECODE: list[str | None] = [None]  # force "stacked" or "gather" (tests, benchmarks); None: main_decode_mode
 
-# Cost of the "gather" decode per gathered element, in GEMM flops of the same time: ~8 bytes moved
-# (gather read + write, two bmm reads) at ~175 bf16 flops per byte of HBM traffic on an H100/H200.
-GATHER_FLOPS_PER_ELEMENT = 3400  # H200 (issue #17, c_fused_check.json): stacked won at n 5,120, gather at 20,480
+# Cost of the "gather" decode per gathered element, in GEMM flops of the same time. ~8 bytes moved
+# (gather read + write, two bmm reads) at ~175 bf16 flops per byte of HBM traffic gave 1,400; the
+# H200 measured "stacked" faster at 5,120 features and "gather" at 20,480 (issue #17,
+# benchmarks/results/gpu_ceiling_h200_third/c_fused_check.json), which this value reproduces.
+GATHER_FLOPS_PER_ELEMENT = 3400
 
 
 def main_decode_mode(n: int, batch: int, d: int, k: int) -> str:
@@ -51,8 +53,8 @@ def main_decode_mode(n: int, batch: int, d: int, k: int) -> str:
     selected decoder columns per row (W_dec transposed once by a GEMM with the identity,
     2 n d^2 flops, then B k d gathered elements and two bmm). The cheaper one by this count
     wins; the weight gradient is the same [G; H]^T codes GEMM in both. At d 1280, B 4096,
-    k 10 the two cross near n = 5,000: "gather" for 5,120 features and up, "stacked" for
-    small batches (2B < d) and the CPU tests' sizes.
+    k 10 the two cross near n = 10,000: "stacked" for 5,120 features, "gather" from 20,480;
+    "stacked" for small batches (2B < d) and the CPU tests' sizes.
     """
     if MAIN_DECODE[0] is not None:
         return MAIN_DECODE[0]

@@ -5,7 +5,7 @@ two matmuls each way, AuxK, the decoder projection, Adam, renormalisation, count
 H200 the GPU finishes them faster than Python can launch them, so the eager step runs at the
 CPU's pace. `GraphedStep` records the whole step once and replays it: one launch per step.
 
-    step = GraphedStep(sae, opt, impl="reference", compute_dtype=torch.bfloat16)
+    step = GraphedStep(sae, opt, impl="fused", compute_dtype=torch.bfloat16)
     out = step(x)          # x [B, d]; same LossOutput as train_step (tensors reused per call)
 
 What makes the step capturable: no host sync inside it (`reference` and `fused` have none;

@@ -1,21 +1,21 @@
 #!/usr/bin/env bash
-# Issue #17 in one device call (<= 9 minutes on one H200): every row of its tables, before and after.
+# Issue #17 in one device call (<= 10 minutes on one H200): every row of its tables, before and after.
 #   bash benchmarks/gpu_ceiling.sh OUTDIR                # on the GPU machine
 #   bash benchmarks/gpu_ceiling.sh OUTDIR --cpu-dry-run  # here: the same steps, tiny and on the CPU
 # Needs the wheels in ${WHEELS:-.whl} (diffusers, eai-sparsify 1.3.3, natsort, simple-parsing,
 # docstring-parser: carry `.whl`). Optional "before" run of the unchanged code: put the source of
 # the commit before #17 at .cache/before/src (`mkdir -p .cache/before && git archive cd3b535 src |
 # tar -x -C .cache/before`) and carry `.cache/before`.
-# STEPS="cuda_tests sae_graph ..." runs only those steps (default: all of them); CEILING_PARTS
-# the parts of ceiling.py (default: all).
-# Each step has its own timeout, all within ${BUDGET_S:-530} s; a failed step does not stop the
+# STEPS="cuda_tests sae_graph ..." runs only those steps (default: the steps that give every row;
+# "all": also the extra diagnostics); CEILING_PARTS the parts of ceiling.py (default: all).
+# Each step has its own timeout, all within ${BUDGET_S:-570} s; a failed step does not stop the
 # next; every step writes JSON (and a log) into OUTDIR; summary.json lists the steps' exit codes.
 set -u
 out=${1:?usage: gpu_ceiling.sh OUTDIR [--cpu-dry-run]}
 dry=0; [ "${2:-}" = "--cpu-dry-run" ] && dry=1
 mkdir -p "$out"; out=$(cd "$out" && pwd)
 PY=${PY:-python3}
-budget=${BUDGET_S:-530}
+budget=${BUDGET_S:-570}
 site="$out/site"
 export PYTHONUNBUFFERED=1 OUT="$out"
 rm -f "$out/steps.tsv"
@@ -32,32 +32,37 @@ if [ $dry = 1 ]; then
   step sae_fast 60 $PY benchmarks/sae_speed.py $sae --impl fast --out "$out/sae_fast.json"
   step sae_reference 60 $PY benchmarks/sae_speed.py $sae --impl reference --profile --out "$out/sae_reference.json"
   step sae_graph 60 $PY benchmarks/sae_speed.py $sae --impl reference --graph --out "$out/sae_graph.json"
+  step sae_fused 60 $PY benchmarks/sae_speed.py $sae --impl fused --graph --out "$out/sae_fused.json"
+  step topk 60 $PY benchmarks/topk_speed.py --cpu-dry-run --out "$out/topk.json"
+  step analysis 120 $PY benchmarks/analysis_speed.py --cpu-dry-run --out "$out/analysis.json"
   step sparsify 60 $PY -c "import sys, os; assert os.path.isdir('$site/sparsify'), 'sparsify not installed'; print('sparsify bench needs CUDA: installed only')"
   step calibrate 30 $PY -c "print('gpu_calibrate.py needs CUDA: skipped on the dry run')"
   step unet 120 $PY benchmarks/unet_speed.py --model tiny-random --device cpu --batch-sizes 2 --iters 1 --out "$out/unet.json"
   step ceiling 300 $PY benchmarks/ceiling.py all --cpu-dry-run --workdir "$out/work" --out "$out/ceiling.json"
 else
-  # STEPS picks the steps of this call (default: all); CEILING_PARTS the parts of ceiling.py
-  want() { case " ${STEPS:-all} " in *" all "*|*" $1 "*) return 0;; *) return 1;; esac; }
+  # STEPS picks the steps of this call: by default ROWS, every row of #17's tables in one run
+  # (~540 s on one H200); "all" adds the extra diagnostics; CEILING_PARTS the parts of ceiling.py
+  ROWS="cuda_tests sae_graph sae_fused sae_fast sparsify unet topk ceiling analysis"
+  want() { case " ${STEPS:-$ROWS} " in *" all "*|*" $1 "*) return 0;; *) return 1;; esac; }
   sae="--n-features 5120 20480 81920 --steps 50 --warmup 5"
-  tests="tests/test_sae_graphed.py tests/test_unet_graph.py"; [ -f tests/test_sae_fused.py ] && tests="$tests tests/test_sae_fused.py"
-  want cuda_tests && step cuda_tests 150 $PY -m pytest -q -p no:cacheprovider $tests
+  want cuda_tests && step cuda_tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_sae_graphed.py \
+       tests/test_unet_graph.py tests/test_sae_fused.py -k "cuda or auto"
   want sae_graph && step sae_graph 75 $PY benchmarks/sae_speed.py $sae --impl reference --graph --profile --out "$out/sae_graph.json"
-  if want sae_fused && $PY -c "import sys; sys.path.insert(0, 'src'); from repro.sae.step import LOSS_IMPLS; sys.exit('fused' not in LOSS_IMPLS)"; then
-    step sae_fused 75 $PY benchmarks/sae_speed.py $sae --impl fused --graph --profile --out "$out/sae_fused.json"
-    step sae_fused_eager 75 $PY benchmarks/sae_speed.py $sae --impl fused --out "$out/sae_fused_eager.json"
-  fi
-  want fused_check && step fused_check 120 $PY benchmarks/fused_check.py "$out/fused_check.json"
-  want sae_fast && step sae_fast 75 $PY benchmarks/sae_speed.py $sae --impl fast --profile --out "$out/sae_fast.json"
-  want sae_reference && step sae_reference 75 $PY benchmarks/sae_speed.py $sae --impl reference --profile --out "$out/sae_reference.json"
+  want sae_fused && step sae_fused 75 $PY benchmarks/sae_speed.py $sae --impl fused --graph --profile --out "$out/sae_fused.json"
+  want sae_fast && step sae_fast 75 $PY benchmarks/sae_speed.py $sae --impl fast --out "$out/sae_fast.json"
   want sparsify && step sparsify 75 sh -c "$PY benchmarks/peer/sparsify_step_bench.py '$site' 5120 20480 81920 > '$out/sparsify.json'"
-  want calibrate && step calibrate 90 $PY benchmarks/peer/gpu_calibrate.py          # writes $OUT/calib.json
   want unet && step unet 75 $PY benchmarks/unet_speed.py --model standin-sdxl-turbo --batch-sizes 32 64 --out "$out/unet.json"
-  want ceiling && step ceiling 330 $PY benchmarks/ceiling.py ${CEILING_PARTS:-all} --model standin-sdxl-turbo --n-prompts 1024 \
+  want topk && step topk 60 $PY benchmarks/topk_speed.py --out "$out/topk.json"
+  want ceiling && step ceiling 360 $PY benchmarks/ceiling.py ${CEILING_PARTS:-all} --model standin-sdxl-turbo --n-prompts 1024 \
        --batch-size 32 --shard-size 256 --writers 4 --workdir /tmp/ceiling --out "$out/ceiling.json"
+  want analysis && step analysis 120 $PY benchmarks/analysis_speed.py --out "$out/analysis.json"
+  # extra diagnostics (STEPS=all or by name)
+  want sae_fused_eager && step sae_fused_eager 75 $PY benchmarks/sae_speed.py $sae --impl fused --out "$out/sae_fused_eager.json"
+  want fused_check && step fused_check 180 $PY benchmarks/fused_check.py "$out/fused_check.json"
+  want sae_reference && step sae_reference 75 $PY benchmarks/sae_speed.py $sae --impl reference --profile --out "$out/sae_reference.json"
+  want calibrate && step calibrate 90 $PY benchmarks/peer/gpu_calibrate.py          # writes $OUT/calib.json
   want ceiling_b64 && step ceiling_b64 150 $PY benchmarks/ceiling.py generate collect --model standin-sdxl-turbo \
        --n-prompts 1024 --batch-size 64 --shard-size 256 --writers 4 --workdir /tmp/ceiling64 --out "$out/ceiling_b64.json"
-  want analysis && [ -f benchmarks/analysis_speed.py ] && step analysis 150 $PY benchmarks/analysis_speed.py --out "$out/analysis.json"
 fi
 if [ -d .cache/before/src ]; then  # the unchanged code of before #17, same machine, same run
   if [ $dry = 1 ]; then args="--model tiny-random --device cpu --n-prompts 16 --batch-size 4 --shard-size 8 --token-batch 256 --threads 1"

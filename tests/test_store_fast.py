@@ -184,3 +184,40 @@ def test_a_rewound_stream_serves_its_kept_chunks_without_generating_them_again(p
         assert torch.equal(a, b), name
     assert n_kept == 12  # every image once: 10 batches of 32 rows take 3 chunks of 4 images
     assert n_plain > n_kept  # without keeping, the first chunk (and the one read ahead) came twice
+
+
+@pytest.mark.parametrize("prefetch", [0, 1])
+def test_one_generation_pipeline_runs_across_chunks_and_restarts_where_a_stream_jumps(pipe, prefetch, monkeypatch):
+    """The direct sampler's prepare pipeline carries on from one chunk to the next (the next
+    chunk's first batch is prepared during this one); a resumed stream starts a new one there,
+    and every batch equals the uninterrupted stream's."""
+    from repro.collect import StreamSource
+    from repro.direct import DirectSampler
+
+    starts = []
+    original = DirectSampler.prepared
+
+    def counted(self, batches, ahead=1):
+        starts.append(True)
+        return original(self, batches, ahead)
+
+    monkeypatch.setattr(DirectSampler, "prepared", counted)
+
+    def source():
+        return StreamSource(pipe, "shapes", 16, blocks=["mid.0"], n_prompts=12, gen_batch_size=2, buffer_images=4,
+                            engine="direct", prefetch=prefetch)
+
+    whole = list(source())
+    assert len(starts) == 1  # three chunks, one pipeline
+    src = source()
+    it = iter(src)
+    first = [next(it) for _ in range(2)]
+    state = src.state_dict()
+    it.close()
+    resumed = source()
+    resumed.load_state_dict(state)
+    starts.clear()
+    rest = list(resumed)
+    assert len(starts) == 1 and len(first) + len(rest) == len(whole)
+    for a, b in zip(first + rest, whole):
+        assert torch.equal(a["mid.0"], b["mid.0"])

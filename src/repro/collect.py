@@ -439,6 +439,8 @@ class StreamSource(ChunkedSource):
         self.sampler = DirectSampler(pipe, self.sampling, graph=unet_graph) if engine == "direct" else None
         self.progress = progress
         self.images_generated = 0
+        self._pipeline = None  # ((a, b, prompts), prepared batch) items from `_pipeline_at` on (`_load_chunk`)
+        self._pipeline_at: int | None = None
         self.cursor = self._chunk_cursor(0)
 
     @property
@@ -454,23 +456,42 @@ class StreamSource(ChunkedSource):
     def _next_cursor(self, cursor):
         return self._chunk_cursor(cursor[0] + 1)
 
-    def _load_chunk(self, cursor) -> dict[str, torch.Tensor]:
-        lo = self.start + cursor[0] * self.buffer_images
+    def _chunk_bounds(self, chunk: int) -> tuple[int, int]:
+        """Global prompt indices [lo, hi) of chunk `chunk`."""
+        lo = self.start + chunk * self.buffer_images
         hi = lo + self.buffer_images
-        if self.n_prompts is not None:
-            hi = min(hi, self.start + self.n_prompts)
-        prompts = self.source.get(lo, hi)
+        return lo, hi if self.n_prompts is None else min(hi, self.start + self.n_prompts)
+
+    def _batches(self, chunk: int):
+        """((a, b, prompts), prompts, seeds) of every generation batch from chunk `chunk` on, fixed by global index."""
+        while self._chunk_cursor(chunk) is not None:
+            lo, hi = self._chunk_bounds(chunk)
+            prompts = self.source.get(lo, hi)
+            for a in range(lo, hi, self.gen_batch_size):
+                b = min(a + self.gen_batch_size, hi)
+                yield (a, b, prompts[a - lo : b - lo]), prompts[a - lo : b - lo], seeds_for(a, b, self.image_seed)
+            chunk += 1
+
+    def _load_chunk(self, cursor) -> dict[str, torch.Tensor]:
+        lo, hi = self._chunk_bounds(cursor[0])
+        # One generation pipeline runs across chunks, so the direct sampler prepares the next
+        # chunk's first batch (text towers, noise) while this chunk's last one denoises; a chunk
+        # that does not follow the last one served (resume, rewind) starts a new pipeline.
+        if self._pipeline is None or self._pipeline_at != lo:
+            self._end_iteration()
+            specs = self._batches(cursor[0])
+            self._pipeline = (self.sampler.prepared(specs) if self.sampler is not None
+                              else ((tag, None) for tag, _, _ in specs))
         parts: dict[str, list[torch.Tensor]] = {b: [] for b in self._blocks}
-        specs = [((a, min(a + self.gen_batch_size, hi)), prompts[a - lo : min(a + self.gen_batch_size, hi) - lo],
-                  seeds_for(a, min(a + self.gen_batch_size, hi), self.image_seed))
-                 for a in range(lo, hi, self.gen_batch_size)]  # batches fixed by global index within the chunk
-        work = self.sampler.prepared(specs) if self.sampler is not None else ((tag, None) for tag, _, _ in specs)
-        for (a, b_), prep in work:
-            updates, _ = capture_batch(self.pipe, prompts[a - lo : b_ - lo], seeds_for(a, b_, self.image_seed),
+        b_ = lo
+        while b_ < hi:
+            (a, b_, prompts), prep = next(self._pipeline)
+            updates, _ = capture_batch(self.pipe, prompts, seeds_for(a, b_, self.image_seed),
                                        self._blocks, self.sampling, self.dtype, self.sampler, prep)
             for b in self._blocks:
                 parts[b].append(select_tokens(updates[b], self.step, self.half))
             self.images_generated += b_ - a
+        self._pipeline_at = hi
         sizes = {b: sum(p.shape[0] for p in ps) for b, ps in parts.items()}
         if len(set(sizes.values())) != 1:
             raise ReproError(
@@ -478,6 +499,12 @@ class StreamSource(ChunkedSource):
                 "stream blocks of one map size together"
             )
         return {b: torch.cat(p) for b, p in parts.items()}
+
+    def _end_iteration(self) -> None:
+        """Stop the generation pipeline (its prepare thread); the next chunk starts a new one."""
+        if self._pipeline is not None:
+            self._pipeline.close()
+        self._pipeline, self._pipeline_at = None, None
 
     def state_dict(self) -> dict[str, Any]:
         state = self._position()

@@ -1,25 +1,14 @@
 """The sparse fast path gives the dense reference's numbers: outputs, loss, gradients, trained weights."""
 
-import copy
-
 import pytest
 import torch
 
-from repro.sae import SAEConfig, TopKSAE, fast_loss, make_optimizer, reference_loss, train_step
-
-CFG = SAEConfig(d_model=16, n_features=64, k=4, k_aux=8, dead_tokens_threshold=64)
-PARAMS = ("W_enc", "b_lat", "W_dec", "b_pre")
+from repro.sae import SAEConfig, fast_loss, reference_loss
+from sae_twins import PARAMS, assert_bfloat16_close, assert_trains_like_reference
+from sae_twins import pair as _pair
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _pair(cfg=CFG, seed=0):
-    a = TopKSAE(cfg, seed=seed)
-    with torch.no_grad():  # non-trivial biases so that every term is exercised
-        a.b_pre.normal_(generator=torch.Generator().manual_seed(1))
-        a.b_lat.normal_(0, 0.3, generator=torch.Generator().manual_seed(2))
-    return a, copy.deepcopy(a)
 
 
 @pytest.mark.parametrize("dead_frac", [0.0, 0.3, 1.0])
@@ -52,33 +41,11 @@ def test_natural_dead_latents_match():
 
 
 def test_weights_match_after_training_steps():
-    cfg = SAEConfig(d_model=16, n_features=64, k=4, k_aux=8, dead_tokens_threshold=3 * 32)
-    ref, fast = _pair(cfg)
-    o_ref, o_fast = make_optimizer(ref, lr=1e-3), make_optimizer(fast, lr=1e-3)
-    gen = torch.Generator().manual_seed(7)
-    aux_steps = 0
-    for _ in range(25):
-        x = torch.randn(32, 16, generator=gen) + 1
-        r = train_step(ref, o_ref, x, impl="reference")
-        f = train_step(fast, o_fast, x, impl="fast")
-        torch.testing.assert_close(f.loss, r.loss)
-        aux_steps += int(r.auxk > 0)
-    assert aux_steps > 0  # AuxK was active during some of the steps
-    for name in PARAMS:
-        torch.testing.assert_close(getattr(fast, name), getattr(ref, name), rtol=1e-4, atol=1e-5, msg=name)
-    torch.testing.assert_close(fast.tokens_since_fired, ref.tokens_since_fired)
+    assert_trains_like_reference("fast")
 
 
 def test_bfloat16_compute_is_close():
     ref, fast = _pair()
     x = torch.randn(48, 16) * 2
     dead = torch.rand(64) < 0.3
-    r = reference_loss(ref, x, compute_dtype=torch.bfloat16, force_dead=dead)
-    f = fast_loss(fast, x, compute_dtype=torch.bfloat16, force_dead=dead)
-    assert r.loss.dtype == f.loss.dtype == torch.float32
-    torch.testing.assert_close(f.loss, r.loss, rtol=2e-2, atol=2e-2)
-    r.loss.backward()
-    f.loss.backward()
-    for name in PARAMS:
-        assert getattr(fast, name).grad.dtype == torch.float32
-        torch.testing.assert_close(getattr(fast, name).grad, getattr(ref, name).grad, rtol=0.1, atol=0.05, msg=name)
+    assert_bfloat16_close(fast_loss, ref, fast, x, dead)

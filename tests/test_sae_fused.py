@@ -1,7 +1,5 @@
 """The fused loss (hand-written backward, capturable) gives the dense reference's loss, gradients and weights."""
 
-import copy
-
 import pytest
 import torch
 
@@ -10,9 +8,9 @@ from repro.sae import fused
 from repro.sae.fused import fused_loss
 from repro.sae.graphed import GraphedStep, graph_capturable
 from repro.sae.step import loss_fn
+from sae_twins import CFG, PARAMS, assert_bfloat16_close, assert_trains_like_reference
+from sae_twins import pair as _pair
 
-CFG = SAEConfig(d_model=16, n_features=64, k=4, k_aux=8, dead_tokens_threshold=64)
-PARAMS = ("W_enc", "b_lat", "W_dec", "b_pre")
 FIELDS = ("loss", "nmse", "auxk", "ev", "l0", "x_hat", "vals", "idx", "fired", "dead")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -30,14 +28,6 @@ def topk_mode(request, monkeypatch):
     """... and with both TopKs (`fused.topk_chunk` would pick torch.topk at these sizes)."""
     monkeypatch.setattr(fused, "TOPK", [request.param])
     return request.param
-
-
-def _pair(cfg=CFG, seed=0, dtype=torch.float32, b_lat_mean=0.0):
-    a = TopKSAE(cfg, seed=seed, dtype=dtype)
-    with torch.no_grad():  # non-trivial biases so that every term is exercised
-        a.b_pre.normal_(generator=torch.Generator().manual_seed(1))
-        a.b_lat.normal_(b_lat_mean, 0.3, generator=torch.Generator().manual_seed(2))
-    return a, copy.deepcopy(a)
 
 
 def _compare(ref, fus, x, force_dead=None, **tol):
@@ -111,37 +101,14 @@ def test_a_dropped_b_pre_gradient_is_caught(monkeypatch):
 
 
 def test_weights_match_after_training_steps():
-    cfg = SAEConfig(d_model=16, n_features=64, k=4, k_aux=8, dead_tokens_threshold=3 * 32)
-    ref, fus = _pair(cfg)
-    o_ref, o_fus = make_optimizer(ref, lr=1e-3), make_optimizer(fus, lr=1e-3)
-    gen = torch.Generator().manual_seed(7)
-    aux_steps = 0
-    for _ in range(25):
-        x = torch.randn(32, 16, generator=gen) + 1
-        r = train_step(ref, o_ref, x, impl="reference")
-        f = train_step(fus, o_fus, x, impl="fused")
-        torch.testing.assert_close(f.loss, r.loss)
-        aux_steps += int(r.auxk > 0)
-    assert aux_steps > 0  # AuxK was active during some of the steps
-    for name in PARAMS:
-        torch.testing.assert_close(getattr(fus, name), getattr(ref, name), rtol=1e-4, atol=1e-5, msg=name)
-    torch.testing.assert_close(fus.tokens_since_fired, ref.tokens_since_fired)
+    assert_trains_like_reference("fused")
 
 
 def test_bfloat16_compute_is_close():
     ref, fus = _pair()
     x = torch.randn(48, 16, generator=torch.Generator().manual_seed(8)) * 2
     dead = torch.rand(64, generator=torch.Generator().manual_seed(9)) < 0.3
-    r = reference_loss(ref, x, compute_dtype=torch.bfloat16, force_dead=dead)
-    f = fused_loss(fus, x, compute_dtype=torch.bfloat16, force_dead=dead)
-    assert r.loss.dtype == f.loss.dtype == torch.float32
-    torch.testing.assert_close(f.idx, r.idx)
-    torch.testing.assert_close(f.loss, r.loss, rtol=2e-2, atol=2e-2)
-    r.loss.backward()
-    f.loss.backward()
-    for name in PARAMS:
-        assert getattr(fus, name).grad.dtype == torch.float32
-        torch.testing.assert_close(getattr(fus, name).grad, getattr(ref, name).grad, rtol=0.1, atol=0.05, msg=name)
+    assert_bfloat16_close(fused_loss, ref, fus, x, dead, same_idx=True)
 
 
 def test_main_decode_mode_rule(monkeypatch):

@@ -478,7 +478,7 @@ class StreamSource(ChunkedSource):
         # chunk's first batch (text towers, noise) while this chunk's last one denoises; a chunk
         # that does not follow the last one served (resume, rewind) starts a new pipeline.
         if self._pipeline is None or self._pipeline_at != lo:
-            self._end_iteration()
+            self._stop_pipeline()
             specs = self._batches(cursor[0])
             self._pipeline = (self.sampler.prepared(specs) if self.sampler is not None
                               else ((tag, None) for tag, _, _ in specs))
@@ -501,6 +501,9 @@ class StreamSource(ChunkedSource):
         return {b: torch.cat(p) for b, p in parts.items()}
 
     def _end_iteration(self) -> None:
+        self._stop_pipeline()
+
+    def _stop_pipeline(self) -> None:
         """Stop the generation pipeline (its prepare thread); the next chunk starts a new one."""
         if self._pipeline is not None:
             self._pipeline.close()

@@ -3,7 +3,7 @@
 (a) at one size, fused (each main-decode mode) vs reference loss and the four gradients in the
 compute dtype (bf16 on CUDA): relative error of each; (b) tokens/s of reference and fused, eager
 and CUDA-graphed, per size (`sae_speed.py` does the timing), and fused graphed again with each
-main-decode mode forced ("stacked", "gather"; `fused.main_decode_mode` picks one), with W_dec
+main-decode mode forced ("dense", "gather"; `fused.main_decode_mode` picks one), with W_dec
 transposed by a copy instead of a GEMM, with torch.topk instead of `fused.topk`'s rule, and with
 its float32-output GEMMs switched off (the plain bf16 GEMM + cast), to see which is faster.
 
@@ -75,7 +75,7 @@ def main(argv=None) -> dict:
     else:
         device, sizes, d, batch, steps, k_aux = torch.device("cuda"), args.n_features, 1280, 4096, args.steps, 256
     cdt = resolve_compute_dtype("auto", device)
-    report = {"numbers": [check_numbers(sizes[0], d, batch, device, cdt, m) for m in ("stacked", "gather")],
+    report = {"numbers": [check_numbers(sizes[0], d, batch, device, cdt, m) for m in ("dense", "gather")],
               "speed": []}
     print(json.dumps(report["numbers"]), flush=True)
     common = ["--device", str(device), "--d-model", str(d), "--batch-size", str(batch), "--steps", str(steps),
@@ -83,7 +83,7 @@ def main(argv=None) -> dict:
     # fused graphed with one setting changed from its default at a time (None: the module's own choice)
     default = {"main_decode": None, "topk": None, "transpose_by_gemm": True, "f32_out_gemm": True}
     runs = [("reference", False, {}), ("reference", True, {}), ("fused", False, {}), ("fused", True, {}),
-            ("fused", True, {"main_decode": "stacked"}), ("fused", True, {"main_decode": "gather"}),
+            ("fused", True, {"main_decode": "dense"}), ("fused", True, {"main_decode": "gather"}),
             ("fused", True, {"main_decode": "gather", "transpose_by_gemm": False}),
             ("fused", True, {"topk": "torch"}), ("fused", True, {"f32_out_gemm": False})]
     for impl, graph, change in runs:

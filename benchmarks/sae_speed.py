@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="also record 10 steps with torch.profiler: GPU busy time "
                    "per step and the kernels that take it")
     p.add_argument("--dead-frac", type=float, default=0.1, help="fraction of latents forced dead (AuxK active)")
+    p.add_argument("--dead-from", default="mask", choices=["mask", "counters"],
+                   help="mask: a fixed dead mask (force_dead, as the peer's benchmark); counters: those latents' "
+                   "dead-token counters start past the threshold, and the step finds them as in training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="write results as JSON here")
     return p.parse_args(argv)
@@ -63,10 +66,14 @@ def bench_one(args: argparse.Namespace, n: int, device: torch.device, cdt: torch
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     xs = [torch.randn(args.batch_size, args.d_model, generator=gen).to(device) for _ in range(8)]
     dead = (torch.rand(n, generator=gen) < args.dead_frac).to(device)
+    force_dead = dead
+    if args.dead_from == "counters":
+        sae.tokens_since_fired.masked_fill_(dead, 2 ** 40)  # dead until they fire
+        force_dead = None
     if args.graph:
-        step = GraphedStep(sae, opt, impl=args.impl, compute_dtype=cdt, force_dead=dead)
+        step = GraphedStep(sae, opt, impl=args.impl, compute_dtype=cdt, force_dead=force_dead)
     else:
-        step = lambda x: train_step(sae, opt, x, impl=args.impl, compute_dtype=cdt, force_dead=dead)  # noqa: E731
+        step = lambda x: train_step(sae, opt, x, impl=args.impl, compute_dtype=cdt, force_dead=force_dead)  # noqa: E731
     losses = []
     for i in range(args.warmup):
         losses.append(step(xs[i % 8]).loss.detach().clone())
@@ -82,7 +89,8 @@ def bench_one(args: argparse.Namespace, n: int, device: torch.device, cdt: torch
         "ms_per_step": 1e3 * seconds / args.steps,
         "last_loss": out.loss.item(),
         "warmup_losses": [float(v) for v in losses],
-        "dead_latents": int(dead.sum()),
+        "dead_latents": int(dead.sum()) if force_dead is not None else int(out.dead.sum()),
+        "dead_from": args.dead_from,
         "graph": bool(args.graph and getattr(step, "graph", None) is not None),
     }
     if args.profile:

@@ -16,9 +16,9 @@ FIELDS = ("loss", "nmse", "auxk", "ev", "l0", "x_hat", "vals", "idx", "fired", "
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(autouse=True, params=["stacked", "gather"])
+@pytest.fixture(autouse=True, params=["dense", "gather"])
 def decode_mode(request, monkeypatch):
-    """Every test runs with both ways of the main decode (`fused.main_decode_mode` would pick "stacked" here)."""
+    """Every test runs with both ways of the main decode (`fused.main_decode_mode` would pick "dense" here)."""
     monkeypatch.setattr(fused, "MAIN_DECODE", [request.param])
     return request.param
 
@@ -30,10 +30,11 @@ def topk_mode(request, monkeypatch):
     return request.param
 
 
-def _compare(ref, fus, x, force_dead=None, **tol):
+def _compare(ref, fus, x, force_dead=None, capacity=None, **tol):
     """Both losses on x, all LossOutput fields and the four gradients compared; returns the reference output."""
     r = reference_loss(ref, x, force_dead=force_dead)
-    f = fused_loss(fus, x, force_dead=force_dead)
+    f = fused_loss(fus, x, force_dead=force_dead, aux_capacity=capacity)
+    assert not f.overflow
     for name in FIELDS:
         torch.testing.assert_close(getattr(f, name), getattr(r, name), msg=name)
     r.loss.backward()
@@ -87,6 +88,45 @@ def test_ties_and_negative_preactivations():
     assert (top <= 0).any() and (r.vals == 0).any() and r.auxk > 0
 
 
+def test_dead_slots_pack_the_dead_latents_in_order():
+    dead = torch.rand(300, generator=torch.Generator().manual_seed(1)) < 0.2
+    count = int(dead.sum())
+    for capacity in (count, count + 7, 300):
+        slots, valid, overflow = fused.dead_slots(dead, capacity)
+        assert slots.shape == valid.shape == (capacity,) and not overflow
+        assert torch.equal(slots[:count], dead.nonzero().squeeze(1)) and valid[:count].all()
+        assert not valid[count:].any() and (slots[count:] == 0).all()
+    slots, valid, overflow = fused.dead_slots(dead, count - 1)
+    assert overflow and valid.all() and torch.equal(slots, dead.nonzero().squeeze(1)[: count - 1])
+    assert not fused.dead_slots(torch.zeros(10, dtype=torch.bool), 4)[2]
+
+
+def test_slot_capacity_rule():
+    assert fused.slot_capacity(2090, 20480, 256) == 2560  # 10 % dead at 20,480: an eighth of AuxK's work
+    assert fused.slot_capacity(0, 5120, 256) == 256  # at least k_aux
+    assert fused.slot_capacity(5000, 5120, 256) == 5120  # at most n
+    for n_dead in range(0, 5121, 97):
+        assert n_dead <= fused.slot_capacity(n_dead, 5120, 16) <= 5120
+
+
+@pytest.mark.parametrize("extra", [0, 5, 64])
+def test_any_capacity_that_holds_the_dead_latents_gives_the_same_numbers(extra):
+    cfg = SAEConfig(d_model=16, n_features=64, k=4, k_aux=8)
+    ref, fus = _pair(cfg)
+    gen = torch.Generator().manual_seed(11)
+    dead = torch.rand(64, generator=gen) < 0.3
+    capacity = min(64, max(cfg.k_aux, int(dead.sum())) + extra)  # exactly full, padded, every latent
+    r = _compare(ref, fus, torch.randn(40, 16, generator=gen) * 2, dead, capacity)
+    assert r.auxk > 0
+
+
+def test_too_few_slots_are_flagged():
+    ref, fus = _pair()
+    dead = torch.rand(64, generator=torch.Generator().manual_seed(12)) < 0.5
+    out = fused_loss(fus, torch.randn(16, 16), force_dead=dead, aux_capacity=int(dead.sum()) - 1)
+    assert out.overflow
+
+
 def test_without_auxk():
     ref, fus = _pair(SAEConfig(d_model=16, n_features=64, k=4, k_aux=0))
     r = _compare(ref, fus, torch.randn(16, 16), torch.ones(64, dtype=torch.bool))
@@ -113,11 +153,11 @@ def test_bfloat16_compute_is_close():
 
 def test_main_decode_mode_rule(monkeypatch):
     monkeypatch.setattr(fused, "MAIN_DECODE", [None])
-    assert fused.main_decode_mode(64, 48, 16, 4) == "stacked"  # the tests' sizes
-    assert fused.main_decode_mode(5120, 4096, 1280, 10) == "stacked"  # measured faster on the H200 there
+    assert fused.main_decode_mode(64, 48, 16, 4) == "dense"  # the tests' sizes
+    assert fused.main_decode_mode(5120, 4096, 1280, 10) == "dense"  # measured faster on the H200 there
     for n in (20480, 81920):  # the H200 benchmark's other sizes (d 1280, B 4096, k 10)
         assert fused.main_decode_mode(n, 4096, 1280, 10) == "gather"
-    assert fused.main_decode_mode(20480, 256, 1280, 10) == "stacked"  # 2B < d: transposing W_dec costs more
+    assert fused.main_decode_mode(20480, 256, 1280, 10) == "dense"  # 2B < d: transposing W_dec costs more
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])

@@ -1,24 +1,34 @@
 """Fused training loss: `losses.reference_loss`'s numbers with a hand-written backward, capturable.
 
 One `torch.autograd.Function` computes the loss, its diagnostics and all four parameter
-gradients with only the GEMMs the loss needs, few passes over [B, n] tensors, no host sync
-and no data-dependent shape (so `GraphedStep` can capture it). Weights keep their layouts:
+gradients with only the GEMMs the loss needs, few passes over [B, n] tensors and no
+data-dependent shape (so `GraphedStep` can capture it). Weights keep their layouts:
 W_enc [n, d], W_dec [d, n]; every GEMM reads the other layout as a transposed view.
 
-forward   pre   = (x - b_pre) W_enc^T + b_lat          [B, n] GEMM 1, written into `codes`' last rows;
-                                                       TopK_k; TopK_kaux after masking pre in place (`topk`)
-          codes = [z; z_aux]                           [2B, n]: dense main codes, AuxK codes over pre
-          dec   = z W_dec^T,  e_hat = z_aux W_dec^T    "stacked": one GEMM over codes, M = 2B
+AuxK only ever looks at the dead latents, so it works on them alone: their indices are packed
+into `slots` [C] (C >= the number of dead latents, padded with latent 0 whose pre-activation
+is then masked to 0, as the reference masks alive latents), and its TopK, decode and
+gradients are [B, C]-sized instead of [B, n] (`dead_slots`). With 10 % dead latents that is a
+tenth of AuxK's work. C is a Python number, so a captured graph holds one C: eagerly it is
+the dead count rounded up (`slot_capacity`, one host sync); `GraphedStep` passes a C that
+is known to bound the count without a sync.
+
+forward   pre   = (x - b_pre) W_enc^T + b_lat          [B, n] GEMM 1; TopK_k of pre
+          pre_d = pre[:, slots] * valid                [B, C] the dead latents' pre-activations
+          z_aux = ReLU(TopK_kaux(pre_d))               [B, C]; e_hat = z_aux W_dec[:, slots]^T
+          z     = scatter(TopK_k)                      [B, n] written over pre
+          dec   = z W_dec^T                            "dense": a GEMM over z
                   or dec = sum_j vals_j W_dec[:, idx_j] "gather": k decoder columns per row + bmm
           loss, nmse, auxk, ev, l0                     the tail of `losses.finish`, inside the Function,
                                                        which also forms G = dloss/ddec, H = dloss/de_hat
-backward  gW_dec = [G; H]^T codes                      [d, B2] x [B2, n] GEMM, W_dec's own layout
-          [g_z; g_zaux] = [G; H] W_dec                 "stacked" (or H W_dec, and g_top from the gathered
-                                                       columns by bmm, "gather"); g_pre overwrites g_zaux
-          gW_enc = g_pre^T (x - b_pre)                 GEMM (g_pre: k + k_aux nonzeros a row)
+backward  gW_dec = G^T z, + H^T z_aux at slots         [d, B] x [B, n] GEMM in W_dec's own layout
+          g_z    = G W_dec ("dense") or, at the TopK only, by bmm with the gathered columns ("gather")
+          g_zaux = H W_dec[:, slots]                   [B, C]
+          g_pre  = both scattered into [B, n]          (k + k_aux nonzeros a row)
+          gW_enc = g_pre^T (x - b_pre)                 GEMM
           gb_lat = sum_B g_pre;  gb_pre = sum_B G - gb_lat W_enc
 
-`main_decode_mode` picks "stacked" or "gather" from a cost model in n, B, d and k. Matmuls and
+`main_decode_mode` picks "dense" or "gather" from a cost model in n, B, d and k. Matmuls and
 [B, n] tensors are in the compute dtype (bf16 on CUDA); losses and the weight gradients are
 float32 (the master weights' dtype).
 """
@@ -36,31 +46,30 @@ from repro.sae.model import TopKSAE
 
 _F32_OUT_GEMM = [True]  # cleared once if this torch's CUDA mm has no out_dtype (warm-up finds out, not capture)
 _TRANSPOSE_BY_GEMM = [True]  # CUDA: transpose W_dec for the gather by a GEMM with the identity (benchmarks toggle)
-MAIN_DECODE: list[str | None] = [None]  # force "stacked" or "gather" (tests, benchmarks); None: main_decode_mode
+MAIN_DECODE: list[str | None] = [None]  # force "dense" or "gather" (tests, benchmarks); None: main_decode_mode
 
 # Cost of the "gather" decode per gathered element, in GEMM flops of the same time. ~8 bytes moved
 # (gather read + write, two bmm reads) at ~175 bf16 flops per byte of HBM traffic gave 1,400; the
-# H200 measured "stacked" faster at 5,120 features and "gather" at 20,480 (issue #17,
+# H200 measured the dense decode faster at 5,120 features and "gather" at 20,480 (issue #17,
 # benchmarks/results/gpu_ceiling_h200_third/c_fused_check.json), which this value reproduces.
 GATHER_FLOPS_PER_ELEMENT = 3400
 
 
 def main_decode_mode(n: int, batch: int, d: int, k: int) -> str:
-    """"stacked" or "gather": how the main (TopK) decode and its code gradient are computed.
+    """"dense" or "gather": how the main (TopK) decode and its code gradient are computed.
 
-    "stacked" puts the dense main codes beside the AuxK codes, so the decode and the code
-    gradient are GEMMs with M = 2B instead of B: 4 B n d extra flops. "gather" reads the k
-    selected decoder columns per row (W_dec transposed once by a GEMM with the identity,
-    2 n d^2 flops, then B k d gathered elements and two bmm). The cheaper one by this count
-    wins; the weight gradient is the same [G; H]^T codes GEMM in both. At d 1280, B 4096,
-    k 10 the two cross near n = 10,000: "stacked" for 5,120 features, "gather" from 20,480;
-    "stacked" for small batches (2B < d) and the CPU tests' sizes.
+    "dense" decodes the [B, n] codes z by a GEMM and forms their gradient by another:
+    4 B n d flops. "gather" reads the k selected decoder columns per row (W_dec transposed
+    once by a GEMM with the identity, 2 n d^2 flops, then B k d gathered elements and two
+    bmm). The cheaper one by this count wins; the weight gradient is the same G^T z GEMM in
+    both. At d 1280, B 4096, k 10 the two cross near n = 10,000: "dense" for 5,120 features,
+    "gather" from 20,480; "dense" for small batches (2B < d) and the CPU tests' sizes.
     """
     if MAIN_DECODE[0] is not None:
         return MAIN_DECODE[0]
-    stacked = 4 * batch * n * d
+    dense = 4 * batch * n * d
     gather = 2 * n * d * d + GATHER_FLOPS_PER_ELEMENT * batch * k * d
-    return "stacked" if stacked <= gather else "gather"
+    return "dense" if dense <= gather else "gather"
 
 
 TOPK: list[str | None] = [None]  # force "torch" or "chunked" (tests, benchmarks); None: topk_chunk's rule
@@ -153,90 +162,114 @@ def _b_pre_grad(gb_lat: torch.Tensor, W_enc: torch.Tensor) -> torch.Tensor:
     return -(gb_lat.to(W_enc.dtype) @ W_enc)
 
 
+def slot_capacity(n_dead: int, n: int, k_aux: int) -> int:
+    """Slots C for `n_dead` dead latents: the count rounded up to a 32nd of n (so a captured graph
+    serves a range of counts), at least k_aux (AuxK's TopK needs k_aux candidates), at most n."""
+    granule = max(64, n // 32)
+    return min(n, max(k_aux, -(-n_dead // granule) * granule))
+
+
+def dead_slots(dead: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """dead [n] bool -> (slots [C] int64, valid [C] bool, overflow scalar bool), no host sync.
+
+    slots holds the dead latents' indices in increasing order, then 0 in the C - n_dead padding
+    slots (valid False). overflow: more dead latents than C (those past C are left out)."""
+    n = dead.shape[0]
+    count = dead.sum()
+    where = torch.where(dead, dead.cumsum(0) - 1, capacity).clamp_(max=capacity)  # [n]: slot, or the bin C
+    slots = torch.zeros(capacity + 1, dtype=torch.int64, device=dead.device)
+    slots.scatter_(0, where, torch.arange(n, device=dead.device))  # bin C takes every alive latent: dropped
+    valid = torch.arange(capacity, device=dead.device) < count
+    return slots[:capacity].masked_fill(~valid, 0), valid, count > capacity
+
+
 class _FusedSAE(torch.autograd.Function):
     """(W_enc, b_lat, W_dec, b_pre; x) -> loss (differentiable) and the non-differentiable nmse, auxk,
-    ev, l0 (scalars), x_hat [B, d], vals [B, k], idx [B, k], fired [n], dead [n]. x gets no gradient."""
+    ev, l0 (scalars), x_hat [B, d], vals [B, k], idx [B, k], fired [n], dead [n], overflow (scalar
+    bool: more dead latents than AuxK's slots). x gets no gradient."""
 
     @staticmethod
-    def forward(ctx, W_enc, b_lat, W_dec, b_pre, x, sae, force_dead, cdt, k_aux, mode):
+    def forward(ctx, W_enc, b_lat, W_dec, b_pre, x, sae, force_dead, cdt, k_aux, mode, capacity):
         cfg, f32 = sae.cfg, torch.float32  # losses in float32 as `finish`, whatever the weights' dtype
         (B, d), n = x.shape, W_enc.shape[0]
-        parts = 2 if k_aux else 1
         xc = (x - b_pre).to(cdt)  # [B, d]
-        codes = torch.empty(parts * B, n, dtype=cdt, device=x.device)  # [z; z_aux]
-        pre = torch.addmm(b_lat.to(cdt), xc, W_enc.to(cdt).t(), out=codes[-B:])  # [B, n]
+        pre = torch.addmm(b_lat.to(cdt), xc, W_enc.to(cdt).t())  # [B, n], becomes z below
         top_vals, idx = topk(pre, cfg.k)  # [B, k]
         vals = torch.relu(top_vals)
         fired, dead = fired_and_dead(sae, top_vals, idx, force_dead)
-        aux_vals = aux_idx = None
-        if k_aux:
-            masked = pre.mul_(dead.to(cdt))  # in place: alive -> 0 as the reference
-            # unsorted: the same set (only exact ties at the boundary could differ), without sorting k_aux per row
-            aux_vals, aux_idx = topk(masked, k_aux, sorted=False)  # [B, k_aux]
-            masked.zero_().scatter_(-1, aux_idx, torch.relu(aux_vals))  # z_aux over pre
-        z = codes[:B].zero_().scatter_(-1, idx, vals)  # [B, n] (over pre without AuxK: TopK is done)
         W_dec_c = W_dec.to(cdt)  # [d, n]
+        slots = z_aux = W_dead = aux_vals = aux_pos = None
+        overflow = torch.zeros((), dtype=torch.bool, device=x.device)
+        if k_aux:
+            if capacity is None:  # eager: the count decides (one host sync)
+                capacity = slot_capacity(int(dead.sum()), n, k_aux)
+            slots, valid, overflow = dead_slots(dead, capacity)
+            pre_d = pre.index_select(1, slots).mul_(valid.to(cdt))  # [B, C]; padding -> 0 as masked alive latents
+            # unsorted: the same set (only exact ties at the boundary could differ), without sorting k_aux per row
+            aux_vals, aux_pos = topk(pre_d, min(k_aux, capacity), sorted=False)  # [B, k_aux] positions in slots
+            z_aux = pre_d.zero_().scatter_(-1, aux_pos, torch.relu(aux_vals))  # [B, C]
+            W_dead = W_dec_c.index_select(1, slots)  # [d, C]
+        z = pre.zero_().scatter_(-1, idx, vals)  # [B, n] dense main codes
         rows = None
-        if mode == "stacked":
-            out = torch.mm(codes, W_dec_c.t())  # [parts B, d]
-            dec, e_hat = out[:B], out[B:]
+        if mode == "dense":
+            dec = torch.mm(z, W_dec_c.t())  # [B, d]
         else:
             rows = F.embedding(idx, transposed(W_dec_c))  # [B, k, d] the selected decoder columns
             dec = torch.bmm(vals.unsqueeze(1), rows).squeeze(1)  # [B, d]
-            e_hat = torch.mm(codes[B:], W_dec_c.t()) if k_aux else None
-        del z
 
         # the loss tail (as losses.finish) and its gradients G, H w.r.t. dec, e_hat
         x_hat = (dec.to(b_pre.dtype) + b_pre).to(f32)  # [B, d]
         e = x - x_hat  # [B, d] residual
         var_x, var_e = total_variance(x), total_variance(e)
         nmse = e.pow(2).mean() / var_x
-        GH = torch.empty(parts * B, d, dtype=cdt, device=x.device)  # [G; H]
-        G = e * (-2 / (B * d) / var_x)  # [B, d] float32
-        g_sum = G.sum(0)  # [d] b_pre's direct gradient (x_hat = dec + b_pre)
-        GH[:B] = G
+        G32 = e * (-2 / (B * d) / var_x)  # [B, d] float32
+        g_sum = G32.sum(0)  # [d] b_pre's direct gradient (x_hat = dec + b_pre)
+        G, H = G32.to(cdt), None
         if k_aux:
-            a = e_hat.to(f32) - e  # [B, d]
+            a = torch.mm(z_aux, W_dead.t()).to(f32) - e  # [B, d]: e_hat - e
             raw = a.pow(2).mean() / var_e
             any_dead = dead.any()
             auxk = raw.nan_to_num(0.0) * any_dead  # no dead latent -> no AuxK loss (no host sync to decide)
             live = (raw.isfinite() & any_dead).to(f32)  # nan_to_num's gradient is 0 where raw is not finite
-            GH[B:] = a * (2 * cfg.auxk_coef / (B * d) * live / var_e.where(live > 0, 1))
+            H = (a * (2 * cfg.auxk_coef / (B * d) * live / var_e.where(live > 0, 1))).to(cdt)  # [B, d]
         else:
             auxk = torch.zeros((), device=x.device)
         loss = nmse + cfg.auxk_coef * auxk
         ev = 1 - var_e / var_x
         l0 = fires(cfg, vals).sum(-1).float().mean()
-        ctx.save_for_backward(W_enc, xc, W_dec_c, codes, GH, g_sum, rows, top_vals, idx, aux_vals, aux_idx)
+        ctx.save_for_backward(W_enc, xc, W_dec_c, z, G, H, g_sum, rows, top_vals, idx, slots, z_aux, W_dead,
+                              aux_vals, aux_pos)
         ctx.mode = mode
-        ctx.mark_non_differentiable(nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead)
-        return loss, nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead
+        ctx.mark_non_differentiable(nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead, overflow)
+        return loss, nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead, overflow
 
     @staticmethod
     def backward(ctx, g_loss, *_):  # g_loss: scalar
-        W_enc, xc, W_dec_c, codes, GH, g_sum, rows, top_vals, idx, aux_vals, aux_idx = ctx.saved_tensors
+        W_enc, xc, W_dec_c, z, G, H, g_sum, rows, top_vals, idx, slots, z_aux, W_dead, aux_vals, aux_pos = (
+            ctx.saved_tensors)
         acc, cdt = W_enc.dtype, xc.dtype
-        B = xc.shape[0]
-        GH = GH * g_loss.to(cdt)  # [parts B, d]
-        gW_dec = _mm_to(GH.t(), codes, acc)  # [d, n] = G^T z + H^T z_aux
-        if ctx.mode == "stacked":
-            g_codes = torch.mm(GH, W_dec_c)  # [parts B, n] grads of z and z_aux
-            g_top = g_codes[:B].gather(1, idx)  # [B, k]
-        else:
-            g_top = torch.bmm(rows, GH[:B].unsqueeze(-1)).squeeze(-1)  # [B, k]
-            g_codes = torch.mm(GH[B:], W_dec_c) if aux_idx is not None else torch.empty_like(codes)
-        g_top = torch.where(top_vals > 0, g_top, 0)  # through ReLU
-        g_pre = g_codes[-B:]  # [B, n]: the grad of z_aux, read at aux_idx, then overwritten by grad pre
-        if aux_idx is not None:
-            g_aux = torch.where(aux_vals > 0, g_pre.gather(1, aux_idx), 0)  # ReLU; > 0 implies dead (mask grad 1)
-            g_pre.zero_().scatter_(1, aux_idx, g_aux)
-        else:
+        g = g_loss.to(cdt)
+        G = G * g  # [B, d]
+        gW_dec = _mm_to(G.t(), z, acc)  # [d, n] = G^T z
+        if ctx.mode == "dense":
+            g_pre = torch.mm(G, W_dec_c)  # [B, n] grad of z, read at the TopK, then overwritten by grad pre
+            g_top = g_pre.gather(1, idx)  # [B, k]
             g_pre.zero_()
+        else:
+            g_top = torch.bmm(rows, G.unsqueeze(-1)).squeeze(-1)  # [B, k]
+            g_pre = torch.zeros_like(z)  # [B, n]
+        g_top = torch.where(top_vals > 0, g_top, 0)  # through ReLU
+        if slots is not None:
+            H = H * g  # [B, d]
+            gW_dec.index_add_(1, slots, _mm_to(H.t(), z_aux, acc))  # [d, C] at the slots; padding adds exact zeros
+            g_aux = torch.mm(H, W_dead).gather(1, aux_pos)  # [B, k_aux] grad of z_aux at its TopK
+            g_aux = torch.where(aux_vals > 0, g_aux, 0)  # ReLU; padding has value 0: no gradient
+            g_pre.scatter_add_(1, slots[aux_pos], g_aux)  # add: padding repeats latent 0 with zeros
         g_pre.scatter_add_(1, idx, g_top)  # add: a latent may be both in the TopK and in AuxK's top
         gW_enc = _mm_to(g_pre.t(), xc, acc)  # [n, d]
         gb_lat = g_pre.sum(0, dtype=acc)  # [n]
         gb_pre = g_sum * g_loss + _b_pre_grad(gb_lat, W_enc)  # [d]
-        return gW_enc, gb_lat, gW_dec, gb_pre, None, None, None, None, None, None
+        return gW_enc, gb_lat, gW_dec, gb_pre, None, None, None, None, None, None, None
 
 
 def work_dtype(sae: TopKSAE, compute_dtype: torch.dtype) -> torch.dtype:
@@ -251,14 +284,20 @@ def fused_loss(
     *,
     compute_dtype: torch.dtype = torch.float32,
     force_dead: torch.Tensor | None = None,
+    aux_capacity: int | None = None,
 ) -> LossOutput:
-    """Fused loss of `sae` on x [B, d]; same arguments and result as `reference_loss`, CUDA-graph capturable."""
+    """Fused loss of `sae` on x [B, d]; same arguments and result as `reference_loss`.
+
+    `aux_capacity`: AuxK's slots C (>= this step's dead latents; `GraphedStep` knows one without
+    a sync); None: the count rounded up (`slot_capacity`), which reads it on the host. With a C
+    given the loss is CUDA-graph capturable; `LossOutput.overflow` says if C was too small."""
     cfg = sae.cfg
     x = x.float()
     k_aux = min(cfg.k_aux, cfg.n_features) if cfg.k_aux > 0 and cfg.auxk_coef > 0 else 0
     mode = main_decode_mode(cfg.n_features, x.shape[0], cfg.d_model, cfg.k)
-    loss, nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead = _FusedSAE.apply(
-        sae.W_enc, sae.b_lat, sae.W_dec, sae.b_pre, x, sae, force_dead, work_dtype(sae, compute_dtype), k_aux, mode
+    loss, nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead, overflow = _FusedSAE.apply(
+        sae.W_enc, sae.b_lat, sae.W_dec, sae.b_pre, x, sae, force_dead, work_dtype(sae, compute_dtype), k_aux, mode,
+        aux_capacity,
     )
     return LossOutput(loss=loss, nmse=nmse, auxk=auxk, ev=ev, l0=l0, x_hat=x_hat, vals=vals, idx=idx, fired=fired,
-                      dead=dead)
+                      dead=dead, overflow=overflow)

@@ -60,6 +60,8 @@ class LossOutput:
     """[n] bool: latents that fired in this batch (for the dead-latent counters)."""
     dead: torch.Tensor
     """[n] bool: latents treated as dead in this step's AuxK loss."""
+    overflow: torch.Tensor | None = None
+    """Scalar bool (fused loss only): more dead latents than AuxK's slots, so some were left out."""
 
 
 def compute_dtype_context(device: torch.device, compute_dtype: torch.dtype):

@@ -1,7 +1,7 @@
 """How fast the feature analysis reads a store: per block (the old path) against all blocks in
 one read (`repro.features.data.analyse_store`), in analysed tokens/s (all blocks together).
 
-    python benchmarks/analysis_speed.py --out OUT.json [--shards 8 --shard-size 128]
+    python benchmarks/analysis_speed.py --out OUT.json [--shards 8 --shard-size 128] [--reads-in-flight 8]
     python benchmarks/analysis_speed.py --out OUT.json --cpu-dry-run   # tiny, on the CPU
 
 Writes a synthetic store with the library's writer (as `read_verify.make_store`: 4 blocks
@@ -11,7 +11,8 @@ GPU, and times the analysis of the chapter (m=16, a 32-image profile sample) as 
 runs it, each on a fresh `ActivationStore` (verify on: every shard is hashed on its first read):
   per_block      `analyse_features(sae, store_chunks(store, b))` block after block: each shard
                  read 4 times (verified the first), converted to float32 on the CPU
-  one_read       `analyse_store(saes, store)`: each shard read once, ahead, by threads into
+  one_read       `analyse_store(saes, store)`: each shard read once, ahead (--read-threads
+                 shards at once, each in ranges with --reads-in-flight reads at once) into
                  pinned buffers; bf16 to the GPU, float32 there
   one_read_noverify   the same, `verify=False` (a store already checked)
   gpu_only       the accumulators alone on one shard's blocks already on the GPU, as many
@@ -100,7 +101,10 @@ def main(argv=None) -> dict:
     p.add_argument("--channels", type=int, default=None, help="default 1280 (64 with --cpu-dry-run)")
     p.add_argument("--features", type=int, default=None, help="SAE width: default 5120 (256 with --cpu-dry-run)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--read-threads", type=int, default=None, help="analyse_store's (default: the reader's default)")
+    p.add_argument("--read-threads", type=int, default=None,
+                   help="analyse_store's shards read (and hashed) at once (default: the reader's, SHARDS_AT_ONCE)")
+    p.add_argument("--reads-in-flight", type=int, default=None,
+                   help="analyse_store's byte-range reads at once (default: the reader's, READS_IN_FLIGHT)")
     p.add_argument("--no-cold", action="store_true", help="skip the rows with the page cache dropped")
     p.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes, SAEs on the CPU (checks the script)")
     p.add_argument("--workdir", type=Path, default=Path("/tmp/analysis_speed"))
@@ -120,7 +124,7 @@ def main(argv=None) -> dict:
     from repro.sae.config import SAEConfig
     from repro.sae.model import TopKSAE
     from repro.store import ActivationStore
-    from repro.store.reader import default_read_threads
+    from repro.store.reader import READS_IN_FLIGHT, SHARDS_AT_ONCE
 
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     device = torch.device("cpu" if dry else "cuda")
@@ -138,13 +142,15 @@ def main(argv=None) -> dict:
     cfg = SAEConfig(d_model=args.channels, n_features=args.features, k=args.k, k_aux=min(256, args.features))
     saes = {b: TopKSAE(cfg, seed=i, device=device) for i, b in enumerate(blocks)}
     kw = dict(m=M, profile_sample=PROFILE_SAMPLE, profile_seed=0)
-    threads = args.read_threads or default_read_threads()
+    threads = args.read_threads or SHARDS_AT_ONCE
+    in_flight = args.reads_in_flight or READS_IN_FLIGHT
+    read_kw = dict(read_threads=threads, reads_in_flight=in_flight)
     if device.type == "cuda":  # the pinned host allocator's blocks, outside the clocks (cached once freed)
         bufs = [torch.empty(max(q.stat().st_size for q in paths), dtype=torch.uint8, pin_memory=True)
-                for _ in range(threads + 3)]
+                for _ in range(threads + 2)]  # read_shards holds at most threads + 2 (default depth)
         del bufs
     # warm-up: CUDA kernels, cuBLAS, the allocator (one shard, both paths)
-    analyse_store(saes, ActivationStore(folder, verify=False), max_images=args.shard_size, read_threads=threads, **kw)
+    analyse_store(saes, ActivationStore(folder, verify=False), max_images=args.shard_size, **read_kw, **kw)
     analyse_features(saes[blocks[0]], store_chunks(ActivationStore(folder, verify=False), blocks[0],
                                                    max_images=args.shard_size), **kw)
 
@@ -153,7 +159,7 @@ def main(argv=None) -> dict:
         return {b: analyse_features(saes[b], store_chunks(store, b), **kw) for b in blocks}
 
     def one_read(verify=True):
-        return analyse_store(saes, ActivationStore(folder, verify=verify), read_threads=threads, **kw)
+        return analyse_store(saes, ActivationStore(folder, verify=verify), **read_kw, **kw)
 
     def gpu_only():
         store = ActivationStore(folder, verify=False)
@@ -176,7 +182,8 @@ def main(argv=None) -> dict:
         tag = "cold" if cold else "warm"
         res[f"per_block_{tag}"], want = timed(f"per_block_{tag}", per_block, tokens, folder, cold, log)
         res[f"one_read_{tag}"], got = timed(f"one_read_{tag}", one_read, tokens, folder, cold, log)
-        res[f"one_read_{tag}"]["read_threads"] = threads
+        res[f"one_read_{tag}"].update(read_kw)
+        res[f"one_read_{tag}"]["file_GBps"] = res["file_bytes"] / res[f"one_read_{tag}"]["seconds"] / 1e9
         res[f"one_read_{tag}"]["speedup"] = res[f"per_block_{tag}"]["seconds"] / res[f"one_read_{tag}"]["seconds"]
         res[f"same_results_{tag}"] = {b: _same(got[b], want[b]) for b in blocks}
         log(f"same_results_{tag}", json.dumps(res[f"same_results_{tag}"]))

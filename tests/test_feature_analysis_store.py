@@ -135,3 +135,16 @@ def test_corrupt_shard_raises(folder, saes, tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ReproError, match="corrupt"):
         analyse_store(saes, store, m=2)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_reading_in_small_ranges_changes_nothing(folder, saes, monkeypatch, verify):
+    """Shards read in uneven 1000-byte ranges, 3 in flight (`reads_in_flight`): the same analysis."""
+    kw = dict(concepts=True, m=3, profile_sample=4, profile_seed=7)
+    want = _per_block(folder, saes, verify, **kw)
+    monkeypatch.setattr(reader, "READ_RANGE", 1000)
+    store = ActivationStore(folder, verify=verify)
+    got = analyse_store(saes, store, read_threads=2, reads_in_flight=3, **kw)
+    assert store._verified == ({r["file"] for r in store.shards} if verify else set())
+    for b in SIDES:
+        _assert_same(got[b], want[b], b)

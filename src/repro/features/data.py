@@ -3,9 +3,9 @@
 `store_chunks` yields `(image_ids [n], updates [n, H, W, C] float32[, concepts [n, c, H, W]])`
 one shard at a time, for one step and one half — the input `analyse_features` takes.
 `analyse_store` is the same analysis for several blocks in one pass: each shard is read
-once (by threads, ahead of use), its bf16 block slices go to each SAE's device as they are
-stored and become float32 there; the results equal `analyse_features` over `store_chunks`
-block by block (same chunks, same order). On ShapesWorld stores the concepts come from the
+once (ahead of use, in ranges with several reads in flight), its bf16 block slices go to
+each SAE's device as they are stored and become float32 there; the results equal
+`analyse_features` over `store_chunks` block by block (same chunks, same order). On ShapesWorld stores the concepts come from the
 prompts themselves: every prompt is a caption the grammar can parse back into its scene.
 """
 
@@ -94,16 +94,20 @@ def analyse_store(
     profile_seed: int = 0,
     max_dense_elems: int = 2 ** 25,
     read_threads: int | None = None,
+    reads_in_flight: int | None = None,
     max_images: int | None = None,
 ) -> dict[str, FeatureAnalysis]:
     """{block: analysis} of every SAE of `saes` ({block: TopKSAE}) over the store, in one read.
 
     Equal to `analyse_features(saes[b], store_chunks(store, b, step, half, concepts, max_images),
     m, concept_names, max_dense_elems, profile_sample, profile_seed)` for each block b
-    (bitwise on the CPU). Shards are read (and sha256-checked on first use when the store
-    verifies) by `read_threads` threads (default `default_read_threads()`) into reused
-    buffers, pinned when an SAE is on a GPU. Concepts (ShapesWorld stores) are made once
-    per shard and map size. The meter counts the tokens of all blocks over the whole time.
+    (bitwise on the CPU). Shards are read by `read_shards`: `read_threads` shards at once
+    (default `SHARDS_AT_ONCE`; each sha256-checked while it is read, on first use when the
+    store verifies), each in ranges, `reads_in_flight` reads at once (default
+    `READS_IN_FLIGHT`), into reused buffers, pinned when an SAE is on a GPU: at most
+    read_threads + 2 shard files of host memory.
+    Concepts (ShapesWorld stores) are made once per shard and map size. The meter counts
+    the tokens of all blocks over the whole time.
     """
     started = time.perf_counter()
     blocks = list(saes)
@@ -113,7 +117,8 @@ def analyse_store(
             for b in blocks}
     cuda = {saes[b].device for b in blocks if saes[b].device.type == "cuda"}
     plan = _images_per_shard(store, max_images)
-    shards = read_shards(store, [r for r, _ in plan], threads=read_threads, pin=bool(cuda))
+    shards = read_shards(store, [r for r, _ in plan], threads=read_threads, in_flight=reads_in_flight,
+                         pin=bool(cuda))
     with closing(shards):
         for (record, data), (_, n) in zip(shards, plan):
             tensors = tensor_views(data, blocks)  # {block: [n_shard, steps, halves, HW, C]} views of the buffer

@@ -12,6 +12,11 @@ memory, so a shard is read once, in pieces, into a reused buffer (`read_file`: n
 zero-filled fresh allocation, no page faults after the first use) and each piece is hashed
 while it is still in the CPU cache; several shards are read and hashed at once by threads
 (hashlib releases the GIL), ahead of use and across group boundaries (`_ReadAhead`).
+
+Reading for analysis (`read_shards`) needs each shard soon, in order: a shard is read in
+ranges, several in flight at once (an NVMe disk reaches its bandwidth only with queue depth;
+one thread reading one file sequentially has one request in flight, and several threads
+on several whole shards finish them all late, together), and hashed in order as they land.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import os
 import struct
 import threading
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -42,19 +47,62 @@ from repro.store.layout import (
 READ_PIECE = 4 << 20
 """Bytes read (and hashed) at a time: small enough that a piece is still in the cache when hashed."""
 
+READ_RANGE = 8 << 20
+"""Bytes of one read in flight when a file is read in ranges (`read_file(..., pool=)`)."""
+
+READS_IN_FLIGHT = 8
+"""`read_shards`' default number of ranges read at once (threads blocked in one pread each)."""
+
+SHARDS_AT_ONCE = 3
+"""`read_shards`' default number of shards read and hashed at once: sha256 runs ~1.2 GB/s
+per stream, so two or more keep up with a ~2 GB/s disk."""
+
 
 def new_buffer(size: int) -> torch.Tensor:
     """An uninitialised uint8 buffer [size] (torch.empty: no zero-fill, unlike bytearray)."""
     return torch.empty(size, dtype=torch.uint8)
 
 
+def _shorter(path: Path) -> ReproError:
+    return ReproError(f"{path} was shorter than its size while reading it: is it being rewritten?")
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, path: Path) -> None:
+    """Fill `view` with the file's bytes from `offset` on (pread: no shared file position)."""
+    got = 0
+    while got < len(view):
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if not n:
+            raise _shorter(path)
+        got += n
+
+
+def _read_ranges(fd: int, view: memoryview, pool: Executor, path: Path, h: "hashlib._Hash | None") -> None:
+    """Fill `view` (the whole file) in READ_RANGE ranges, all submitted to `pool` at once,
+    hashing each into `h` in order as it lands. Returns or raises (the first failure) only
+    once no range is still being read: the buffer and `fd` are then free to reuse and close."""
+    spans = [(lo, min(len(view), lo + READ_RANGE)) for lo in range(0, len(view), READ_RANGE)]
+    futures = [pool.submit(_pread_into, fd, view[lo:hi], lo, path) for lo, hi in spans]
+    try:
+        for (lo, hi), future in zip(spans, futures):
+            future.result()
+            if h is not None:
+                h.update(view[lo:hi])
+    finally:
+        for future in futures:
+            future.cancel()
+        wait(futures)
+
+
 def read_file(path: Path, alloc: Callable[[int], torch.Tensor] = new_buffer,
-              digest: bool = False) -> tuple[torch.Tensor, str | None]:
+              digest: bool = False, pool: Executor | None = None) -> tuple[torch.Tensor, str | None]:
     """All bytes of `path` as a uint8 tensor [size] (a view of `alloc(size)`, which may be a
     reused buffer of at least `size` bytes), and their sha256 hex when `digest` (else None).
 
     One copy from the page cache with `readinto`, in pieces of READ_PIECE bytes; each piece
     is hashed right after it is read, while it is in the cache. Both release the GIL.
+    With `pool` (threads), the file is read in READ_RANGE ranges by its threads at once
+    (several reads in flight) and hashed in order meanwhile: the same bytes and digest.
     """
     with open(path, "rb", buffering=0) as fh:
         size = os.fstat(fh.fileno()).st_size
@@ -64,11 +112,14 @@ def read_file(path: Path, alloc: Callable[[int], torch.Tensor] = new_buffer,
         data = buf[:size]
         view = memoryview(data.numpy())
         h = hashlib.sha256() if digest else None
+        if pool is not None and hasattr(os, "preadv"):
+            _read_ranges(fh.fileno(), view, pool, path, h)
+            return data, None if h is None else h.hexdigest()
         got = 0
         while got < size:
             n = fh.readinto(view[got : min(size, got + READ_PIECE)])
             if not n:
-                raise ReproError(f"{path} was shorter than its size while reading it: is it being rewritten?")
+                raise _shorter(path)
             if h is not None:
                 h.update(view[got : got + n])
             got += n
@@ -194,8 +245,9 @@ class ActivationStore:
         self._verified.add(record["file"])
 
     def read_shard(self, record: dict[str, Any], alloc: Callable[[int], torch.Tensor] = new_buffer,
-                   verify: bool | None = None) -> torch.Tensor:
-        """The bytes of one shard file, uint8 [size], read into `alloc(size)` (see `read_file`).
+                   verify: bool | None = None, pool: Executor | None = None) -> torch.Tensor:
+        """The bytes of one shard file, uint8 [size], read into `alloc(size)` (see `read_file`:
+        in ranges by `pool`'s threads when given).
 
         Checked against the manifest's sha256 while being read when verification is due
         (`verify`, default the store's, and not yet verified by this object): a mismatch
@@ -204,7 +256,7 @@ class ActivationStore:
         path = self._path(record)
         check = (self.verify if verify is None else verify) and record["file"] not in self._verified
         try:
-            data, digest = read_file(path, alloc, digest=check)
+            data, digest = read_file(path, alloc, digest=check, pool=pool)
         except FileNotFoundError:
             raise self._missing(record) from None
         if check:
@@ -460,12 +512,18 @@ class _ReadAhead:
 
 
 def read_shards(store: ActivationStore, records: Sequence[dict[str, Any]], *, threads: int | None = None,
-                depth: int | None = None, pin: bool = False, verify: bool | None = None
-                ) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
+                depth: int | None = None, pin: bool = False, verify: bool | None = None,
+                in_flight: int | None = None) -> Iterator[tuple[dict[str, Any], torch.Tensor]]:
     """(record, the shard's bytes uint8 [size]) of each of `records`, in order: each file read
-    once (`read_shard`: checked on its first read when `verify`, default the store's) by
-    `threads` threads (default `default_read_threads()`), at most `depth` (default threads + 1)
-    ahead of use, into reused host buffers (pinned when `pin`: for copies to a GPU).
+    once (`read_shard`: checked on its first read when `verify`, default the store's), `threads`
+    shards at once (default SHARDS_AT_ONCE), at most `depth` (default threads + 1) ahead of
+    use, into reused host buffers (pinned when `pin`: for copies to a GPU).
+
+    Each shard is read in READ_RANGE ranges by a pool of `in_flight` threads (default
+    READS_IN_FLIGHT): that many reads in flight at once, first come first served, so the
+    ranges of the shard needed first go first and the disk is busy with the next shards'
+    while it is hashed and used. Host memory: at most depth + 1 buffers of the largest shard
+    ((threads + 2) x the largest shard by default).
 
     The bytes are valid until the next shard is asked for: copy out what is kept (and wait
     for a non-blocking copy from them) before that. Close the generator to stop early.
@@ -473,8 +531,12 @@ def read_shards(store: ActivationStore, records: Sequence[dict[str, Any]], *, th
     records = list(records)
     if not records:
         return
-    threads = default_read_threads() if threads is None else int(threads)
+    threads = SHARDS_AT_ONCE if threads is None else int(threads)
+    in_flight = READS_IN_FLIGHT if in_flight is None else int(in_flight)
+    if threads < 1 or in_flight < 1:
+        raise ReproError(f"reading needs at least 1 shard and 1 read at once, got {threads} and {in_flight}")
     buffers = _Buffers(max(int(r.get("bytes", 0)) for r in records), pin)
+    ranges = ThreadPoolExecutor(max_workers=in_flight, thread_name_prefix="range-read")
 
     def read(record: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         taken: list[torch.Tensor] = []
@@ -484,7 +546,7 @@ def read_shards(store: ActivationStore, records: Sequence[dict[str, Any]], *, th
             return taken[0]
 
         try:
-            data = store.read_shard(record, alloc, verify)
+            data = store.read_shard(record, alloc, verify, pool=ranges)
             return taken[0], data
         except BaseException:
             if taken:
@@ -500,7 +562,8 @@ def read_shards(store: ActivationStore, records: Sequence[dict[str, Any]], *, th
             finally:
                 buffers.put(buf)
     finally:
-        ahead.close()
+        ahead.close()  # waits for the shards being read, hence for their ranges
+        ranges.shutdown(wait=True)
 
 
 class StoreSource(ChunkedSource):

@@ -42,13 +42,15 @@ if [ $dry = 1 ]; then
 else
   # STEPS picks the steps of this call: by default ROWS, every row of #17's tables in one run
   # (~540 s on one H200); "all" adds the extra diagnostics; CEILING_PARTS the parts of ceiling.py
-  ROWS="cuda_tests sae_graph sae_fused sae_fast sparsify unet topk ceiling analysis"
+  ROWS="cuda_tests sae_graph sae_fused sae_fused_counters sae_fast sparsify unet topk ceiling analysis"
   want() { case " ${STEPS:-$ROWS} " in *" all "*|*" $1 "*) return 0;; *) return 1;; esac; }
   sae="--n-features 5120 20480 81920 --steps 50 --warmup 5"
   want cuda_tests && step cuda_tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_sae_graphed.py \
        tests/test_unet_graph.py tests/test_sae_fused.py -k "cuda or auto"
   want sae_graph && step sae_graph 75 $PY benchmarks/sae_speed.py $sae --impl reference --graph --profile --out "$out/sae_graph.json"
   want sae_fused && step sae_fused 75 $PY benchmarks/sae_speed.py $sae --impl fused --graph --profile --out "$out/sae_fused.json"
+  want sae_fused_counters && step sae_fused_counters 75 $PY benchmarks/sae_speed.py $sae --impl fused --graph \
+       --dead-from counters --out "$out/sae_fused_counters.json"   # dead latents found by the step, as in training
   want sae_fast && step sae_fast 75 $PY benchmarks/sae_speed.py $sae --impl fast --out "$out/sae_fast.json"
   want sparsify && step sparsify 75 sh -c "$PY benchmarks/peer/sparsify_step_bench.py '$site' 5120 20480 81920 > '$out/sparsify.json'"
   want unet && step unet 75 $PY benchmarks/unet_speed.py --model standin-sdxl-turbo --batch-sizes 32 64 --out "$out/unet.json"

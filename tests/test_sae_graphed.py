@@ -83,8 +83,12 @@ def test_fused_replays_with_dead_counters_match_the_eager_steps_as_the_slots_gro
         opt = make_optimizer(sae, 1e-3, capturable=graphed)
         kw = dict(impl="fused", compute_dtype=torch.float32)
         step = GraphedStep(sae, opt, warmup=2, **kw) if graphed else (lambda x: train_step(sae, opt, x, **kw))
-        outs = [step(x) for x in _batches(30, "cuda")]
-        return sae, torch.stack([o.loss.detach().clone() for o in outs]), outs[-1].dead.sum(), step
+        losses, dead = [], None
+        for x in _batches(30, "cuda"):  # a replay's outputs are rewritten by the next one: copy them now
+            out = step(x)
+            losses.append(out.loss.detach().clone())
+            dead = out.dead.sum().clone()
+        return sae, torch.stack(losses), dead, step
 
     sae_g, loss_g, dead_g, step = train(True)
     sae_e, loss_e, dead_e, _ = train(False)

@@ -44,6 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--graph", action="store_true", help="replay the step from a CUDA graph (repro.sae.graphed)")
     p.add_argument("--profile", action="store_true", help="also record 10 steps with torch.profiler: GPU busy time "
                    "per step and the kernels that take it")
+    p.add_argument("--profile-top", type=int, default=12, help="kernels listed by --profile")
     p.add_argument("--dead-frac", type=float, default=0.1, help="fraction of latents forced dead (AuxK active)")
     p.add_argument("--dead-from", default="mask", choices=["mask", "counters"],
                    help="mask: a fixed dead mask (force_dead, as the peer's benchmark); counters: those latents' "
@@ -94,7 +95,7 @@ def bench_one(args: argparse.Namespace, n: int, device: torch.device, cdt: torch
         "graph": bool(args.graph and getattr(step, "graph", None) is not None),
     }
     if args.profile:
-        row["profile"] = profile_steps(step, xs, device)
+        row["profile"] = profile_steps(step, xs, device, top=args.profile_top)
     return row
 
 
@@ -120,7 +121,7 @@ def profile_steps(step, xs, device: torch.device, n: int = 10, top: int = 12) ->
         "wall_ms_per_step": round(1e3 * wall, 3),
         "kernel_ms_per_step": round(gpu_us / 1e3 / n, 3),
         "kernel_launches_per_step": round(sum(e.count for e in kernels) / n, 1),
-        "top_kernels": [{"name": e.key[:120], "ms_per_step": round(getattr(e, attr) / 1e3 / n, 4),
+        "top_kernels": [{"name": e.key[:300], "ms_per_step": round(getattr(e, attr) / 1e3 / n, 4),
                          "calls_per_step": e.count / n} for e in kernels[:top]],
     }
 

@@ -252,12 +252,12 @@ class _FusedSAE(torch.autograd.Function):
         G = G * g  # [B, d]
         gW_dec = _mm_to(G.t(), z, acc)  # [d, n] = G^T z
         if ctx.mode == "dense":
-            g_pre = torch.mm(G, W_dec_c)  # [B, n] grad of z, read at the TopK, then overwritten by grad pre
-            g_top = g_pre.gather(1, idx)  # [B, k]
-            g_pre.zero_()
+            g_top = torch.mm(G, W_dec_c).gather(1, idx)  # [B, k] grad of z at the TopK
         else:
             g_top = torch.bmm(rows, G.unsqueeze(-1)).squeeze(-1)  # [B, k]
-            g_pre = torch.zeros_like(z)  # [B, n]
+        # z is zero but at idx: zeroing those k a row frees it to hold grad pre (no [B, n] fill; z is
+        # not read again, and a second backward through this graph would fail autograd's version check)
+        g_pre = z.scatter_(1, idx, 0)  # [B, n]
         g_top = torch.where(top_vals > 0, g_top, 0)  # through ReLU
         if slots is not None:
             H = H * g  # [B, d]

@@ -24,6 +24,7 @@ def test_the_store_path_is_the_sum_of_its_stages(projection):
     assert h["training"] == max(h["training_steps"], h["training_read"])
     assert h["total_store_path"] == pytest.approx(h["collection"] + h["training"] + h["analysis"] + h["riebench"])
     assert h["floor"] == pytest.approx(h["unet_pass"] + h["store_disk_pass"])
+    assert h["floor_with_riebench"] == pytest.approx(h["floor"] + h["riebench"])
     assert h["unet_pass"] == pytest.approx(1.5e6 / r["bare_unet_images_per_s"] / 3600)
 
 

@@ -18,6 +18,7 @@ grows by at most B tokens a step, so the latents that can be dead two steps afte
 among those with counter_s + 2B > threshold. Each replay counts these into pinned memory; the
 host reads step s's count before launching step s + 2, when step s has long finished. A C that
 changes by more than its rounding captures another graph (kept, one per C).
+
 The first `warmup` calls run eagerly on a side stream (what capture needs: cuBLAS and the
 allocator warmed), the next one is captured; every later call copies x into the captured
 input and replays. A batch of another shape, a CPU device, or `impl="fast"` fall back to the
@@ -157,7 +158,8 @@ class GraphedStep:
         return self.out
 
     def _slots(self) -> int | None:
-        """AuxK's slots C for this step: enough for its dead latents, kept while it is at least twice enough."""
+        """AuxK's slots C for this step: the last C while it holds the dead latents and is under twice what they
+        need (fewer captures), else what they need."""
         if not self.slotted:
             return None
         cfg = self.sae.cfg

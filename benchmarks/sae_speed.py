@@ -15,7 +15,6 @@ on an H100 at 5120 / 20480 features).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 

@@ -180,7 +180,7 @@ def dead_slots(dead: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.T
     slots = torch.zeros(capacity + 1, dtype=torch.int64, device=dead.device)
     slots.scatter_(0, where, torch.arange(n, device=dead.device))  # bin C takes every alive latent: dropped
     valid = torch.arange(capacity, device=dead.device) < count
-    return slots[:capacity].masked_fill(~valid, 0), valid, count > capacity
+    return slots[:capacity], valid, count > capacity  # padding slots were never written: still 0
 
 
 class _FusedSAE(torch.autograd.Function):

@@ -267,3 +267,54 @@ def test_the_next_batch_is_drawn_before_this_step_and_none_past_the_last():
     saes = _saes()
     train_saes(saes, Logged(_data(), 256, seed=3), _cfg(steps=4, init_b_pre=False), step_fn=step_fn)
     assert events == ["draw 0", "draw 1", "step 0", "draw 2", "step 1", "draw 3", "step 2", "step 3"]
+
+
+@pytest.mark.parametrize("cuda_graph", [True, False])
+def test_the_trainer_replays_a_graphed_step_wherever_the_impl_is_capturable(monkeypatch, cuda_graph):
+    """`TrainConfig.cuda_graph` reaches the trainer: with a capturable impl on the device every SAE
+    steps through a `GraphedStep` (the CPU stands in for the capture: the wrapper runs eagerly
+    there), and its numbers are those of the plain step. Until 2026-12 the default `step_fn` was
+    filled in before the check, so no user run ever replayed a graph."""
+    import repro.sae.train as trainer
+
+    built, calls = [], []
+
+    class SpyStep(trainer.GraphedStep):
+        def __init__(self, sae, opt, **kw):
+            super().__init__(sae, opt, **kw)
+            built.append(kw["impl"])
+
+        def __call__(self, x):
+            calls.append(x.shape[0])
+            return super().__call__(x)
+
+    monkeypatch.setattr(trainer, "graph_capturable", lambda impl, device: impl in ("reference", "fused"))
+    monkeypatch.setattr(trainer, "GraphedStep", SpyStep)
+    cfg = _cfg(steps=6, impl="reference", cuda_graph=cuda_graph)
+    saes = _saes()
+    train_saes(saes, TensorSource(_data(), 256, seed=0), cfg)
+    if cuda_graph:
+        assert built == ["reference", "reference"] and calls == [256] * 12
+    else:
+        assert built == [] and calls == []
+    plain = _saes()
+    monkeypatch.setattr(trainer, "graph_capturable", lambda impl, device: False)
+    train_saes(plain, TensorSource(_data(), 256, seed=0), cfg)
+    for block in saes:
+        for name in PARAMS:
+            assert torch.equal(getattr(saes[block], name), getattr(plain[block], name))
+    # a caller's own step function (repro.dist) is never replaced by the graph
+    built.clear()
+    monkeypatch.setattr(trainer, "graph_capturable", lambda impl, device: True)
+    train_saes(_saes(), TensorSource(_data(), 256, seed=0), cfg, step_fn=trainer.train_step)
+    assert built == []
+
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a GPU tensor source needs a GPU")
+def test_a_gpu_tensor_source_gives_the_cpu_sources_batches():
+    """`TensorSource` over a GPU tensor gathers with a device index: the same rows as on the CPU."""
+    data = _data(1024)
+    on_cpu = [b["a"] for _, b in zip(range(6), TensorSource(data, 256, seed=3))]
+    on_gpu = [b["a"] for _, b in zip(range(6), TensorSource({k: v.cuda() for k, v in data.items()}, 256, seed=3))]
+    assert all(g.is_cuda and torch.equal(c, g.cpu()) for c, g in zip(on_cpu, on_gpu))

@@ -92,8 +92,11 @@ class TensorSource:
         return torch.randperm(self.n_rows, generator=gen)
 
     def __iter__(self) -> Iterator[Batch]:
+        device = next(iter(self.tensors.values())).device
         while self.epochs is None or self.epoch < self.epochs:
-            order = self._order(self.epoch)
+            # the permutation lives beside the rows: a GPU tensor gathers with a device index,
+            # so no batch waits on a host-to-device copy of its indices
+            order = self._order(self.epoch).to(device)
             while self.batch_in_epoch < self.batches_per_epoch:
                 start = self.batch_in_epoch * self.batch_size
                 rows = order[start : start + self.batch_size]

@@ -161,7 +161,6 @@ def train_saes(
     out = Path(out_dir) if out_dir is not None else None
     final_dir = out if save_final else None
     out = Path(work_dir) if (work_dir is not None and out is not None) else out
-    step_fn = step_fn or train_step
     if out is None and (resume or cfg.checkpoint_every):
         raise ReproError("checkpoints and resume need an output folder: pass out_dir=, or set checkpoint_every=0")
     device = pick_device(cfg.device)
@@ -171,7 +170,10 @@ def train_saes(
         sae.to(device=device, dtype=torch.float32)
         sae.metadata["block"] = block
     lrs = {block: training_lr(cfg, sae) for block, sae in saes.items()}
+    # a caller's own step_fn (repro.dist) runs as given; otherwise the step is replayed from a
+    # CUDA graph wherever the impl and device allow it
     graphed = cfg.cuda_graph and step_fn is None and graph_capturable(impl, device)
+    step_fn = step_fn or train_step
     opts = {block: make_optimizer(sae, lrs[block], cfg.adam_eps, cfg.adam_betas, capturable=graphed)
             for block, sae in saes.items()}
     step, tokens, skipped = 0, 0, {block: 0 for block in saes}

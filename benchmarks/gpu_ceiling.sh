@@ -34,6 +34,8 @@ if [ $dry = 1 ]; then
   step sae_graph 60 $PY benchmarks/sae_speed.py $sae --impl reference --graph --out "$out/sae_graph.json"
   step sae_fused 60 $PY benchmarks/sae_speed.py $sae --impl fused --graph --out "$out/sae_fused.json"
   step topk 60 $PY benchmarks/topk_speed.py --cpu-dry-run --out "$out/topk.json"
+  step train_speed 120 $PY benchmarks/train_speed.py --device cpu --d-model 32 --n-features 64 --batch-size 64 \
+       --steps 8 --rows 1024 --store-tokens 32768 --out "$out/train_speed.json"
   step analysis 120 $PY benchmarks/analysis_speed.py --cpu-dry-run --out "$out/analysis.json"
   step sparsify 60 $PY -c "import sys, os; assert os.path.isdir('$site/sparsify'), 'sparsify not installed'; print('sparsify bench needs CUDA: installed only')"
   step calibrate 30 $PY -c "print('gpu_calibrate.py needs CUDA: skipped on the dry run')"
@@ -42,11 +44,13 @@ if [ $dry = 1 ]; then
 else
   # STEPS picks the steps of this call: by default ROWS, every row of #17's tables in one run
   # (~540 s on one H200); "all" adds the extra diagnostics; CEILING_PARTS the parts of ceiling.py
-  ROWS="cuda_tests sae_graph sae_fused sae_fused_counters sae_fast sparsify unet topk ceiling analysis"
+  ROWS="cuda_tests train_speed sae_graph sae_fused sae_fused_counters sae_fast sparsify unet topk ceiling analysis"
   want() { case " ${STEPS:-$ROWS} " in *" all "*|*" $1 "*) return 0;; *) return 1;; esac; }
   sae="--n-features 5120 20480 81920 --steps 50 --warmup 5"
   want cuda_tests && step cuda_tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_sae_graphed.py \
-       tests/test_unet_graph.py tests/test_sae_fused.py -k "cuda or auto"
+       tests/test_unet_graph.py tests/test_sae_fused.py tests/test_sae_train.py -k "cuda or auto or graphed or gpu_tensor"
+  # the trainer on the user's path (train_saes from memory and from a page-cached store) against its step alone
+  want train_speed && step train_speed 150 $PY benchmarks/train_speed.py --out "$out/train_speed.json"
   want sae_graph && step sae_graph 75 $PY benchmarks/sae_speed.py $sae --impl reference --graph --profile --out "$out/sae_graph.json"
   want sae_fused && step sae_fused 75 $PY benchmarks/sae_speed.py $sae --impl fused --graph --profile --out "$out/sae_fused.json"
   want sae_fused_counters && step sae_fused_counters 75 $PY benchmarks/sae_speed.py $sae --impl fused --graph \

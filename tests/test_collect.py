@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _command(out: Path) -> list[str]:
     return [sys.executable, "-m", "repro.cli", "collect", "--model", "tiny-random", "--device", "cpu",
-            "--n-prompts", "24", "--shard-size", "2", "--batch-size", "2", "--dtype", "bf16", "--guidance", "2",
+            "--n-prompts", "24", "--shard-size", "2", "--batch-size", "2", "--store-dtype", "bf16", "--guidance", "2",
             "--out", str(out), "--no-progress"]
 
 

@@ -31,7 +31,7 @@ DP_RTOL, DP_ATOL = 1e-5, 1e-6  # data-parallel vs one process, fp32 weights afte
 
 def _collect_args(out: Path, n: int) -> list[str]:
     return ["-m", "repro.cli", "collect", "--model", "tiny-random", "--device", "cpu", "--n-prompts", str(n),
-            "--shard-size", "2", "--batch-size", "2", "--dtype", "bf16", "--guidance", "2", "--out", str(out),
+            "--shard-size", "2", "--batch-size", "2", "--store-dtype", "bf16", "--guidance", "2", "--out", str(out),
             "--no-progress"]
 
 

@@ -248,7 +248,7 @@ def test_reader_resume_gives_the_following_batches(small_store, stop_after):
 def test_cli_collect_info_verify(tmp_path, capsys):
     out = tmp_path / "s"
     assert cli_main(["collect", "--model", "tiny-random", "--n-prompts", "2", "--shard-size", "2", "--batch-size", "2", "--blocks",
-                     "mid.0,up.0.1", "--dtype", "fp16", "--out", str(out), "--no-progress"]) == 0
+                     "mid.0,up.0.1", "--store-dtype", "fp16", "--out", str(out), "--no-progress"]) == 0
     assert cli_main(["store", "info", str(out)]) == 0
     assert "dtype fp16" in capsys.readouterr().out
     assert cli_main(["store", "verify", str(out), "--no-progress"]) == 0

@@ -49,27 +49,28 @@ class CollectConfig:
 
     out: Path
     """Store folder; an existing store with the same settings is resumed / extended."""
-    model: str = "tiny-random"
-    """Pipeline to load (`load_pipeline` names, a folder or a hub id)."""
+    model: str = "shapes-turbo"
+    """Pipeline to load: shapes-turbo (the default profile's 1-step model), shapes-base, tiny-random,
+    sdxl-turbo, sdxl-base, a local pipeline folder or a hub id. Given a `pipe`, only recorded."""
     prompts: str = "shapes"
     """Prompt source: a .txt/.jsonl/.parquet file, hf:DATASET[:SPLIT] or a generator name."""
     n_prompts: int = 64
     """Prompts to collect: indices 0..n_prompts-1 of the source (one image each)."""
     blocks: tuple[str, ...] | None = None
-    """Blocks to capture (short names); None: the paper's four."""
+    """Blocks to capture: short names (a comma list), 'paper' or 'all' (every block); none: the paper's four."""
     steps: int = 1
     """Denoising steps; every step is stored."""
     guidance: float = 0.0
     """Guidance scale; above 1 both halves (uncond, cond) are stored."""
     resolution: int | None = None
-    """Image side in pixels; None: the model's own."""
+    """Image side in pixels, a multiple of 8; none: the model's own."""
     batch_size: int = 8
     """Images per UNet call (part of the settings: batch composition changes the floats)."""
     shard_size: int = 1024
     """Images per shard file: the unit of atomic writes and of resumption (1024 SDXL Turbo
     images at 16x16 x 1280 in bf16: 2.7 GB for the four blocks)."""
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
-    """Dtype of the stored updates."""
+    """Dtype of the stored updates (`repro collect --store-dtype`; the model's is `model_dtype`)."""
     seed: int = 0
     """Seed of prompt 0; prompt i gets seed + i (also keys generated prompts)."""
     prompt_column: str = "prompt"
@@ -78,8 +79,9 @@ class CollectConfig:
     """Also decode and store uint8 images (small toy models only: costs a VAE decode)."""
     device: str = "auto"
     """Where to generate: auto, cpu, cuda, cuda:N, mps."""
-    model_dtype: str = "auto"
-    """Compute dtype of the pipeline: auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16."""
+    model_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Compute dtype of the pipeline (`repro collect --dtype`): auto (fp16 on GPU, fp32 on CPU), float32,
+    float16, bfloat16."""
     engine: Literal["direct", "pipeline"] = "direct"
     """How images are generated: the UNet called directly (`repro.direct`) or the diffusers
     pipeline (`generate`); the same bits either way (tested), the direct one without host syncs."""

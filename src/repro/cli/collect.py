@@ -5,35 +5,26 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from repro.cli.common import DEFAULT_MODEL, MODEL_HELP, at_least, finite
+from repro.cli.common import at_least
+
+
+COLLECT_FLAGS = {"dtype": ("--store-dtype",), "model_dtype": ("--dtype", "--model-dtype")}
+"""`--dtype` is the dtype the model computes in, as in every command; the stored updates' is --store-dtype."""
+
+
+def add_collect_args(p) -> None:
+    from repro.cli.dataclass_args import add_dataclass_args
+    from repro.collect import CollectConfig
+
+    add_dataclass_args(p, CollectConfig, flags=COLLECT_FLAGS, title="settings (CollectConfig)")
+    # Not a setting of the store: how the run is shown (an argument of `collect`, not part of CollectConfig).
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="show a progress bar")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("collect", help="generate images and store the updates of chosen blocks (resumes automatically)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"{MODEL_HELP} (default: %(default)s)")
-    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N, mps")
-    p.add_argument("--model-dtype", default="auto",
-                   help="compute dtype: auto (fp16 on GPU, fp32 on CPU), float32, float16, bfloat16")
-    p.add_argument("--prompts", default="shapes",
-                   help="a .txt (one prompt a line), .jsonl or .parquet file, hf:DATASET[:SPLIT], or a generator (shapes)")
-    p.add_argument("--prompt-column", default="prompt", help="column holding the prompts in .jsonl/.parquet/hf sources")
-    p.add_argument("--n-prompts", type=at_least(1), required=True, help="prompts to collect (indices 0..N-1 of the source)")
-    p.add_argument("--blocks", default=None,
-                   help="comma-separated block names, 'paper' (the paper's four, the default) or 'all' (every block)")
-    p.add_argument("--steps", type=at_least(1), default=1)
-    p.add_argument("--guidance", type=finite(), default=0.0, help="above 1 stores the cond and uncond halves apart")
-    p.add_argument("--resolution", type=at_least(8), default=None, help="image side in pixels, a multiple of 8")
-    p.add_argument("--batch-size", type=at_least(1), default=8, help="images per UNet call")
-    p.add_argument("--shard-size", type=at_least(1), default=1024, help="images per shard file (unit of resumption)")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
-                   help="dtype of the stored updates (the model's is --model-dtype)")
-    p.add_argument("--seed", type=int, default=0, help="seed of prompt 0; prompt i gets seed+i")
-    p.add_argument("--store-images", action="store_true", help="also store decoded uint8 images (small toy models)")
-    p.add_argument("--engine", choices=("direct", "pipeline"), default="direct",
-                   help="UNet called directly (default) or through the diffusers pipeline: the same bits")
-    p.add_argument("--writers", type=at_least(1), default=4, help="shards written at once by background threads")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--out", type=Path, required=True, help="store folder (an existing store is resumed)")
+    p = sub.add_parser("collect", help="generate images and store the updates of chosen blocks (resumes automatically)",
+                       description="Settings: every flag but --progress is a field of repro.collect.CollectConfig, "
+                                   "with its default and docstring.", populate=add_collect_args)
     p.set_defaults(run=run_collect)
 
     store = sub.add_parser("store", help="look at or check an activation store")
@@ -53,21 +44,16 @@ def register(sub) -> None:
 
 
 def run_collect(args: argparse.Namespace) -> int:
+    from repro.cli.dataclass_args import from_args
     from repro.collect import CollectConfig, collect
     from repro.dist import env
-
     from repro.io import writable_folder
 
-    writable_folder(args.out)  # before the model loads
+    cfg = from_args(CollectConfig, args)  # bad settings are refused before anything is made
+    writable_folder(cfg.out)  # before the model loads
     env.init_from_env()  # under torchrun: one rank of a sharded collection
-    cfg = CollectConfig(
-        out=args.out, model=args.model, prompts=args.prompts, n_prompts=args.n_prompts, blocks=args.blocks,
-        steps=args.steps, guidance=args.guidance, resolution=args.resolution, batch_size=args.batch_size,
-        shard_size=args.shard_size, engine=args.engine, writers=args.writers, dtype=args.dtype, seed=args.seed, prompt_column=args.prompt_column,
-        store_images=args.store_images, device=args.device, model_dtype=args.model_dtype,
-    )
     try:
-        store = collect(cfg, progress=not args.no_progress)
+        store = collect(cfg, progress=args.progress)
         if env.rank() == 0:
             print(store.summary())
     finally:

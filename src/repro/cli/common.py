@@ -11,7 +11,30 @@ MODEL_HELP = "shapes-turbo, shapes-base, tiny-random, sdxl-turbo, sdxl-base, a l
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (the usage is one `--help` away), exit 2."""
+    """argparse, but a usage error is one line on stderr (the usage is one `--help` away), exit 2.
+
+    `populate(parser)`, if given, adds the arguments when this parser is first used (parsing
+    or help): flags generated from a config dataclass import its module (and torch), which
+    `repro --help` and the other subcommands need not wait for."""
+
+    def __init__(self, *args, populate=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._populate = populate
+
+    def populated(self) -> "Parser":
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate(self)
+        return self
+
+    def parse_known_args(self, args=None, namespace=None):
+        return super(Parser, self.populated()).parse_known_args(args, namespace)
+
+    def format_help(self) -> str:
+        return super(Parser, self.populated()).format_help()
+
+    def format_usage(self) -> str:
+        return super(Parser, self.populated()).format_usage()
 
     def error(self, message: str):
         print(f"repro: error: {message} (see `{self.prog} --help`)", file=sys.stderr)

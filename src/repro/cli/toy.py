@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 
 from repro.errors import ReproError
 
@@ -31,8 +32,10 @@ def register(sub) -> None:
                    help="start the base stage from this pipeline's UNet and text encoders (warm restart)")
     p.add_argument("--init-turbo", default=None,
                    help="start the turbo student from this pipeline's UNet (continue a distillation) instead of the base's")
-    p.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
-                   help="any stage setting, e.g. --set turbo.teacher_fraction=0.5 (repeatable; see repro.toymodels.config)")
+    p.add_argument("--set", action="append", default=[], metavar="[STAGE.]FIELD=VALUE",
+                   help="any field of repro.toymodels.config.ToyTrainConfig, typed like its default: a stage's "
+                        "(STAGE: data, vae, base, turbo), e.g. --set turbo.teacher_fraction=0.5, or the run's, e.g. "
+                        "--set log_every=10 (repeatable; applied after the other flags; 'none' for optional fields)")
     p.add_argument("--no-autocast", action="store_true", help="train in fp32 (TF32 on a GPU) instead of bf16 autocast")
     p.add_argument("--teacher-samples", type=int, default=None, help="turbo: (noise, teacher sample) pairs (default 8192)")
     p.add_argument("--scenes", type=int, default=None, help="train-split scenes to render (default 100000)")
@@ -79,16 +82,26 @@ def parse_steps(text: str | None, stages: tuple[str, ...], what: str = "--steps"
     return steps
 
 
-def parse_setting(item: str, changes: dict, cfg) -> tuple[str, str, object]:
-    """"turbo.teacher_fraction=0.5" -> ("turbo", "teacher_fraction", 0.5), typed like the field's default."""
+def parse_setting(item: str, changes: dict, cfg) -> tuple[str | None, str, object]:
+    """"turbo.teacher_fraction=0.5" -> ("turbo", "teacher_fraction", 0.5), typed like the field's default;
+    a field of the run itself: "log_every=10" -> (None, "log_every", 10)."""
     key, sep, text = item.partition("=")
-    stage, _, name = key.strip().partition(".")
-    section = changes.get(stage, getattr(cfg, stage, None)) if stage in ("data", "vae", "base", "turbo") else None
-    fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
+    stage, dot, name = key.strip().partition(".")
+    if not dot:  # the run's own scalar fields (not its sections, sizes or stages)
+        stage, name, section = None, stage, cfg
+        fields = {f.name: f for f in dataclasses.fields(cfg)
+                  if f.name != "stages" and not dataclasses.is_dataclass(getattr(cfg, f.name))}
+    else:
+        section = changes.get(stage, getattr(cfg, stage, None)) if stage in ("data", "vae", "base", "turbo") else None
+        fields = {f.name: f for f in dataclasses.fields(section)} if section is not None else {}
     if not sep or name not in fields:
-        known = ", ".join(f"{stage}.{f}" for f in fields) if fields else "data.*, vae.*, base.*, turbo.*"
-        raise ReproError(f"cannot read --set {item!r}: give STAGE.FIELD=VALUE with a field of {known}")
+        known = (", ".join(f"{stage + '.' if stage else ''}{f}" for f in fields) if fields
+                 else "data.*, vae.*, base.*, turbo.*")
+        raise ReproError(f"cannot read --set {item!r}: give STAGE.FIELD=VALUE or FIELD=VALUE with a field of {known}")
     current = getattr(section, name)
+    if current is None:  # typed by the annotation: `int | None` reads an int (or none)
+        kinds = [a for a in typing.get_args(typing.get_type_hints(type(section))[name]) if a is not type(None)]
+        current = kinds[0]() if kinds and kinds[0] in (int, float, bool, str) else ""
     text = text.strip()
     try:
         if text.lower() in ("none", "null") and "None" in str(fields[name].type):
@@ -106,7 +119,8 @@ def parse_setting(item: str, changes: dict, cfg) -> tuple[str, str, object]:
         else:
             value = text
     except ValueError:
-        raise ReproError(f"--set {item}: {text!r} is not a valid {type(current).__name__} for {stage}.{name}") from None
+        raise ReproError(f"--set {item}: {text!r} is not a valid {type(current).__name__} for "
+                         f"{stage + '.' if stage else ''}{name}") from None
     return stage, name, value
 
 
@@ -143,7 +157,10 @@ def build_config(args: argparse.Namespace):
         changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), lr=lr)
     for item in getattr(args, "set", None) or []:
         stage, name, value = parse_setting(item, changes, cfg)
-        changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), **{name: value})
+        if stage is None:
+            changes[name] = value
+        else:
+            changes[stage] = dataclasses.replace(changes.get(stage, getattr(cfg, stage)), **{name: value})
     if (args.chunk_seconds is not None and args.chunk_seconds <= 0) or (args.chunk_steps is not None and args.chunk_steps < 1):
         raise ReproError("--chunk-seconds and --chunk-steps must be positive")
     return cfg.replace(**changes)

@@ -8,77 +8,104 @@ its part of the store's shards).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from repro.cli.common import at_least, finite
 from repro.errors import ReproError
+
+SAE_FLAGS = ("k", "k_aux", "dead_tokens_threshold")
+"""The SAEConfig fields a training run chooses (d_model comes from the store, n_features from --expansion)."""
+
+
+@dataclass
+class StoreTraining:
+    """What `repro train` reads and writes, and how its SAEs are sized: the arguments of
+    `build_block_saes` and `store_batches` (the run itself is a `TrainConfig`, each SAE an `SAEConfig`)."""
+
+    store: Path
+    """Activation store folder (from `repro collect`)."""
+    out: Path
+    """Output folder: OUT/<block>/, metrics.jsonl, checkpoints."""
+    blocks: tuple[str, ...] = ("all",)
+    """Blocks of the store to train an SAE on (comma list), 'paper' or 'all'."""
+    expansion: int = 4
+    """n_features = expansion x the block's channels."""
+    batch_size: int = 4096
+    """Tokens per batch (global, over all ranks)."""
+    seed: int = 0
+    """SAE init seed (block i of the store gets seed + i) and shuffle seed."""
+    step: int | None = None
+    """Train on this denoising step only (none: all steps)."""
+    half: Literal["cond", "uncond"] | None = None
+    """Train on this guidance half only (stores collected with guidance; none: both)."""
+    parallel: Literal["block", "data"] = "block"
+    """Under torchrun: block = one block's SAE per rank, data = all ranks share every SAE."""
+    verify: bool = True
+    """Check each shard's sha256 against the manifest on its first read; --no-verify only for a store
+    already checked with `repro store verify`."""
+    read_threads: int | None = None
+    """Shards read and checked at once (none: the usable cores, at most 8)."""
+
+    def __post_init__(self) -> None:
+        self.store, self.out, self.blocks = Path(self.store), Path(self.out), tuple(self.blocks)
+        if self.expansion < 1 or self.batch_size < 1 or (self.read_threads is not None and self.read_threads < 1):
+            raise ReproError(f"expansion, batch_size and read_threads must be at least 1, got {self.expansion}, "
+                             f"{self.batch_size}, {self.read_threads}")
+
+
+def add_train_args(p) -> None:
+    from repro.cli.dataclass_args import add_dataclass_args
+    from repro.sae.config import SAEConfig, TrainConfig
+
+    add_dataclass_args(p, StoreTraining, title="data and SAE sizes (StoreTraining)")
+    add_dataclass_args(p, SAEConfig, only=SAE_FLAGS, title="each SAE (SAEConfig)",
+                       flags={"dead_tokens_threshold": ("--dead-tokens-threshold", "--dead-tokens")})
+    add_dataclass_args(p, TrainConfig, title="the run (TrainConfig)")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("train", help="train TopK SAEs on an activation store (torchrun-aware; resumes automatically)")
-    p.add_argument("--store", type=Path, required=True, help="activation store folder (from `repro collect`)")
-    p.add_argument("--out", type=Path, required=True, help="output folder: OUT/<block>/, metrics.jsonl, checkpoints")
-    p.add_argument("--blocks", default=None,
-                   help="comma-separated blocks of the store, 'paper' or 'all' (default: all of the store's)")
-    p.add_argument("--steps", type=at_least(1), default=1000, help="optimisation steps (batches)")
-    p.add_argument("--k", type=at_least(1), default=10, help="latents kept per input by TopK")
-    p.add_argument("--k-aux", type=at_least(0), default=256,
-                   help="dead latents used by the AuxK loss (0: off; at most the SAE's features, the paper's 256)")
-    p.add_argument("--expansion", type=at_least(1), default=4, help="n_features = expansion x the block's channels")
-    p.add_argument("--batch-size", type=at_least(1), default=4096, help="tokens per batch (global, over all ranks)")
-    p.add_argument("--dead-tokens", type=at_least(1), default=10_000_000,
-                   help="tokens without firing after which a latent counts as dead (paper: 10M)")
-    p.add_argument("--lr", type=finite(positive=True), default=1e-4)
-    p.add_argument("--seed", type=int, default=0, help="SAE init seed (block i gets seed+i) and shuffle seed")
-    p.add_argument("--step", type=int, default=None, help="train on one denoising step only (default: all)")
-    p.add_argument("--half", default=None, help="cond or uncond (stores collected with guidance); default: all")
-    p.add_argument("--checkpoint-every", type=at_least(0), default=1000, help="steps between checkpoints (0: none)")
-    p.add_argument("--log-every", type=at_least(1), default=50)
-    p.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK under torchrun), cpu, cuda, cuda:N")
-    p.add_argument("--parallel", choices=("block", "data"), default="block",
-                   help="under torchrun: block = one block's SAE per rank, data = all ranks share every SAE")
-    p.add_argument("--no-verify", action="store_true",
-                   help="read shards without checking their sha256 against the manifest (faster); only for a store "
-                        "already checked with `repro store verify` (default: every shard is checked on its first read)")
-    p.add_argument("--read-threads", type=at_least(1), default=None,
-                   help="shards read and checked at once (default: the usable cores, at most 8)")
-    p.add_argument("--no-progress", action="store_true")
+    p = sub.add_parser("train", help="train TopK SAEs on an activation store (torchrun-aware; resumes automatically)",
+                       description="Settings: every flag is a field of StoreTraining (repro.cli.train), SAEConfig "
+                                   "or TrainConfig (repro.sae.config), with its default and docstring.",
+                       populate=add_train_args)
     p.set_defaults(run=run_train)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from repro.blocks import expand_aliases
+    from repro.cli.dataclass_args import from_args
     from repro.dist import env
     from repro.dist.train import store_batches, train_distributed
     from repro.io import writable_folder
     from repro.sae import TrainConfig, build_block_saes
     from repro.store import ActivationStore
 
-    store = ActivationStore(args.store, verify=not args.no_verify)
-    blocks = [store._block(b) for b in expand_aliases(args.blocks or "all", store.blocks)]
+    cfg = from_args(TrainConfig, args)  # bad settings are refused before the store is opened
+    run = from_args(StoreTraining, args)
+    store = ActivationStore(run.store, verify=run.verify)
+    blocks = [store._block(b) for b in expand_aliases(run.blocks, store.blocks)]
     if len(set(blocks)) != len(blocks):
-        raise ReproError(f"--blocks {args.blocks} names a block twice: give each block once")
+        raise ReproError(f"--blocks {','.join(run.blocks)} names a block twice: give each block once")
     if not store.shards:
-        raise ReproError(f"the store {args.store} holds no shards yet: finish `repro collect` first")
-    store.tokens_per_image(blocks[0], args.step, args.half)  # checks --step and --half before --out is made
-    saes = build_block_saes(store, k=args.k, k_aux=args.k_aux, expansion=args.expansion,
-                            dead_tokens=args.dead_tokens, seed=args.seed, blocks=blocks)
-    cfg = TrainConfig(steps=args.steps, lr=args.lr, checkpoint_every=args.checkpoint_every,
-                      log_every=args.log_every, device=args.device, progress=not args.no_progress)
-    writable_folder(args.out)  # before any batch is read
+        raise ReproError(f"the store {run.store} holds no shards yet: finish `repro collect` first")
+    store.tokens_per_image(blocks[0], run.step, run.half)  # checks --step and --half before --out is made
+    saes = build_block_saes(store, k=args.k, k_aux=args.k_aux, expansion=run.expansion,
+                            dead_tokens=args.dead_tokens_threshold, seed=run.seed, blocks=blocks)
+    writable_folder(run.out)  # before any batch is read
     env.init_from_env()
     try:
         # Batches are gathered where the SAEs train (see StoreSource): same rows, no per-batch copy.
         # One source per map size (blocks of different sizes train together, see store_source);
         # data-parallel ranks read only their part of the shards (see store_batches).
-        data_device = env.local_device() if args.device == "auto" else args.device
-        source, split = store_batches(store, args.batch_size, parallel=args.parallel, step=args.step, half=args.half,
-                                      seed=args.seed, device=data_device, read_threads=args.read_threads)
-        result = train_distributed(saes, source, cfg, out_dir=args.out, parallel=args.parallel, split=split,
-                                   resume=True, metadata={"model": store.settings["model"], "store": str(args.store)})
+        data_device = env.local_device() if cfg.device == "auto" else cfg.device
+        source, split = store_batches(store, run.batch_size, parallel=run.parallel, step=run.step, half=run.half,
+                                      seed=run.seed, device=data_device, read_threads=run.read_threads)
+        result = train_distributed(saes, source, cfg, out_dir=run.out, parallel=run.parallel, split=split,
+                                   resume=True, metadata={"model": store.settings["model"], "store": str(run.store)})
         if env.rank() == 0:
             print(f"trained {', '.join(blocks)} for {result.steps} steps ({result.tokens} tokens per block) "
-                  f"into {args.out}")
+                  f"into {run.out}")
     finally:
         env.shutdown()
     return 0

@@ -52,7 +52,7 @@ class RIEBenchConfig:
     guidance: float = 0.0
     """Classifier-free guidance (Turbo: 0)."""
     resolution: int | None = None
-    """Image side; None takes the model's own."""
+    """Image side in pixels, a multiple of 8; none takes the model's own."""
     mask_dilate_px: int = 0
     """Dilate full-resolution masks by this many pixels before pooling them onto a block's grid."""
     mask_threshold: float = 0.0
@@ -69,6 +69,9 @@ class RIEBenchConfig:
             raise ReproError(f"batch_size must be at least 1, got {self.batch_size}")
         if not 0.0 <= self.mask_threshold < 1.0:
             raise ReproError(f"mask_threshold is a share of a cell's pixels in [0, 1), got {self.mask_threshold}")
+        if self.mask_dilate_px < 0:
+            raise ReproError(f"mask_dilate_px must be at least 0 pixels, got {self.mask_dilate_px}")
+        Sampling(steps=self.steps, guidance=self.guidance, resolution=self.resolution)  # validates
 
     @property
     def sampling(self) -> Sampling:

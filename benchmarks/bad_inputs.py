@@ -29,7 +29,7 @@ from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--model", "tiny-random", "--device", "cpu"]
-SMALL = ["--n-prompts", "4", "--shard-size", "2", "--batch-size", "2", "--dtype", "fp32", "--no-progress"]
+SMALL = ["--n-prompts", "4", "--shard-size", "2", "--batch-size", "2", "--store-dtype", "fp32", "--no-progress"]
 
 
 @dataclass
@@ -161,7 +161,7 @@ def manifest_garbage() -> tuple[int, str]:
 
 
 def killed_collect() -> tuple[int, str]:
-    args = ["collect", *TINY, "--n-prompts", "40", "--shard-size", "2", "--batch-size", "2", "--dtype", "fp32",
+    args = ["collect", *TINY, "--n-prompts", "40", "--shard-size", "2", "--batch-size", "2", "--store-dtype", "fp32",
             "--blocks", "mid.0", "--no-progress"]
     assert cli(*args, "--out", "whole").returncode == 0
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
@@ -258,6 +258,126 @@ time.sleep(120)
 
 # --- the cases --------------------------------------------------------------------------------
 
+# --- untrusted artifacts (issue 30): nothing outside the store is touched --------------------
+
+def hostile_store(how: str, argv_of) -> tuple[int, str]:
+    """A store copy made hostile (`how`), one command on it; exit 1 if a file outside changed."""
+    n = len(list(W.glob(f"store-{how}*")))  # one how, several commands: a copy each
+    store = copy_store(f"store-{how}{n or ''}")
+    outside = W / f"outside-{how}{n or ''}.safetensors"
+    shard = store / "shards" / "shard-000000.safetensors"
+    shutil.copyfile(shard, outside)
+    manifest = json.loads((store / "manifest.json").read_text())
+    if how in ("dotdot", "absolute"):
+        manifest["shards"][0]["file"] = f"../{outside.name}" if how == "dotdot" else str(outside)
+    elif how == "link-out":
+        shard.unlink()
+        shard.symlink_to(outside)
+    elif how == "folder":
+        shard.unlink()
+        shard.mkdir()
+    elif how == "fifo":
+        shard.unlink()
+        os.mkfifo(shard)
+    elif how == "dtype-lie":
+        manifest["settings"]["dtype"] = "bf16"
+    elif how == "null-record":
+        manifest["shards"][0] = None
+    elif how == "no-blocks":
+        del manifest["settings"]["blocks"]
+    (store / "manifest.json").write_text(json.dumps(manifest))
+    before = (outside.read_bytes(), os.stat(outside).st_mtime_ns)
+    try:
+        r = cli(*argv_of(store.name), timeout=120)
+    except subprocess.TimeoutExpired:
+        return 1, "hung (killed after 120 s)"
+    if (outside.read_bytes(), os.stat(outside).st_mtime_ns) != before:
+        return 1, "the file outside the store was changed"
+    return r.returncode, r.stderr
+
+
+def two_trainings() -> tuple[int, str]:
+    """Two `repro train` into one folder at once: the second must be refused while the first runs."""
+    argv = ["train", "--store", "store", "--out", "twice", "--steps", "3000", "--batch-size", "8", "--device", "cpu",
+            "--checkpoint-every", "0", "--no-progress"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen([sys.executable, "-m", "repro.cli", *argv], cwd=W, env=env, stderr=subprocess.PIPE, text=True)
+    import fcntl
+
+    deadline = time.time() + 120
+    while time.time() < deadline and first.poll() is None:
+        if (W / "twice" / ".lock").exists():
+            with open(W / "twice" / ".lock") as fh:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    fcntl.flock(fh, fcntl.LOCK_UN)
+                except BlockingIOError:
+                    break
+        time.sleep(0.05)
+    second = cli(*argv)
+    still = first.poll() is None
+    err1 = first.communicate(timeout=600)[1]
+    if not (still and first.returncode == 0):
+        return 1, f"first run: exit {first.returncode}, still running when refused: {still}; {err1[-200:]}"
+    return second.returncode, second.stderr
+
+
+def changed_resume() -> tuple[int, str]:
+    base = ["train", "--store", "store", "--out", "resume-lr", "--steps", "4", "--batch-size", "8", "--device", "cpu",
+            "--checkpoint-every", "2", "--no-progress"]
+    if cli(*base).returncode != 0:
+        return 1, "the first run failed"
+    r = cli(*base[:5], "--steps", "8", *base[7:], "--lr", "0.001")
+    return r.returncode, r.stderr
+
+
+def nan_sae() -> tuple[int, str]:
+    from safetensors.torch import load_file, save_file
+
+    folder = W / "saes" / "nan"
+    shutil.copytree(W / "saes" / "good", folder)
+    path = folder / "down.2.1" / "sae.safetensors"
+    tensors = load_file(str(path))
+    tensors["W_dec"][0, 0] = float("nan")
+    save_file(tensors, str(path))
+    r = cli("riebench", *TINY, "--saes", str(folder), "--out", "r-nan.jsonl")
+    return r.returncode, r.stderr
+
+
+def cfg_without_k() -> tuple[int, str]:
+    folder = W / "saes" / "no-k"
+    shutil.copytree(W / "saes" / "good", folder)
+    cfg = json.loads((folder / "down.2.1" / "cfg.json").read_text())
+    del cfg["k"]
+    (folder / "down.2.1" / "cfg.json").write_text(json.dumps(cfg))
+    r = cli("riebench", *TINY, "--saes", str(folder), "--out", "r-nok.jsonl")
+    return r.returncode, r.stderr
+
+
+def untrusted_cases() -> list[Case]:
+    verify = lambda s: ["store", "verify", s, "--no-progress"]  # noqa: E731
+    repair = lambda s: ["store", "verify", "--repair", s, "--no-progress"]  # noqa: E731
+    train = lambda s: ["train", "--store", s, "--out", f"t-{s}", "--steps", "2", "--batch-size", "8",  # noqa: E731
+                       "--device", "cpu", "--checkpoint-every", "0", "--no-progress"]
+    C = lambda what, fn, expect=2: Case("untrusted", what, fn, expect=expect)  # noqa: E731
+    return [
+        C("manifest shard '../outside' (same bytes): verify --repair", lambda: hostile_store("dotdot", repair)),
+        C("manifest shard '../outside': train", lambda: hostile_store("dotdot", train)),
+        C("manifest shard an absolute path: verify", lambda: hostile_store("absolute", verify)),
+        C("shard a link out of the store: verify --repair", lambda: hostile_store("link-out", repair)),
+        C("shard a link out of the store: train", lambda: hostile_store("link-out", train)),
+        C("shard a folder: verify --repair", lambda: hostile_store("folder", repair)),
+        C("shard a FIFO: verify (no hang)", lambda: hostile_store("fifo", verify)),
+        C("manifest dtype lies (bf16 for fp32 shards): verify", lambda: hostile_store("dtype-lie", verify)),
+        C("manifest shard record null: store info", lambda: hostile_store("null-record", lambda s: ["store", "info", s])),
+        C("manifest without settings.blocks: train", lambda: hostile_store("no-blocks", train)),
+        C("two trainings into one --out at once", two_trainings),
+        C("train resumed with another --lr", changed_resume),
+        C("NaN in SAE weights: riebench", nan_sae),
+        C("cfg.json without k: riebench", cfg_without_k),
+    ]
+
+
 def cases() -> list[Case]:
     C = Case
     ro = "root (read-only tmpfs)"
@@ -275,7 +395,7 @@ def cases() -> list[Case]:
           ["collect", *TINY, "--n-prompts", "1", "--resolution", "100", "--out", "x"]),
         C("arguments", "collect --batch-size 0", ["collect", "--n-prompts", "1", "--batch-size", "0", "--out", "x"]),
         C("arguments", "collect --shard-size 0", ["collect", "--n-prompts", "1", "--shard-size", "0", "--out", "x"]),
-        C("arguments", "collect --dtype fp8", ["collect", "--n-prompts", "1", "--dtype", "fp8", "--out", "x"]),
+        C("arguments", "collect --store-dtype fp8", ["collect", "--n-prompts", "1", "--store-dtype", "fp8", "--out", "x"]),
         C("arguments", "collect --blocks down.9.9", ["collect", *TINY, "--n-prompts", "1", "--blocks", "down.9.9", "--out", "x"]),
         C("arguments", "collect --blocks ',' (empty list)", ["collect", *TINY, "--n-prompts", "1", "--blocks", ",", "--out", "x"]),
         C("arguments", "collect --blocks naming a block twice",
@@ -341,7 +461,7 @@ def cases() -> list[Case]:
         C("files", "collect onto a store made with other settings (--steps 2)",
           ["collect", *TINY, *SMALL, "--blocks", "mid.0", "--steps", "2", "--out", "store"]),
         C("files", "collect asking for fewer prompts than the store holds",
-          ["collect", *TINY, "--n-prompts", "2", "--shard-size", "2", "--batch-size", "2", "--dtype", "fp32", "--blocks", "mid.0",
+          ["collect", *TINY, "--n-prompts", "2", "--shard-size", "2", "--batch-size", "2", "--store-dtype", "fp32", "--blocks", "mid.0",
            "--out", "store"]),
         C("files", "train --store missing", ["train", "--store", "missing", "--out", "t"]),
         C("files", "train --store a folder that is no store", ["train", "--store", "not-a-store", "--out", "t"]),
@@ -377,7 +497,7 @@ def cases() -> list[Case]:
           lambda: ctrl_c(["collect", *TINY, "--n-prompts", "400", "--shard-size", "2", "--batch-size", "2", "--blocks", "mid.0",
                           "--no-progress", "--out", "ctrl-c"], lambda: (W / "ctrl-c" / "manifest.json").exists()),
           expect=130),
-    ]
+    ] + untrusted_cases()
 
 
 def run_case(case: Case, can: set[str]) -> None:
@@ -432,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     global W
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "bad_inputs.md")
-    parser.add_argument("--only", default=None, help="run one group: arguments, files, corrupted, interrupted")
+    parser.add_argument("--only", default=None, help="run one group: arguments, files, corrupted, interrupted, untrusted")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     with tempfile.TemporaryDirectory(prefix="bad-inputs-") as tmp:

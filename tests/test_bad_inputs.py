@@ -39,7 +39,7 @@ def fails(capsys, *argv: str) -> str:
 def two_size_store(tmp_path_factory, one_thread):
     """A store of two blocks with different map sizes (tiny model at 64 px: 8x8 and 4x4)."""
     out = tmp_path_factory.mktemp("store") / "s"
-    assert main(["collect", *TINY, "--n-prompts", "4", "--shard-size", "2", "--batch-size", "2", "--dtype", "fp32",
+    assert main(["collect", *TINY, "--n-prompts", "4", "--shard-size", "2", "--batch-size", "2", "--store-dtype", "fp32",
                  "--blocks", "down.1.1,down.2.1", "--out", str(out), "--no-progress"]) == 0
     return out
 
@@ -114,9 +114,9 @@ def test_machine_refusing_a_file_midway_is_one_line(tmp_path, capsys, monkeypatc
 
 
 @pytest.mark.parametrize("argv, needle", [
-    (["train", "--lr", "nan"], "--lr: must be a finite positive number"),
-    (["train", "--lr", "-1"], "--lr: must be a finite positive number"),
-    (["train", "--steps", "0"], "--steps: must be at least 1"),
+    (["train", "--lr", "nan"], "--lr: must be a finite number"),
+    (["train", "--lr", "-1"], "lr must be finite and >= 0"),
+    (["train", "--steps", "0"], "steps must be at least 1"),
     (["collect", "--n-prompts", "abc"], "'abc' is not an integer"),
     (["collect", "--n-prompts", "0"], "must be at least 1"),
     (["generate", "x", "--guidance", "inf"], "must be a finite number"),
@@ -196,7 +196,7 @@ def test_train_chapter_on_blocks_of_different_map_sizes(tmp_path, monkeypatch, t
 
 def test_damaged_shards_are_rewritten(tmp_path, capsys, one_thread):
     out = tmp_path / "s"
-    collect = ["collect", *TINY, "--n-prompts", "4", "--shard-size", "2", "--batch-size", "2", "--dtype", "fp32",
+    collect = ["collect", *TINY, "--n-prompts", "4", "--shard-size", "2", "--batch-size", "2", "--store-dtype", "fp32",
                "--blocks", "mid.0", "--out", str(out), "--no-progress"]
     assert main(collect) == 0
     shards = sorted((out / "shards").glob("*.safetensors"))

@@ -168,7 +168,7 @@ def test_released_stats_of_the_wrong_shape_or_type_are_refused(tmp_path, value, 
 def test_released_config_with_bad_values_is_one_clear_error(tmp_path):
     _write_original(tmp_path / "sae")
     (tmp_path / "sae" / "config.json").write_text(json.dumps({"n_dirs_local": "many", "d_model": 16, "k": 4}))
-    with pytest.raises(ReproError, match="wrong type"):
+    with pytest.raises(ReproError, match="n_dirs_local=.many., not a whole number"):
         load_sae(tmp_path / "sae")
     (tmp_path / "sae" / "config.json").write_text("[1, 2]")
     with pytest.raises(ReproError, match="not a config object"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import json
 import os
 import platform
@@ -71,6 +72,45 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class FolderLock:
+    """Advisory `flock`s on files in folders, held until `close()` (or the process ends: the
+    kernel releases them even on SIGKILL, so a killed run never leaves a stale lock).
+
+    `locks` is [(folder, file name, shared)]: exclusive for the one writer of a folder, shared
+    for cooperating writers (the ranks of one distributed run) that each also hold an
+    exclusive lock of their own. A lock already held elsewhere raises ReproError(`busy`)
+    and releases what this object had taken.
+    """
+
+    def __init__(self, locks: list[tuple[str | os.PathLike, str, bool]], busy: str):
+        self._files = []
+        try:
+            for folder, name, shared in locks:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+                fh = open(Path(folder) / name, "a+")
+                self._files.append(fh)
+                try:
+                    fcntl.flock(fh, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise ReproError(busy) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        for fh in reversed(self._files):
+            if not fh.closed:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+                fh.close()
+        self._files = []
+
+    def __enter__(self) -> "FolderLock":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -12,6 +12,7 @@ by a killed run (`.tmp-*`) are ignored by `latest_checkpoint` and removed at the
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,11 +21,14 @@ import torch
 
 from repro.errors import ReproError
 from repro.io import atomic_path, read_checked
-from repro.sae.io import PARAM_NAMES, load_sae, save_sae
+from repro.sae.io import PARAM_NAMES, load_sae, nonfinite_report, save_sae
+from repro.schema import COUNT, DICT, LIST, require
 from repro.sae.model import TopKSAE
 
 PREFIX = "step_"
 TRAINER_STATE = "trainer.pt"
+TRAINER_FIELDS = {"step": COUNT, "tokens": COUNT, "skipped": DICT, "optimizers": DICT, "rng": DICT, "source": DICT}
+"""What trainer.pt must hold (`train_saes` adds its config and data, checked on resume)."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -52,6 +56,10 @@ def save_checkpoint(
         for block, sae in saes.items():
             save_sae(sae, tmp / block)
         payload = {**state, "step": step, "optimizers": {b: opt.state_dict() for b, opt in optimizers.items()}}
+        moments = {f"{b} {key}": t for b, opt in optimizers.items() for st in opt.state.values() for key, t in st.items()}
+        if bad := nonfinite_report(moments):  # saving it would resume into NaN
+            raise ReproError(f"the Adam states hold non-finite values at step {step} ({bad}): checkpoint not written; "
+                             "the training diverged: lower the lr, or train with on_nonfinite='stop'")
         with atomic_path(tmp / TRAINER_STATE) as path:
             torch.save(payload, path)
         if final.exists():  # the same step written again (a resumed run): swap, never leave a gap
@@ -92,8 +100,19 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Restore weights, counters and Adam states in place from checkpoint `path`; return its trainer state."""
     path = Path(path)
-    state = read_checked(path / TRAINER_STATE, lambda: torch.load(path / TRAINER_STATE, map_location=device, weights_only=True),
-                         f"delete the checkpoint folder {path} and run the same command again (it resumes from the one before)")
+    fix = f"delete the checkpoint folder {path} and run the same command again (it resumes from the one before)"
+    try:
+        state = read_checked(path / TRAINER_STATE,
+                             lambda: torch.load(path / TRAINER_STATE, map_location=device, weights_only=True), fix)
+    except pickle.UnpicklingError:
+        raise ReproError(f"{path / TRAINER_STATE} holds more than tensors and is refused: {fix}") from None
+    require(state, TRAINER_FIELDS, str(path / TRAINER_STATE), fix)
+    for block, opt in state["optimizers"].items():
+        require(opt, {"state": DICT, "param_groups": LIST}, f"the Adam state of {block!r} in {path / TRAINER_STATE}", fix)
+        moments = {f"{key} of parameter {i}": t for i, st in opt["state"].items() if isinstance(st, dict)
+                   for key, t in st.items()}
+        if bad := nonfinite_report(moments):
+            raise ReproError(f"checkpoint {path} holds non-finite Adam states for block {block!r} ({bad}): {fix}")
     for block, sae in saes.items():
         if not (path / block).is_dir() or block not in state["optimizers"]:
             raise ReproError(
@@ -102,7 +121,10 @@ def load_checkpoint(
             )
         saved = load_sae(path / block, device=device)
         if saved.cfg != sae.cfg:
-            raise ReproError(f"checkpoint {path} holds block {block!r} with config {saved.cfg}, not {sae.cfg}")
+            diff = [f"{k}={v!r} (this run: {getattr(sae.cfg, k)!r})" for k, v in saved.cfg.to_dict().items()
+                    if getattr(sae.cfg, k) != v]
+            raise ReproError(f"cannot resume {path}: its SAE for block {block!r} has {', '.join(diff)}, which changes "
+                             "the result; resume with the same SAE settings, or train into another output folder")
         with torch.no_grad():
             for name in PARAM_NAMES:
                 getattr(sae, name).copy_(getattr(saved, name))

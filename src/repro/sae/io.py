@@ -33,6 +33,7 @@ from repro.devices import dtype_name, pick_device
 from repro.errors import ReproError, choices_hint
 from repro.io import atomic_path, provenance, read_checked, write_json_atomic
 from repro.sae.config import ARCHITECTURE, SAEConfig
+from repro.schema import COUNT, NONNEG_NUMBER, NUMBER, POSITIVE, TEXT, optional, require
 from repro.sae.model import TopKSAE
 from repro.sae.stats import FeatureStats
 
@@ -55,8 +56,11 @@ def save_sae(sae: TopKSAE, folder: str | os.PathLike, *, dtype: torch.dtype | No
     Per-feature statistics are written when `sae.feature_stats` is set.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     tensors = {name: getattr(sae, name).detach().to(dtype or sae.dtype).contiguous().cpu() for name in PARAM_NAMES}
+    if bad := nonfinite_report(tensors):
+        raise ReproError(f"the SAE to be saved in {folder} has non-finite weights ({bad}): nothing was written; "
+                         "the training diverged (lower the lr) or its data holds NaN (train with on_nonfinite='stop')")
+    folder.mkdir(parents=True, exist_ok=True)
     tensors["tokens_since_fired"] = sae.tokens_since_fired.detach().cpu().contiguous()
     with atomic_path(folder / SAE_WEIGHTS) as tmp:
         # One metadata key: safetensors writes several in hash order, so identical SAEs would
@@ -75,6 +79,28 @@ def save_sae(sae: TopKSAE, folder: str | os.PathLike, *, dtype: torch.dtype | No
     }
     write_json_atomic(folder / SAE_CONFIG, cfg)
     return folder
+
+
+def nonfinite_report(tensors: dict[str, torch.Tensor]) -> str:
+    """"W_enc: 3 of 4096 values" for each floating tensor holding NaN or inf ("" if none)."""
+    parts = []
+    for name, t in tensors.items():
+        if torch.is_tensor(t) and t.is_floating_point():
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                parts.append(f"{name}: {n} of {t.numel()} values")
+    return ", ".join(parts)
+
+
+CFG_FIELDS = {
+    "d_model": POSITIVE, "n_features": POSITIVE, "k": POSITIVE, "k_aux": COUNT, "auxk_coef": NONNEG_NUMBER,
+    "dead_tokens_threshold": COUNT, "fire_threshold": NUMBER, "architecture": TEXT,
+}
+"""What cfg.json must hold (save_sae writes all of it): no field has a default on load."""
+
+ORIG_FIELDS = {"d_model": POSITIVE, "n_dirs_local": POSITIVE, "k": POSITIVE}
+ORIG_OPTIONAL = {"auxk": optional(COUNT), "dead_steps_threshold": COUNT}
+"""What the original release's config.json must hold, and may hold (its code's defaults apply)."""
 
 
 def save_feature_stats(folder: str | os.PathLike, stats: FeatureStats) -> Path:
@@ -97,7 +123,10 @@ def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -
     """Load an SAE folder in our layout or the original release's; the dtype comes from the weights.
 
     The result has `.metadata` (cfg.json's other keys) and `.feature_stats` (or None).
+    `folder` may also be a SAELens or sparsify folder, or `hf:OWNER/NAME/BLOCK` (local HF cache).
     """
+    if (sae := _load_other_layout(folder, device)) is not None:
+        return sae
     folder = _resolve_folder(Path(folder))
     dev = pick_device(device)
     has = lambda name: (folder / name).is_file()  # noqa: E731
@@ -123,6 +152,13 @@ def load_sae(folder: str | os.PathLike, *, device: str | torch.device = "cpu") -
     )
 
 
+def _load_other_layout(folder: str | os.PathLike, device: str | torch.device) -> TopKSAE | None:
+    """SAELens / sparsify folders, `hf:` names and exported original folders (`repro.sae.foreign`); else None."""
+    from repro.sae.foreign import load_foreign
+
+    return load_foreign(folder, device)
+
+
 def _resolve_folder(folder: Path) -> Path:
     if not folder.is_dir():
         raise ReproError(f"SAE folder {folder} does not exist; check the path")
@@ -141,6 +177,9 @@ def _config(folder: Path, name: str, build):
     raw = _damaged(folder / name, lambda: json.loads((folder / name).read_text()))
     if not isinstance(raw, dict):
         raise ReproError(f"{folder / name} holds {type(raw).__name__}, not a config object: copy the SAE folder again")
+    ours = name == SAE_CONFIG
+    require(raw, CFG_FIELDS if ours else ORIG_FIELDS, str(folder / name), "re-save the SAE, or copy its folder again",
+            maybe=None if ours else ORIG_OPTIONAL)
     try:
         return raw, build(raw)
     except KeyError as exc:
@@ -151,9 +190,9 @@ def _config(folder: Path, name: str, build):
 
 def _load_ours(folder: Path, dev: torch.device) -> TopKSAE:
     raw, cfg = _config(folder, SAE_CONFIG, SAEConfig.from_dict)
-    arch = raw.get("architecture", ARCHITECTURE)
+    arch = raw["architecture"]
     if arch not in ARCHITECTURES:
-        raise ReproError(f"SAE in {folder} has architecture {arch!r}; this version reads {choices_hint(ARCHITECTURES)}")
+        raise ReproError(f"{folder / SAE_CONFIG} names the architecture {arch!r}; this version reads {choices_hint(ARCHITECTURES)}")
     tensors = _damaged(folder / SAE_WEIGHTS, lambda: load_file(str(folder / SAE_WEIGHTS), device=str(dev)))
     missing = [name for name in PARAM_NAMES if name not in tensors]
     if missing:
@@ -236,6 +275,9 @@ def _build(cfg: SAEConfig, tensors: dict, since: torch.Tensor | None, folder: Pa
                 f"SAE tensor {name} in {folder} has shape {tuple(tensors[name].shape)} but its config says {shape}; "
                 "the folder's files do not belong together"
             )
+    if bad := nonfinite_report({name: tensors[name] for name in PARAM_NAMES}):
+        raise ReproError(f"the SAE in {folder} has non-finite weights ({bad}) and is refused: "
+                         "re-train it, or load an earlier checkpoint of its run")
     dtype = tensors["W_enc"].dtype
     sae = TopKSAE(cfg, dtype=dtype)
     with torch.no_grad():

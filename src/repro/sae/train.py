@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,7 +29,8 @@ from tqdm.auto import tqdm
 
 from repro.devices import pick_device
 from repro.errors import ReproError, choices_hint
-from repro.io import write_bytes_atomic
+from repro.io import FolderLock, write_bytes_atomic
+from repro.store.layout import LOCK
 from repro.meter import add_sae_training
 from repro.sae.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from repro.sae.config import TrainConfig, scaled_lr
@@ -163,6 +165,28 @@ def train_saes(
     out = Path(work_dir) if (work_dir is not None and out is not None) else out
     if out is None and (resume or cfg.checkpoint_every):
         raise ReproError("checkpoints and resume need an output folder: pass out_dir=, or set checkpoint_every=0")
+    if out is None:
+        return _train(saes, source, cfg, out, final_dir, resume, metadata, step_fn, batch_rows)
+    with output_lock(Path(out_dir), out, shared=step_fn is not None or work_dir is not None):
+        return _train(saes, source, cfg, out, final_dir, resume, metadata, step_fn, batch_rows)
+
+
+def output_lock(out_dir: Path, work: Path, *, shared: bool = False) -> FolderLock:
+    """Hold `out_dir` for one training: an exclusive lock on OUT/.lock, released when the run
+    ends (or dies). The ranks of one distributed run (`shared`) share OUT/.lock and each holds
+    its own work folder exclusively; a second run into the same folder gets one ReproError."""
+    busy = (f"another training is writing to {out_dir} right now (it holds {out_dir / LOCK}): wait for it to end, "
+            "or give this one another --out")
+    locks = [(out_dir, LOCK, shared)]
+    if Path(work) != Path(out_dir):
+        locks.append((work, LOCK, False))
+    return FolderLock(locks, busy)
+
+
+def _train(saes, source, cfg: TrainConfig, out: Path | None, final_dir: Path | None, resume: bool,
+           metadata: dict[str, Any] | None, step_fn, batch_rows: int | None) -> TrainResult:
+    """`train_saes` once its output folder is held: `out` takes checkpoints and metrics,
+    `final_dir` (or None) the final SAEs."""
     device = pick_device(cfg.device)
     cdt = resolve_compute_dtype(cfg.compute_dtype, device)
     impl = cfg.impl if cfg.impl != "auto" else auto_impl(device, max(sae.cfg.n_features for sae in saes.values()))
@@ -180,8 +204,11 @@ def train_saes(
     metrics_path = out / METRICS_FILE if out else None
 
     ckpt = latest_checkpoint(out / CHECKPOINTS) if (out and resume) else None
+    resumed: list[dict[str, Any]] = []
     if ckpt is not None:
         state = load_checkpoint(ckpt, saes, opts, device)
+        changed = check_resume(ckpt, state, cfg, source)
+        resumed = list(state.get("resumed", [])) + ([{"step": int(state["step"]), "changed": changed}] if changed else [])
         step, tokens, skipped = int(state["step"]), int(state["tokens"]), dict(state["skipped"])
         source.load_state_dict(state["source"])
         _set_rng_state(state["rng"])
@@ -242,7 +269,7 @@ def train_saes(
                 last = _log(saes, opts, acc, n_acc, skipped, step, tokens, rate, metrics_path)
                 bar.set_postfix(_postfix(last, rate), refresh=False)
             if saving:
-                _checkpoint(out, step, tokens, skipped, saes, opts, source_state, cfg)
+                _checkpoint(out, step, tokens, skipped, saes, opts, source_state, cfg, source, resumed)
     finally:
         bar.close()
         if device.type == "cuda":
@@ -251,14 +278,14 @@ def train_saes(
 
     if out is not None:
         if cfg.checkpoint_every and step % cfg.checkpoint_every != 0:
-            _checkpoint(out, step, tokens, skipped, saes, opts, _source_state(source), cfg)
+            _checkpoint(out, step, tokens, skipped, saes, opts, _source_state(source), cfg, source, resumed)
     if final_dir is not None:
         out = final_dir
         for block, sae in saes.items():
             if cfg.stats_batches:
                 sae.feature_stats = feature_stats(sae, source, cfg.stats_batches, block=block)
             training = {"steps": step, "tokens": tokens, "skipped_nonfinite": skipped[block], "lr": lrs[block],
-                        "config": cfg.to_dict()}
+                        "config": cfg.to_dict(), **({"resumed": resumed} if resumed else {})}
             data = source.describe() if hasattr(source, "describe") else {"source": type(source).__name__}
             save_sae(sae, out / block, **(metadata or {}), training=training, data=data)
     return TrainResult(steps=step, tokens=tokens, skipped_nonfinite=skipped, last_metrics=last, out_dir=out)
@@ -286,8 +313,51 @@ def _source_state(source) -> dict:
     return {"rng": _rng_state(), "source": copy.deepcopy(source.state_dict())}  # the source moves on
 
 
-def _checkpoint(out, step, tokens, skipped, saes, opts, source_state: dict, cfg) -> None:
-    state = {"tokens": tokens, "skipped": skipped, **source_state}
+RESULT_FIELDS = ("lr", "adam_eps", "adam_betas", "impl", "compute_dtype")
+"""TrainConfig fields that change the trained weights: a resume that changes one is refused."""
+
+RECORDED_FIELDS = ("device", "on_nonfinite")
+"""TrainConfig fields a resume may change (a run moved to another machine; skipping NaN batches
+after a stop): allowed, and recorded in cfg.json's training record ("resumed"). Every other
+field (steps: extending a run, log_every, checkpoint_every, progress, ...) changes no weight."""
+
+DATA_IGNORED = ("store",)
+"""Keys of a source's `describe()` a resume may change (the store folder may be moved)."""
+
+
+def _describe(source) -> dict[str, Any]:
+    return source.describe() if hasattr(source, "describe") else {"source": type(source).__name__}
+
+
+def check_resume(ckpt: Path, state: dict[str, Any], cfg: TrainConfig, source) -> dict[str, list]:
+    """Refuse (one ReproError naming the field, old and new value) a resume from checkpoint
+    `ckpt` whose settings would change the result: a `RESULT_FIELDS` field or the data
+    (the source's `describe()`: batch size, seed, step, half, store size...). Returns the
+    `RECORDED_FIELDS` that changed, {field: [old, new]}."""
+    from repro.schema import DICT, require
+
+    require(state, {"config": DICT, "data": DICT}, f"checkpoint {ckpt / 'trainer.pt'}",
+            f"it was written by an older version or damaged: delete {ckpt.parent} to start afresh, or use another --out")
+    old, new = state["config"], cfg.to_dict()
+    norm = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 - betas: tuple vs saved list
+    for name in RESULT_FIELDS:
+        if norm(old.get(name)) != norm(new[name]):
+            raise ReproError(f"cannot resume {ckpt}: it was trained with {name}={old.get(name)!r}, this run asks for "
+                             f"{name}={new[name]!r}, which changes the result; resume with {name}={old.get(name)!r}, "
+                             "or train into another output folder")
+    was, now = state["data"], _describe(source)
+    for key in sorted(set(was) | set(now)):
+        if key not in DATA_IGNORED and norm(was.get(key)) != norm(now.get(key)):
+            raise ReproError(f"cannot resume {ckpt}: its data had {key}={was.get(key)!r}, this run's has "
+                             f"{key}={now.get(key)!r}, which changes the result; resume with the same data settings, "
+                             "or train into another output folder")
+    return {name: [old.get(name), new[name]] for name in RECORDED_FIELDS if old.get(name) != new[name]}
+
+
+def _checkpoint(out, step, tokens, skipped, saes, opts, source_state: dict, cfg, source, resumed) -> None:
+    # the config and the data it trains on, for `check_resume`; `resumed`: settings changed on earlier resumes
+    state = {"tokens": tokens, "skipped": skipped, **source_state, "config": cfg.to_dict(),
+             "data": _describe(source), "resumed": resumed}
     save_checkpoint(out / CHECKPOINTS, step, saes, opts, state, keep=cfg.keep_checkpoints)
 
 
@@ -351,8 +421,19 @@ def _log(saes, opts, acc, n_acc, skipped, step, tokens, rate, path) -> dict[str,
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as fh:
-            fh.writelines(json.dumps(row) + "\n" for row in rows.values())
+            fh.writelines(metrics_line(row) for row in rows.values())
     return rows
+
+
+def metrics_line(row: dict[str, Any]) -> str:
+    """One metrics.jsonl line: strict JSON. A non-finite metric (a NaN loss, an interval whose
+    batches were all skipped) is information, not an error: it is written as null and its
+    name listed under "nonfinite" (absent when all are finite)."""
+    bad = [k for k, v in row.items() if isinstance(v, float) and not math.isfinite(v)]
+    clean = {k: (None if k in bad else v) for k, v in row.items()}
+    if bad:
+        clean["nonfinite"] = bad
+    return json.dumps(clean, allow_nan=False) + "\n"
 
 
 def _postfix(rows: dict[str, dict[str, float]], rate: float) -> dict[str, str]:
@@ -367,4 +448,4 @@ def _postfix(rows: dict[str, dict[str, float]], rate: float) -> dict[str, str]:
     }
 
 
-__all__ = ["TrainResult", "block_batch", "init_b_pre", "train_saes"]
+__all__ = ["TrainResult", "block_batch", "check_resume", "init_b_pre", "metrics_line", "output_lock", "train_saes"]

@@ -68,14 +68,20 @@ def read_manifest(folder: Path) -> dict[str, Any]:
             f"{folder} is not an activation store ({MANIFEST} is missing): run `repro collect --out {folder}` "
             "first (a collection killed before its first shard leaves no store)"
         )
+    if not path.is_file():
+        raise ReproError(f"{path} is not a file: the store's manifest must be a JSON file; copy the store again")
     try:
         manifest = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ReproError(f"cannot read {path} ({exc}): the store's manifest is damaged") from exc
-    version = manifest.get("settings", {}).get("format_version")
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ReproError(f"cannot read {path} ({type(exc).__name__}: {str(exc)[:80]}): the store's manifest is damaged; "
+                         "copy the store again") from None
+    settings = manifest.get("settings") if isinstance(manifest, dict) else None
+    version = settings.get("format_version") if isinstance(settings, dict) else None
     if version != FORMAT_VERSION:
-        raise ReproError(f"{folder} is an activation store of format {version}, this code reads {FORMAT_VERSION}")
-    return manifest
+        raise ReproError(f"{folder} is an activation store of format {version!r}, this code reads {FORMAT_VERSION}")
+    from repro.store.checks import check_manifest  # every field, before anything uses it
+
+    return check_manifest(manifest, Path(folder))
 
 
 def to_layout(steps_updates: torch.Tensor, cfg: bool) -> torch.Tensor:

@@ -37,6 +37,7 @@ from safetensors import safe_open
 
 from repro.paths import display_path
 from repro.errors import ReproError, choices_hint
+from repro.store.checks import check_header, shard_state
 from repro.store.chunks import ChunkedSource, chunk_seed
 from repro.store.layout import (
     IMAGES, LATENTS, SEEDS, half_index, read_manifest, select_tokens, sha256_file, step_index,
@@ -197,6 +198,11 @@ class ActivationStore:
         return sum(r["stop"] - r["start"] for r in self.shards)
 
     @property
+    def end(self) -> int:
+        """One past the last prompt index any shard holds (n_images when there are no gaps)."""
+        return max((r["stop"] for r in self.shards), default=0)
+
+    @property
     def complete(self) -> bool:
         return bool(self.manifest.get("complete"))
 
@@ -221,6 +227,15 @@ class ActivationStore:
 
     # -- shards --------------------------------------------------------------------------
     def _path(self, record: dict[str, Any]) -> Path:
+        """The record's shard file, once checked to be a regular file inside the store of the
+        recorded size (`checks.shard_state`): else one ReproError, before it is opened."""
+        state = shard_state(self.folder, record)
+        if state == "missing":
+            raise self._missing(record)
+        if state == "size":
+            raise ReproError(f"shard {record['file']} of {self.folder} is not the {record['bytes']} bytes its manifest "
+                             f"records (truncated or half-copied): run `repro store verify --repair {self.folder}`, "
+                             "then the same `repro collect` command to rewrite it")
         return self.folder / record["file"]
 
     def _missing(self, record: dict[str, Any]) -> ReproError:
@@ -233,15 +248,19 @@ class ActivationStore:
             "command to rewrite it"
         )
 
+    def _lies(self, record: dict[str, Any], why: str) -> ReproError:
+        return ReproError(f"shard {record['file']} of {self.folder} does not hold what the manifest says ({why}): "
+                          "the manifest or the shard was edited; copy the store again or collect it anew")
+
     def _check(self, record: dict[str, Any]) -> None:
         if not self.verify or record["file"] in self._verified:
             return
         path = self._path(record)
-        if not path.exists():
-            raise self._missing(record)
         digest = sha256_file(path)
         if digest != record["sha256"]:
             raise self._corrupt(record, digest)
+        if why := check_header(path, record, self.manifest):
+            raise self._lies(record, why)
         self._verified.add(record["file"])
 
     def read_shard(self, record: dict[str, Any], alloc: Callable[[int], torch.Tensor] = new_buffer,
@@ -262,6 +281,8 @@ class ActivationStore:
         if check:
             if digest != record["sha256"]:
                 raise self._corrupt(record, digest)
+            if why := check_header(path, record, self.manifest):
+                raise self._lies(record, why)
             self._verified.add(record["file"])  # set.add is atomic under the GIL
         return data
 
@@ -312,7 +333,7 @@ class ActivationStore:
         return torch.stack([self._row(int(i), IMAGES) for i in indices])
 
     def prompts(self, start: int = 0, stop: int | None = None) -> list[str]:
-        stop = self.n_images if stop is None else stop
+        stop = self.end if stop is None else stop  # a repaired store may have gaps: n_images is not its end
         out: list[str] = []
         for record in self.shards:
             if record["stop"] <= start or record["start"] >= stop:
@@ -328,7 +349,7 @@ class ActivationStore:
         return self.prompts(index, index + 1)[0]
 
     def seeds(self, start: int = 0, stop: int | None = None) -> list[int]:
-        stop = self.n_images if stop is None else stop
+        stop = self.end if stop is None else stop  # a repaired store may have gaps: n_images is not its end
         out: list[int] = []
         for record in self.shards:
             if record["stop"] <= start or record["start"] >= stop:
@@ -350,19 +371,24 @@ class ActivationStore:
         if threads < 1:
             raise ReproError(f"verify needs at least 1 thread, got {threads}")
 
-        def one(record: dict[str, Any]) -> bool:
-            path = self._path(record)
-            return path.exists() and sha256_file(path) == record["sha256"]
+        # Every file is looked at (never opened) before any is read: a name outside the store, a
+        # folder, FIFO or device is refused here, before a byte is read or a shard deleted.
+        states = [shard_state(self.folder, record) for record in self.shards]
+
+        def one(record: dict[str, Any], state: str) -> bool:
+            return state == "ok" and sha256_file(self._path(record)) == record["sha256"]
 
         bad = []
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="verify") as pool:
-            oks = pool.map(one, self.shards)  # in order; the files are hashed `threads` at a time
+            oks = pool.map(one, self.shards, states)  # in order; the files are hashed `threads` at a time
             for record, ok in tqdm(zip(self.shards, oks), total=len(self.shards), desc="verify", unit="shard",
                                    disable=not progress):
-                if ok:
-                    self._verified.add(record["file"])
-                else:
+                if not ok:
                     bad.append(record["file"])
+                elif why := check_header(self._path(record), record, self.manifest):
+                    raise self._lies(record, why)  # not repairable by deleting the shard: the manifest may lie
+                else:
+                    self._verified.add(record["file"])
         return bad
 
     def summary(self) -> str:

@@ -13,7 +13,6 @@ written again by the resumed run.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
 import threading
@@ -24,7 +23,8 @@ from typing import Any
 import torch
 
 from repro.errors import ReproError
-from repro.io import atomic_path, provenance, write_json_atomic
+from repro.io import FolderLock, atomic_path, provenance, write_json_atomic
+from repro.store.checks import check_manifest, shard_state
 from repro.store.serialize import parts as st_parts, write_parts
 from repro.store.layout import (
     IMAGES, LATENTS, LOCK, MANIFEST, SEEDS, SETTINGS_KEYS, SHARD_DIR,
@@ -80,18 +80,12 @@ class StoreWriter:
         self._lock = threading.Lock()  # records and manifest: shards may be written by several threads
         self._check_folder()
         (self.folder / SHARD_DIR).mkdir(parents=True, exist_ok=True)
-        self._locks = []
         # One writer: exclusive .lock. Ranks: shared .lock (no one-process writer meanwhile)
         # plus an exclusive lock of their own (no two runs as the same rank).
-        wanted = [(LOCK, fcntl.LOCK_EX)] if part is None else [(LOCK, fcntl.LOCK_SH), (f"{LOCK}.rank-{part:05d}", fcntl.LOCK_EX)]
-        for name, mode in wanted:
-            fh = open(self.folder / name, "a+")
-            self._locks.append(fh)
-            try:
-                fcntl.flock(fh, mode | fcntl.LOCK_NB)
-            except BlockingIOError:
-                self.close()
-                raise ReproError(f"another collection is writing to {self.folder} right now: wait for it or use another --out")
+        wanted = [(self.folder, LOCK, False)] if part is None else [(self.folder, LOCK, True),
+                                                                    (self.folder, f"{LOCK}.rank-{part:05d}", False)]
+        self._lock_files = FolderLock(wanted, f"another collection is writing to {self.folder} right now: "
+                                              "wait for it or use another --out")
         try:
             if part is None:
                 self._clean_temporaries()
@@ -137,8 +131,8 @@ class StoreWriter:
         parts = manifest_parts(self.folder)
         for path in parts:
             try:
-                part = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+                part = check_manifest(json.loads(path.read_text()), self.folder, part=True)
+            except (OSError, ValueError, RecursionError, ReproError):
                 continue  # a damaged part only costs redoing its shards
             self._check_settings(part["settings"])
             self.manifest["info"] = {**part.get("info", {}), **self.manifest["info"]}
@@ -170,10 +164,9 @@ class StoreWriter:
                 f"the prompts of shard {rec['file']} (prompts {start}..{stop - 1}) differ from the prompts "
                 f"this run reads: append with the same prompt source, or use another --out folder"
             )
-        path = self.folder / rec["file"]
         # The size is free to check on every resume (a truncated or half-copied shard is
         # rewritten); a flipped byte needs the sha256: `repro store verify --repair`.
-        return path.is_file() and path.stat().st_size == rec["bytes"]
+        return shard_state(self.folder, rec) == "ok"
 
     def write_shard(
         self,
@@ -255,10 +248,7 @@ class StoreWriter:
         self._write_manifest(complete=all(i in self.records for i in range(n_shards)))
 
     def close(self) -> None:
-        for fh in reversed(self._locks):
-            if not fh.closed:
-                fcntl.flock(fh, fcntl.LOCK_UN)
-                fh.close()
+        self._lock_files.close()
 
     def __enter__(self) -> "StoreWriter":
         return self
@@ -276,7 +266,11 @@ def merge_manifest_parts(folder: str | os.PathLike, n_shards: int, parts: Iterab
     manifest = read_manifest(folder) if (folder / MANIFEST).exists() else None
     records: dict[int, dict[str, Any]] = {} if manifest is None else {int(r["index"]): r for r in manifest["shards"]}
     for path in parts:
-        part = json.loads(path.read_text())
+        try:
+            part = check_manifest(json.loads(path.read_text()), folder, part=True)
+        except (OSError, ValueError, RecursionError) as exc:
+            raise ReproError(f"manifest part {path.name} of {folder} cannot be read ({type(exc).__name__}): "
+                             "delete it and rerun the collection") from None
         if manifest is None:
             manifest = part
         elif part["settings"] != manifest["settings"]:

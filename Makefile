@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION) $(TORCH_PIP_ARGS)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,interop]'
 	@touch $@
 
 reproduce: notebooks book
@@ -62,9 +62,14 @@ test-fast: $(STAMP)
 lab: $(STAMP)
 	$(BIN)/jupyter lab notebooks/
 
+# The built site, pushed as the whole content of PUBLISH_BRANCH of PUBLISH_REMOTE (tests point these elsewhere).
+SITE ?= book/_build/html
+PUBLISH_REMOTE ?= origin
+PUBLISH_BRANCH ?= gh-pages
+
 publish: $(STAMP)
-	@test -f book/_build/html/index.html || { echo "no built book: run make reproduce (or make book) first"; exit 2; }
-	$(BIN)/ghp-import --no-jekyll --push --force book/_build/html
+	@test -f $(SITE)/index.html || { echo "no built book in $(SITE): run make reproduce (or make book) first"; exit 2; }
+	$(BIN)/ghp-import --no-jekyll --push --force --remote $(PUBLISH_REMOTE) --branch $(PUBLISH_BRANCH) $(SITE)
 
 toy-model: $(STAMP)
 	$(BIN)/repro toy train

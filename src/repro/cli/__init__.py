@@ -16,7 +16,7 @@ from repro import __version__
 from repro.errors import ReproError
 
 ENVIRONMENT_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
-AREAS = ("models", "notebooks", "collect", "train", "toy", "riebench")
+AREAS = ("models", "notebooks", "collect", "train", "toy", "riebench", "export")
 
 
 def build_parser() -> argparse.ArgumentParser:

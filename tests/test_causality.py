@@ -96,6 +96,8 @@ def test_planted_feature_switches_on_and_off_everywhere(answers):
     assert planted.on_rate(0.0) == 0.0 and planted.on_rate(1.0) == 1.0
     assert planted.off_hits == 2 and planted.off_rate == 1.0
     assert all(r.preserved == r.n for r in planted.on)  # this oracle reads nothing else
+    # per-scene outcomes, in scene order, for paired tests against a control on the same scenes
+    assert planted.on[0].success == (False,) * 3 and planted.on[1].joint == (True,) * 3
 
 
 def test_a_feature_that_never_fires_cannot_be_switched_off(answers):

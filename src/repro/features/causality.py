@@ -40,7 +40,11 @@ GLOBAL_ATTRS = {"background": "background", "style": "style"}
 
 def reads_value(reading: dict, scene, label: str) -> bool:
     """Whether an oracle reading shows the labelled value (`colour=red`, `background=pink`...)
-    — for object attributes, on at least one of the scene's object slots."""
+    — for object attributes, on at least one of the scene's object slots. A reading the oracle
+    flags as damaged (`reading["damaged"]`: noise, blotches... off the image distribution) shows
+    no value: damage must not pass for switching an attribute on."""
+    if reading.get("damaged"):
+        return False
     family, value = label.split("=", 1)
     if family in GLOBAL_ATTRS:
         return reading[GLOBAL_ATTRS[family]] == value
@@ -81,7 +85,10 @@ def painting_edit(sae: TopKSAE, feature: int, s: float, mask: torch.Tensor | Non
 
 def preserved(plain: dict, edited: dict, label: str) -> bool:
     """Whether two oracle readings agree on everything but the label's own attribute
-    (global attributes, which slots hold objects, and every other object attribute)."""
+    (global attributes, which slots hold objects, and every other object attribute). An edited
+    image the oracle flags as damaged preserves nothing."""
+    if edited.get("damaged"):
+        return False
     family = label.split("=", 1)[0]
     for key in GLOBAL_ATTRS.values():
         if key != GLOBAL_ATTRS.get(family) and plain[key] != edited[key]:
@@ -114,6 +121,15 @@ class SwitchOn:
     preserved: int
     """Scenes where every other attribute read is unchanged."""
     n: int
+    success: tuple[bool, ...] = ()
+    """Per scene (in order): the oracle reads the value (`causal_test` fills it, for paired tests)."""
+    kept: tuple[bool, ...] = ()
+    """Per scene: every other attribute read is unchanged."""
+
+    @property
+    def joint(self) -> tuple[bool, ...]:
+        """Per scene: the value switched on AND the rest kept, the outcome paired tests compare."""
+        return tuple(a and b for a, b in zip(self.success, self.kept))
 
 
 @dataclass
@@ -166,23 +182,39 @@ def beats_control(feature: dict, control: dict) -> list[float]:
     return [s for s in sorted(feature) if s in control and feature[s]["lo"] > control[s]["hi"]]
 
 
+def plain_readings(pipe, scenes: Sequence, oracle, sampling: Sampling, seed: int = 0, batch_size: int = 16) -> list[dict]:
+    """Oracle readings of the unedited images of `scenes` (captions and seeds of `scene_prompts`),
+    for `causal_test(..., plain=...)` when several directions are tested on the same scenes."""
+    prompts, seeds = scene_prompts(scenes, seed)
+    return oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
+
+
+def switch_on(plain: Sequence[dict], edited: Sequence[dict], scenes: Sequence, label: str, strength: float) -> SwitchOn:
+    """Counts and per-scene outcomes of one switch-on edit, from the oracle's readings."""
+    success = tuple(bool(reads_value(r, s, label)) for r, s in zip(edited, scenes))
+    kept = tuple(bool(preserved(a, b, label)) for a, b in zip(plain, edited))
+    return SwitchOn(float(strength), hits=sum(success), preserved=sum(kept), n=len(scenes), success=success, kept=kept)
+
+
 def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_scenes: Sequence, off_scenes: Sequence,
                 oracle, sampling: Sampling, grid: int, strengths: Sequence[float] = (1.0,), seed: int = 0,
-                batch_size: int = 16) -> CausalResult:
+                batch_size: int = 16, plain: Sequence[dict] | None = None) -> CausalResult:
     """Switch `feature` on in `on_scenes` (without the value) at each strength, and off in
-    `off_scenes` (with it); `oracle.read(images [N, H, W, 3]) -> readings`."""
+    `off_scenes` (with it); `oracle.read(images [N, H, W, 3]) -> readings`. `plain`: the
+    readings of `on_scenes`' unedited images (`plain_readings`, same seed), if already made."""
     result = CausalResult(label, n_on=len(on_scenes), baseline_on=0, n_off=len(off_scenes))
     if on_scenes:
         prompts, seeds = scene_prompts(on_scenes, seed)
         masks = _masks(on_scenes, label, grid)  # [N, grid, grid], sliced per batch by generate_with
-        plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
+        if plain is None:
+            plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
+        elif len(plain) != len(on_scenes):
+            raise ValueError(f"{len(plain)} plain readings for {len(on_scenes)} scenes: pass plain_readings(on_scenes)")
         result.baseline_on = sum(reads_value(r, s, label) for r, s in zip(plain, on_scenes))
         for strength in strengths:
             edit = painting_edit(sae, feature, strength, masks)
             edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size))
-            result.on.append(SwitchOn(
-                float(strength), hits=sum(reads_value(r, s, label) for r, s in zip(edited, on_scenes)),
-                preserved=sum(preserved(a, b, label) for a, b in zip(plain, edited)), n=len(on_scenes)))
+            result.on.append(switch_on(plain, edited, on_scenes, label, strength))
     if off_scenes:
         prompts, seeds = scene_prompts(off_scenes, seed + 10_000)
         plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))

@@ -26,7 +26,7 @@ import sae_speed  # noqa: E402
 
 from repro.sae import fused  # noqa: E402
 from repro.sae.config import SAEConfig  # noqa: E402
-from repro.sae.fused import fused_loss  # noqa: E402
+from repro.sae.fused import FusedOptions, f32_out_gemm_works, fused_loss  # noqa: E402
 from repro.sae.losses import reference_loss  # noqa: E402
 from repro.sae.model import TopKSAE  # noqa: E402
 from repro.sae.step import resolve_compute_dtype  # noqa: E402
@@ -43,15 +43,13 @@ def check_numbers(n: int, d: int, batch: int, device: torch.device, cdt: torch.d
         ref.b_pre.normal_(0, 0.1)
         ref.b_lat.normal_(0, 0.05)
     fus = copy.deepcopy(ref)
-    fused.MAIN_DECODE[0] = mode
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(batch, d, generator=gen).to(device)
     dead = (torch.rand(n, generator=gen) < 0.1).to(device)
     r = reference_loss(ref, x, compute_dtype=cdt, force_dead=dead)
-    f = fused_loss(fus, x, compute_dtype=cdt, force_dead=dead)
+    f = fused_loss(fus, x, compute_dtype=cdt, force_dead=dead, options=FusedOptions(main_decode=mode))
     r.loss.backward()
     f.loss.backward()
-    fused.MAIN_DECODE[0] = None
     rel = {name: float((getattr(fus, name).grad - getattr(ref, name).grad).norm() / getattr(ref, name).grad.norm())
            for name in PARAMS}
     row = {
@@ -81,23 +79,22 @@ def main(argv=None) -> dict:
     common = ["--device", str(device), "--d-model", str(d), "--batch-size", str(batch), "--steps", str(steps),
               "--warmup", "5", "--k-aux", str(k_aux), "--n-features", *map(str, sizes)]
     # fused graphed with one setting changed from its default at a time (None: the module's own choice)
-    default = {"main_decode": None, "topk": None, "transpose_by_gemm": True, "f32_out_gemm": True}
     runs = [("reference", False, {}), ("reference", True, {}), ("fused", False, {}), ("fused", True, {}),
             ("fused", True, {"main_decode": "dense"}), ("fused", True, {"main_decode": "gather"}),
             ("fused", True, {"main_decode": "gather", "transpose_by_gemm": False}),
             ("fused", True, {"topk": "torch"}), ("fused", True, {"f32_out_gemm": False})]
     for impl, graph, change in runs:
-        setting = {**default, **change}
-        fused.MAIN_DECODE[0], fused.TOPK[0] = setting["main_decode"], setting["topk"]
-        fused._TRANSPOSE_BY_GEMM[0], fused._F32_OUT_GEMM[0] = setting["transpose_by_gemm"], setting["f32_out_gemm"]
-        res = sae_speed.main(common + ["--impl", impl] + (["--graph"] if graph else []))
+        opts = FusedOptions(**change)
+        res = sae_speed.main(common + ["--impl", impl] + (["--graph"] if graph else []),
+                             loss_kw={"options": opts} if impl == "fused" else None)
         for row in res["results"]:
             n = row["n_features"]
-            used = {"main_decode": fused.main_decode_mode(n, batch, d, 10), "topk_chunk_k": fused.topk_chunk(n, 10),
-                    "topk_chunk_kaux": fused.topk_chunk(n, min(k_aux, n)),
-                    "f32_out_gemm_used": fused._F32_OUT_GEMM[0]} if impl == "fused" else {}
+            used = {"main_decode": fused.main_decode_mode(n, batch, d, 10, opts.main_decode),
+                    "topk_chunk_k": fused.topk_chunk(n, 10, opts.topk),
+                    "topk_chunk_kaux": fused.topk_chunk(n, min(k_aux, n), opts.topk),
+                    "f32_out_gemm_used": opts.f32_out_gemm and device.type == "cuda" and f32_out_gemm_works(device)
+                    } if impl == "fused" else {}
             report["speed"].append({"impl": impl, "graph": graph, "changed": change, **used, **row})
-    fused.MAIN_DECODE[0], fused.TOPK[0], fused._TRANSPOSE_BY_GEMM[0], fused._F32_OUT_GEMM[0] = None, None, True, True
     report["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     Path(args.out).write_text(json.dumps(report, indent=1))
     return report

@@ -58,8 +58,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_one(args: argparse.Namespace, n: int, device: torch.device, cdt: torch.dtype) -> dict:
-    """Time `args.steps` steps at `n` features; returns tokens/s and the last loss."""
+def bench_one(args: argparse.Namespace, n: int, device: torch.device, cdt: torch.dtype,
+              loss_kw: dict | None = None) -> dict:
+    """Time `args.steps` steps at `n` features (the loss given `loss_kw`); returns tokens/s and the last loss."""
     cfg = SAEConfig(d_model=args.d_model, n_features=n, k=args.k, k_aux=args.k_aux)
     sae = TopKSAE(cfg, seed=args.seed, device=device)
     opt = make_optimizer(sae, capturable=args.graph)
@@ -71,9 +72,10 @@ def bench_one(args: argparse.Namespace, n: int, device: torch.device, cdt: torch
         sae.tokens_since_fired.masked_fill_(dead, 2 ** 40)  # dead until they fire
         force_dead = None
     if args.graph:
-        step = GraphedStep(sae, opt, impl=args.impl, compute_dtype=cdt, force_dead=force_dead)
+        step = GraphedStep(sae, opt, impl=args.impl, compute_dtype=cdt, force_dead=force_dead, loss_kw=loss_kw)
     else:
-        step = lambda x: train_step(sae, opt, x, impl=args.impl, compute_dtype=cdt, force_dead=force_dead)  # noqa: E731
+        step = lambda x: train_step(sae, opt, x, impl=args.impl, compute_dtype=cdt, force_dead=force_dead,  # noqa: E731
+                                    loss_kw=loss_kw)
     losses = []
     for i in range(args.warmup):
         losses.append(step(xs[i % 8]).loss.detach().clone())
@@ -125,13 +127,14 @@ def profile_steps(step, xs, device: torch.device, n: int = 10, top: int = 12) ->
     }
 
 
-def main(argv=None) -> dict:
+def main(argv=None, loss_kw: dict | None = None) -> dict:
+    """Run the benchmark of `argv`; `loss_kw`: further arguments of the loss (`fused_check.py` forces choices)."""
     args = parse_args(argv)
     device = pick_device(args.device)
     cdt = resolve_compute_dtype(args.dtype, device)
     results = []
     for n in args.n_features:
-        row = bench_one(args, n, device, cdt)
+        row = bench_one(args, n, device, cdt, loss_kw)
         results.append(row)
         print(
             f"{args.impl:9s} n={n:6d} d={args.d_model} k={args.k} k_aux={args.k_aux} B={args.batch_size} "

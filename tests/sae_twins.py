@@ -21,8 +21,8 @@ def pair(cfg=CFG, seed=0, dtype=torch.float32, b_lat_mean=0.0):
     return a, copy.deepcopy(a)
 
 
-def assert_trains_like_reference(impl: str) -> None:
-    """25 Adam steps of `impl` give the reference's losses, weights and dead-latent counters."""
+def assert_trains_like_reference(impl: str, loss_kw: dict | None = None) -> None:
+    """25 Adam steps of `impl` (with `loss_kw`) give the reference's losses, weights and dead-latent counters."""
     cfg = SAEConfig(d_model=16, n_features=64, k=4, k_aux=8, dead_tokens_threshold=3 * 32)
     ref, twin = pair(cfg)
     o_ref, o_twin = make_optimizer(ref, lr=1e-3), make_optimizer(twin, lr=1e-3)
@@ -31,7 +31,7 @@ def assert_trains_like_reference(impl: str) -> None:
     for _ in range(25):
         x = torch.randn(32, 16, generator=gen) + 1
         r = train_step(ref, o_ref, x, impl="reference")
-        f = train_step(twin, o_twin, x, impl=impl)
+        f = train_step(twin, o_twin, x, impl=impl, loss_kw=loss_kw)
         torch.testing.assert_close(f.loss, r.loss)
         aux_steps += int(r.auxk > 0)
     assert aux_steps > 0  # AuxK was active during some of the steps

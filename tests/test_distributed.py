@@ -175,8 +175,9 @@ def test_data_parallel_equals_one_process_within_tolerance_and_resumes(tmp_path,
             assert r[k] == pytest.approx(w[k], rel=1e-4, abs=1e-6), (r["block"], r["step"], k)
 
 
-def test_dp_step_equals_the_reference_step_on_one_rank(tmp_path):
-    """dp_train_step with a world of one is train_step(impl='reference') up to rounding."""
+@pytest.mark.parametrize("impl", ["reference", "fast", "fused"])
+def test_dp_step_equals_the_same_step_on_one_rank(tmp_path, impl):
+    """dp_train_step(impl) with a world of one is train_step(impl) up to rounding."""
     from repro.dist import dp_train_step
     from repro.sae.step import make_optimizer, train_step
 
@@ -188,8 +189,8 @@ def test_dp_step_equals_the_reference_step_on_one_rank(tmp_path):
         got.tokens_since_fired.fill_(700)
         o1, o2 = make_optimizer(ref, 3e-3), make_optimizer(got, 3e-3)
         for _ in range(3):
-            a = train_step(ref, o1, x, impl="reference")
-            b = dp_train_step(got, o2, x)
+            a = train_step(ref, o1, x, impl=impl)
+            b = dp_train_step(got, o2, x, impl=impl)
             for k in ("loss", "nmse", "auxk", "ev", "l0"):
                 torch.testing.assert_close(getattr(b, k), getattr(a, k).detach(), rtol=1e-5, atol=1e-7)
             assert float(a.auxk) > 0
@@ -197,3 +198,50 @@ def test_dp_step_equals_the_reference_step_on_one_rank(tmp_path):
             torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=DP_RTOL, atol=DP_ATOL)
     finally:
         dist.destroy_process_group()
+
+
+def _impl_worker(rank: int, world: int, init_file: str, out: str) -> None:
+    from repro.dist import dp_train_step
+    from repro.sae.step import make_optimizer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        x = _data()["a"][:512]
+        result = {}
+        for impl in ("fast", "fused"):
+            sae = _saes()["a"]
+            sae.tokens_since_fired.fill_(700)  # some latents dead: AuxK on
+            opt = make_optimizer(sae, 3e-3)
+            logs = [dp_train_step(sae, opt, x[rank::world], impl=impl) for _ in range(3)]  # uneven rows: strided
+            result[impl] = {"params": {n: getattr(sae, n).detach() for n in PARAMS},
+                            "since": sae.tokens_since_fired.clone(),
+                            "logs": [{k: float(getattr(o, k)) for k in ("loss", "nmse", "auxk", "ev", "l0")} for o in logs]}
+        if rank == 0:
+            torch.save(result, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_dp_step_of_each_impl_on_two_ranks_equals_one_process(tmp_path):
+    """The fast and fused losses split over 2 ranks train as train_step(impl) on the whole batch."""
+    from repro.sae.step import make_optimizer, train_step
+
+    out = tmp_path / "impls.pt"
+    mp.spawn(_impl_worker, args=(WORLD, str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)
+    got = torch.load(out)
+    torch.set_num_threads(1)
+    x = _data()["a"][:512]
+    for impl in ("fast", "fused"):
+        sae = _saes()["a"]
+        sae.tokens_since_fired.fill_(700)
+        opt = make_optimizer(sae, 3e-3)
+        logs = [train_step(sae, opt, x, impl=impl) for _ in range(3)]
+        assert logs[0].auxk > 0
+        for r, w in zip(got[impl]["logs"], logs):
+            for k, v in r.items():
+                assert v == pytest.approx(float(getattr(w, k)), rel=1e-4, abs=1e-6), (impl, k)  # as the 30-step test
+        for name in PARAMS:
+            torch.testing.assert_close(got[impl]["params"][name], getattr(sae, name), rtol=DP_RTOL, atol=DP_ATOL,
+                                       msg=f"{impl}.{name}")
+        assert torch.equal(got[impl]["since"], sae.tokens_since_fired)

@@ -8,7 +8,7 @@ import torch
 
 from repro.generate import Sampling, generate
 from repro.meter import METER
-from repro.results import read_results, write_results
+from repro.results import write_results
 from repro.sae import SAEConfig, TensorSource, TopKSAE, TrainConfig, train_saes
 from repro.sae.synthetic import sparse_dictionary_data
 
@@ -51,7 +51,6 @@ def test_write_results_records_resources(tiny_pipe, tmp_path):
     path = write_results("99_test", {"ev": 0.5}, folder=tmp_path, profile="toy")
     assert path == tmp_path / "99_test.json"
     record = json.loads(path.read_text())
-    assert record == read_results("99_test", folder=tmp_path)
     assert record["numbers"] == {"ev": 0.5} and record["context"] == {"profile": "toy"}
     res = record["resources"]
     assert {"wall_s", "images", "images_per_s", "peak_host_memory_gib", "sae_tokens_per_s_per_block"} <= set(res)

@@ -106,30 +106,84 @@ def stack_steps(records: list[torch.Tensor], cfg: bool, half: Half | None = None
 
 
 @dataclass
-class UpdateCapture:
-    """Updates recorded per block and step. `raw[block][i]` is [B_total, C, H, W] of step `steps[block][i]`."""
+class Capture:
+    """Tensors recorded per key and step (`capture`): `raw[key][i]` is [B_total, ...] of step `steps[key][i]`.
+
+    What is recorded is the caller's: block updates [B_total, C, H, W] keyed by block short name
+    (`capture_updates`), or GEGLU outputs [B_total, HW, inner] keyed by (block, layer)
+    (`repro.riebench.neurons.capture_neurons`)."""
 
     cfg: bool = False
-    raw: dict[str, list[torch.Tensor]] = field(default_factory=dict)
-    steps: dict[str, list[int]] = field(default_factory=dict)
+    raw: dict = field(default_factory=dict)
+    steps: dict = field(default_factory=dict)
 
-    def updates(self, block: str, half: Half | None = None) -> torch.Tensor:
-        """Stacked updates of `block`: [steps, B, C, H, W]. Under guidance pick `half`
-        ("cond" by default, "uncond", or "all" for the doubled batch)."""
-        block = short_name(block)
-        if block not in self.raw or not self.raw[block]:
-            raise KeyError(f"no updates captured for block {block!r}; captured: {sorted(self.raw)}")
-        return stack_steps(self.raw[block], self.cfg, half)
+    def stacked(self, key, half: Half | None = None) -> torch.Tensor:
+        """[steps, B, ...] recorded under `key` (a block name in any spelling). Under guidance pick
+        `half` ("cond" by default, "uncond", or "all" for the doubled batch)."""
+        key = short_name(key) if isinstance(key, str) else key
+        if not self.raw.get(key):
+            raise KeyError(f"nothing captured for {key!r}; captured: {sorted(self.raw)}")
+        return stack_steps(self.raw[key], self.cfg, half)
 
-    def __getitem__(self, block: str) -> torch.Tensor:
-        return self.updates(block)
+    updates = acts = stacked  # the names callers read them by: a block's updates, a layer's activations
+
+    def __getitem__(self, key) -> torch.Tensor:
+        return self.stacked(key)
 
     def clear(self) -> None:
         self.raw.clear()
         self.steps.clear()
 
 
+Read = Callable[[tuple, dict, object], torch.Tensor]
+"""(args, kwargs, output) of a module's call -> the tensor to record."""
+
+
 @contextlib.contextmanager
+def capture(
+    unet: nn.Module,
+    taps: dict[object, tuple[nn.Module, Read]],
+    *,
+    cfg: bool = False,
+    steps: Iterable[int] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+    on_record: Callable[[object, int, torch.Tensor], None] | None = None,
+) -> Iterator[Capture]:
+    """Record `read(args, kwargs, output)` of each `taps[key] = (module, read)` at every step (or only `steps`).
+
+    `device`/`dtype` move each tensor as it is taken (default: leave it where it is, no GPU
+    sync). `on_record(key, step, tensor)` is called instead of storing when given: the
+    streaming path uses it to hand tensors on without keeping them.
+    """
+    cap = Capture(cfg=cfg)
+    wanted = None if steps is None else set(steps)
+
+    def recorder(key, read: Read):
+        def fn(args, kwargs, output, step):
+            if wanted is not None and step not in wanted:
+                return None
+            t = read(args, kwargs, output).detach()
+            if device is not None or dtype is not None:
+                t = t.to(device=device, dtype=dtype, non_blocking=True)
+            if on_record is not None:
+                on_record(key, step, t)
+            else:
+                cap.raw.setdefault(key, []).append(t)
+                cap.steps.setdefault(key, []).append(step)
+            return None
+
+        return fn
+
+    with step_hooks(unet, {module: recorder(key, read) for key, (module, read) in taps.items()}):
+        yield cap
+
+
+def _update(args, kwargs, output) -> torch.Tensor:
+    inp, out, _ = _block_io(args, kwargs, output)
+    return out - inp
+
+
 def capture_updates(
     unet: nn.Module,
     blocks: Iterable[str],
@@ -139,35 +193,11 @@ def capture_updates(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
     on_update: Callable[[str, int, torch.Tensor], None] | None = None,
-) -> Iterator[UpdateCapture]:
-    """Record the update of each block at every step (or only `steps`).
-
-    `device`/`dtype` move each update as it is taken (default: leave it where it is, no
-    GPU sync). `on_update(block, step, update)` is called instead of storing when given:
-    the streaming path uses it to hand updates on without keeping them.
-    """
-    capture = UpdateCapture(cfg=cfg)
-    wanted = None if steps is None else set(steps)
-    names = [short_name(b) for b in blocks]
-
-    def recorder(name):
-        def fn(update, inp, step):
-            if wanted is not None and step not in wanted:
-                return None
-            update = update.detach()
-            if device is not None or dtype is not None:
-                update = update.to(device=device, dtype=dtype, non_blocking=True)
-            if on_update is not None:
-                on_update(name, step, update)
-            else:
-                capture.raw.setdefault(name, []).append(update)
-                capture.steps.setdefault(name, []).append(step)
-            return None
-
-        return fn
-
-    with block_hooks(unet, {name: recorder(name) for name in names}):
-        yield capture
+):
+    """`capture` of the update of each block (keys: short names), [B_total, C, H, W] a step;
+    `on_update(block, step, update)` as `capture`'s `on_record`."""
+    taps = {name: (get_block(unet, name), _update) for name in map(short_name, blocks)}
+    return capture(unet, taps, cfg=cfg, steps=steps, device=device, dtype=dtype, on_record=on_update)
 
 
 # ---------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,3 @@ def write_results(notebook: str, numbers: dict[str, Any], folder: str | Path | N
     record = {"notebook": notebook, "numbers": numbers, "context": context,
               "resources": METER.snapshot(), "provenance": provenance()}
     return write_json_atomic(folder / f"{notebook}.json", record)
-
-
-def read_results(notebook: str, folder: str | Path | None = None) -> dict[str, Any]:
-    folder = Path(folder) if folder else results_dir()
-    return json.loads((folder / f"{notebook}.json").read_text())

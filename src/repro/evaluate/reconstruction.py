@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from repro.errors import ReproError
-from repro.sae.metrics import Moments, fires
+from repro.sae.metrics import Moments, ev_from, fires, nmse_from, squared_deviation
 from repro.sae.model import TopKSAE
 
 
@@ -86,23 +86,21 @@ class ImageSums:
         idx = torch.arange(len(self.x2)) if idx is None else torch.as_tensor(idx)
 
         def dev(s1, s2):  # sum |v - mean(v)|^2 over every position of the chosen images
-            return s2.sum() - s1.sum(0).pow(2).sum() / (len(s2) * self.positions)
+            return squared_deviation(s1.sum(0), s2.sum(), len(s2) * self.positions)
 
-        return float(1 - dev(self.e1[idx], self.e2[idx]) / dev(self.x1[idx], self.x2[idx]))
+        return float(ev_from(dev(self.x1[idx], self.x2[idx]), dev(self.e1[idx], self.e2[idx])))
 
     def ev_draws(self, weights: torch.Tensor) -> np.ndarray:
         """`ev` of many resamples at once: weights [n_boot, N] counts of each image per resample
         (`draw_weights`) -> [n_boot] EVs; each equals `ev(idx)` of that resample up to float64
-        rounding (small matrix products instead of n_boot indexings: |sum of a resample's s1|^2
-        is w G w^T with G the [N, N] Gram matrix of the images' s1)."""
+        rounding (a resample's sums are w @ the images' sums: matrix products, not n_boot indexings)."""
         w = weights.to(torch.float64)
         rows = w.sum(1) * self.positions  # positions in each resample
 
-        def dev(s1, s2):
-            s1 = s1.double()
-            return w @ s2.double() - ((w @ (s1 @ s1.T)) * w).sum(1) / rows
+        def dev(s1, s2):  # [n_boot]
+            return squared_deviation(w @ s1.double(), w @ s2.double(), rows)
 
-        return (1 - dev(self.e1, self.e2) / dev(self.x1, self.x2)).numpy()
+        return ev_from(dev(self.x1, self.x2), dev(self.e1, self.e2)).numpy()
 
 
 @torch.no_grad()
@@ -173,9 +171,9 @@ def evaluate_reconstruction(sae: TopKSAE, updates: torch.Tensor, batch_size: int
         l0_total += float(active.sum())
         fired[idx[active].unique().cpu()] = True
     var_x = signal.total_squared_deviation()
-    ev = 1.0 - residual.total_squared_deviation() / var_x if var_x > 0 else float("nan")
-    nmse = residual.sum_squares() / var_x if var_x > 0 else float("nan")
-    position_ev = (1.0 - residual.squared_deviation() / signal.squared_deviation().clamp_min(1e-12)).tolist()
+    ev = ev_from(var_x, residual.total_squared_deviation()) if var_x > 0 else float("nan")
+    nmse = nmse_from(var_x, residual.sum_squares()) if var_x > 0 else float("nan")
+    position_ev = ev_from(signal.squared_deviation().clamp_min(1e-12), residual.squared_deviation()).tolist()
     interval = (float("nan"), float("nan"))
     if n_boot and n > 1 and var_x > 0:
         sums = ImageSums(**{k: torch.cat(v).cpu() for k, v in per_image.items()}, positions=h * w)

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from repro.blocks import get_block, short_name
-from repro.hooks import Half, StepCounter, split_halves, stack_steps, step_hooks
+from repro.hooks import Half, StepCounter, capture, split_halves, step_hooks
 
 NeuronKey = tuple[str, int]
 """(block short name, transformer layer index)."""
@@ -47,47 +47,23 @@ def neuron_layout(unet: nn.Module, blocks: Iterable[str]) -> list[tuple[NeuronKe
     return [(key, ff_width(mod)) for key, mod in ff_modules(unet, blocks).items()]
 
 
-@dataclass
-class NeuronCapture:
-    """GEGLU outputs per layer and step: `raw[key][i]` is [B_total, HW, inner] of step `steps[key][i]`."""
-
-    cfg: bool = False
-    raw: dict[NeuronKey, list[torch.Tensor]] = field(default_factory=dict)
-    steps: dict[NeuronKey, list[int]] = field(default_factory=dict)
-
-    def acts(self, key: NeuronKey, half: Half | None = None) -> torch.Tensor:
-        """[steps, B, HW, inner] of layer `key`; under guidance pick `half` (default "cond")."""
-        if key not in self.raw:
-            raise KeyError(f"no neurons captured for {key}; captured: {sorted(self.raw)}")
-        return stack_steps(self.raw[key], self.cfg, half)
-
-
 def _module_hooks(unet: nn.Module, hooks: dict[nn.Module, Callable]):
     """`hooks[module](output, step)` on GEGLU modules (see `repro.hooks.step_hooks`)."""
     return step_hooks(unet, {m: (lambda args, kwargs, out, step, fn=fn: fn(out, step)) for m, fn in hooks.items()})
 
 
-@contextlib.contextmanager
+def _output(args, kwargs, output) -> torch.Tensor:
+    return output
+
+
 def capture_neurons(
     unet: nn.Module, blocks: Iterable[str], *, cfg: bool = False, steps: Iterable[int] | None = None,
     device: torch.device | str | None = None,
-) -> Iterator[NeuronCapture]:
-    """Record every GEGLU output of `blocks` at every step (or only `steps`), [B, HW, inner] each."""
-    capture = NeuronCapture(cfg=cfg)
-    wanted = None if steps is None else set(steps)
-    modules = ff_modules(unet, blocks)
-
-    def recorder(key):
-        def fn(out, step):
-            if wanted is None or step in wanted:
-                capture.raw.setdefault(key, []).append(out.detach().to(device) if device else out.detach())
-                capture.steps.setdefault(key, []).append(step)
-            return None
-
-        return fn
-
-    with _module_hooks(unet, {mod: recorder(key) for key, mod in modules.items()}):
-        yield capture
+):
+    """`repro.hooks.capture` of every GEGLU output of `blocks` at every step (or only `steps`), [B, HW, inner]
+    each, keyed by (block, layer): `cap.acts(key, half)` is [steps, B, HW, inner]."""
+    taps = {key: (mod, _output) for key, mod in ff_modules(unet, blocks).items()}
+    return capture(unet, taps, cfg=cfg, steps=steps, device=device)
 
 
 @dataclass

@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from repro.sae.losses import LossOutput, fired_and_dead, finish
+from repro.sae.losses import WHOLE, Batch, LossOutput, fired_and_dead, finish
 from repro.sae.model import TopKSAE
 
 
@@ -99,6 +99,7 @@ def fast_loss(
     *,
     compute_dtype: torch.dtype = torch.float32,
     force_dead: torch.Tensor | None = None,
+    batch: Batch = WHOLE,
 ) -> LossOutput:
     """Sparse loss of `sae` on x [B, d]; same arguments and result as `reference_loss`."""
     cfg = sae.cfg
@@ -115,7 +116,7 @@ def fast_loss(
     W_dec_t = sae.W_dec.t().to(dtype=cdt, memory_format=torch.contiguous_format)
     x_hat = _SparseDecode.apply(vals, idx, W_dec_t).float() + sae.b_pre  # [B, d]
 
-    fired, dead = fired_and_dead(sae, top_vals.detach(), idx, force_dead)
+    fired, dead = fired_and_dead(sae, top_vals.detach(), idx, force_dead, batch)
     e_hat, n_dead = None, dead.sum()
     if cfg.k_aux > 0 and cfg.auxk_coef > 0:
         dead_idx = dead.nonzero().squeeze(1)  # [m]; host sync: the sizes below depend on it
@@ -126,4 +127,4 @@ def fast_loss(
             aux_vals, aux_pos = pre_d.topk(min(cfg.k_aux, m), dim=-1)  # [B, k_aux]
             z_aux = torch.zeros_like(pre_d).scatter(-1, aux_pos, torch.relu(aux_vals))  # [B, m]
             e_hat = z_aux @ W_dec_t.index_select(0, dead_idx)  # [B, d]
-    return finish(sae, x, x_hat, e_hat, n_dead, vals, idx, fired, dead)
+    return finish(sae, x, x_hat, e_hat, n_dead, vals, idx, fired, dead, batch)

@@ -28,7 +28,8 @@ backward  gW_dec = G^T z, + H^T z_aux at slots         [d, B] x [B, n] GEMM in W
           gW_enc = g_pre^T (x - b_pre)                 GEMM
           gb_lat = sum_B g_pre;  gb_pre = sum_B G - gb_lat W_enc
 
-`main_decode_mode` picks "dense" or "gather" from a cost model in n, B, d and k. Matmuls and
+`main_decode_mode` picks "dense" or "gather" from a cost model in n, B, d and k; `FusedOptions`
+forces this and the other choices (tests and benchmarks try each). Matmuls and
 [B, n] tensors are in the compute dtype (bf16 on CUDA); losses and the weight gradients are
 float32 (the master weights' dtype).
 """
@@ -36,17 +37,31 @@ float32 (the master weights' dtype).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import torch
 from torch.nn import functional as F
 
-from repro.sae.losses import LossOutput, fired_and_dead
-from repro.sae.metrics import fires, total_variance
+from repro.sae.losses import WHOLE, Batch, LossOutput, fired_and_dead
+from repro.sae.metrics import ev_from, fires, nmse_from
 from repro.sae.model import TopKSAE
 
-_F32_OUT_GEMM = [True]  # cleared once if this torch's CUDA mm has no out_dtype (warm-up finds out, not capture)
-_TRANSPOSE_BY_GEMM = [True]  # CUDA: transpose W_dec for the gather by a GEMM with the identity (benchmarks toggle)
-MAIN_DECODE: list[str | None] = [None]  # force "dense" or "gather" (tests, benchmarks); None: main_decode_mode
+
+@dataclass(frozen=True)
+class FusedOptions:
+    """How the fused loss computes: by its own rules unless forced (tests and benchmarks try each way)."""
+
+    main_decode: str | None = None
+    """"dense" or "gather"; None: `main_decode_mode`'s cost model."""
+    topk: str | None = None
+    """"torch" or "chunked"; None: `topk_chunk`'s rule."""
+    transpose_by_gemm: bool = True
+    """CUDA: transpose W_dec for the gather by a GEMM with the identity (else by a copy)."""
+    f32_out_gemm: bool = True
+    """CUDA: bf16 GEMMs of the weight gradients write float32 directly, where this torch can."""
+
+
+DEFAULT = FusedOptions()
 
 # Cost of the "gather" decode per gathered element, in GEMM flops of the same time. ~8 bytes moved
 # (gather read + write, two bmm reads) at ~175 bf16 flops per byte of HBM traffic gave 1,400; the
@@ -55,7 +70,7 @@ MAIN_DECODE: list[str | None] = [None]  # force "dense" or "gather" (tests, benc
 GATHER_FLOPS_PER_ELEMENT = 3400
 
 
-def main_decode_mode(n: int, batch: int, d: int, k: int) -> str:
+def main_decode_mode(n: int, batch: int, d: int, k: int, force: str | None = None) -> str:
     """"dense" or "gather": how the main (TopK) decode and its code gradient are computed.
 
     "dense" decodes the [B, n] codes z by a GEMM and forms their gradient by another:
@@ -64,15 +79,15 @@ def main_decode_mode(n: int, batch: int, d: int, k: int) -> str:
     bmm). The cheaper one by this count wins; the weight gradient is the same G^T z GEMM in
     both. At d 1280, B 4096, k 10 the two cross near n = 10,000: "dense" for 5,120 features,
     "gather" from 20,480; "dense" for small batches (2B < d) and the CPU tests' sizes.
+    `force` ("dense" or "gather", `FusedOptions.main_decode`) overrides the count.
     """
-    if MAIN_DECODE[0] is not None:
-        return MAIN_DECODE[0]
+    if force is not None:
+        return force
     dense = 4 * batch * n * d
     gather = 2 * n * d * d + GATHER_FLOPS_PER_ELEMENT * batch * k * d
     return "dense" if dense <= gather else "gather"
 
 
-TOPK: list[str | None] = [None]  # force "torch" or "chunked" (tests, benchmarks); None: topk_chunk's rule
 # Where the two-stage form is used by default, from the H200's measurements (issue #17,
 # benchmarks/results/gpu_ceiling_h200_third/c_topk.json, rows of 4,096 bf16): torch.topk won at
 # k 256 at every n and at k 10 for n 5,120; the chunk form won at k 10 from n 20,480 (2-3x).
@@ -87,21 +102,22 @@ def _best_groups(n: int, k: int) -> int | None:
     return min(divisors, key=lambda g: g + k * (n // g)) if divisors else None
 
 
-def topk_chunk(n: int, k: int) -> int | None:
+def topk_chunk(n: int, k: int, rule: str | None = None) -> int | None:
     """Group size s of `topk`'s two-stage form for rows of n, or None for plain torch.topk.
 
     The two-stage form costs one bandwidth-bound pass of `amax` over the row plus TopKs over
     the G = n / s group maxima and the k s candidates; G is the divisor of n (at least k) that
     minimises G + k s (near sqrt(k n)). By default
-    (TOPK None) it is used for k <= TOPK_MAX_K and n >= TOPK_MIN_N only, where it measured faster.
+    (`rule` None) it is used for k <= TOPK_MAX_K and n >= TOPK_MIN_N only, where it measured faster;
+    `rule` "torch" never uses it, "chunked" wherever n has such a divisor (`FusedOptions.topk`).
     """
-    if TOPK[0] == "torch" or k < 1 or (TOPK[0] is None and (k > TOPK_MAX_K or n < TOPK_MIN_N)):
+    if rule == "torch" or k < 1 or (rule is None and (k > TOPK_MAX_K or n < TOPK_MIN_N)):
         return None
     groups = _best_groups(n, k)
     return None if groups is None else n // groups
 
 
-def topk(x: torch.Tensor, k: int, sorted: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def topk(x: torch.Tensor, k: int, sorted: bool = True, rule: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, n] -> (values [B, k], indices [B, k]) of each row's k largest: torch.topk's values exactly,
     its indices up to the order among tied values.
 
@@ -109,9 +125,9 @@ def topk(x: torch.Tensor, k: int, sorted: bool = True) -> tuple[torch.Tensor, to
     the largest maxima, then the TopK of their k s elements. Exact for any split into groups: if
     an element of the row's top k lies in a group left out, each of the k chosen groups holds an
     element (its maximum) at least as large, so the i-th largest candidate is never below the
-    row's i-th largest.
+    row's i-th largest. `rule`: as `topk_chunk`'s.
     """
-    s = topk_chunk(x.shape[1], k)
+    s = topk_chunk(x.shape[1], k, rule)
     return x.topk(k, dim=-1, sorted=sorted) if s is None else topk_chunked(x, k, s, sorted)
 
 
@@ -130,13 +146,23 @@ def topk_chunked(x: torch.Tensor, k: int, s: int, sorted: bool = True) -> tuple[
     return vals, cand.gather(1, pos)
 
 
-def _mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """a [m, p] @ b [p, q] -> [m, q] in `dtype`; on CUDA a bf16 GEMM writes float32 directly (no cast pass)."""
-    if a.dtype != dtype and a.is_cuda and dtype == torch.float32 and _F32_OUT_GEMM[0]:
-        try:
-            return torch.mm(a, b, out_dtype=dtype)
-        except (TypeError, RuntimeError, NotImplementedError):
-            _F32_OUT_GEMM[0] = False
+@functools.cache
+def f32_out_gemm_works(device: torch.device) -> bool:
+    """Whether this torch's mm on `device` takes out_dtype=float32 for bf16 inputs. Probed once per device,
+    by the first (eager) step: a captured graph never meets the probe."""
+    a = torch.ones(1, 1, dtype=torch.bfloat16, device=device)
+    try:
+        torch.mm(a, a, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+def _mm_to(a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype, f32_out: bool = True) -> torch.Tensor:
+    """a [m, p] @ b [p, q] -> [m, q] in `dtype`; on CUDA (`f32_out`, where it works) a bf16 GEMM writes
+    float32 directly (no cast pass)."""
+    if f32_out and a.dtype != dtype and a.is_cuda and dtype == torch.float32 and f32_out_gemm_works(a.device):
+        return torch.mm(a, b, out_dtype=dtype)
     return torch.mm(a, b).to(dtype)
 
 
@@ -144,11 +170,11 @@ _EYES: dict[tuple, torch.Tensor] = {}
 
 
 def transposed(w: torch.Tensor, by_gemm: bool | None = None) -> torch.Tensor:
-    """Contiguous copy of w.t() for w [d, n]: on CUDA by a GEMM w^T I_d, which reads and writes
-    coalesced tiles where a transposed copy is strided on one side. Exact: each output is one
-    product by 1 plus zeros, in float32 accumulation (finite weights)."""
+    """Contiguous copy of w.t() for w [d, n]: on CUDA (`by_gemm` None) by a GEMM w^T I_d, which reads
+    and writes coalesced tiles where a transposed copy is strided on one side. Exact: each output is
+    one product by 1 plus zeros, in float32 accumulation (finite weights)."""
     if by_gemm is None:
-        by_gemm = w.is_cuda and _TRANSPOSE_BY_GEMM[0]
+        by_gemm = w.is_cuda
     if not by_gemm:
         return w.t().contiguous()
     key = (w.shape[0], w.dtype, w.device)
@@ -186,17 +212,19 @@ def dead_slots(dead: torch.Tensor, capacity: int) -> tuple[torch.Tensor, torch.T
 class _FusedSAE(torch.autograd.Function):
     """(W_enc, b_lat, W_dec, b_pre; x) -> loss (differentiable) and the non-differentiable nmse, auxk,
     ev, l0 (scalars), x_hat [B, d], vals [B, k], idx [B, k], fired [n], dead [n], overflow (scalar
-    bool: more dead latents than AuxK's slots). x gets no gradient."""
+    bool: more dead latents than AuxK's slots). x gets no gradient. Over a `Batch` split across
+    ranks the loss and its gradients are this slice's share (as `losses.finish`), the rest the
+    whole batch's."""
 
     @staticmethod
-    def forward(ctx, W_enc, b_lat, W_dec, b_pre, x, sae, force_dead, cdt, k_aux, mode, capacity):
+    def forward(ctx, W_enc, b_lat, W_dec, b_pre, x, sae, force_dead, cdt, k_aux, mode, capacity, options, batch):
         cfg, f32 = sae.cfg, torch.float32  # losses in float32 as `finish`, whatever the weights' dtype
         (B, d), n = x.shape, W_enc.shape[0]
         xc = (x - b_pre).to(cdt)  # [B, d]
         pre = torch.addmm(b_lat.to(cdt), xc, W_enc.to(cdt).t())  # [B, n], becomes z below
-        top_vals, idx = topk(pre, cfg.k)  # [B, k]
+        top_vals, idx = topk(pre, cfg.k, rule=options.topk)  # [B, k]
         vals = torch.relu(top_vals)
-        fired, dead = fired_and_dead(sae, top_vals, idx, force_dead)
+        fired, dead = fired_and_dead(sae, top_vals, idx, force_dead, batch)
         W_dec_c = W_dec.to(cdt)  # [d, n]
         slots = z_aux = W_dead = aux_vals = aux_pos = None
         overflow = torch.zeros((), dtype=torch.bool, device=x.device)
@@ -206,7 +234,7 @@ class _FusedSAE(torch.autograd.Function):
             slots, valid, overflow = dead_slots(dead, capacity)
             pre_d = pre.index_select(1, slots).mul_(valid.to(cdt))  # [B, C]; padding -> 0 as masked alive latents
             # unsorted: the same set (only exact ties at the boundary could differ), without sorting k_aux per row
-            aux_vals, aux_pos = topk(pre_d, min(k_aux, capacity), sorted=False)  # [B, k_aux] positions in slots
+            aux_vals, aux_pos = topk(pre_d, min(k_aux, capacity), sorted=False, rule=options.topk)  # [B, k_aux]
             z_aux = pre_d.zero_().scatter_(-1, aux_pos, torch.relu(aux_vals))  # [B, C]
             W_dead = W_dec_c.index_select(1, slots)  # [d, C]
         z = pre.zero_().scatter_(-1, idx, vals)  # [B, n] dense main codes
@@ -214,32 +242,38 @@ class _FusedSAE(torch.autograd.Function):
         if mode == "dense":
             dec = torch.mm(z, W_dec_c.t())  # [B, d]
         else:
-            rows = F.embedding(idx, transposed(W_dec_c))  # [B, k, d] the selected decoder columns
+            rows = F.embedding(idx, transposed(W_dec_c, W_dec_c.is_cuda and options.transpose_by_gemm))  # [B, k, d]
             dec = torch.bmm(vals.unsqueeze(1), rows).squeeze(1)  # [B, d]
 
         # the loss tail (as losses.finish) and its gradients G, H w.r.t. dec, e_hat
         x_hat = (dec.to(b_pre.dtype) + b_pre).to(f32)  # [B, d]
         e = x - x_hat  # [B, d] residual
-        var_x, var_e = total_variance(x), total_variance(e)
-        nmse = e.pow(2).mean() / var_x
-        G32 = e * (-2 / (B * d) / var_x)  # [B, d] float32
+        rows_all = batch.rows(B)
+        size = rows_all * d  # elements of the whole batch: the means are over it
+        var_x, var_e = batch.variance(x), batch.variance(e)
+        sq_err = e.pow(2).sum()
+        G32 = e * (-2 / size / var_x)  # [B, d] float32
         g_sum = G32.sum(0)  # [d] b_pre's direct gradient (x_hat = dec + b_pre)
         G, H = G32.to(cdt), None
+        any_dead = dead.any()
+        aux_err = torch.zeros((), device=x.device)
         if k_aux:
             a = torch.mm(z_aux, W_dead.t()).to(f32) - e  # [B, d]: e_hat - e
-            raw = a.pow(2).mean() / var_e
-            any_dead = dead.any()
-            auxk = raw.nan_to_num(0.0) * any_dead  # no dead latent -> no AuxK loss (no host sync to decide)
+            aux_err = a.pow(2).sum()
+            raw = nmse_from(var_e, aux_err / size)
             live = (raw.isfinite() & any_dead).to(f32)  # nan_to_num's gradient is 0 where raw is not finite
-            H = (a * (2 * cfg.auxk_coef / (B * d) * live / var_e.where(live > 0, 1))).to(cdt)  # [B, d]
-        else:
-            auxk = torch.zeros((), device=x.device)
-        loss = nmse + cfg.auxk_coef * auxk
-        ev = 1 - var_e / var_x
-        l0 = fires(cfg, vals).sum(-1).float().mean()
+            H = (a * (2 * cfg.auxk_coef / size * live / var_e.where(live > 0, 1))).to(cdt)  # [B, d]
+        # this slice's share; no dead latent -> no AuxK loss (no host sync to decide)
+        auxk_share = nmse_from(var_e, aux_err / size).nan_to_num(0.0) * any_dead
+        loss = nmse_from(var_x, sq_err / size) + cfg.auxk_coef * auxk_share
+        totals = batch.sum(torch.stack([sq_err, aux_err, fires(cfg, vals).sum().float()]))
+        nmse = nmse_from(var_x, totals[0] / size)
+        auxk = nmse_from(var_e, totals[1] / size).nan_to_num(0.0) * any_dead
+        ev = ev_from(var_x, var_e)
+        l0 = totals[2] / rows_all
         ctx.save_for_backward(W_enc, xc, W_dec_c, z, G, H, g_sum, rows, top_vals, idx, slots, z_aux, W_dead,
                               aux_vals, aux_pos)
-        ctx.mode = mode
+        ctx.mode, ctx.f32_out = mode, options.f32_out_gemm
         ctx.mark_non_differentiable(nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead, overflow)
         return loss, nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead, overflow
 
@@ -250,7 +284,7 @@ class _FusedSAE(torch.autograd.Function):
         acc, cdt = W_enc.dtype, xc.dtype
         g = g_loss.to(cdt)
         G = G * g  # [B, d]
-        gW_dec = _mm_to(G.t(), z, acc)  # [d, n] = G^T z
+        gW_dec = _mm_to(G.t(), z, acc, ctx.f32_out)  # [d, n] = G^T z
         if ctx.mode == "dense":
             g_top = torch.mm(G, W_dec_c).gather(1, idx)  # [B, k] grad of z at the TopK
         else:
@@ -261,15 +295,16 @@ class _FusedSAE(torch.autograd.Function):
         g_top = torch.where(top_vals > 0, g_top, 0)  # through ReLU
         if slots is not None:
             H = H * g  # [B, d]
-            gW_dec.index_add_(1, slots, _mm_to(H.t(), z_aux, acc))  # [d, C] at the slots; padding adds exact zeros
+            # [d, C] at the slots; padding adds exact zeros
+            gW_dec.index_add_(1, slots, _mm_to(H.t(), z_aux, acc, ctx.f32_out))
             g_aux = torch.mm(H, W_dead).gather(1, aux_pos)  # [B, k_aux] grad of z_aux at its TopK
             g_aux = torch.where(aux_vals > 0, g_aux, 0)  # ReLU; padding has value 0: no gradient
             g_pre.scatter_add_(1, slots[aux_pos], g_aux)  # add: padding repeats latent 0 with zeros
         g_pre.scatter_add_(1, idx, g_top)  # add: a latent may be both in the TopK and in AuxK's top
-        gW_enc = _mm_to(g_pre.t(), xc, acc)  # [n, d]
+        gW_enc = _mm_to(g_pre.t(), xc, acc, ctx.f32_out)  # [n, d]
         gb_lat = g_pre.sum(0, dtype=acc)  # [n]
         gb_pre = g_sum * g_loss + _b_pre_grad(gb_lat, W_enc)  # [d]
-        return gW_enc, gb_lat, gW_dec, gb_pre, None, None, None, None, None, None, None
+        return gW_enc, gb_lat, gW_dec, gb_pre, None, None, None, None, None, None, None, None, None
 
 
 def work_dtype(sae: TopKSAE, compute_dtype: torch.dtype) -> torch.dtype:
@@ -284,20 +319,23 @@ def fused_loss(
     *,
     compute_dtype: torch.dtype = torch.float32,
     force_dead: torch.Tensor | None = None,
+    batch: Batch = WHOLE,
     aux_capacity: int | None = None,
+    options: FusedOptions = DEFAULT,
 ) -> LossOutput:
     """Fused loss of `sae` on x [B, d]; same arguments and result as `reference_loss`.
 
     `aux_capacity`: AuxK's slots C (>= this step's dead latents; `GraphedStep` knows one without
     a sync); None: the count rounded up (`slot_capacity`), which reads it on the host. With a C
-    given the loss is CUDA-graph capturable; `LossOutput.overflow` says if C was too small."""
+    given the loss is CUDA-graph capturable; `LossOutput.overflow` says if C was too small.
+    `options`: choices forced instead of the module's rules (`FusedOptions`)."""
     cfg = sae.cfg
     x = x.float()
     k_aux = min(cfg.k_aux, cfg.n_features) if cfg.k_aux > 0 and cfg.auxk_coef > 0 else 0
-    mode = main_decode_mode(cfg.n_features, x.shape[0], cfg.d_model, cfg.k)
+    mode = main_decode_mode(cfg.n_features, x.shape[0], cfg.d_model, cfg.k, options.main_decode)
     loss, nmse, auxk, ev, l0, x_hat, vals, idx, fired, dead, overflow = _FusedSAE.apply(
         sae.W_enc, sae.b_lat, sae.W_dec, sae.b_pre, x, sae, force_dead, work_dtype(sae, compute_dtype), k_aux, mode,
-        aux_capacity,
+        aux_capacity, options, batch,
     )
     return LossOutput(loss=loss, nmse=nmse, auxk=auxk, ev=ev, l0=l0, x_hat=x_hat, vals=vals, idx=idx, fired=fired,
                       dead=dead, overflow=overflow)

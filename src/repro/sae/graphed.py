@@ -112,9 +112,10 @@ class GraphedStep:
     MAX_GRAPHS = 2  # graphs kept for different AuxK slot counts (each holds its own [B, n] buffers)
 
     def __init__(self, sae: TopKSAE, opt: torch.optim.Optimizer, *, impl: str, compute_dtype: torch.dtype,
-                 force_dead: torch.Tensor | None = None, warmup: int = 3):
+                 force_dead: torch.Tensor | None = None, warmup: int = 3, loss_kw: dict | None = None):
         self.sae, self.opt, self.impl, self.cdt = sae, opt, impl, compute_dtype
         self.force_dead = force_dead
+        self.loss_kw = loss_kw or {}  # further arguments of the loss (`train_step`'s)
         self.warmup = warmup
         self.enabled = graph_capturable(impl, sae.device)
         if self.enabled and not all(g.get("capturable") for g in opt.param_groups):
@@ -173,7 +174,8 @@ class GraphedStep:
         return need
 
     def _step(self, x: torch.Tensor) -> LossOutput:
-        return train_step(self.sae, self.opt, x, impl=self.impl, compute_dtype=self.cdt, force_dead=self.force_dead)
+        return train_step(self.sae, self.opt, x, impl=self.impl, compute_dtype=self.cdt, force_dead=self.force_dead,
+                          loss_kw=self.loss_kw)
 
     def _eager(self, x: torch.Tensor) -> LossOutput:
         self.opt.zero_grad(set_to_none=True)  # after a replay the grads still hold its values
@@ -195,7 +197,7 @@ class GraphedStep:
             self.graphs.pop(next(iter(self.graphs)))  # the oldest
         self.opt.zero_grad(set_to_none=True)  # backward then allocates the grads from the graph's pool
         graph = torch.cuda.CUDAGraph()
-        kw = {"aux_capacity": capacity} if capacity is not None else {}
+        kw = {**self.loss_kw, **({"aux_capacity": capacity} if capacity is not None else {})}
         # thread_local: a generating thread (StreamSource(prefetch=1)) may allocate or wait meanwhile
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = loss_fn(self.impl)(self.sae, self.x, compute_dtype=self.cdt, force_dead=self.force_dead, **kw)

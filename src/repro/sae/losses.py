@@ -23,6 +23,12 @@
 
 `reference_loss` does everything densely ([B, n] codes, `z @ W_dec.T`); `fast.py` gives
 the same numbers with sparse work. Both return a `LossOutput`.
+
+Every loss takes a `Batch`: what the batch-wide quantities above (row count, mean_B, which
+latents fired) range over. The default `WHOLE` is the rows x given; `repro.dist.step.RankSlice`
+makes x one rank's slice of a batch split across ranks, and the loss is then that slice's share
+of the whole batch's (the shares sum to it, and so do their gradients), its metrics the whole
+batch's.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from repro.sae.metrics import explained_variance, fires, total_variance
+from repro.sae.metrics import ev_from, fires, nmse_from, total_variance
 from repro.sae.model import TopKSAE
 
 
@@ -64,22 +70,45 @@ class LossOutput:
     """Scalar bool (fused loss only): more dead latents than AuxK's slots, so some were left out."""
 
 
+class Batch:
+    """The batch a loss normalises over: here the rows it is given, all of them (`WHOLE`).
+
+    A subclass for a batch split across ranks (`repro.dist.step.RankSlice`) sums over the ranks.
+    Every method takes quantities that carry no gradient."""
+
+    def rows(self, b: int) -> int:
+        """The batch's rows, for a slice of b."""
+        return b
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        """t summed over the batch's slices (here: t)."""
+        return t
+
+    def variance(self, v: torch.Tensor) -> torch.Tensor:
+        """`metrics.total_variance` of the batch's rows, for this slice's rows v [b, d]."""
+        return total_variance(v)
+
+
+WHOLE = Batch()
+
+
 def compute_dtype_context(device: torch.device, compute_dtype: torch.dtype):
     """Autocast to `compute_dtype` where it is lower than float32; a no-op for float32 (CPU default)."""
     return torch.autocast(device.type, dtype=compute_dtype, enabled=compute_dtype != torch.float32)
 
 
 def fired_and_dead(
-    sae: TopKSAE, vals: torch.Tensor, idx: torch.Tensor, force_dead: torch.Tensor | None
+    sae: TopKSAE, vals: torch.Tensor, idx: torch.Tensor, force_dead: torch.Tensor | None, batch: Batch = WHOLE,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pre-ReLU TopK values [B, k], indices [B, k]) -> (fired [n] bool, dead [n] bool), no host sync."""
+    """(pre-ReLU TopK values [B, k], indices [B, k]) -> (fired [n] bool, dead [n] bool) over the whole
+    `batch`; no host sync."""
     n = sae.cfg.n_features
     hits = torch.zeros(n, dtype=torch.int32, device=idx.device)
     hits.index_add_(0, idx.reshape(-1), fires(sae.cfg, vals).reshape(-1).to(torch.int32))
-    fired = hits > 0
+    fired = batch.sum(hits) > 0
     if force_dead is not None:
         return fired, force_dead.to(device=idx.device, dtype=torch.bool)
-    since = sae.tokens_since_fired + idx.shape[0]
+    since = sae.tokens_since_fired + batch.rows(idx.shape[0])
     return fired, (since > sae.cfg.dead_tokens_threshold) & ~fired
 
 
@@ -93,26 +122,32 @@ def finish(
     idx: torch.Tensor,
     fired: torch.Tensor,
     dead: torch.Tensor,
+    batch: Batch = WHOLE,
 ) -> LossOutput:
     """Shared tail of both implementations: losses and diagnostics from x [B, d], x_hat [B, d], e_hat [B, d]."""
     x = x.float()
     x_hat = x_hat.float()
-    var_x = total_variance(x)
-    nmse = (x_hat - x).pow(2).mean() / var_x
+    rows = batch.rows(x.shape[0])
+    size = rows * x.shape[1]  # elements of the whole batch: the means below are over it
+    var_x = batch.variance(x)
     e = (x - x_hat).detach()  # [B, d] residual the dead latents try to explain
-    if e_hat is None:
-        auxk = torch.zeros((), device=x.device)
-    else:
-        auxk = ((e_hat.float() - e).pow(2).mean() / total_variance(e)).nan_to_num(0.0)
-        auxk = auxk * (n_dead > 0)  # no dead latent -> no AuxK loss (and no host sync to decide)
+    var_e = batch.variance(e)
+    sq_err = (x_hat - x).pow(2).sum()
+    nmse = nmse_from(var_x, sq_err / size)
+    aux_err = torch.zeros((), device=x.device) if e_hat is None else (e_hat.float() - e).pow(2).sum()
+    # no dead latent -> no AuxK loss (and no host sync to decide)
+    auxk = nmse_from(var_e, aux_err / size).nan_to_num(0.0) * (n_dead > 0)
     loss = nmse + sae.cfg.auxk_coef * auxk
     with torch.no_grad():
-        ev = explained_variance(x, x_hat)
-        l0 = fires(sae.cfg, vals).sum(-1).float().mean()
+        totals = batch.sum(torch.stack([sq_err, aux_err, fires(sae.cfg, vals).sum().float()]))
+        nmse_all = nmse_from(var_x, totals[0] / size)
+        auxk_all = nmse_from(var_e, totals[1] / size).nan_to_num(0.0) * (n_dead > 0)
+        ev = ev_from(var_x, var_e)
+        l0 = totals[2] / rows
     return LossOutput(
         loss=loss,
-        nmse=nmse.detach(),
-        auxk=auxk.detach(),
+        nmse=nmse_all,
+        auxk=auxk_all,
         ev=ev,
         l0=l0,
         x_hat=x_hat.detach(),
@@ -129,11 +164,13 @@ def reference_loss(
     *,
     compute_dtype: torch.dtype = torch.float32,
     force_dead: torch.Tensor | None = None,
+    batch: Batch = WHOLE,
 ) -> LossOutput:
     """Dense reference loss of `sae` on x [B, d] (float32 master weights, autocast to `compute_dtype`).
 
     `force_dead` [n] bool, if given, replaces the dead mask (benchmarks and tests use it
-    to switch AuxK on). The SAE is not modified: the caller updates the fire counters.
+    to switch AuxK on). `batch`: what x is (`Batch`). The SAE is not modified: the caller
+    updates the fire counters.
     """
     cfg = sae.cfg
     x = x.float()
@@ -143,11 +180,11 @@ def reference_loss(
         vals = torch.relu(top_vals)
         z = torch.zeros_like(pre).scatter(-1, idx, vals)  # [B, n] dense codes
         x_hat = z @ sae.W_dec.T + sae.b_pre  # [B, d]
-        fired, dead = fired_and_dead(sae, top_vals.detach(), idx, force_dead)
+        fired, dead = fired_and_dead(sae, top_vals.detach(), idx, force_dead, batch)
         e_hat = None
         if cfg.k_aux > 0 and cfg.auxk_coef > 0:
             masked = pre * dead.to(pre.dtype)  # alive latents -> 0, as OpenAI's auxk_mask_fn
             aux_vals, aux_idx = masked.topk(min(cfg.k_aux, cfg.n_features), dim=-1)  # [B, k_aux]
             z_aux = torch.zeros_like(pre).scatter(-1, aux_idx, torch.relu(aux_vals))
             e_hat = z_aux @ sae.W_dec.T  # [B, d], no b_pre: it reconstructs a residual
-    return finish(sae, x, x_hat, e_hat, dead.sum(), vals, idx, fired, dead)
+    return finish(sae, x, x_hat, e_hat, dead.sum(), vals, idx, fired, dead, batch)

@@ -10,8 +10,12 @@
   (`SAEConfig`, OpenAI's 1e-3): the training loss's dead counters, the feature
   statistics, L0 and the evaluation's dead fraction all use `fires`.
 
-Training uses `explained_variance` on each batch; evaluation streams over images with
-`Moments` and gives the same number on the same data (tested).
+EV and NMSE are each defined once, from the two totals they compare (`ev_from`, `nmse_from`):
+training's batch tensors (`explained_variance`, `nmse`), the fused loss, a batch split across
+ranks (`repro.dist.step`) and evaluation's streamed sums (`Moments`, `squared_deviation`) all
+form those totals their own way and call these. Training uses `explained_variance` on each
+batch; evaluation streams over images with `Moments` and gives the same number on the same
+data (tested).
 """
 
 from __future__ import annotations
@@ -27,16 +31,34 @@ def total_variance(x: torch.Tensor) -> torch.Tensor:
     return x.float().var(0, correction=0).mean()
 
 
+def squared_deviation(s1, s2, n):
+    """Sum over n rows of |v - mean(v)|^2 from the rows' sum s1 [..., C] and their sum of |v|^2 s2 [...]
+    (float64 sums: the difference cancels); [...] (a tensor, or a float for floats)."""
+    return s2 - s1.pow(2).sum(-1) / n
+
+
+def ev_from(signal, residual):
+    """The paper's EV, 1 - residual / signal: `signal` the deviation of x from its mean, `residual` that
+    of x - x_hat, both as variances or both as sums over the same rows (only the ratio counts)."""
+    return 1 - residual / signal
+
+
+def nmse_from(signal, residual_sq):
+    """NMSE, residual_sq / signal: `residual_sq` the mean (or sum) of |x - x_hat|^2, `signal` the
+    variance (or squared deviation summed over the same rows) of x."""
+    return residual_sq / signal
+
+
 def explained_variance(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """The paper's EV of x_hat [N, d] as a reconstruction of x [N, d]: 1 - Var(x - x_hat) / Var(x)."""
     x = x.float()
-    return 1 - total_variance(x - x_hat.float()) / total_variance(x)
+    return ev_from(total_variance(x), total_variance(x - x_hat.float()))
 
 
 def nmse(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """Normalised MSE of x_hat [N, d] against x [N, d]: mean |x - x_hat|^2 / Var(x) (the loss's term)."""
     x = x.float()
-    return (x_hat.float() - x).pow(2).mean() / total_variance(x)
+    return nmse_from(total_variance(x), (x_hat.float() - x).pow(2).mean())
 
 
 def fires(sae_cfg, vals: torch.Tensor) -> torch.Tensor:
@@ -66,16 +88,17 @@ class Moments:
 
     def squared_deviation(self) -> torch.Tensor:
         """[*G] sum over rows of |v - mean_group(v)|^2 (deviation from each group's own mean)."""
-        return self.s2 - self.s1.pow(2).sum(-1) / self.n
+        return squared_deviation(self.s1, self.s2, self.n)
 
     def total_squared_deviation(self) -> float:
         """Sum over all rows and groups of |v - mean(v)|^2 (one mean over every row of every group)."""
         groups = self.s2.numel()
-        return float(self.s2.sum() - self.s1.reshape(groups, -1).sum(0).pow(2).sum() / (self.n * groups))
+        return float(squared_deviation(self.s1.reshape(groups, -1).sum(0), self.s2.sum(), self.n * groups))
 
     def sum_squares(self) -> float:
         """Sum of |v|^2 over everything."""
         return float(self.s2.sum())
 
 
-__all__ = ["Moments", "explained_variance", "fires", "nmse", "total_variance"]
+__all__ = ["Moments", "ev_from", "explained_variance", "fires", "nmse", "nmse_from", "squared_deviation",
+           "total_variance"]

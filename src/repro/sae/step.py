@@ -63,13 +63,15 @@ def train_step(
     impl: str = "fast",
     compute_dtype: torch.dtype = torch.float32,
     force_dead: torch.Tensor | None = None,
+    loss_kw: dict | None = None,
 ) -> LossOutput:
     """Train `sae` one step on x [B, d]; returns the step's loss and diagnostics (before the update).
 
     Order (Gao et al.): backward; remove the gradient component parallel to each decoder
     column; Adam step; renormalise decoder columns; update the dead-latent counters.
+    `loss_kw`: further arguments of the loss (the fused loss's `options`, for benchmarks).
     """
-    out = loss_fn(impl)(sae, x, compute_dtype=compute_dtype, force_dead=force_dead)
+    out = loss_fn(impl)(sae, x, compute_dtype=compute_dtype, force_dead=force_dead, **(loss_kw or {}))
     out.loss.backward()
     apply_update(sae, opt, out.fired, x.shape[0])
     return out

@@ -7,9 +7,11 @@ so that `repro.features.data.analyse_store` feeds all blocks from one read of a 
 where it does not fire by `repro.sae.metrics.fires`, the training loss's rule):
 - frequency: share of positions where f fires; mean / std of z_f where it fires;
 - top examples: the `m` images with the largest max_pos z_f, with their [H, W] maps;
-- concept association (toy only): with C_c the positions where concept c holds (e.g. "this
-  position belongs to a red object") and F_f the positions where f fires,
-  precision(f, c) = |F_f & C_c| / |F_f|, recall(f, c) = |F_f & C_c| / |C_c|.
+- concept association (toy only): with P_c the positions where concept c holds (e.g. "this
+  position is mostly a red object"), L_c the positions labelled for c at all (positive or
+  negative: three-state labels leave cells an object only clips out, see
+  `repro.features.toy_concepts`; bool maps label every position) and F_f the positions
+  where f fires, precision(f, c) = |F_f & P_c| / |F_f & L_c|, recall(f, c) = |F_f & P_c| / |P_c|.
 """
 
 from __future__ import annotations
@@ -61,9 +63,16 @@ class ConceptCounts:
     concept: torch.Tensor
     """[c] positions where c holds."""
     n_positions: int
+    fired_labelled: torch.Tensor | None = None
+    """[n, c] positions where f fires and c is labelled (positive or negative); None: every
+    position is labelled (bool concept maps), so it equals `fired`."""
+    negative: torch.Tensor | None = None
+    """[c] positions labelled negative for c (None: n_positions - concept)."""
 
     def precision(self) -> torch.Tensor:
-        return self.both / self.fired.clamp_min(1)[:, None]
+        """[n, c] share of f's firings on c's labelled positions where c holds."""
+        fired = self.fired[:, None] if self.fired_labelled is None else self.fired_labelled
+        return self.both / fired.clamp_min(1)
 
     def recall(self) -> torch.Tensor:
         return self.both / self.concept.clamp_min(1)[None, :]
@@ -71,6 +80,47 @@ class ConceptCounts:
     def f1(self) -> torch.Tensor:
         p, r = self.precision(), self.recall()
         return 2 * p * r / (p + r).clamp_min(1e-12)
+
+
+class ConceptTally:
+    """Running `ConceptCounts`: `add` takes one block of positions, `result` the counts so far."""
+
+    def __init__(self):
+        self.both = self.fired = self.concept = self.fired_labelled = self.negative = None
+
+    def add(self, on: torch.Tensor, labels: torch.Tensor, fired: torch.Tensor | None = None) -> None:
+        """on [P, n] bool: where each of n features fires; labels [P, c]: bool, or int8 three-state
+        labels (1 positive, 0 negative, -1 left out; `repro.features.toy_concepts`); fired [n]:
+        on.sum(0) if already computed. Sums are float64, each block's products float32 (exact
+        below 2^24 positions per block)."""
+        n, dev = on.shape[1], on.device
+        labels = labels.to(dev)
+        fired = on.sum(0) if fired is None else fired
+        pos = (labels if labels.dtype == torch.bool else labels == 1).float()  # [P, c]
+        if self.both is None:
+            c = pos.shape[1]
+            self.both = torch.zeros(n, c, dtype=torch.float64, device=dev)
+            self.fired = torch.zeros(n, dtype=torch.float64, device=dev)
+            self.concept = torch.zeros(c, dtype=torch.float64, device=dev)
+            self.fired_labelled = torch.zeros(n, c, dtype=torch.float64, device=dev)
+            self.negative = torch.zeros(c, dtype=torch.float64, device=dev)
+        on = on.float()
+        self.both += (on.T @ pos).double()
+        self.fired += fired.double()
+        self.concept += pos.sum(0).double()
+        if labels.dtype == torch.bool:  # every position labelled
+            self.fired_labelled += fired.double()[:, None]
+            self.negative += (1 - pos).sum(0).double()
+        else:
+            labelled = (labels >= 0).float()
+            self.fired_labelled += (on.T @ labelled).double()
+            self.negative += (labelled - pos).sum(0).double()
+
+    def result(self, names: list[str] | None, n_positions: int) -> ConceptCounts:
+        """The counts on the CPU (names default to c0, c1, ...)."""
+        names = list(names or [f"c{i}" for i in range(self.both.shape[1])])
+        return ConceptCounts(names, self.both.cpu(), self.fired.cpu(), self.concept.cpu(), n_positions,
+                             self.fired_labelled.cpu(), self.negative.cpu())
 
 
 @dataclass
@@ -120,13 +170,13 @@ class FeatureAccumulator:
         self.best_vals = torch.full((n, m), -1.0, device=dev)
         self.best_ids = torch.full((n, m), -1, dtype=torch.int64, device=dev)
         self.best_maps: torch.Tensor | None = None
-        self.both = self.fired_pos = self.concept_pos = None
+        self.tally = ConceptTally()
         self.n_tokens = 0
 
     @torch.no_grad()
     def add(self, ids: torch.Tensor, x: torch.Tensor, concepts: torch.Tensor | None = None) -> None:
         """ids [b] image ids; x [b, H, W, C] updates (any device, any float dtype); concepts
-        [b, c, H, W] bool or None."""
+        [b, c, H, W] bool, int8 three-state labels (1 / 0 / -1 left out) or None."""
         for part in _split(ids, x, concepts, self.max_elems):
             self._add(*part)
 
@@ -161,14 +211,7 @@ class FeatureAccumulator:
         self.best_ids = cand_ids.gather(1, order)
         self.best_vals = keep_vals
         if concepts is not None:
-            cmat = concepts.to(dev).permute(0, 2, 3, 1).reshape(-1, concepts.shape[1]).float()  # [b*h*w, c]
-            if self.both is None:
-                self.both = torch.zeros(n, cmat.shape[1], dtype=torch.float64, device=dev)
-                self.fired_pos = torch.zeros(n, dtype=torch.float64, device=dev)
-                self.concept_pos = torch.zeros(cmat.shape[1], dtype=torch.float64, device=dev)
-            self.both += (on.float().T @ cmat).double()
-            self.fired_pos += fired.double()
-            self.concept_pos += cmat.sum(0).double()
+            self.tally.add(on, concepts.to(dev).permute(0, 2, 3, 1).reshape(-1, concepts.shape[1]), fired)
 
     def result(self) -> FeatureAnalysis:
         """The analysis so far, on the CPU."""
@@ -185,10 +228,8 @@ class FeatureAccumulator:
             maps = torch.zeros(*best_ids.shape, 1, 1, dtype=torch.float16)
         top = TopExamples(best_ids.cpu(), self.best_vals.clamp_min(0).cpu(), maps.cpu())
         concepts_out = None
-        if self.both is not None:
-            names = self.concept_names or [f"c{i}" for i in range(self.both.shape[1])]
-            concepts_out = ConceptCounts(list(names), self.both.cpu(), self.fired_pos.cpu(), self.concept_pos.cpu(),
-                                         n_tokens)
+        if self.tally.both is not None:
+            concepts_out = self.tally.result(self.concept_names, n_tokens)
         return FeatureAnalysis(stats, top, concepts_out, self.profile.result() if self.profile is not None else None)
 
 
@@ -202,7 +243,7 @@ def analyse_features(
     profile_sample: int | None = None,
     profile_seed: int = 0,
 ) -> FeatureAnalysis:
-    """Stream `(image_ids [b], updates [b, H, W, C][, concepts [b, c, H, W] bool])` chunks.
+    """Stream `(image_ids [b], updates [b, H, W, C][, concepts [b, c, H, W] bool or int8 labels])` chunks.
 
     Concepts are optional; give `concept_names` (length c) with them. `profile_sample=r` also
     builds each feature's profile in the same pass (`repro.features.profile`: equal to

@@ -39,12 +39,8 @@ class TopKSAE(nn.Module):
         n, d = cfg.n_features, cfg.d_model
         # Init (paper / Gao et al.): random unit-norm decoder columns, W_enc = W_dec^T, b_lat = 0.
         # b_pre starts at 0; the trainer sets it to the geometric median of training data.
-        # Drawn where the SAE will live when that is a GPU: on the host, 81,920 x 1,280 float64
-        # normals took longer than 400 training steps. The init is a function of (seed, device type).
-        where = torch.device(device) if device is not None else torch.device("cpu")
-        where = where if where.type == "cuda" else torch.device("cpu")
-        gen = torch.Generator(device=where).manual_seed(seed)
-        W_dec = torch.randn(d, n, generator=gen, dtype=torch.float64, device=where)
+        gen = torch.Generator().manual_seed(seed)
+        W_dec = torch.randn(d, n, generator=gen, dtype=torch.float64)
         W_dec /= W_dec.norm(dim=0, keepdim=True)
         W_dec = W_dec.to(dtype)
         self.W_enc = nn.Parameter(W_dec.T.contiguous())  # [n, d]

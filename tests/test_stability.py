@@ -61,3 +61,26 @@ def test_init_cosine_is_one_untrained_and_falls_as_the_decoder_moves():
         sae.W_dec.copy_(_sae(9, d=64, n=256).W_dec)
     assert init_cosine(sae) < 0.3
     assert init_cosine(_sae(0)) is None  # built without the builder: no recorded start
+
+
+def test_convergence_needs_a_flat_ev_and_directions_that_left_their_init():
+    import pandas as pd
+    import torch
+
+    from repro.sae.config import SAEConfig
+    from repro.sae.model import TopKSAE
+    from repro.sae.stability import convergence
+
+    cfg = SAEConfig(d_model=16, n_features=32, k=4, k_aux=8)
+    fresh = TopKSAE(cfg, seed=3); fresh.metadata["init_seed"] = 3
+    moved = TopKSAE(cfg, seed=3); moved.metadata["init_seed"] = 3
+    with torch.no_grad():
+        moved.W_dec.copy_(TopKSAE(cfg, seed=99).W_dec)  # unrelated directions: median cosine ~0
+    log = pd.DataFrame([{"block": b, "step": s, "ev": ev} for b in ("a", "b")
+                        for s, ev in ((100, 0.5), (200, 0.80), (300, 0.85), (400, 0.805))])
+    conv = convergence(log, {"a": fresh, "b": moved})
+    assert conv.loc["a", "EV gain over the last doubling"] == pytest.approx(0.005)
+    assert conv.loc["a", "median cosine to init"] == pytest.approx(1.0)
+    assert not conv.loc["a", "converged"] and conv.loc["b", "converged"]
+    rising = log.assign(ev=[0.5, 0.6, 0.7, 0.9] * 2)
+    assert not convergence(rising, {"a": fresh, "b": moved}).loc["b", "converged"]  # still improving

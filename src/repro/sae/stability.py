@@ -51,6 +51,25 @@ def init_cosine(sae: TopKSAE) -> float | None:
     return float(torch.nn.functional.cosine_similarity(now, start, dim=0).median())
 
 
+def convergence(log, saes: dict, max_gain: float = 0.01, max_cosine: float = 0.15):
+    """Per block, from a training run's metrics log (rows: block, step, ev) and its SAEs: the EV of the
+    last logged interval and of the one at half the steps, the gain over that last doubling, the median
+    decoder cosine to init, and whether the run counts as converged (gain < `max_gain` and cosine <=
+    `max_cosine`: the SAEs have stopped improving and have left their random start)."""
+    import pandas as pd
+
+    rows = {}
+    for block, g in log.sort_values("step").groupby("block"):
+        last = g.iloc[-1]
+        half = g.iloc[(g["step"] - last.step / 2).abs().argmin()]
+        cos = init_cosine(saes[block]) if block in saes else None
+        gain = float(last.ev - half.ev)
+        rows[block] = {"steps": int(last.step), "EV": float(last.ev), f"EV at step {int(half.step)}": float(half.ev),
+                       "EV gain over the last doubling": gain, "median cosine to init": cos,
+                       "converged": bool(gain < max_gain and cos is not None and cos <= max_cosine)}
+    return pd.DataFrame(rows).T
+
+
 @dataclass
 class Stability:
     """Matched features between two SAEs of one block (shares in [0, 1], with their counts)."""

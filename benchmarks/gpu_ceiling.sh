@@ -38,13 +38,14 @@ if [ $dry = 1 ]; then
        --steps 8 --rows 1024 --store-tokens 32768 --out "$out/train_speed.json"
   step analysis 120 $PY benchmarks/analysis_speed.py --cpu-dry-run --out "$out/analysis.json"
   step sparsify 60 $PY -c "import sys, os; assert os.path.isdir('$site/sparsify'), 'sparsify not installed'; print('sparsify bench needs CUDA: installed only')"
+  step sae_quality 120 $PY benchmarks/sae_quality.py --cpu-dry-run --sparsify-site "$site" --out "$out/sae_quality.json"
   step calibrate 30 $PY -c "print('gpu_calibrate.py needs CUDA: skipped on the dry run')"
   step unet 120 $PY benchmarks/unet_speed.py --model tiny-random --device cpu --batch-sizes 2 --iters 1 --out "$out/unet.json"
   step ceiling 300 $PY benchmarks/ceiling.py all --cpu-dry-run --workdir "$out/work" --out "$out/ceiling.json"
 else
   # STEPS picks the steps of this call: by default ROWS, every row of #17's tables in one run
   # (~540 s on one H200); "all" adds the extra diagnostics; CEILING_PARTS the parts of ceiling.py
-  ROWS="cuda_tests train_speed sae_graph sae_fused sae_fused_counters sae_fast sparsify unet topk ceiling analysis"
+  ROWS="cuda_tests train_speed sae_graph sae_fused sae_fused_counters sae_fast sparsify unet topk ceiling analysis sae_quality"
   want() { case " ${STEPS:-$ROWS} " in *" all "*|*" $1 "*) return 0;; *) return 1;; esac; }
   sae="--n-features 5120 20480 81920 --steps 50 --warmup 5"
   want cuda_tests && step cuda_tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_sae_graphed.py \
@@ -62,6 +63,9 @@ else
   want ceiling && step ceiling 360 $PY benchmarks/ceiling.py ${CEILING_PARTS:-all} --model standin-sdxl-turbo --n-prompts 1024 \
        --batch-size 32 --shard-size 256 --writers 4 --workdir /tmp/ceiling --out "$out/ceiling.json"
   want analysis && step analysis 120 $PY benchmarks/analysis_speed.py --out "$out/analysis.json"
+  # issue #28 item 3: train_saes against sparsify's loop on the same planted-dictionary tokens (~2.5 min alone:
+  # last, so a default run spends only what is left; STEPS=sae_quality for it alone)
+  want sae_quality && step sae_quality 240 $PY benchmarks/sae_quality.py --sparsify-site "$site" --out "$out/sae_quality.json"
   # extra diagnostics (STEPS=all or by name)
   want sae_fused_eager && step sae_fused_eager 75 $PY benchmarks/sae_speed.py $sae --impl fused --out "$out/sae_fused_eager.json"
   want fused_check && step fused_check 180 $PY benchmarks/fused_check.py "$out/fused_check.json"

@@ -318,3 +318,21 @@ def test_a_gpu_tensor_source_gives_the_cpu_sources_batches():
     on_cpu = [b["a"] for _, b in zip(range(6), TensorSource(data, 256, seed=3))]
     on_gpu = [b["a"] for _, b in zip(range(6), TensorSource({k: v.cuda() for k, v in data.items()}, 256, seed=3))]
     assert all(g.is_cuda and torch.equal(c, g.cpu()) for c, g in zip(on_cpu, on_gpu))
+
+
+def test_the_logged_metrics_keep_no_autograd_graph_across_steps(monkeypatch):
+    """The trainer sums each step's loss into its log accumulator without the loss's graph: an
+    accumulator that required grad would chain every step's autograd nodes (and their parameters'
+    AccumulateGrad nodes) for the whole logging interval."""
+    import repro.sae.train as trainer
+
+    seen = []
+    real_log = trainer._log
+
+    def spy(saes, opts, acc, *args, **kw):
+        seen.extend(a.requires_grad for a in acc.values())
+        return real_log(saes, opts, acc, *args, **kw)
+
+    monkeypatch.setattr(trainer, "_log", spy)
+    train_saes(_saes(), TensorSource(_data(), 256, seed=0), _cfg(steps=10, log_every=5))
+    assert seen and not any(seen)

@@ -254,7 +254,7 @@ def _train(saes, source, cfg: TrainConfig, out: Path | None, final_dir: Path | N
                     continue
                 with _on_stream(side):
                     res = step_fn(sae, opts[block], xs[block], impl=impl, compute_dtype=cdt)
-                    acc[block] += torch.stack([getattr(res, name).float() for name in METRIC_NAMES])
+                    acc[block] += torch.stack([getattr(res, name).detach().float() for name in METRIC_NAMES])  # no graph kept across steps
                 n_acc[block] += 1
             step += 1
             tokens += batch_rows or next(iter(xs.values())).shape[0]

@@ -183,16 +183,88 @@ class BlockAblation:
     baseline: dict[str, float]
     """Prompt-following scores of the un-ablated images."""
     n: int
+    changes: dict[str, np.ndarray] | None = None
+    """block -> int8 [N, attributes + 1]: per image, right with the block ablated minus right without
+    (columns `ATTRIBUTES` then "all"): what the bootstrap resamples."""
 
     def to_dict(self) -> dict:
         rows = {b: {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}
                 for b, row in self.table.to_dict(orient="index").items()}
         return {"baseline": {k: round(v, 4) for k, v in self.baseline.items()}, "n": self.n, "blocks": rows}
 
+    def bootstrap(self, column: str = "all", top: int = 4, n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+        """Per block: the accuracy change of `column` with a 95% paired bootstrap interval over images,
+        the median rank (1 = most harmful) and the share of resamples in which it is among the `top`
+        most harmful ablations (ties broken at random)."""
+        import pandas as pd
+
+        if not self.changes:
+            raise ValueError("no per-image changes recorded: run block_ablation again")
+        blocks = list(self.changes)
+        j = [*ATTRIBUTES, "all"].index(column)
+        d = np.stack([self.changes[b][:, j] for b in blocks], axis=1).astype(np.float64)  # [N, blocks]
+        rng = np.random.default_rng(seed)
+        idx = rng.integers(0, d.shape[0], size=(n_boot, d.shape[0]))
+        means = d[idx].mean(axis=1)  # [n_boot, blocks]
+        jitter = rng.random(means.shape) * 1e-9  # random tie-breaking
+        ranks = (means + jitter).argsort(axis=1).argsort(axis=1) + 1  # 1 = most negative
+        lo, hi = np.percentile(means, [2.5, 97.5], axis=0)
+        return pd.DataFrame({"change": d.mean(0), "lo": lo, "hi": hi, "median rank": np.median(ranks, 0),
+                             f"P(top {top})": (ranks <= top).mean(0)}, index=pd.Index(blocks, name="block"))
+
     def ranking(self, by: str = "d_all") -> list[str]:
         """Blocks from the most to the least harmful ablation (most negative `by` first, ties by pixel change)."""
         t = self.table.sort_values([by, "pixel_change"], ascending=[True, False])
         return list(t.index)
+
+
+ROLES = {"down.2.1": ("composition", ("layout", "shape", "size")), "up.0.1": ("style", ("colour", "texture", "style"))}
+"""The paper's block roles that ablation can test on the toy: the attributes each role stands for."""
+
+
+def ablation_claims(ab: "BlockAblation", top: int = 4, n_boot: int = 2000, seed: int = 0) -> list:
+    """01's measurements of the paper's block claims (`repro.claims`): that its four blocks are the ones
+    whose ablation matters most (each in the `top` most harmful in >= 95% of bootstrap resamples over
+    images), and that `down.2.1` writes composition and `up.0.1` style (the ablation loss on the role's
+    attributes exceeds that on the others, 95% paired bootstrap interval above 0)."""
+    from repro.blocks import PAPER_BLOCKS
+    from repro.claims import Claim
+
+    boot = ab.bootstrap("all", top=top, n_boot=n_boot, seed=seed)
+    col = f"P(top {top})"
+    paper = [b for b in PAPER_BLOCKS if b in boot.index]
+    out = [Claim(
+        claim="The paper's four blocks are the ones whose ablation matters most", chapter="01_shapesworld",
+        measure=f"each paper block among the {top} most harmful ablations (all attributes right) in >= 95% of "
+                "bootstrap resamples over images",
+        result="; ".join(f"{b} {boot.loc[b, 'change']:+.2f} [{boot.loc[b, 'lo']:+.2f}, {boot.loc[b, 'hi']:+.2f}], "
+                         f"{col} {boot.loc[b, col]:.2f}" for b in paper),
+        control="the other blocks: " + ", ".join(f"{b} {boot.loc[b, col]:.2f}" for b in boot.index if b not in paper),
+        beats_control=all(boot.loc[b, col] >= 0.95 for b in paper), n=f"{ab.n} captions a block",
+        note="the toy UNet has one transformer layer in down.2.1 against SDXL's ten")]
+    if ab.changes:
+        idx = {a: i for i, a in enumerate((*ATTRIBUTES, "all"))}
+        rng = np.random.default_rng(seed)
+        for block, (role, attrs) in ROLES.items():
+            if block not in ab.changes:
+                continue
+            d = ab.changes[block].astype(np.float64)
+            others = [a for a in ATTRIBUTES if a not in attrs]
+            # per image: loss on the role's attributes minus loss on the others (loss = -change)
+            gap = -d[:, [idx[a] for a in attrs]].mean(1) + d[:, [idx[a] for a in others]].mean(1)
+            draws = gap[rng.integers(0, len(gap), size=(n_boot, len(gap)))].mean(1)
+            lo, hi = np.percentile(draws, [2.5, 97.5])
+            moved = bool((ab.changes[block][:, idx["all"]] != 0).any())
+            out.append(Claim(
+                claim=f"{block} writes {role} ({', '.join(attrs)})", chapter="01_shapesworld",
+                measure=f"ablation loss on {', '.join(attrs)} minus on the other attributes, 95% paired bootstrap "
+                        "interval above 0",
+                result=f"{gap.mean():+.3f} [{lo:+.3f}, {hi:+.3f}]", control="the block's loss on the other attributes",
+                beats_control=bool(lo > 0), n=f"{ab.n} captions",
+                positive_control="" if moved else "none: ablating this block changes no oracle reading",
+                power=None if moved else 0.0,
+                note="" if moved else "the toy's block writes nothing the oracle can read, so no role can show"))
+    return out
 
 
 def block_ablation(pipe, oracle, scenes: Sequence[Scene], captions: Sequence[str], seeds: Sequence[int],
@@ -212,7 +284,9 @@ def block_ablation(pipe, oracle, scenes: Sequence[Scene], captions: Sequence[str
     gen = pipeline_generator(pipe, sampling)
     base = prompt_following(gen, oracle, scenes, captions, seeds, batch_size)
     ref = base.images.astype(np.float32)
-    rows = {}
+    rows, changes = {}, {}
+    # an attribute a scene does not have (pose of unoriented shapes) counts as right: no change
+    right = lambda hits: np.array([[h.get(a, True) for a in (*ATTRIBUTES, "all")] for h in hits], dtype=np.int8)  # noqa: E731
     for b in blocks:
         with intervene(pipe.unet, {b: Ablate()}, cfg=sampling.cfg):
             ab = prompt_following(gen, oracle, scenes, captions, seeds, batch_size)
@@ -221,9 +295,10 @@ def block_ablation(pipe, oracle, scenes: Sequence[Scene], captions: Sequence[str
         for a in (*ATTRIBUTES, "all"):
             row[f"d_{a}"] = ab.scores[a] - base.scores[a]
         rows[b] = row
+        changes[b] = right(ab.hits) - right(base.hits)
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.index.name = "block"
-    return BlockAblation(table, base.scores, len(scenes))
+    return BlockAblation(table, base.scores, len(scenes), changes)
 
 
 # ---------------------------------------------------------------------------------------

@@ -209,3 +209,36 @@ def test_streamed_transfer_equals_the_held_one(tiny_pipe):
                 assert c["ev_per_step"] == pytest.approx(r["ev_per_step"], abs=1e-6)
                 for key in ("share", "lo", "hi", "transfer_ev", "control_ev"):
                     assert c["share_of_ceiling"][key] == pytest.approx(r["share_of_ceiling"][key], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_the_chapter_experiments_give_the_underlying_numbers(tiny_pipe):
+    """`repro.evaluate.experiments` (what 04 calls) returns, as tables, the numbers of the functions
+    it pools: reconstruction vs `evaluate_reconstruction`, transfer vs the streamed path's EV per
+    step with its control, seed stability's matched share of an SAE with itself = 1."""
+    from repro.evaluate import experiments as ex
+    from repro.evaluate.transfer import ev_per_step
+
+    blocks = ["mid.0", "up.0.0"]
+    one = capture_eval_updates(tiny_pipe, PROMPTS, SEEDS, Sampling(steps=1), blocks, batch_size=2)
+    saes = {b: TopKSAE(SAEConfig(d_model=one[b]["all"].shape[-1], n_features=3 * one[b]["all"].shape[-1], k=6,
+                                 k_aux=8), seed=i) for i, b in enumerate(blocks)}
+    rec = ex.reconstruction(saes, one)
+    table = rec.table()
+    for b in blocks:
+        assert table.loc[b, "EV"] == pytest.approx(evaluate_reconstruction(saes[b], one[b]["all"][0]).ev, abs=1e-9)
+        assert table.loc[b, "EV 95% lo"] <= table.loc[b, "EV"] <= table.loc[b, "EV 95% hi"]
+    stab = ex.seed_stability(saes, saes, one, rec.trained)
+    assert list(stab.index) == blocks and all(float(v) == 1.0 for v in stab["matched share"])
+    multi = Sampling(steps=2)
+    tr = ex.transfer({"two": (tiny_pipe, multi)}, saes, PROMPTS[:1], SEEDS[:1], PROMPTS[2:], SEEDS[2:], control_steps=4,
+                     control_budgets=2, sae_batch=32, batch_size=2, device="cpu")
+    held = capture_eval_updates(tiny_pipe, PROMPTS[2:], SEEDS[2:], multi, blocks, batch_size=2)
+    for b in blocks:
+        assert tr.transfer[(b, "two")] == pytest.approx(ev_per_step(saes[b], held[b]["all"]), abs=1e-6)
+        assert len(tr.ceiling[(b, "two")]) == 2 and len(tr.overlap[(b, "two")]) == 1
+    assert tr.budgets == [2, 4]
+    assert set(tr.table().columns) >= {"share of ceiling", "share 95% lo", "share 95% hi"}
+    assert tr.overlap_table().shape == (2, 1)
+    timing = ex.timing(tiny_pipe, saes, PROMPTS[:1], SEEDS[:1], Sampling(steps=2), batch_size=1, n_windows=2)
+    assert list(timing.index) == blocks and timing.shape == (2, 2) and (timing.values > 0).all()

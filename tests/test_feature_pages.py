@@ -146,14 +146,16 @@ def test_record_labels_and_hook():
 
 
 def test_causal_by_feature_and_selection_counts():
-    rows = [{"block": "up.0.1", "feature": 3, "label": "colour=red", "kind": "feature", "switch off": 0.5,
-             "on s=10.0": 0.75, "on s=1.0": 0.1},
-            {"block": "up.0.1", "feature": 3, "label": "colour=red", "kind": "random direction", "switch off": 0.0,
-             "on s=10.0": 0.25, "on s=1.0": 0.0}]
-    c = causal_by_feature(rows, 10.0)["up.0.1"][3]
-    assert c == {"label": "colour=red", "s": 10.0, "on": 0.75, "off": 0.5, "control_on": 0.25, "effect": 0.5}
-    with pytest.raises(ReproError, match="tested strengths"):
-        causal_by_feature(rows, 3.0)
+    import pandas as pd
+
+    rows = [dict(block="up.0.1", label="colour=red", kind=k, strength=s, joint=j, diff_vs_isotropic=d, p=p, feature=f)
+            for k, s, j, d, p, f in (("SAE feature", 1.0, 0.25, 0.0, 1.0, 3), ("SAE feature", 2.0, 0.75, 0.5, 0.01, 3),
+                                     ("isotropic random", 1.0, 0.25, float("nan"), float("nan"), None),
+                                     ("isotropic random", 2.0, 0.25, float("nan"), float("nan"), None))]
+    c = causal_by_feature(pd.DataFrame(rows))["up.0.1"][3]
+    assert c == {"label": "colour=red", "s": 2.0, "on": 0.75, "control_on": 0.25, "effect": 0.5, "p": 0.01}
+    with pytest.raises(ReproError, match="no 'feature' column"):
+        causal_by_feature(pd.DataFrame(rows).drop(columns="feature"))
     counts = selection_counts([("change colour", {"up.0.1": [1, 2]}), ("change colour", {"up.0.1": torch.tensor([2])}),
                                ("change style", {"down.2.1": [0]})], {"up.0.1": 4, "down.2.1": 3})
     assert counts["up.0.1"]["change colour"].tolist() == [0, 1, 2, 0] and counts["down.2.1"]["change style"].tolist() == [1, 0, 0]

@@ -30,8 +30,9 @@ COUNTS = {
     "02_collect": {"shard_size": 16, "batch_size": 8},
     "03_train": {"log_every": 10, "checkpoint_every": 20, "stats_batches": 4},
     "04_evaluate": {"n_eval": 4, "n_loop": 2, "n_timing": 1, "batch_size": 4},
-    "05_features": {"top_m": 4, "n_causal_features": 1, "n_causal_scenes": 1, "n_locality": 1, "batch_size": 4},
+    "05_features": {"top_m": 4, "n_locality": 1, "batch_size": 4},
     "06_riebench": {"edits": "example", "per_category": 1, "batch_size": 4},
+    "07_claims": {},
 }
 
 
@@ -72,3 +73,10 @@ def test_every_chapter_runs_under_the_paper_profile(tmp_path, monkeypatch):
     assert rie["context"]["sae_k"] == 160 and rie["context"]["sae_set"] == "saes-k160"
     assert results["04_evaluate"]["numbers"]["seed_stability"]  # two seeds per block on the paper profile
     assert {row["method"] for row in rie["numbers"]["success_vs_preservation"]} >= {"transport", "steer", "neurons"}
+
+    # The verdict table gathers every chapter's recorded claims, each with its verdict.
+    claims = results["07_claims"]["numbers"]["table"]
+    assert {c["chapter"] for c in claims} >= {"04_evaluate"}
+    assert "SAEs reconstruct each block's update" in {c["claim"] for c in claims}
+    assert all(c["verdict"] in ("reproduces", "does not reproduce", "undecidable") and c["profile"] == "paper"
+               for c in claims)

@@ -68,11 +68,19 @@ class Profile:
     of the 1-step SAE it is compared with, which makes the control a ceiling)."""
     control_budgets: int = 4
     """Points of the control SAEs' budget curve (halving), up to `control_steps`."""
-    causal_features: int = 4
-    """Labelled features per block whose switch-on/off curves 05 measures (each x2: with its
-    random-direction control)."""
+    causal_features: int = 8
+    """Attribute values per block 05's causality test runs on, the same number from each of the four
+    families colour, shape, texture and size (rounded down, at least one each): for each, the trained
+    SAE's best feature, a planted ground-truth direction and two random controls."""
     causal_scenes: int = 8
-    """Scenes per feature, direction and strength in 05's causality curves."""
+    """Scenes per feature, direction and strength in 05's causality curves (and per block in the
+    calibration of their strengths)."""
+    causal_strength_points: int = 8
+    """Strengths per direction in 05's causality test: log-spaced up to the calibrated limit."""
+    causal_calibration_norms: int = 15
+    """Intervention norms tried per block when calibrating the causality strengths."""
+    causal_dev_scenes: int = 96
+    """Dev (training-split) scenes whose updates give the planted ground-truth directions."""
     timing_scenes: int = 8
     """Scenes per feature and window in 05's intervention-timing sweep (4-step turbo)."""
     timing_prompts: int = 4
@@ -94,7 +102,8 @@ class Profile:
     def __post_init__(self) -> None:
         if self.riebench_grid not in GRIDS:
             raise ReproError(f"unknown riebench_grid {self.riebench_grid!r}: use {choices_hint(GRIDS)}")
-        counts = ("sae_seeds", "control_budgets", "causal_features", "causal_scenes", "timing_scenes", "timing_prompts")
+        counts = ("sae_seeds", "control_budgets", "causal_features", "causal_scenes", "causal_strength_points",
+                  "causal_calibration_norms", "causal_dev_scenes", "timing_scenes", "timing_prompts")
         low = [name for name in counts if getattr(self, name) < 1]
         if low:
             raise ReproError(f"{', '.join(low)} must be at least 1")
@@ -114,46 +123,71 @@ PAPER = Profile(
     description="SDXL Turbo and SDXL base as in the paper (GPU strongly advised)",
 )
 
+_TOY = Profile(
+    name="toy",
+    turbo_model="shapes-turbo",
+    base_model="shapes-base",
+    turbo=Sampling(steps=1, guidance=0.0),
+    turbo_multistep=Sampling(steps=4, guidance=0.0),
+    base=Sampling(steps=20, guidance=5.0),
+    collect_prompts=2000,
+    sae_batch=1024,
+    # With the lr scaled to the dictionary, held-out EV of down.2.1 on the stored toy
+    # activations: 0.909 at 1000 steps, 0.915 at 1500 (0.840 at 1500 steps of 1e-4).
+    sae_steps=1000,
+    # At the paper's 1e-4 a few thousand steps leave a small dictionary at its random start
+    # (median decoder cosine 0.91 to init): the lr is scaled to the dictionary instead.
+    sae_lr=0.0,
+    dead_tokens=200_000,
+    ground_truth=True,
+    # CPU budget (`make reproduce` ~20 min on 2 cores, benchmarks/README.md): 12 control SAEs
+    # (4 blocks x 3 cells, the four blocks of a cell in one run) at a quarter of the 1-step
+    # SAEs' budget on 48 prompts of each setting; 04 shows their EV against budget, so whether
+    # they have flattened is visible. The RIEBench SAEs get 400 steps.
+    control_prompts=48,
+    control_steps=250,
+    control_budgets=3,
+    riebench_sae_steps=400,
+    # Fewer features, scenes and prompts in 04-05's curves than the defaults: every curve
+    # and control stays, with wider intervals.
+    causal_features=4,
+    causal_strength_points=4,
+    causal_calibration_norms=8,
+    causal_dev_scenes=48,
+    timing_scenes=4,
+    timing_prompts=2,
+    # The paper's RIEBench sparsity as a share of the dictionary (160 / 5120 = 1/32) on
+    # the toy's 512 features; the same as a share of the channels (160 / 1280 = 16 / 128).
+    riebench_sae_k=16,
+    riebench_edits="shapes",
+    riebench_per_category=2,
+    riebench_grid="toy",
+    description="embedded ShapesWorld models (shapes-turbo, shapes-base) on the CPU",
+)
+
 PROFILES: dict[str, Profile] = {
-    "toy": Profile(
-        name="toy",
-        turbo_model="shapes-turbo",
-        base_model="shapes-base",
-        turbo=Sampling(steps=1, guidance=0.0),
-        turbo_multistep=Sampling(steps=4, guidance=0.0),
-        base=Sampling(steps=20, guidance=5.0),
-        collect_prompts=2000,
-        sae_batch=1024,
-        # With the lr scaled to the dictionary, held-out EV of down.2.1 on the stored toy
-        # activations: 0.909 at 1000 steps, 0.915 at 1500 (0.840 at 1500 steps of 1e-4).
-        sae_steps=1000,
-        # At the paper's 1e-4 a few thousand steps leave a small dictionary at its random start
-        # (median decoder cosine 0.91 to init): the lr is scaled to the dictionary instead.
-        sae_lr=0.0,
-        dead_tokens=200_000,
-        ground_truth=True,
-        # CPU budget (`make reproduce` ~20 min on 2 cores, benchmarks/README.md): 12 control SAEs
-        # (4 blocks x 3 cells, the four blocks of a cell in one run) at a quarter of the 1-step
-        # SAEs' budget on 48 prompts of each setting; 04 shows their EV against budget, so whether
-        # they have flattened is visible. The RIEBench SAEs get 400 steps.
-        control_prompts=48,
-        control_steps=250,
-        control_budgets=3,
-        riebench_sae_steps=400,
-        # Fewer features, scenes and prompts in 04-05's curves than the defaults: every curve
-        # and control stays, with wider intervals.
-        causal_features=2,
-        timing_scenes=4,
-        timing_prompts=2,
-        # The paper's RIEBench sparsity as a share of the dictionary (160 / 5120 = 1/32) on
-        # the toy's 512 features; the same as a share of the channels (160 / 1280 = 16 / 128).
-        riebench_sae_k=16,
-        riebench_edits="shapes",
-        riebench_per_category=2,
-        riebench_grid="toy",
-        description="embedded ShapesWorld models (shapes-turbo, shapes-base) on the CPU",
-    ),
+    "toy": _TOY,
     "paper": PAPER,
+    # The toy at the counts issue #27 asks of a decisive test (GPU: <= 15 min on one H100): the same
+    # models and chapters, SAEs trained longer on four times the prompts, controls at the 1-step SAEs'
+    # own budget on as many distinct tokens, 8 causal features a block over the attribute families,
+    # 48 scenes each, RIEBench at 16 edits a category.
+    "toy-full": dataclasses.replace(
+        _TOY,
+        name="toy-full",
+        collect_prompts=8000,
+        sae_steps=8000,
+        control_prompts=500,
+        control_steps=0,
+        control_budgets=4,
+        riebench_sae_steps=2000,
+        causal_features=8,
+        causal_scenes=48,
+        timing_scenes=16,
+        timing_prompts=8,
+        riebench_per_category=16,
+        description="the toy's models at the decisive counts of issue #27 (GPU advised: ~10 min on one H100)",
+    ),
     # The paper's sampling, dtype and SAE sizes on stand-ins (random weights, built on the
     # device in seconds), ShapesWorld captions as prompts (no dataset download), counts cut
     # so that every chapter runs in one GPU session: its pictures are noise, its costs real.

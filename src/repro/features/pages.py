@@ -22,14 +22,14 @@ a person's notes).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from repro.errors import ReproError, choices_hint
+from repro.errors import ReproError
 from repro.features.browser_data import _resize_maps, _sig, encode_heat, quantise_maps
 from repro.features.profile import FeatureProfile, quantile_samples
 
@@ -146,25 +146,26 @@ def feature_record(block: str, f: int, bf: BlockFeatures, *, heat_size: int = 16
     return rec
 
 
-def causal_by_feature(rows: Iterable[Mapping], strength: float) -> dict[str, dict[int, dict]]:
-    """The chapter's causal rows ({block, feature, label, kind, "switch off", "on s=<s>"}, one per
-    kind: "feature" or "random direction") -> {block: {feature: {label, s, on, off, control_on,
-    effect}}}, effect = switch-on success minus the random direction's at strength `s`."""
+def causal_by_feature(table) -> dict[str, dict[int, dict]]:
+    """The causality table of 05 (`repro.features.experiments.causality`: rows of kind "SAE feature"
+    with their `feature`, and "isotropic random" rows on the same scenes) -> {block: {feature: {label,
+    s, on, control_on, effect, p}}} at the strength where the feature beats its random direction most
+    (effect = the paired difference in success-and-preserved)."""
+    from repro.features.positive_controls import ISOTROPIC, SAE_FEATURE
+
     out: dict[str, dict[int, dict]] = {}
-    key = f"on s={strength}"
-    for row in rows:
-        if key not in row:
-            raise ReproError(f"no causal result at s={strength}: use one of the tested strengths "
-                             f"({choices_hint(k[5:] for k in row if k.startswith('on s='))})")
-        entry = out.setdefault(row["block"], {}).setdefault(int(row["feature"]), {"label": row["label"], "s": strength})
-        if row["kind"] == "feature":
-            entry.update(on=round(float(row[key]), 4), off=round(float(row["switch off"]), 4))
-        else:
-            entry["control_on"] = round(float(row[key]), 4)
-    for entries in out.values():
-        for e in entries.values():
-            if "on" in e and "control_on" in e:
-                e["effect"] = round(e["on"] - e["control_on"], 4)
+    feats = table[table["kind"] == SAE_FEATURE]
+    if feats.empty:
+        return out
+    if "feature" not in feats:
+        raise ReproError("the causality table has no 'feature' column: build it with repro.features.experiments.causality")
+    best = feats.sort_values(["diff_vs_isotropic", "p"], ascending=[False, True]).groupby(["block", "label"]).head(1)
+    ctrl = table[table["kind"] == ISOTROPIC].set_index(["block", "label", "strength"])["joint"]
+    for row in best.itertuples():
+        out.setdefault(row.block, {})[int(row.feature)] = {
+            "label": row.label, "s": round(float(row.strength), 4), "on": round(float(row.joint), 4),
+            "control_on": round(float(ctrl.get((row.block, row.label, row.strength), float("nan"))), 4),
+            "effect": round(float(row.diff_vs_isotropic), 4), "p": round(float(row.p), 4)}
     return out
 
 

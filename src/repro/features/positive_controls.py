@@ -126,6 +126,7 @@ def _rows(block, label, kind, scale, mean_f, res, control, n_strengths, unedited
 def positive_controls(pipe, oracle, blocks: Sequence[str], labels: Sequence[str], sampling: Sampling, *,
                       n: int = 24, n_dev: int = 96, n_calibration: int = 24, strengths: Sequence[float] | None = None,
                       n_strengths: int = 8, span: float = 16.0, calibration_norms: Sequence[float] | None = None,
+                      n_norms: int = 15,
                       kinds: Sequence[str] = KINDS, saes: dict[str, TopKSAE] | None = None,
                       sae_features: dict[tuple[str, str], int] | None = None, seed: int = 0, batch_size: int = 16,
                       progress=None):
@@ -142,7 +143,7 @@ def positive_controls(pipe, oracle, blocks: Sequence[str], labels: Sequence[str]
     and seeds from `seed`). `strengths` (s, multiples of each direction's mean_f) skips the
     calibration; otherwise per block the norm limit is calibrated on the first label
     (`calibration_norms`: absolute norms to try, default the block's mean update norm times
-    1/8 .. 16, 15 points) and each label gets `strength_grid(limit / its scale, n_strengths, span)`.
+    1/8 .. 16, `n_norms` points) and each label gets `strength_grid(limit / its scale, n_strengths, span)`.
     `saes[block]` + `sae_features[(block, label)]` add a trained SAE's feature as a kind
     (its own mean_f, the same s). `df.attrs["calibration"]` and `df.attrs["directions"]`
     keep what the strengths and directions were computed from.
@@ -170,7 +171,7 @@ def positive_controls(pipe, oracle, blocks: Sequence[str], labels: Sequence[str]
             cal_label = labels[0]
             cal_scenes = [s for s in dev if not has_value(s, cal_label)][:n_calibration]
             typical = float(updates.norm(dim=-1).mean())
-            norms = calibration_norms or [typical * x for x in np.geomspace(1 / 8, 16, 15)]
+            norms = calibration_norms or [typical * x for x in np.geomspace(1 / 8, 16, n_norms)]
             cal = calibrate_norm(pipe, oracle, block, cal_label, cal_scenes, sampling, grid, d_model, norms,
                                  seed=seed + 50_000, batch_size=batch_size)
             calibrations[block] = {"label": cal.label, "norm": cal.norm, "bounded": cal.bounded,

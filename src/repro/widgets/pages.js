@@ -364,8 +364,9 @@ function render({ model, el: host }) {
     if (rec.causal) {
       const c = rec.causal;
       const s = section("Causal test (ShapesWorld oracle)", "repro-fp-causal");
-      s.append(el("div", "", `switching it on makes the oracle read “${c.label}” in ${pct(c.on)} of scenes at s = ${c.s} ` +
-        `(random direction: ${pct(c.control_on)}); switching it off removes it in ${pct(c.off)}`));
+      s.append(el("div", "", `switching it on makes the oracle read “${c.label}” with the rest kept in ${pct(c.on)} of ` +
+        `scenes at s = ${c.s} (random direction: ${pct(c.control_on)}` + (c.p != null ? `; paired p = ${fmt(c.p, 3)})` : ")") +
+        (c.off != null ? `; switching it off removes it in ${pct(c.off)}` : "")));
       out.push(s);
     }
     out.push(riebench(block, rec.f, gen));

@@ -1,0 +1,295 @@
+"""05_features' experiments, each one call that returns tables; the chapter shows and glues them.
+
+    freq = frequency_table(analyses)                          # live features, firing frequency
+    det = detection(saes, store)                              # concept x block: SAE, random SAE, probe
+    lab = labels(analyses, saes, store, seed_saes, threshold) # each feature's label and purity, vs controls
+    cz = causality(pipe, oracle, saes, det, sampling, ...)    # SAE features beside planted directions
+    tm = timing(pipe, oracle, saes, cz, sampling, ...)        # switch-on at one step of the multi-step model
+    loc = locality(pipe, saes, features, prompts, ...)        # pixel change against distance from the cell
+    claims(det, cz)                                           # the interpretability and causality verdict rows
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from repro.features.analysis import analyse_features
+from repro.features.controls import random_direction_twin, random_sae_like
+from repro.features.data import store_chunks
+from repro.intervals import rate
+from repro.sae.model import TopKSAE
+
+
+def frequency_table(analyses: Mapping) -> pd.DataFrame:
+    """Per block: live features, the median firing frequency and mean activation of the live ones."""
+    rows = {}
+    for b, a in analyses.items():
+        live = a.stats.count > 0
+        rows[b] = {"live features": int(live.sum()), "features": len(a.stats.count),
+                   "median firing frequency": float(a.stats.frequency[live].median()),
+                   "mean activation when firing": float(a.stats.mean[live].mean())}
+    return pd.DataFrame(rows).T
+
+
+def detection(saes: Mapping[str, TopKSAE], store) -> pd.DataFrame:
+    """Every concept x block: the best feature's precision, recall, F1, AUROC and lift on the test
+    images (odd ids), chosen on dev (even ids), for the trained SAE, an untrained SAE of the same
+    shape and k, and a linear probe on the updates (the ceiling) (`repro.features.detection`)."""
+    from repro.features.detection import concept_detection_table
+
+    return concept_detection_table(saes, lambda b: store_chunks(store, b, concepts=True))
+
+
+@dataclass
+class Labels:
+    """Each block's feature labels (`FeatureLabels`), their purity summary, and the pure share of the
+    trained SAE beside a random SAE's and the second seed's (Wilson rates)."""
+
+    labels: dict
+    summaries: dict
+    rates: dict
+
+    def rates_table(self) -> pd.DataFrame:
+        from repro.intervals import fmt
+
+        return pd.DataFrame({b: {k: fmt(v) for k, v in r.items()} for b, r in self.rates.items()}).T
+
+
+def labels(analyses: Mapping, saes: Mapping[str, TopKSAE], store, seed_saes: Mapping, threshold: float) -> Labels:
+    """Label every feature (best F1 concept on labelled cells) and count the pure ones (precision >=
+    `threshold`), beside an untrained SAE of the same shape and k and the second-seed SAEs."""
+    from repro.features.toy_concepts import concept_names, label_features
+
+    def summary_of(sae, b):
+        a = analyse_features(sae, store_chunks(store, b, concepts=True), m=1)
+        a.concepts.names = concept_names()
+        return label_features(a.concepts).summary(threshold)
+
+    out, summaries, rates = {}, {}, {}
+    for b in saes:
+        analyses[b].concepts.names = concept_names()
+        out[b] = label_features(analyses[b].concepts)
+        summaries[b] = out[b].summary(threshold)
+        rates[b] = {"trained": rate(summaries[b]["pure"], summaries[b]["live"])}
+        ctrl = summary_of(random_sae_like(saes[b]), b)
+        rates[b]["random SAE (control)"] = rate(ctrl["pure"], ctrl["live"])
+        if b in seed_saes:
+            other = summary_of(seed_saes[b], b)
+            rates[b]["second seed"] = rate(other["pure"], other["live"])
+    return Labels(out, summaries, rates)
+
+
+def top_features(analysis, feature_labels, threshold: float, n: int = 3) -> list[int]:
+    """The `n` most frequent features, pure ones (precision >= threshold) first when labels exist."""
+    order = torch.argsort(analysis.stats.frequency, descending=True).tolist()
+    if feature_labels is not None:
+        order = [f for f in order if float(feature_labels.purity[f]) >= threshold] or order
+    return [int(f) for f in order[:n]]
+
+
+def causal_labels(families: Sequence[str], per_family: int) -> list[str]:
+    """The attribute values tested: `per_family` of each family, chosen by family, not by purity."""
+    from repro.features.positive_controls import default_labels
+
+    return default_labels(families, per_family)
+
+
+def sae_feature_for(det: pd.DataFrame, block: str, label: str) -> int | None:
+    """The trained SAE's best feature for `label` in `block` (chosen on the dev images), or None."""
+    row = det[(det.block == block) & (det.detector == "SAE") & (det.concept == label)]
+    if row.empty or not np.isfinite(row.iloc[0]["best_feature"]):
+        return None
+    return int(row.iloc[0]["best_feature"])
+
+
+def causality(pipe, oracle, saes: Mapping[str, TopKSAE], det: pd.DataFrame, sampling, *, labels: Sequence[str],
+              n: int, n_strengths: int, n_norms: int, n_dev: int, n_calibration: int, seed: int, batch_size: int,
+              progress=None) -> pd.DataFrame:
+    """`repro.features.positive_controls` on every block and label with the trained SAE's best
+    feature for the label as a fourth kind: one row per (block, label, kind, strength)."""
+    from repro.features.positive_controls import SAE_FEATURE, positive_controls
+
+    chosen = {(b, lab): f for b in saes for lab in labels if (f := sae_feature_for(det, b, lab)) is not None}
+    table = positive_controls(pipe, oracle, list(saes), labels, sampling, n=n, n_dev=n_dev, n_calibration=n_calibration,
+                              n_strengths=n_strengths, n_norms=n_norms, saes=dict(saes), sae_features=chosen, seed=seed,
+                              batch_size=batch_size, progress=progress)
+    # which SAE feature each "SAE feature" row tested (the feature pages link to it)
+    table["feature"] = [chosen.get((b, lab)) if k == SAE_FEATURE else None
+                        for b, lab, k in zip(table.block, table.label, table.kind)]
+    return table
+
+
+def power_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per block and kind: the share of directions detected at their best strength (Wilson interval)."""
+    from repro.features.positive_controls import PLANTED, SAE_FEATURE, SHAPED, detection_power
+
+    parts = [detection_power(table, kind, by=("block",)).assign(kind=kind) for kind in (PLANTED, SAE_FEATURE, SHAPED)]
+    return pd.concat([p for p in parts if len(p)], ignore_index=True)[["block", "kind", "detected", "n", "power", "lo", "hi"]]
+
+
+def timing(pipe, oracle, saes: Mapping[str, TopKSAE], det: pd.DataFrame, label: str, scenes, sampling, strength: float,
+           grid: int, seed: int, batch_size: int) -> pd.DataFrame:
+    """Switch each block's best feature for `label` on within one step of `sampling` (or all steps),
+    beside a random direction of the same norm: joint success rates per (block, kind) x window."""
+    from repro.features.causality import causal_timing, has_value, pooled_timing
+
+    windows = [[t] for t in range(sampling.steps)] + [list(range(sampling.steps))]
+    on = [s for s in scenes if not has_value(s, label)]
+    rows = {}
+    for b, sae in saes.items():
+        f = sae_feature_for(det, b, label)
+        if f is None:
+            continue
+        for kind, s in (("feature", sae), ("random direction", random_direction_twin(sae, f, seed=f))):
+            res = pooled_timing([causal_timing(pipe, s, b, f, label, on, oracle, sampling, grid, strength, windows,
+                                               seed=seed, batch_size=batch_size)])
+            rows[(b, kind)] = {**{(f"on at step {w}" if "-" not in w else "on at all steps"): r["rate"]
+                                  for w, r in res["on"].items()}, "value read without edit": res["baseline_on"]["rate"]}
+    return pd.DataFrame(rows).T
+
+
+def locality(pipe, saes: Mapping[str, TopKSAE], features: Mapping[str, int], prompts, seeds, sampling, grid: int,
+             strengths: Sequence[float], batch_size: int) -> dict:
+    """{(block, kind): LocalityCurve} for each block's feature and a random direction of the same norm,
+    added at the centre cell at each strength (`repro.features.causality.locality_curve`)."""
+    from repro.evaluate.in_loop import generate_with
+    from repro.features.causality import locality_curve
+
+    plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size)
+    out = {}
+    for b, f in features.items():
+        for kind, sae in (("feature", saes[b]), ("random direction", random_direction_twin(saes[b], f, seed=f))):
+            out[(b, kind)] = locality_curve(pipe, sae, b, f, prompts, seeds, sampling, grid, strengths,
+                                            batch_size=batch_size, plain=plain)
+    return out
+
+
+def locality_table(curves: dict) -> pd.DataFrame:
+    """Spread (far / near change) with its bootstrap interval per (block, kind) and strength."""
+    out = {}
+    for key, c in curves.items():
+        summary = c.summary()
+        out[key] = {f"spread s={s:g}": f"{r['spread']['value']:.2f} [{r['spread']['lo']:.2f}, {r['spread']['hi']:.2f}]"
+                    for s, r in summary.items()}
+    return pd.DataFrame(out).T
+
+
+def sign_test(wins: int, losses: int) -> float:
+    """Two-sided exact sign test p value of `wins` against `losses` (ties left out)."""
+    from repro.intervals import mcnemar_exact
+
+    return mcnemar_exact(wins, losses)
+
+
+def claims(det: pd.DataFrame, cz: pd.DataFrame | None, *, min_pos: int = 20) -> list:
+    """05's measurements of the interpretability and causality claims (`repro.claims`).
+
+    Interpretable: per block, over concepts with >= `min_pos` positive test cells, the trained
+    SAE's best F1 beats the random SAE's in more concepts than not (exact sign test, p < 0.05);
+    the positive control is the same test run on the linear probe against the random SAE.
+    Causal: the SAE features detected against the isotropic random direction (paired McNemar,
+    p < 0.05) in at least half of the (block, label) pairs tested; the positive control is the
+    share of planted ground-truth directions the same test detects."""
+    from repro.claims import Claim
+    from repro.features.positive_controls import PLANTED, SAE_FEATURE, detection_power
+
+    rows = det[(det.n_pos >= min_pos) & ~det.concept.isin(("object", "background"))]
+    f1 = rows.pivot_table(index=["block", "concept"], columns="detector", values="f1")
+    per_block, probe_wins = {}, 0
+    for b, g in f1.groupby(level=0):
+        wins, losses = int((g["SAE"] > g["random SAE"]).sum()), int((g["SAE"] < g["random SAE"]).sum())
+        pw, pl = int((g["linear probe"] > g["random SAE"]).sum()), int((g["linear probe"] < g["random SAE"]).sum())
+        per_block[b] = (wins, losses, sign_test(wins, losses))
+        probe_wins += pw > pl and sign_test(pw, pl) < 0.05
+    medians = f1.groupby(level=0).median()
+    out = [Claim(
+        claim="SAE features are interpretable (match ground-truth concepts)", chapter="05_features",
+        measure=f"best F1 per concept (>= {min_pos} positive cells), trained SAE above an untrained one in more "
+                "concepts than not, exact sign test p < 0.05, in every block",
+        result="; ".join(f"{b} median F1 {medians.loc[b, 'SAE']:.2f}, wins {w}/{w + lo} (p {p:.2g})"
+                         for b, (w, lo, p) in per_block.items()),
+        control="random SAE median F1: " + "; ".join(f"{b} {medians.loc[b, 'random SAE']:.2f}" for b in per_block),
+        beats_control=bool(per_block) and all(w > lo and p < 0.05 for w, lo, p in per_block.values()),
+        positive_control="a linear probe on the updates, same test against the random SAE: detected in "
+                         f"{probe_wins} of {len(per_block)} blocks (median F1 "
+                         + "; ".join(f"{b} {medians.loc[b, 'linear probe']:.2f}" for b in per_block) + ")",
+        power=probe_wins / max(len(per_block), 1), n=f"{len(f1)} (block, concept) pairs on the test images")]
+    if cz is not None and len(cz):
+        planted = detection_power(cz, PLANTED, by=("kind",))
+        sae = detection_power(cz, SAE_FEATURE, by=("kind",))
+        n_scenes = int(cz["n"].max())
+        mde = float(np.nanmedian(cz[cz.kind == PLANTED]["mde"]))
+        if len(sae):
+            s = sae.iloc[0]
+            p = planted.iloc[0]
+            out.append(Claim(
+                claim="SAE features are causal (switching one on writes its concept)", chapter="05_features",
+                measure="joint success-and-preserved against an isotropic random direction of the same norm, paired "
+                        "McNemar p < 0.05 at the best strength, in at least half of the (block, label) pairs",
+                result=f"SAE features detected in {int(s['detected'])} of {int(s['n'])} "
+                       f"({s['power']:.2f} [{s['lo']:.2f}, {s['hi']:.2f}])",
+                control="isotropic random direction, same cells, scenes, seeds and strengths",
+                beats_control=bool(s["power"] >= 0.5),
+                positive_control=f"planted mean-difference directions detected in {int(p['detected'])} of "
+                                 f"{int(p['n'])} ({p['power']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}]); minimal detectable "
+                                 f"difference at this n ~{mde:.2f}",
+                power=float(p["power"]), n=f"{n_scenes} scenes per direction and strength"))
+    return out
+
+
+def feature_site(pipe, saes: Mapping[str, TopKSAE], store, analyses: Mapping, prof, *, labels: Mapping, causal,
+                 icons: Mapping, shown: Sequence[tuple[str, int]], prompts: Sequence[str], seed: int, strength: float,
+                 n_neighbours: int, batch_size: int, device="auto"):
+    """Every live feature's page (`repro.features.site.FeatureSite`): statistics, top and sampled images
+    from the store, labels and causal results (toy), nearest features, mean activation per step on
+    the multi-step settings, icons, and a painted example (`strength * mean_f` in the centre region)
+    for the `shown` features."""
+    from repro.evaluate.capture import capture_eval_updates
+    from repro.evaluate.in_loop import generate_with
+    from repro.features.interventions import FeatureAdd
+    from repro.features.neighbours import decoder_neighbours
+    from repro.features.pages import BlockFeatures, causal_by_feature
+    from repro.features.profile import step_means
+    from repro.features.site import FeatureSite
+    from repro.generate import decode_latents
+    from repro.models.loading import load_pipeline
+    from repro.widgets.browser import InRegion
+
+    blocks = list(saes)
+    seeds = [seed + i for i in range(len(prompts))]
+    steps = {b: {} for b in blocks}
+    for name, model, sampling in ((f"turbo, {prof.turbo_multistep.steps} steps", prof.turbo_model, prof.turbo_multistep),
+                                  (f"base, {prof.base.steps} steps", prof.base_model, prof.base)):
+        other = pipe if model == prof.turbo_model else load_pipeline(model, device=device, dtype=prof.dtype)
+        ups = capture_eval_updates(other, prompts, seeds, sampling, blocks, batch_size=batch_size)
+        for b in blocks:
+            steps[b][name] = {h: step_means(saes[b], u) for h, u in ups[b].items()}
+    painted = {b: {} for b in blocks}
+    for b, f in shown:
+        add = InRegion(inner=FeatureAdd(sae=saes[b], features=f, strength=strength * float(analyses[b].stats.mean[f])),
+                       region="centre")
+        plain, edited = (generate_with(pipe, [prompts[0]], [seed], prof.turbo, e)[0] for e in ({}, {b: add}))
+        painted[b][f] = {"prompt": prompts[0], "region": "centre", "plain": plain, "edited": edited}
+    causal_pages = causal_by_feature(causal) if causal is not None else {}
+    neighbours = decoder_neighbours(saes, k=n_neighbours)
+    site_blocks = {b: BlockFeatures(
+        stats=analyses[b].stats, top=analyses[b].top, profile=analyses[b].profile,
+        labels=labels[b].label if b in labels else None, purity=labels[b].purity.tolist() if b in labels else None,
+        f1=labels[b].f1.tolist() if b in labels else None, causal=causal_pages.get(b), steps=steps[b],
+        neighbours=neighbours[b], icons=icons[b], painted=painted[b]) for b in blocks}
+    needed = sorted({int(i) for a in analyses.values() for i in a.top.image_ids.flatten().tolist() if i >= 0}
+                    | {int(i) for a in analyses.values() for i in a.profile.sample_ids.flatten().tolist() if i >= 0})
+    cache = {}
+    for start in range(0, len(needed), 64):
+        chunk = needed[start:start + 64]
+        cache.update(zip(chunk, decode_latents(pipe, torch.as_tensor(store.latents(chunk)))))
+    return FeatureSite(site_blocks, lambda i: cache[int(i)], title=f"{prof.name}: SAE features of {', '.join(blocks)}")
+
+
+__all__ = ["Labels", "causal_labels", "causality", "claims", "detection", "feature_site", "frequency_table", "labels", "locality",
+           "locality_table", "power_table", "sae_feature_for", "sign_test", "timing", "top_features"]

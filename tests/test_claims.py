@@ -1,0 +1,38 @@
+"""The verdict rule: a negative result counts only where the same test detects a planted effect."""
+
+import json
+
+import pytest
+
+from repro.claims import POWER, Claim, claims_table, verdict
+from repro.errors import ReproError
+
+
+def _claim(**kw):
+    base = dict(claim="features are causal", chapter="05_features", measure="McNemar vs random direction",
+                result="0.10 [0.05, 0.18]", control="0.08 [0.04, 0.15]", beats_control=False,
+                positive_control="planted directions", power=0.9, n="48 scenes")
+    return Claim(**{**base, **kw})
+
+
+def test_a_negative_needs_power_on_its_positive_control():
+    assert verdict(_claim(beats_control=True, power=0.1))[0] == "reproduces"
+    assert verdict(_claim(power=POWER))[0] == "does not reproduce"
+    v, why = verdict(_claim(power=POWER - 0.01))
+    assert v == "undecidable" and "79%" in why
+    assert verdict(_claim(power=None))[0] == "does not reproduce"  # a direct measurement
+
+
+def test_the_table_reads_every_chapters_claims_with_their_profile(tmp_path):
+    for chapter, claims, profile in (("04_evaluate", [_claim(chapter="04_evaluate", beats_control=True)], "toy"),
+                                     ("05_features", [_claim(power=0.5), _claim(claim="pure")], "toy-full"),
+                                     ("06_riebench", [], "toy")):
+        record = {"numbers": {"claims": [c.to_dict() for c in claims]}, "context": {"profile": profile}}
+        (tmp_path / f"{chapter}.json").write_text(json.dumps(record))
+    (tmp_path / "07_claims.json").write_text(json.dumps({"numbers": {"table": [{"claim": "x"}]}}))
+    table = claims_table(tmp_path)
+    assert list(table["verdict"]) == ["reproduces", "undecidable", "does not reproduce"]
+    assert list(table["profile"]) == ["toy", "toy-full", "toy-full"]
+    (tmp_path / "05_features.json").write_text("{not json")
+    with pytest.raises(ReproError, match="05_features.json"):
+        claims_table(tmp_path)

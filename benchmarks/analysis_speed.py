@@ -124,7 +124,7 @@ def main(argv=None) -> dict:
     from repro.sae.config import SAEConfig
     from repro.sae.model import TopKSAE
     from repro.store import ActivationStore
-    from repro.store.reader import READS_IN_FLIGHT, SHARDS_AT_ONCE
+    from repro.store.shards import READS_IN_FLIGHT, SHARDS_AT_ONCE
 
     log = lambda *a: print(*a, flush=True)  # noqa: E731
     device = torch.device("cpu" if dry else "cuda")
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
 
     def gpu_only():
         store = ActivationStore(folder, verify=False)
-        from repro.store.reader import tensor_views
+        from repro.store.shards import tensor_views
 
         views = tensor_views(store.read_shard(store.shards[0]), blocks)
         n, s = args.shard_size, args.side

@@ -235,7 +235,7 @@ def collect_part(args, pipe) -> dict:
 
 def stream_part(args, pipe) -> dict:
     from repro.blocks import PAPER_BLOCKS, get_block
-    from repro.collect import StreamSource
+    from repro.stream import StreamSource
     from repro.sae.config import SAEConfig, TrainConfig
     from repro.sae.model import TopKSAE
     from repro.sae.train import train_saes

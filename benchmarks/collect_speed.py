@@ -57,12 +57,13 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from repro.collect import CollectConfig, StreamSource, collect
+    from repro.collect import CollectConfig, collect
     from repro.generate import Sampling, generate
     from repro.io import provenance
     from repro.models.loading import load_pipeline
     from repro.prompts import open_prompts, seeds_for
     from repro.store import StoreSource
+    from repro.stream import StreamSource
 
     pipe = load_pipeline(args.model, device=args.device, dtype=args.model_dtype)
     source = open_prompts(args.prompts)

@@ -105,9 +105,9 @@ def _sync() -> None:
 
 
 def file_rate(paths: list[Path], threads: int, *, digest: bool, cold: bool) -> dict:
-    """Every file read (`repro.store.reader.read_file`: readinto one reused buffer per
+    """Every file read (`repro.store.shards.read_file`: readinto one reused buffer per
     thread), `threads` files at a time, hashed while read when `digest`."""
-    from repro.store.reader import read_file
+    from repro.store.shards import read_file
 
     size = max(p.stat().st_size for p in paths)
     free: queue.SimpleQueue = queue.SimpleQueue()
@@ -176,7 +176,7 @@ def suite(folder: Path, token_batch: int, *, threads: int | None = None, devices
     """Disk, hash and reader rates over the store in `folder` (see the module docstring).
     Nothing holds the whole store: reads go through reused buffers, the hash rate uses at
     most 256 MiB of one shard."""
-    from repro.store.reader import default_read_threads, read_file
+    from repro.store.shards import default_read_threads, read_file
 
     threads = threads or default_read_threads()
     paths = shard_paths(folder)
@@ -233,7 +233,7 @@ def main(argv=None) -> dict:
     from repro.io import provenance
     from repro.store import ActivationStore, StoreSource
     from repro.store.layout import sha256_file
-    from repro.store.reader import read_file
+    from repro.store.shards import read_file
 
     folder = args.workdir / "store"
     make_store(folder, args.shards, args.images, args.side, args.channels)

@@ -13,10 +13,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from repro.collect import CollectConfig, StreamSource, collect
+from repro.collect import CollectConfig, collect
 from repro.errors import ReproError
 from repro.generate import Sampling
 from repro.store import ActivationStore, StoreSource
+from repro.stream import StreamSource
 
 BLOCKS = ("down.2.1", "mid.0", "up.0.0", "up.0.1")
 ROOT = Path(__file__).resolve().parents[1]

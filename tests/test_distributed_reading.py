@@ -44,19 +44,18 @@ def _train_args(store: Path, out: Path) -> list[str]:
 def _cli_rank(rank: int, world: int, port: int, store: str, out: str, logs: list[str]) -> None:
     """One rank as torchrun starts it (env:// rendezvous), counting the shards it reads."""
     from repro.cli import main
-    from repro.store import reader
 
     torch.set_num_threads(1)
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     read: list[str] = []
-    read_shard = reader.ActivationStore.read_shard  # every shard read goes through it
+    read_shard = ActivationStore.read_shard  # every shard read goes through it
 
     def counting(self, record, *args, **kwargs):
         read.append(record["file"])
         return read_shard(self, record, *args, **kwargs)
 
-    reader.ActivationStore.read_shard = counting
+    ActivationStore.read_shard = counting
     assert main(_train_args(Path(store), Path(out))) == 0
     Path(logs[rank]).write_text(json.dumps(read))
 
@@ -107,11 +106,11 @@ def test_split_stream_parts_are_disjoint_and_concatenate(store):
 
 
 def test_a_store_in_one_group_is_read_once_and_yields_the_same_batches(store, monkeypatch):
-    from repro.store import StoreSource, reader
+    from repro.store import StoreSource
 
     reads = []
-    read_shard = reader.ActivationStore.read_shard
-    monkeypatch.setattr(reader.ActivationStore, "read_shard",
+    read_shard = ActivationStore.read_shard
+    monkeypatch.setattr(ActivationStore, "read_shard",
                         lambda self, rec, *a, **kw: reads.append(rec["file"]) or read_shard(self, rec, *a, **kw))
     kept = StoreSource(store, 24, seed=2, epochs=3)
     got = [b[BLOCK] for b in kept]

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-import repro.store.reader as reader
+import repro.store.activation_store as activation_store
+import repro.store.shards as shards
 from repro.features.analysis import analyse_features
 from repro.features.data import analyse_store, store_chunks
 from repro.meter import METER
@@ -69,7 +70,7 @@ def _count_reads(monkeypatch) -> list[str]:
     """Names of the files read through `read_file` (every whole-file read of the store reader)
     from now on; opening a shard any other way (safetensors) fails the test."""
     seen = []
-    real = reader.read_file
+    real = activation_store.read_file
 
     def counting(path, *args, **kwargs):
         seen.append(path.name)
@@ -78,8 +79,8 @@ def _count_reads(monkeypatch) -> list[str]:
     def refuse(*args, **kwargs):
         raise AssertionError("a shard was opened outside the one read")
 
-    monkeypatch.setattr(reader, "read_file", counting)
-    monkeypatch.setattr(reader, "safe_open", refuse)
+    monkeypatch.setattr(activation_store, "read_file", counting)
+    monkeypatch.setattr(activation_store, "safe_open", refuse)
     return seen
 
 
@@ -142,7 +143,7 @@ def test_reading_in_small_ranges_changes_nothing(folder, saes, monkeypatch, veri
     """Shards read in uneven 1000-byte ranges, 3 in flight (`reads_in_flight`): the same analysis."""
     kw = dict(concepts=True, m=3, profile_sample=4, profile_seed=7)
     want = _per_block(folder, saes, verify, **kw)
-    monkeypatch.setattr(reader, "READ_RANGE", 1000)
+    monkeypatch.setattr(shards, "READ_RANGE", 1000)
     store = ActivationStore(folder, verify=verify)
     got = analyse_store(saes, store, read_threads=2, reads_in_flight=3, **kw)
     assert store._verified == ({r["file"] for r in store.shards} if verify else set())

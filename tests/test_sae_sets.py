@@ -15,7 +15,7 @@ class _Store:
     def block_shape(self, block):
         return (4, 4, 64)
 
-    def _block(self, block):
+    def block_name(self, block):
         return block
 
 

@@ -52,7 +52,7 @@ def test_init_cosine_is_one_untrained_and_falls_as_the_decoder_moves():
         def block_shape(self, block):
             return (2, 2, 64)
 
-        def _block(self, block):
+        def block_name(self, block):
             return block
 
     sae = build_block_saes(Store(), k=4, expansion=4, dead_tokens=10, seed=3)["up.0.1"]

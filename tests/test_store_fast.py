@@ -125,7 +125,7 @@ def test_store_reading_gives_the_reference_batches(pipe, tmp_path, prefetch, sha
 
 def test_overlapped_streaming_trains_the_same_saes(pipe):
     """Direct UNet loop + prefetching generation thread + SAE side stream == the sequential path."""
-    from repro.collect import StreamSource
+    from repro.stream import StreamSource
     from repro.sae.config import SAEConfig, TrainConfig
     from repro.sae.model import TopKSAE
     from repro.sae.train import train_saes
@@ -158,7 +158,7 @@ def test_overlapped_streaming_trains_the_same_saes(pipe):
 def test_a_rewound_stream_serves_its_kept_chunks_without_generating_them_again(pipe, prefetch):
     """init_b_pre draws its sample and rewinds: the chunks it saw (and the one prepared ahead)
     are served again, the same batches, with no image generated twice."""
-    from repro.collect import StreamSource
+    from repro.stream import StreamSource
     from repro.sae.config import SAEConfig, TrainConfig
     from repro.sae.model import TopKSAE
     from repro.sae.train import train_saes
@@ -191,7 +191,7 @@ def test_one_generation_pipeline_runs_across_chunks_and_restarts_where_a_stream_
     """The direct sampler's prepare pipeline carries on from one chunk to the next (the next
     chunk's first batch is prepared during this one); a resumed stream starts a new one there,
     and every batch equals the uninterrupted stream's."""
-    from repro.collect import StreamSource
+    from repro.stream import StreamSource
     from repro.direct import DirectSampler
 
     starts = []

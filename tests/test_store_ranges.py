@@ -14,11 +14,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import repro.store.reader as reader
+import repro.store.shards as shards
 from repro.errors import ReproError
 from repro.store import ActivationStore, StoreWriter
 from repro.store.layout import FORMAT_VERSION
-from repro.store.reader import read_file, read_shards, tensor_views
+from repro.store.shards import read_file, read_shards, tensor_views
 
 BLOCKS = {"mid.0": 4, "up.0.1": 8}  # block: map side
 
@@ -51,7 +51,7 @@ def _paths(folder):
 @pytest.mark.parametrize("range_bytes", [1000, 4096, 1 << 30])  # many uneven ranges, page-sized, one range
 @pytest.mark.parametrize("in_flight", [1, 3])
 def test_ranges_read_the_same_bytes_and_digest(folder, monkeypatch, range_bytes, in_flight):
-    monkeypatch.setattr(reader, "READ_RANGE", range_bytes)
+    monkeypatch.setattr(shards, "READ_RANGE", range_bytes)
     with ThreadPoolExecutor(in_flight) as pool:
         for path in _paths(folder):
             raw = path.read_bytes()
@@ -75,7 +75,7 @@ def test_an_empty_file_reads_in_ranges(tmp_path):
 
 @pytest.mark.parametrize("verify", [True, False])
 def test_read_shards_in_ranges_gives_the_files_tensors(folder, monkeypatch, verify):
-    monkeypatch.setattr(reader, "READ_RANGE", 1000)
+    monkeypatch.setattr(shards, "READ_RANGE", 1000)
     store = ActivationStore(folder, verify=verify)
     n = 0
     for (record, data), path in zip(read_shards(store, store.shards, threads=2, in_flight=3), _paths(folder)):
@@ -93,7 +93,7 @@ def test_read_shards_in_ranges_gives_the_files_tensors(folder, monkeypatch, veri
 def _failing_preadv(monkeypatch, fail_at: int, short: bool):
     """os.preadv that fails (OSError, or 0 bytes: a file cut short) at byte `fail_at`, is
     slow after it (reads still running when it fails) and counts the reads running."""
-    real = reader.os.preadv
+    real = shards.os.preadv
     running = [0]
     lock = threading.Lock()
 
@@ -112,7 +112,7 @@ def _failing_preadv(monkeypatch, fail_at: int, short: bool):
             with lock:
                 running[0] -= 1
 
-    monkeypatch.setattr(reader.os, "preadv", preadv)
+    monkeypatch.setattr(shards.os, "preadv", preadv)
     return running
 
 
@@ -136,7 +136,7 @@ def _within(fn, seconds=60):
 
 @pytest.mark.parametrize("short", [False, True])
 def test_a_failing_range_raises_and_leaves_no_read_running(folder, monkeypatch, short):
-    monkeypatch.setattr(reader, "READ_RANGE", 1000)
+    monkeypatch.setattr(shards, "READ_RANGE", 1000)
     running = _failing_preadv(monkeypatch, fail_at=3000, short=short)
     path = _paths(folder)[1]
     with ThreadPoolExecutor(3) as pool:
@@ -147,7 +147,7 @@ def test_a_failing_range_raises_and_leaves_no_read_running(folder, monkeypatch, 
 
 
 def test_a_failing_shard_read_surfaces_in_read_shards(folder, monkeypatch):
-    monkeypatch.setattr(reader, "READ_RANGE", 1000)
+    monkeypatch.setattr(shards, "READ_RANGE", 1000)
     _failing_preadv(monkeypatch, fail_at=2000, short=False)
     store = ActivationStore(folder, verify=True)
     seen = []

@@ -15,7 +15,7 @@ from repro.errors import ReproError
 from repro.store import ActivationStore, StoreSource
 from repro.store.chunks import chunk_seed
 from repro.store.layout import select_tokens
-from repro.store.reader import read_file
+from repro.store.shards import read_file
 
 BLOCKS = ("mid.0", "up.0.1")
 

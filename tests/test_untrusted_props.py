@@ -132,11 +132,15 @@ def test_cli_verify_repair_of_a_damaged_manifest_is_exit_0_or_one_line(clean, da
         shutil.copyfile(folder / "shards/shard-000000.safetensors", outside)
         manifest = json.loads((folder / "manifest.json").read_text())
         manifest["shards"][data.draw(st.integers(0, 2))]["file"] = data.draw(st.sampled_from(HOSTILE[:9]))
-        (folder / "manifest.json").write_text(json.dumps(_damage(data, manifest) if data.draw(st.booleans()) else manifest))
+        text = json.dumps(_damage(data, manifest) if data.draw(st.booleans()) else manifest)
+        (folder / "manifest.json").write_text(text)
+        # the damage may drop the very record that named the hostile file: then the store is sound
+        hostile_left = any(json.dumps(h) in text for h in HOSTILE[:9])
         before = outside.read_bytes(), os.stat(outside).st_mtime_ns
         rc = cli_main(["store", "verify", "--repair", str(folder), "--no-progress"])
         err = capsys.readouterr().err.strip()
-        assert rc == 2 and len(err.splitlines()) == 1 and err.startswith("repro: error:"), err
+        refused = rc == 2 and len(err.splitlines()) == 1 and err.startswith("repro: error:")
+        assert refused or (not hostile_left and rc == 0), (rc, err)
         assert (outside.read_bytes(), os.stat(outside).st_mtime_ns) == before
         assert (folder / "shards/shard-000000.safetensors").is_file()  # nothing deleted either
 

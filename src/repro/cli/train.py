@@ -48,10 +48,16 @@ class StoreTraining:
     """Shards read and checked at once (none: the usable cores, at most 8)."""
 
     def __post_init__(self) -> None:
+        from repro.ranges import MAX_EXPANSION, MAX_THREADS, MAX_TOKEN_BATCH, MAX_TRAIN_STEPS, check_int, check_seed
+
         self.store, self.out, self.blocks = Path(self.store), Path(self.out), tuple(self.blocks)
-        if self.expansion < 1 or self.batch_size < 1 or (self.read_threads is not None and self.read_threads < 1):
-            raise ReproError(f"expansion, batch_size and read_threads must be at least 1, got {self.expansion}, "
-                             f"{self.batch_size}, {self.read_threads}")
+        check_int("expansion", self.expansion, 1, MAX_EXPANSION, why="SAE features per channel (the paper's: 4)")
+        check_int("batch_size", self.batch_size, 1, MAX_TOKEN_BATCH, why="tokens held in memory at once")
+        check_seed("seed", self.seed)
+        if self.step is not None:
+            check_int("step", self.step, 0, MAX_TRAIN_STEPS)
+        if self.read_threads is not None:
+            check_int("read_threads", self.read_threads, 1, MAX_THREADS)
 
 
 def add_train_args(p) -> None:
@@ -78,15 +84,17 @@ def run_train(args: argparse.Namespace) -> int:
     from repro.dist import env
     from repro.dist.train import store_batches, train_distributed
     from repro.io import writable_folder
+    from repro.ranges import check_seed
     from repro.sae import TrainConfig, build_block_saes
     from repro.store import ActivationStore
 
     cfg = from_args(TrainConfig, args)  # bad settings are refused before the store is opened
     run = from_args(StoreTraining, args)
     store = ActivationStore(run.store, verify=run.verify)
-    blocks = [store._block(b) for b in expand_aliases(run.blocks, store.blocks)]
+    blocks = [store.block_name(b) for b in expand_aliases(run.blocks, store.blocks)]
     if len(set(blocks)) != len(blocks):
         raise ReproError(f"--blocks {','.join(run.blocks)} names a block twice: give each block once")
+    check_seed("seed", run.seed, count=len(store.blocks))  # block i of the store gets seed + i
     if not store.shards:
         raise ReproError(f"the store {run.store} holds no shards yet: finish `repro collect` first")
     store.tokens_per_image(blocks[0], run.step, run.half)  # checks --step and --half before --out is made

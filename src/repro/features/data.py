@@ -23,7 +23,7 @@ from repro.features.analysis import FeatureAccumulator, FeatureAnalysis
 from repro.meter import add_sae_analysis
 from repro.sae.model import TopKSAE
 from repro.store import ActivationStore
-from repro.store.reader import read_shards, tensor_views
+from repro.store.shards import read_shards, tensor_views
 
 
 def _half_row(store: ActivationStore, half: str | None) -> int:

@@ -72,7 +72,7 @@ def build_block_saes(store, *, k: int, expansion: int, dead_tokens: int, seed: i
     Block i of the store (in its own order, whichever subset is asked for) is seeded with
     `seed + i`.
     """
-    chosen = list(store.blocks) if blocks is None else [store._block(b) for b in blocks]
+    chosen = list(store.blocks) if blocks is None else [store.block_name(b) for b in blocks]
     saes = {}
     for block in chosen:
         C = store.block_shape(block)[2]

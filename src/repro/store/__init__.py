@@ -32,10 +32,16 @@ values per block), `n_prompts`, `complete`, and `provenance` (package, git commi
 Size: bytes per image = sum over blocks of steps*halves*H*W*C*2 (bf16); the paper's
 1.5M prompts x 4 blocks x 256 x 1280 at 1 step is ~4 TB in bf16 (2.6 MB per image):
 everything streams shard by shard, nothing loads the whole store.
+
+Modules: `layout` (names, dtypes, tensor layout), `checks` (what a manifest and a shard
+must be), `writer` (StoreWriter), `shards` (reading shard files), `activation_store`
+(ActivationStore: manifest, per-image reads, verification), `chunks` and `source` (token
+batches for training).
 """
 
 from repro.store.layout import DTYPES, MANIFEST, shard_file
-from repro.store.reader import ActivationStore, StoreSource, store_source
+from repro.store.activation_store import ActivationStore
+from repro.store.source import StoreSource, store_source
 from repro.store.writer import StoreWriter
 
 __all__ = ["DTYPES", "MANIFEST", "ActivationStore", "StoreSource", "StoreWriter", "shard_file", "store_source"]

@@ -53,3 +53,51 @@ def test_missing_oracle_is_a_clear_error(tmp_path):
         load_oracle(tmp_path)
     with pytest.raises(ReproError, match="uint8"):
         load_oracle().read(np.zeros((1, 128, 128, 3), np.float32))
+
+
+# --- the damaged head ------------------------------------------------------------------
+
+
+def test_damaged_head_flags_damage_not_renders(oracle, held_out):
+    from repro.shapes.degrade import damage
+
+    scenes, images = held_out
+    x = torch.from_numpy(images)
+    gen = torch.Generator().manual_seed(5)
+    flagged = lambda imgs: np.array([r["damaged"] for r in oracle.read(imgs)], dtype=float)  # noqa: E731
+    clean, mild = flagged(images), flagged(degrade(x, gen))
+    grainy = np.array([s.style == "grainy" for s in scenes])
+    wrecked = flagged(damage(degrade(x, gen), gen))
+    assert grainy.sum() > 50
+    assert clean.mean() <= 0.02 and clean[grainy].mean() <= 0.02, (clean.mean(), clean[grainy].mean())
+    assert mild.mean() <= 0.03, mild.mean()
+    assert wrecked.mean() >= 0.9, wrecked.mean()
+    r = oracle.read(images[:2])[0]
+    assert 0.0 <= r["damaged_p"] <= 1.0 and r["damaged"] == (r["damaged_p"] > oracle.damage_threshold)
+
+
+def test_reads_value_refuses_a_damaged_reading(oracle, held_out):
+    from repro.features.causality import preserved, reads_value
+    from repro.shapes.degrade import damage
+
+    scenes, images = held_out
+    i = next(i for i, s in enumerate(scenes) if s.style == "flat")
+    s = scenes[i]
+    reading = oracle.read(images[i])[0]
+    labels = [f"background={s.background}", f"colour={s.objects[0].colour}", f"shape={s.objects[0].shape}"]
+    assert all(reads_value(reading, s, lab) for lab in labels) and not reading["damaged"]
+    assert all(not reads_value({**reading, "damaged": True}, s, lab) for lab in labels)
+    assert preserved(reading, reading, labels[0]) and not preserved(reading, {**reading, "damaged": True}, labels[0])
+    # A real wreck: noise and blotches over the image read as damaged, so no value is read.
+    gen = torch.Generator().manual_seed(1)
+    wrecks = oracle.read(damage(torch.from_numpy(images[i : i + 1]).repeat(8, 1, 1, 1), gen))
+    assert sum(w["damaged"] for w in wrecks) >= 7
+    assert sum(any(reads_value(w, s, lab) for lab in labels) for w in wrecks) <= 1
+
+
+def test_v1_oracle_without_damaged_head_still_loads(tmp_path):
+    from repro.shapes.oracle import ARCHES, OracleNet, save_oracle
+
+    save_oracle(OracleNet(32, damage_head=False), {"arch": ARCHES[0], "width": 32}, tmp_path)
+    r = load_oracle(tmp_path).read(np.zeros((128, 128, 3), np.uint8))[0]
+    assert r["damaged"] is None and np.isnan(r["damaged_p"]) and set(r) >= {"background", "style", "slots"}

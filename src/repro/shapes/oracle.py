@@ -3,14 +3,17 @@
 A small CNN (~0.35 M parameters) trained on degraded renders (see `oracle_train.py`) reads
 uint8 images [N, H, W, 3] (any size; resized to 128) into, per position slot, "empty" or
 the object's shape and pose, colour, texture and size, plus the background colour and the
-style. `compare(read, scene)` scores a reading against the scene a caption asked for
+style, and whether the image is *damaged* (off the distribution of renders and of the toy
+model's normal generations: the noise, blotches and colour fields of an edit pushed too far;
+see `damage_train.py`). `compare(read, scene)` scores a reading against the scene a caption asked for
 ("prompt following").
 
     oracle = load_oracle()                 # models/oracle, or $REPRO_MODELS_DIR/oracle
-    readings = oracle.read(images)         # list of dicts, one per image
+    readings = oracle.read(images)         # list of dicts, one per image (with "damaged", "damaged_p")
     compare(readings[0], scene)            # {"shape": True, "colour": False, ..., "all": False}
 
-Train or evaluate again with `python -m repro.shapes.oracle --train` / `--eval`.
+Train or evaluate again with `python -m repro.shapes.oracle --train` / `--eval`; refit only
+the damaged head of the saved oracle with `--train-damage`.
 """
 
 from __future__ import annotations
@@ -42,16 +45,46 @@ from repro.shapes.world import (
 
 WEIGHTS_FILE = "oracle.safetensors"
 CONFIG_FILE = "config.json"
-ARCH = "shapes-oracle-cnn-v1"
+ARCH = "shapes-oracle-cnn-v2"
+"""v2 = v1 + the `damaged` head; v1 files still load (their readings say damaged=None)."""
+ARCHES = ("shapes-oracle-cnn-v1", ARCH)
 
 # The label layout: one block of heads per slot, then two global heads.
 OBJECT_CLASSES = ("empty",) + tuple(f"{s}:{o}" if o else s for s, o in SHAPE_VARIANTS)
 SLOT_HEADS = {"object": len(OBJECT_CLASSES), "colour": len(COLOURS), "texture": len(TEXTURES), "size": len(SIZES)}
 GLOBAL_HEADS = {"background": len(BACKGROUNDS), "style": len(STYLES)}
+DAMAGE_TAP = 8
+"""Index in `OracleNet.features` whose output (2 * width channels at 32x32) the damaged head reads."""
+DAMAGE_THRESHOLD = 0.5
+"""Default probability above which a reading says damaged (a saved config's `damage_threshold` wins)."""
 
 
 def _block(c_in: int, c_out: int, stride: int, k: int = 3) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, k, stride, (k - 1) // 2, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class DamageHead(nn.Module):
+    """Damaged vs not: a mid-level feature map [B, C_tap, 32, 32] (where noise and blotches are
+    still visible) and the final map [B, C, 8, 8] -> one logit [B]."""
+
+    def __init__(self, c_tap: int, c_final: int, width: int = 16, hidden: int = 32):
+        super().__init__()
+        self.convs = nn.Sequential(*_block(c_tap, width, 1), *_block(width, width, 2))  # 16 -> 16 -> 8
+        self.mlp = nn.Sequential(nn.Linear(2 * width + 2 * c_final, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, 1))
+
+    @staticmethod
+    def inputs(tap: torch.Tensor, final: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the head reads: (tap pooled to [B, C_tap, 16, 16], final's mean and std [B, 2C])."""
+        return F.avg_pool2d(tap, 2), torch.cat([final.mean((2, 3)), final.std((2, 3))], 1)
+
+    def classify(self, tap16: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """`inputs(...)` -> logits [B] (training precomputes the inputs once: the trunk is frozen)."""
+        h = self.convs(tap16)  # [B, width, 8, 8]
+        return self.mlp(torch.cat([h.mean((2, 3)), h.amax((2, 3)), stats], 1)).squeeze(1)
+
+    def forward(self, tap: torch.Tensor, final: torch.Tensor) -> torch.Tensor:
+        return self.classify(*self.inputs(tap, final))
 
 
 class OracleNet(nn.Module):
@@ -59,10 +92,11 @@ class OracleNet(nn.Module):
 
     Slot heads read the feature map average-pooled onto the 3x3 slot grid (one shared head
     for all slots, so an object looks the same wherever it sits; a learned slot embedding
-    lets it know which cell it reads); global heads read the mean over the whole map.
+    lets it know which cell it reads); global heads read the mean over the whole map. The
+    damaged head (`damage_head=True`) adds "damaged" logits [B].
     """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, damage_head: bool = True):
         super().__init__()
         w = width
         self.features = nn.Sequential(
@@ -78,15 +112,28 @@ class OracleNet(nn.Module):
         self.slot_embed = nn.Parameter(torch.zeros(len(POSITIONS), c))
         self.slot_mlp = nn.Sequential(nn.Linear(c, c), nn.ReLU(inplace=True), nn.Linear(c, sum(SLOT_HEADS.values())))
         self.global_head = nn.Linear(c, sum(GLOBAL_HEADS.values()))
+        self.damage_head = DamageHead(2 * w, c) if damage_head else None
         # Each slot's cell on the pooled 3x3 grid, as a flat index.
         from repro.shapes.render import SLOT_CELL
 
         self.register_buffer("slot_index", torch.tensor([SLOT_CELL[p][0] * 3 + SLOT_CELL[p][1] for p in POSITIONS]),
                              persistent=False)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images [B, 3, 128, 128] (0..255) -> (tap [B, 2w, 32, 32], final map [B, 4w, 8, 8])."""
         x = (x - 128.0) / 64.0
-        f = self.features(x)  # [B, C, 8, 8]
+        tap = self.features[: DAMAGE_TAP + 1](x)
+        return tap, self.features[DAMAGE_TAP + 1 :](tap)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        tap, f = self.trunk(x)  # f: [B, C, 8, 8]
+        out = self.heads(f)
+        if self.damage_head is not None:
+            out["damaged"] = self.damage_head(tap, f)  # [B]
+        return out
+
+    def heads(self, f: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The attribute heads' logits from the final feature map f [B, C, 8, 8]."""
         cells = F.adaptive_avg_pool2d(f, 3).flatten(2).transpose(1, 2)  # [B, 9, C]
         slots = cells[:, self.slot_index] + self.slot_embed  # [B, 5, C]
         logits = self.slot_mlp(slots)  # [B, 5, sum(SLOT_HEADS)]
@@ -114,9 +161,11 @@ def scene_targets(scenes: list[Scene]) -> dict[str, torch.Tensor]:
     return t
 
 
-def decode(logits: dict[str, torch.Tensor]) -> list[dict]:
-    """Argmax logits into readings: {"background", "style", "slots": {position: None | object dict}}."""
-    am = {k: v.argmax(-1).cpu() for k, v in logits.items()}
+def decode(logits: dict[str, torch.Tensor], damage_threshold: float = DAMAGE_THRESHOLD) -> list[dict]:
+    """Argmax logits into readings: {"background", "style", "slots": {position: None | object dict},
+    "damaged": bool (None without a damaged head), "damaged_p": probability (nan without)}."""
+    am = {k: v.argmax(-1).cpu() for k, v in logits.items() if k != "damaged"}
+    p_damaged = torch.sigmoid(logits["damaged"].float()).cpu() if "damaged" in logits else None
     colours, backgrounds = list(COLOURS), list(BACKGROUNDS)
     out = []
     for i in range(am["background"].shape[0]):
@@ -134,8 +183,10 @@ def decode(logits: dict[str, torch.Tensor]) -> list[dict]:
                 "texture": TEXTURES[int(am["texture"][i, j])],
                 "size": SIZES[int(am["size"][i, j])],
             }
+        p = float(p_damaged[i]) if p_damaged is not None else float("nan")
         out.append({"background": backgrounds[int(am["background"][i])], "style": STYLES[int(am["style"][i])],
-                    "slots": slots})
+                    "slots": slots, "damaged": None if p_damaged is None else bool(p > damage_threshold),
+                    "damaged_p": p})
     return out
 
 
@@ -203,9 +254,13 @@ class Oracle:
             parts.append({k: v.float().cpu() for k, v in self.net(xb).items()})
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
+    @property
+    def damage_threshold(self) -> float:
+        return float(self.config.get("damage_threshold", DAMAGE_THRESHOLD))
+
     def read(self, images, batch_size: int = 256) -> list[dict]:
         """Readings for uint8 images [N, H, W, 3] (or one [H, W, 3]): see `decode` for the dict."""
-        return decode(self.logits(images, batch_size))
+        return decode(self.logits(images, batch_size), self.damage_threshold)
 
 
 def save_oracle(net: OracleNet, config: dict, folder: str | os.PathLike) -> Path:
@@ -235,10 +290,10 @@ def load_oracle(folder: str | os.PathLike | None = None, device: str | torch.dev
         raise ReproError(f"no oracle in {folder} (need {WEIGHTS_FILE} and {CONFIG_FILE}); train one with "
                          "`python -m repro.shapes.oracle --train` or set REPRO_MODELS_DIR")
     config = json.loads(cfg_path.read_text())
-    if config.get("arch") != ARCH:
-        raise ReproError(f"{cfg_path} is a {config.get('arch')!r} model, not {ARCH!r}; retrain the oracle")
+    if config.get("arch") not in ARCHES:
+        raise ReproError(f"{cfg_path} is a {config.get('arch')!r} model, not one of {ARCHES}; retrain the oracle")
     device = pick_device(device)
-    net = OracleNet(width=int(config.get("width", 32)))
+    net = OracleNet(width=int(config.get("width", 32)), damage_head=config["arch"] != ARCHES[0])
     state = {k: v.float() if v.is_floating_point() else v for k, v in load_file(str(weights)).items()}
     net.load_state_dict(state)
     net = net.to(memory_format=torch.channels_last)
@@ -246,14 +301,17 @@ def load_oracle(folder: str | os.PathLike | None = None, device: str | torch.dev
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m repro.shapes.oracle --train [--steps N] [--out DIR]` or `--eval [--n N]`."""
+    """`python -m repro.shapes.oracle --train [--steps N] [--out DIR]`, `--train-damage` or `--eval [--n N]`."""
     import argparse
 
+    from repro.shapes.damage_train import refit_damage_head
     from repro.shapes.oracle_train import OracleTrainConfig, evaluate_oracle, train_oracle
 
     ap = argparse.ArgumentParser(prog="python -m repro.shapes.oracle", description=__doc__.split("\n")[0])
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument("--train", action="store_true", help="train and save a new oracle")
+    mode.add_argument("--train-damage", action="store_true",
+                      help="refit only the damaged head of the saved oracle (attribute heads unchanged)")
     mode.add_argument("--eval", action="store_true", help="score the saved oracle on held-out renders")
     ap.add_argument("--steps", type=int, default=OracleTrainConfig.steps)
     ap.add_argument("--seed", type=int, default=OracleTrainConfig.seed)
@@ -267,8 +325,15 @@ def main(argv: list[str] | None = None) -> int:
             cfg = OracleTrainConfig(steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                                     device=args.device, out_dir=args.out)
             metrics = train_oracle(cfg)
+        elif args.train_damage:
+            metrics = refit_damage_head(args.out)["damage"]
         else:
-            metrics = evaluate_oracle(load_oracle(args.out, device=args.device), n=args.n)
+            from repro.shapes.damage_train import damage_rates
+
+            oracle = load_oracle(args.out, device=args.device)
+            metrics = evaluate_oracle(oracle, n=args.n)
+            if oracle.net.damage_head is not None:
+                metrics["damaged_read"] = damage_rates(oracle, n=min(args.n, 1000))
     except ReproError as exc:
         print(f"error: {exc}")
         return 2

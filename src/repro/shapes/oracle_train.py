@@ -3,7 +3,8 @@
 Training data is rendered on the fly from train-split scenes (fresh scenes every chunk,
 so the net never sees the same image twice) and degraded with `degrade.degrade`; a share
 of each batch stays clean. Evaluation uses test-split scenes (never trained on), clean and
-degraded with a fixed seed.
+degraded with a fixed seed. After the attribute heads, the damaged head trains on the frozen
+trunk (`damage_train.py`; alone, on a saved oracle: `python -m repro.shapes.oracle --train-damage`).
 """
 
 from __future__ import annotations
@@ -182,7 +183,14 @@ def train_oracle(cfg: OracleTrainConfig = OracleTrainConfig(), save: bool = True
                 if log_every and step % log_every == 0:
                     print(f"step {step}/{cfg.steps} loss {loss.item():.4f} {time.time() - t0:.0f}s", flush=True)
     train_s = time.time() - t0
-    oracle = Oracle(net, {}, device)
+    net.eval()
+    if net.damage_head is not None:  # the damaged head trains on the frozen trunk (damage_train.py)
+        from repro.shapes.damage_train import DamageTrainConfig, damage_rates, train_damage_head
+
+        damage_cfg = DamageTrainConfig(threads=cfg.threads, seed=cfg.seed)
+        damage_timing = train_damage_head(net.cpu(), damage_cfg)
+        net.to(device)
+    oracle = Oracle(net, {"damage_threshold": DamageTrainConfig.threshold}, device)
     metrics = evaluate_oracle(oracle, n=cfg.eval_scenes, degrade_cfg=cfg.degrade)
     metrics["train_seconds"] = round(train_s, 1)
     metrics["train_device"] = str(device)
@@ -192,6 +200,8 @@ def train_oracle(cfg: OracleTrainConfig = OracleTrainConfig(), save: bool = True
         "train": asdict(cfg),
         "metrics": metrics,
         "provenance": provenance(command="python -m repro.shapes.oracle --train"),
+        "damage_threshold": damage_cfg.threshold,
+        "damage": {"train": asdict(damage_cfg), **damage_timing, "rates": damage_rates(oracle)},
     }
     if save:
         save_oracle(net.cpu(), config, cfg.out_dir or default_oracle_dir())

@@ -3,11 +3,14 @@ scratch folder and the table of exit codes is written to benchmarks/bad_inputs.m
 
     python benchmarks/bad_inputs.py                 # about 5 minutes on 2 CPU cores
     python benchmarks/bad_inputs.py --only files    # one group
+    python benchmarks/bad_inputs.py --only ranges   # numbers out of range (issue 30, item 5)
 
 What counts: exit 2 with exactly one `repro: error:` line on stderr and no traceback for
 bad input; exit 0 where the input is fixable and the command fixes it (a resumed run, a
 repaired store); 130 with one line for Ctrl-C. The read-only cases need root (a read-only
-tmpfs is mounted in the scratch folder) and are marked "not run" otherwise. Everything
+tmpfs is mounted in the scratch folder) and are marked "not run" otherwise, as are the
+out-of-space ones (a tmpfs of 400 kB, nearly filled). Each command runs with its address space
+of the ranges group capped at 8 GiB, so that a huge number that slips through cannot exhaust the shared machine. Everything
 runs on the tiny random pipeline on the CPU.
 """
 
@@ -44,10 +47,21 @@ class Case:
     result: dict = field(default_factory=dict)
 
 
-def cli(*args: str, timeout: float = 600, **kw) -> subprocess.CompletedProcess:
+MEMORY_GUARD = 8 * 2**30
+"""Address space of each command (bytes): a huge number that slips through fails an allocation in the
+command (one line or a traceback in the table) instead of driving the shared machine out of memory."""
+
+
+def _guard() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_GUARD, MEMORY_GUARD))
+
+
+def cli(*args: str, timeout: float = 600, guard: bool = False, **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run([sys.executable, "-m", "repro.cli", *args], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=W, **kw)
+                          env=env, cwd=W, preexec_fn=_guard if guard else None, **kw)
 
 
 def sha(path: Path) -> str:
@@ -116,8 +130,48 @@ def mount_read_only() -> bool:
 
 
 def unmount_read_only() -> None:
-    if os.path.ismount(W / "ro"):
-        subprocess.run(["umount", str(W / "ro")], check=False)
+    for name in ("ro", "full"):
+        if os.path.ismount(W / name):
+            subprocess.run(["umount", str(W / name)], check=False)
+
+
+FULL_KB = 400
+"""Size of the small tmpfs of the out-of-space cases (room for the --out probe, not for the outputs)."""
+
+
+def full_disk(argv: list[str], left: int) -> tuple[int, str]:
+    """`argv` writing into a fresh tmpfs of FULL_KB kB with `left` bytes free: exit 2 with one line, and
+    no half-written file left behind (exit 1 if a temporary or an unparsable JSON file is left)."""
+    folder = W / "full"
+    unmount_read_only()
+    folder.mkdir(exist_ok=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={FULL_KB}k", "tmpfs", str(folder)], capture_output=True)
+    if done.returncode != 0:
+        return 1, f"cannot mount a tmpfs: {done.stderr.strip()}"
+    try:
+        filler = folder / "filler"
+        with open(filler, "wb") as fh:  # leaves `left` bytes free
+            fh.write(b"\0" * max(FULL_KB * 1024 - left, 0))
+        try:
+            r = cli(*argv, timeout=300)
+        except subprocess.TimeoutExpired:
+            return 1, "hung (killed after 300 s)"
+        # Half-written = an atomic writer's temporary left behind, or a file that does not parse.
+        files = [p for p in folder.rglob("*") if p.is_file() and p != filler and p.name != ".lock"]
+        broken = [p for p in files if p.name.startswith(".") or ".tmp" in str(p.relative_to(folder))]
+        for p in files:
+            if p.suffix in (".json", ".jsonl") and p not in broken:
+                try:
+                    [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+                except ValueError:
+                    broken.append(p)
+        if broken:
+            return 1, f"exit {r.returncode}; half-written files left: {', '.join(str(p.relative_to(folder)) for p in broken)[:160]}"
+        kept = f" (complete files kept: {', '.join(sorted(str(p.relative_to(folder)) for p in files))})" if files else ""
+        return r.returncode, r.stderr.rstrip("\n") + kept
+    finally:
+        subprocess.run(["umount", str(folder)], check=False)
+        mount_read_only()
 
 
 # --- scenarios (a run changed on disk between two commands) ------------------------------------
@@ -378,6 +432,87 @@ def untrusted_cases() -> list[Case]:
     ]
 
 
+def range_cases() -> list[Case]:
+    """Numbers out of range (issue 30, item 5): refused before work starts, with the valid range."""
+    huge = str(2**64)
+    C = lambda what, argv: Case("ranges", what, argv)  # noqa: E731
+    train = ["train", "--store", "store", "--out", "t", "--device", "cpu"]
+    return [
+        C("generate --seed 2**64", ["generate", *TINY, "a cat", "--seed", huge]),
+        C("generate --seed -1", ["generate", *TINY, "a cat", "--seed", "-1"]),
+        C("generate two prompts from --seed 2**63-1 (the second overflows)",
+          ["generate", *TINY, "a cat", "a dog", "--seed", str(2**63 - 1)]),
+        C("generate --steps 10**20", ["generate", *TINY, "a cat", "--steps", str(10**20)]),
+        C("generate --resolution 8 (too small for the VAE)", ["generate", *TINY, "a cat", "--resolution", "8"]),
+        C("generate --resolution 100000", ["generate", *TINY, "a cat", "--resolution", "100000"]),
+        C("blocks --resolution 100000", ["blocks", *TINY, "--resolution", "100000"]),
+        C("collect --resolution 16", ["collect", *TINY, "--n-prompts", "1", "--resolution", "16", "--out", "x"]),
+        C("collect --n-prompts 10**12", ["collect", *TINY, "--n-prompts", str(10**12), "--out", "x"]),
+        C("collect --n-prompts 10**8 --shard-size 1 (10**8 shards)",
+          ["collect", *TINY, "--n-prompts", str(10**8), "--shard-size", "1", "--out", "x"]),
+        C("collect --batch-size 10**9", ["collect", *TINY, "--n-prompts", "2", "--batch-size", str(10**9), "--out", "x"]),
+        C("collect --shard-size 10**9", ["collect", *TINY, "--n-prompts", "2", "--shard-size", str(10**9), "--out", "x"]),
+        C("collect --seed 2**63-1 for 2 prompts", ["collect", *TINY, "--n-prompts", "2", "--seed", str(2**63 - 1), "--out", "x"]),
+        C("collect --writers 10**6", ["collect", *TINY, "--n-prompts", "2", "--writers", str(10**6), "--out", "x"]),
+        C("train --seed 2**64", [*train, "--seed", huge]),
+        C("train --seed -1", [*train, "--seed", "-1"]),
+        C("train --batch-size 10**10", [*train, "--batch-size", str(10**10)]),
+        C("train --expansion 10**8", [*train, "--expansion", str(10**8)]),
+        C("train --steps 10**13", [*train, "--steps", str(10**13)]),
+        C("train --k 10**13", [*train, "--k", str(10**13)]),
+        C("train --geometric-median-samples 10**12", [*train, "--geometric-median-samples", str(10**12)]),
+        C("train --adam-betas 0.9 1.5", [*train, "--adam-betas", "0.9", "1.5"]),
+        C("train --read-threads 10**6", [*train, "--read-threads", str(10**6)]),
+        C("riebench --batch-size 10**9", ["riebench", *TINY, "--batch-size", str(10**9), "--out", "r.jsonl"]),
+        C("riebench --resolution 100000", ["riebench", *TINY, "--resolution", "100000", "--out", "r.jsonl"]),
+        C("riebench --mask-dilate-px 10**9", ["riebench", *TINY, "--mask-dilate-px", str(10**9), "--out", "r.jsonl"]),
+        C("riebench --k-transfer 10**12", ["riebench", *TINY, "--k-transfer", str(10**12), "--out", "r.jsonl"]),
+        C("riebench-example --resolution 10**6", ["riebench-example", "ex", "--resolution", str(10**6)]),
+        C("build-model --seed 2**64", ["build-model", "bm", "--seed", huge]),
+        C("toy train --seed -3", ["toy", "train", "--seed", "-3"]),
+        C("toy train --set data.scenes=10**9", ["toy", "train", "--set", f"data.scenes={10**9}"]),
+        C("toy train --batch-size 10**9", ["toy", "train", "--batch-size", str(10**9)]),
+        C("toy eval --n 10**9", ["toy", "eval", "--n", str(10**9)]),
+        C("notebook run 00_overview -p seed -1", ["notebook", "run", "00_overview", "-p", "seed", "-1"]),
+        C("notebook run 00_overview -p seed 2**64", ["notebook", "run", "00_overview", "-p", "seed", huge]),
+        C("notebook run 01_shapesworld -p n_captions -5 (a negative count)",
+          ["notebook", "run", "01_shapesworld", "-p", "n_captions", "-5"]),
+        C("notebook run 01_shapesworld -p n_captions 10**12",
+          ["notebook", "run", "01_shapesworld", "-p", "n_captions", str(10**12)]),
+        C("notebook run 03_train -p batch_size 10**9", ["notebook", "run", "03_train", "-p", "batch_size", str(10**9)]),
+        C("notebook run 05_features -p purity_threshold 1.5", ["notebook", "run", "05_features", "-p", "purity_threshold", "1.5"]),
+        C("notebook run 05_features -p causal_strengths '[1, NaN]'",
+          ["notebook", "run", "05_features", "-p", "causal_strengths", "[1, NaN]"]),
+        C("notebook run 06_riebench -p per_category -2", ["notebook", "run", "06_riebench", "-p", "per_category", "-2"]),
+        C("notebook run 00_overview -p overrides '{\"collect_prompts\": -1}'",
+          ["notebook", "run", "00_overview", "-p", "overrides", '{"collect_prompts": -1}']),
+        C("notebook run 00_overview -p overrides '{\"sae_batch\": 10**12}'",
+          ["notebook", "run", "00_overview", "-p", "overrides", '{"sae_batch": 1000000000000}']),
+        C("notebook run 00_overview -p overrides '{\"base\": {\"steps\": 10**6}}'",
+          ["notebook", "run", "00_overview", "-p", "overrides", '{"base": {"steps": 1000000}}']),
+    ]
+
+
+def full_disk_cases() -> list[Case]:
+    """The disk fills during the run (issue 30, item 6): one line, nothing half-written left."""
+    full = "root (small tmpfs)"
+    C = lambda what, fn: Case("no space", what, fn, needs=full)  # noqa: E731
+    train = ["train", "--store", "store", "--expansion", "2", "--k", "2", "--batch-size", "16", "--steps", "4",
+             "--checkpoint-every", "2", "--device", "cpu", "--no-progress"]
+    return [
+        C("train: the first checkpoint does not fit", lambda: full_disk([*train, "--out", "full/t"], 40_000)),
+        C("train: the final SAE does not fit (no checkpoints)",
+          lambda: full_disk([*train[:-3], "--checkpoint-every", "0", "--no-progress", "--out", "full/t"], 40_000)),
+        C("generate: the first PNG does not fit", lambda: full_disk(["generate", *TINY, "a cat", "a dog", "--out", "full/g"],
+                                                                    3_000)),
+        C("collect: the first shard does not fit",
+          lambda: full_disk(["collect", *TINY, *SMALL, "--blocks", "mid.0", "--out", "full/c"], 20_000)),
+        C("riebench: the results file does not fit",
+          lambda: full_disk(["riebench", *TINY, "--limit", "1", "--categories", "change_colour", "--methods", "steer",
+                             "--no-progress", "--out", "full/r.jsonl"], 0)),
+    ]
+
+
 def cases() -> list[Case]:
     C = Case
     ro = "root (read-only tmpfs)"
@@ -385,7 +520,7 @@ def cases() -> list[Case]:
         # command line: arguments and values
         C("arguments", "no command", []),
         C("arguments", "unknown command", ["nosuch"]),
-        C("arguments", "collect without --n-prompts", ["collect", "--out", "x"]),
+        C("arguments", "collect without --out", ["collect", "--n-prompts", "1"]),
         C("arguments", "collect --n-prompts abc", ["collect", "--n-prompts", "abc", "--out", "x"]),
         C("arguments", "collect --n-prompts 0", ["collect", "--n-prompts", "0", "--out", "x"]),
         C("arguments", "collect --n-prompts -5", ["collect", "--n-prompts", "-5", "--out", "x"]),
@@ -415,7 +550,7 @@ def cases() -> list[Case]:
         C("arguments", "blocks --model /no/such/folder", ["blocks", "--model", "/no/such/folder"]),
         C("arguments", "blocks --resolution 0", ["blocks", *TINY, "--resolution", "0"]),
         C("arguments", "train --lr nan", ["train", "--store", "store", "--out", "t", "--lr", "nan"]),
-        C("arguments", "train --lr 0", ["train", "--store", "store", "--out", "t", "--lr", "0"]),
+        C("arguments", "train --lr -1", ["train", "--store", "store", "--out", "t", "--lr", "-1"]),
         C("arguments", "train --steps 0", ["train", "--store", "store", "--out", "t", "--steps", "0"]),
         C("arguments", "train --k 0", ["train", "--store", "store", "--out", "t", "--k", "0"]),
         C("arguments", "train --k 300 --expansion 1 (k >= features)",
@@ -497,7 +632,7 @@ def cases() -> list[Case]:
           lambda: ctrl_c(["collect", *TINY, "--n-prompts", "400", "--shard-size", "2", "--batch-size", "2", "--blocks", "mid.0",
                           "--no-progress", "--out", "ctrl-c"], lambda: (W / "ctrl-c" / "manifest.json").exists()),
           expect=130),
-    ] + untrusted_cases()
+    ] + untrusted_cases() + range_cases() + full_disk_cases()
 
 
 def run_case(case: Case, can: set[str]) -> None:
@@ -505,18 +640,24 @@ def run_case(case: Case, can: set[str]) -> None:
         case.result = {"code": None, "note": f"not run (needs {case.needs})"}
         return
     started = time.time()
-    if callable(case.argv):
-        code, err = case.argv()
-    else:
-        done = cli(*case.argv)
-        code, err = done.returncode, done.stderr
+    try:
+        if callable(case.argv):
+            code, err = case.argv()
+        else:
+            done = cli(*case.argv, timeout=300, guard=case.group == "ranges")
+            code, err = done.returncode, done.stderr
+    except subprocess.TimeoutExpired as exc:
+        code, err = None, f"hung (killed after {exc.timeout:.0f} s)"
+    hung = code is None or err.startswith("hung")
     lines = [line for line in err.splitlines() if line.strip() and "\r" not in line]
     errors = [line for line in lines if line.startswith("repro:")]
     clean = "Traceback" not in err and (code == 0 or len(errors) == 1)
     ok = code == case.expect and clean
     note = errors[0] if errors else (lines[-1] if lines and code != 0 else err.strip().splitlines()[-1] if err.strip() else "")
     note = note.replace(f"{W}/", "").replace(str(W), ".")  # the scratch folder's name changes from run to run
-    case.result = {"code": code, "ok": ok, "lines": len(lines), "note": note[:220], "s": round(time.time() - started, 1)}
+    case.result = {"code": "hung" if code is None else code, "ok": ok and not hung, "lines": len(lines),
+                   "note": note[:220], "s": round(time.time() - started, 1), "traceback": "Traceback" in err,
+                   "hung": hung}
 
 
 def write_table(all_cases: list[Case], out: Path) -> None:
@@ -543,7 +684,10 @@ def write_table(all_cases: list[Case], out: Path) -> None:
     codes = {}
     for c in ran:
         codes[c.result["code"]] = codes.get(c.result["code"], 0) + 1
-    rows += ["## Summary", "", f"{len(ran)} of {len(all_cases)} cases ran; {good} as expected. Exit codes: "
+    tracebacks = sum(c.result.get("traceback", False) for c in ran)
+    hangs = sum(c.result.get("hung", False) for c in ran)
+    rows += ["## Summary", "", f"{len(ran)} of {len(all_cases)} cases ran; {good} as expected; {tracebacks} tracebacks, "
+             f"{hangs} hangs. Exit codes: "
              + ", ".join(f"{k}: {v}" for k, v in sorted(codes.items(), key=lambda kv: str(kv[0]))) + ".", ""]
     out.write_text("\n".join(rows))
 
@@ -552,13 +696,14 @@ def main(argv: list[str] | None = None) -> int:
     global W
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "bad_inputs.md")
-    parser.add_argument("--only", default=None, help="run one group: arguments, files, corrupted, interrupted, untrusted")
+    parser.add_argument("--only", default=None,
+                        help="run one group: arguments, files, corrupted, interrupted, untrusted, ranges, 'no space'")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT / "src"))
     with tempfile.TemporaryDirectory(prefix="bad-inputs-") as tmp:
         W = Path(tmp)
         fixtures()
-        can = {"root (read-only tmpfs)"} if mount_read_only() else set()
+        can = {"root (read-only tmpfs)", "root (small tmpfs)"} if mount_read_only() else set()
         try:
             chosen = [c for c in cases() if args.only in (None, c.group)]
             for i, case in enumerate(chosen, 1):
@@ -569,7 +714,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             unmount_read_only()
     write_table(chosen, args.out)
-    print(f"wrote {args.out}")
+    ran = [c for c in chosen if c.result.get("code") is not None]
+    print(f"wrote {args.out}: {sum(c.result['ok'] for c in ran)} of {len(ran)} as expected, "
+          f"{sum(c.result.get('traceback', False) for c in ran)} tracebacks, {sum(c.result.get('hung', False) for c in ran)} hangs")
     return 0 if all(c.result.get("ok", True) for c in chosen) else 1
 
 

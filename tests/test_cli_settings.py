@@ -114,7 +114,7 @@ def test_flag_values_reach_the_configs():
     run, config = from_args(RIEBenchRun, args), from_args(RIEBenchConfig, args)
     assert run.saes == (Path("a"), Path("b,c"))  # paths are never split at commas
     grid = run.grid()
-    assert (grid.k_transfer, grid.m_steer, grid.k_neurons) == ((8, 32), (0.5,), (64, 256))  # the rest: Grid.toy()'s
+    assert (grid.k_transfer, grid.m_steer, grid.k_neurons) == ((8, 32), (0.5,), (100, 200, 400, 800, 1600))
     assert (config.strict_sign, config.steps) == (True, 2)
 
 
@@ -159,11 +159,11 @@ def test_train_flags_reach_the_saved_saes(tmp_path, tiny_pipe, one_thread):
 
 @pytest.mark.parametrize("argv, needle", [
     (["train", "--store", "s", "--out", "o", "--impl", "turbo"], "argument --impl: invalid choice: 'turbo'"),
-    (["train", "--store", "s", "--out", "o", "--keep-checkpoints", "0"], "keep_checkpoints >= 1"),
+    (["train", "--store", "s", "--out", "o", "--keep-checkpoints", "0"], "keep_checkpoints must be in 1..1000, got 0"),
     (["collect", "--out", "o", "--dtype", "fp32"], "argument --dtype/--model-dtype: invalid choice: 'fp32'"),
-    (["collect", "--out", "o", "--writers", "0"], "writers must be at least 1, got 0"),
+    (["collect", "--out", "o", "--writers", "0"], "writers must be in 1..1024, got 0"),
     (["riebench", "--out", "r.jsonl", "--methods", "transport,nope"], "unknown RIEBench method 'nope'"),
-    (["riebench", "--out", "r.jsonl", "--mask-dilate-px", "-1"], "mask_dilate_px must be at least 0"),
+    (["riebench", "--out", "r.jsonl", "--mask-dilate-px", "-1"], "mask_dilate_px must be in 0..4096"),
 ])
 def test_a_bad_value_is_one_line_and_exit_2(capsys, monkeypatch, argv, needle):
     def load(*args, **kwargs):

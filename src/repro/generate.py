@@ -30,10 +30,11 @@ class Sampling:
     """Image side in pixels; None takes the model's own (`sample_size` x VAE factor)."""
 
     def __post_init__(self):
-        if self.steps < 1:
-            raise ReproError(f"steps must be at least 1, got {self.steps}")
-        if self.resolution is not None and self.resolution % 8:
-            raise ReproError(f"resolution must be a multiple of 8 pixels, got {self.resolution}")
+        from repro.ranges import MAX_DENOISING_STEPS, check_float, check_int, check_resolution
+
+        check_int("steps", self.steps, 1, MAX_DENOISING_STEPS, why="the scheduler has 1000 timesteps")
+        check_float("guidance", self.guidance)
+        check_resolution("resolution", self.resolution)
 
     @property
     def cfg(self) -> bool:

@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import subprocess
 import shutil
 import tempfile
@@ -44,9 +45,29 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, target)
         _fsync_dir(target.parent)
-    except BaseException:
+    except BaseException as exc:
         tmp_path.unlink(missing_ok=True)
+        if (refused := os_error(exc, target)) is not None and refused is not exc:
+            raise refused from exc
         raise
+
+
+_OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)")  # how safetensors (Rust) reports an I/O error
+
+
+def os_error(exc: BaseException, path: str | os.PathLike) -> OSError | None:
+    """`exc` as an OSError naming `path` when the machine refused a write (full disk, no
+    permission, read-only), also when a library reported it in its own words (safetensors: "No
+    space left on device (os error 28)"); None for any other error. Lets the CLI say it in one line."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        if exc.filename:
+            return exc
+        return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(path))
+    match = _OS_ERROR_TEXT.search(str(exc)) if type(exc).__name__ == "SafetensorError" else None
+    if match:
+        code = int(match.group(1))
+        return OSError(code, os.strerror(code), os.fspath(path))
+    return None
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 Notebooks live in `notebooks/` as MyST markdown (jupytext), one chapter each, with one
 code cell tagged `parameters`. The runner converts a chapter to ipynb, checks the given
-parameters against the defaults in that cell (names and types), executes it with
+parameters against the defaults in that cell (names, types and ranges), executes it with
 papermill and writes the executed notebook atomically to `book/chapters/<name>.ipynb`.
 A failing chapter becomes one line: the error the notebook raised.
 """
@@ -101,13 +101,75 @@ def _coerce(notebook: str, key: str, raw: Any, default: Any) -> Any:
     return raw
 
 
+PARAMETER_RANGES: tuple[tuple[str, str, float | None, float | None], ...] = (
+    # (chapter pattern, parameter pattern, low, high): the first match wins, and the range always
+    # holds the chapter's default (0 or -1 there means "the profile's"). Caps as in repro.ranges.
+    ("*", "seed", 0, 2**63 - 1),
+    ("*", "n_prompts", 1, 100_000_000),
+    ("*", "n_base", 0, 1_000_000),  # 0: n_captions
+    ("*", "n_*", 1, 1_000_000),  # prompts, captions or scenes generated and held in memory
+    ("03_train", "batch_size", 1, 2**22),  # tokens
+    ("*", "batch_size", 1, 4096),  # images per generation call
+    ("*", "shard_size", 1, 65_536),
+    ("*", "expansion", 1, 256),
+    ("*", "k", 1, None),
+    ("*", "steps", 1, 10**9),
+    ("*", "log_every", 1, 10**9),
+    ("*", "checkpoint_every", 0, 10**9),  # 0: no checkpoints
+    ("*", "stats_batches", 0, 10**9),
+    ("*", "dead_tokens", 0, None),
+    ("*", "top_m", 1, 100_000),
+    ("*", "sample_per_feature", 1, 100_000),
+    ("*", "per_category", 0, 1_000_000),  # 0: every edit
+    ("*", "purity_threshold", 0.0, 1.0),
+)
+"""Valid ranges of chapter parameters by name; any other integer whose default is >= 0 must stay
+>= 0, and every number (also in a list) must be finite."""
+
+
+def parameter_range(notebook: str, key: str, default: Any) -> tuple[float | None, float | None]:
+    """(low, high) of a numeric parameter of `notebook` (None: unbounded), widened to hold its default."""
+    from fnmatch import fnmatchcase
+
+    low, high = next(((lo, hi) for nb, pattern, lo, hi in PARAMETER_RANGES
+                      if fnmatchcase(notebook, nb) and fnmatchcase(key, pattern)),
+                     (0 if isinstance(default, int) and default >= 0 else None, None))
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        low = default if low is not None and default < low else low
+        high = default if high is not None and default > high else high
+    return low, high
+
+
+def _check_range(notebook: str, key: str, value: Any, default: Any) -> None:
+    """One ReproError if a numeric parameter (or a number in a list) is out of range or not finite."""
+    import math
+
+    numbers = value if isinstance(value, list) else [value]
+    for item in numbers:
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ReproError(f"parameter {key} of {notebook} must hold finite numbers (default {default!r}), got {value!r}")
+        if isinstance(default, list) and default and all(isinstance(d, (int, float)) for d in default) and (
+                isinstance(item, bool) or not isinstance(item, (int, float))):
+            raise ReproError(f"parameter {key} of {notebook} must be a list of numbers (default {default!r}), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not isinstance(default, (int, float)):
+        return
+    low, high = parameter_range(notebook, key, default)
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"in {low}..{high}" if low is not None and high is not None else (
+            f"at least {low}" if high is None else f"at most {high}")
+        raise ReproError(f"parameter {key} of {notebook} must be {span} (default {default!r}), got {value!r}")
+
+
 def check_parameters(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Validate names and types of `given` against the notebook's defaults; returns coerced values."""
+    """Validate names, types and ranges of `given` against the notebook's defaults (`PARAMETER_RANGES`);
+    returns coerced values."""
     defaults = default_parameters(name)
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ReproError(f"{name} has no parameter {unknown[0]!r}: use {choices_hint(defaults)}")
     checked = {key: _coerce(name, key, value, defaults[key]) for key, value in given.items()}
+    for key, value in checked.items():
+        _check_range(name, key, value, defaults[key])
     if "profile" in checked or "overrides" in checked:
         from repro.profiles import get_profile
 

@@ -104,9 +104,23 @@ class Profile:
             raise ReproError(f"unknown riebench_grid {self.riebench_grid!r}: use {choices_hint(GRIDS)}")
         counts = ("sae_seeds", "control_budgets", "causal_features", "causal_scenes", "causal_strength_points",
                   "causal_calibration_norms", "causal_dev_scenes", "timing_scenes", "timing_prompts")
-        low = [name for name in counts if getattr(self, name) < 1]
-        if low:
-            raise ReproError(f"{', '.join(low)} must be at least 1")
+        from repro.ranges import (MAX_EXPANSION, MAX_PROMPTS, MAX_TOKEN_BATCH, MAX_TRAIN_STEPS, check_float,
+                                  check_int)
+
+        for name in counts:
+            check_int(name, getattr(self, name), 1, 1_000_000)
+        check_int("collect_prompts", self.collect_prompts, 1, MAX_PROMPTS)
+        check_int("control_prompts", self.control_prompts, 1, MAX_PROMPTS)
+        check_int("sae_expansion", self.sae_expansion, 1, MAX_EXPANSION)
+        check_int("sae_batch", self.sae_batch, 1, MAX_TOKEN_BATCH, why="tokens held in memory at once")
+        check_int("sae_steps", self.sae_steps, 1, MAX_TRAIN_STEPS)
+        for name in ("sae_k", "riebench_sae_k"):
+            check_int(name, getattr(self, name), 1, None)
+        for name in ("control_steps", "riebench_sae_steps"):  # 0: sae_steps
+            check_int(name, getattr(self, name), 0, MAX_TRAIN_STEPS)
+        check_int("dead_tokens", self.dead_tokens, 0, None)
+        check_int("riebench_per_category", self.riebench_per_category, 0, 1_000_000, why="0 runs every edit")
+        check_float("sae_lr", self.sae_lr, 0.0, why="0 scales the lr to the dictionary")
 
 
 PAPER = Profile(
@@ -228,13 +242,19 @@ def get_profile(name: str, overrides: dict[str, Any] | None = None) -> Profile:
             if unknown:
                 raise ReproError(f"override {key} has no field {unknown[0]!r}: use {choices_hint(sampling_fields)}")
             current = getattr(profile, key)
-            value = dataclasses.replace(current, **{
-                name: _checked(f"{key}.{name}", v, (int, type(None)) if name == "resolution" else type(getattr(current, name)))
-                for name, v in value.items()})
+            typed = {name: _checked(f"{key}.{name}", v, (int, type(None)) if name == "resolution" else type(getattr(current, name)))
+                     for name, v in value.items()}
+            try:
+                value = dataclasses.replace(current, **typed)
+            except ReproError as exc:  # Sampling's range checks name the field only
+                raise ReproError(f"override {key}: {exc}") from None
         else:
             value = _checked(key, value, type(getattr(profile, key)))
         changes[key] = value
-    return dataclasses.replace(profile, **changes)
+    try:
+        return dataclasses.replace(profile, **changes)
+    except ReproError as exc:  # a range check of Profile
+        raise ReproError(f"override of profile {name!r}: {exc}") from None
 
 
 def _checked(key: str, value: Any, expected: type | tuple[type, ...]) -> Any:

@@ -9,6 +9,7 @@ from typing import Literal
 
 from repro.cli.common import DEFAULT_MODEL, at_least
 from repro.errors import ReproError
+from repro.ranges import MIN_RESOLUTION
 
 
 @dataclass
@@ -63,8 +64,16 @@ class RIEBenchRun:
     def __post_init__(self) -> None:
         from repro.riebench.methods import METHODS
 
-        if self.limit is not None and self.limit < 1:
-            raise ReproError(f"limit must be at least 1 edit per category, got {self.limit}")
+        from repro.ranges import check_float, check_int
+
+        if self.limit is not None:
+            check_int("limit", self.limit, 1, 1_000_000, why="edits per category")
+        for name in ("k_transfer", "k_neurons"):  # units added and subtracted per block
+            for value in getattr(self, name) or ():
+                check_int(name, value, 1, 2**31)
+        for name in ("m_transfer", "m_steer", "m_neurons"):
+            for value in getattr(self, name) or ():
+                check_float(name, value)
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown or not self.methods:
             raise ReproError(f"unknown RIEBench method {unknown[0] if unknown else '(none)'!r}: "
@@ -99,7 +108,8 @@ def register(sub) -> None:
 
     ex = sub.add_parser("riebench-example", help="write a small RIEBench in the published layout, with drawn masks")
     ex.add_argument("out", type=Path, help="folder to write edits.json and masks/ into")
-    ex.add_argument("--resolution", type=at_least(8), default=512, help="mask size in pixels (the generation resolution)")
+    ex.add_argument("--resolution", type=at_least(MIN_RESOLUTION), default=512,
+                    help="mask size in pixels (the generation resolution; a multiple of 8 up to 4096)")
     ex.add_argument("--per-category", type=int, default=2, choices=(1, 2), help="edits per category")
     ex.set_defaults(run=write_example)
 
@@ -108,7 +118,9 @@ def write_example(args: argparse.Namespace) -> int:
     from repro.riebench.example import write_example as write
 
     from repro.io import writable_folder
+    from repro.ranges import check_resolution
 
+    check_resolution("--resolution", args.resolution)
     writable_folder(args.out)
     edits, masks = write(args.out, resolution=args.resolution, per_category=args.per_category)
     print(f"wrote {edits} and {masks}/ (use: repro riebench --edits {edits} --masks {masks} ...)")

@@ -207,6 +207,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from repro.shapes.oracle import load_oracle
     from repro.toymodels.evaluate import prompt_following
 
+    from repro.generate import Sampling
+    from repro.ranges import check_int
+
+    Sampling(steps=args.steps, guidance=args.guidance)  # checked before the model loads
+    check_int("--n", args.n, 1, 1_000_000, why="held-out captions, rendered and held in memory")
     pipe = load_pipeline(args.model, device=args.device)
     oracle = load_oracle(args.oracle, device=pipe.device)
     result = prompt_following(pipe, oracle, n=args.n, steps=args.steps, guidance=args.guidance)

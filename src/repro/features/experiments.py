@@ -133,13 +133,14 @@ def power_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def timing(pipe, oracle, saes: Mapping[str, TopKSAE], det: pd.DataFrame, label: str, scenes, sampling, strength: float,
-           grid: int, seed: int, batch_size: int) -> pd.DataFrame:
+           grid: int, seed: int, batch_size: int, n: int | None = None) -> pd.DataFrame:
     """Switch each block's best feature for `label` on within one step of `sampling` (or all steps),
-    beside a random direction of the same norm: joint success rates per (block, kind) x window."""
+    beside a random direction of the same norm, in the first `n` of `scenes` without the value:
+    switch-on success rates per (block, kind) x window."""
     from repro.features.causality import causal_timing, has_value, pooled_timing
 
     windows = [[t] for t in range(sampling.steps)] + [list(range(sampling.steps))]
-    on = [s for s in scenes if not has_value(s, label)]
+    on = [s for s in scenes if not has_value(s, label)][:n]  # the first n scenes without the value
     rows = {}
     for b, sae in saes.items():
         f = sae_feature_for(det, b, label)

@@ -60,8 +60,8 @@ def save_checkpoint(
         if bad := nonfinite_report(moments):  # saving it would resume into NaN
             raise ReproError(f"the Adam states hold non-finite values at step {step} ({bad}): checkpoint not written; "
                              "the training diverged: lower the lr, or train with on_nonfinite='stop'")
-        with atomic_path(tmp / TRAINER_STATE) as path:
-            torch.save(payload, path)
+        with atomic_path(tmp / TRAINER_STATE) as path, open(path, "wb") as fh:
+            torch.save(payload, fh)  # through a file object, a full disk is an OSError with its errno
         if final.exists():  # the same step written again (a resumed run): swap, never leave a gap
             old = root / f".tmp-old-{checkpoint_name(step)}-{os.getpid()}"
             os.replace(final, old)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from repro.errors import ReproError, choices_hint
+from repro.ranges import MAX_SAE_MATRIX, MAX_TOKEN_BATCH, MAX_TRAIN_STEPS, check_float, check_int
 
 ARCHITECTURE = "topk"
 IMPLS = ("auto", "fast", "fused", "reference")
@@ -40,18 +41,19 @@ class SAEConfig:
 
     def __post_init__(self) -> None:
         for name in ("d_model", "n_features", "k"):
-            if int(getattr(self, name)) < 1:
-                raise ReproError(f"SAE {name} must be a positive integer, got {getattr(self, name)!r}")
+            check_int(f"SAE {name}", getattr(self, name), 1, MAX_SAE_MATRIX)
+        if self.d_model * self.n_features > MAX_SAE_MATRIX:
+            raise ReproError(f"SAE d_model x n_features = {self.d_model} x {self.n_features} must be at most {MAX_SAE_MATRIX} "
+                             "(8 GiB a weight matrix in fp32, four such with Adam): lower the expansion")
         if not self.k < self.n_features:
             raise ReproError(
                 f"SAE k={self.k} must be smaller than n_features={self.n_features}: lower k or raise n_features"
             )
         if self.k_aux < 0 or self.k_aux > self.n_features:
             raise ReproError(f"SAE k_aux={self.k_aux} must lie in 0..n_features={self.n_features} (0 turns AuxK off)")
-        if self.auxk_coef < 0:
-            raise ReproError(f"SAE auxk_coef must be >= 0, got {self.auxk_coef}")
-        if self.dead_tokens_threshold < 0:
-            raise ReproError(f"SAE dead_tokens_threshold must be >= 0, got {self.dead_tokens_threshold}")
+        check_float("SAE auxk_coef", self.auxk_coef, 0.0)
+        check_int("SAE dead_tokens_threshold", self.dead_tokens_threshold, 0, None)
+        check_float("SAE fire_threshold", self.fire_threshold, 0.0)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -129,17 +131,18 @@ class TrainConfig:
             raise ReproError(f"unknown compute_dtype {self.compute_dtype!r}: use {choices_hint(COMPUTE_DTYPES)}")
         if self.on_nonfinite not in ("skip", "stop"):
             raise ReproError(f"unknown on_nonfinite {self.on_nonfinite!r}: use {choices_hint(['skip', 'stop'])}")
-        if self.steps < 1:  # 0 would write untrained SAEs as if they were trained
-            raise ReproError(f"steps must be at least 1, got {self.steps}")
+        check_int("steps", self.steps, 1, MAX_TRAIN_STEPS)  # 0 would write untrained SAEs as if they were trained
         if not (math.isfinite(self.lr) and self.lr >= 0 and math.isfinite(self.adam_eps) and self.adam_eps > 0):
             raise ReproError(f"lr must be finite and >= 0 (0: scaled to the dictionary) and adam_eps finite and "
                              f"positive, got lr={self.lr}, adam_eps={self.adam_eps}")
-        if self.log_every < 1:
-            raise ReproError(f"log_every must be >= 1, got {self.log_every}")
-        if self.checkpoint_every < 0 or self.keep_checkpoints < 1:
-            raise ReproError("checkpoint_every must be >= 0 and keep_checkpoints >= 1")
-        if self.stats_batches < 0 or self.geometric_median_samples < 1:
-            raise ReproError("stats_batches must be >= 0 and geometric_median_samples >= 1")
+        for i, beta in enumerate(self.adam_betas):
+            check_float(f"adam_betas[{i}]", beta, 0.0, 1.0, high_open=True)
+        check_int("log_every", self.log_every, 1, MAX_TRAIN_STEPS)
+        check_int("checkpoint_every", self.checkpoint_every, 0, MAX_TRAIN_STEPS, why="0 writes no checkpoints")
+        check_int("keep_checkpoints", self.keep_checkpoints, 1, 1000)
+        check_int("stats_batches", self.stats_batches, 0, MAX_TRAIN_STEPS)
+        check_int("geometric_median_samples", self.geometric_median_samples, 1, MAX_TOKEN_BATCH,
+                  why="the samples are held in memory at once")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

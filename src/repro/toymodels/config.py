@@ -214,9 +214,32 @@ class ToyTrainConfig:
 
         if self.accel not in ACCELS:
             raise ReproError(f"unknown accel {self.accel!r}: use {choices_hint(ACCELS)}")
+        from repro.ranges import (MAX_IMAGE_BATCH, MAX_RESOLUTION, MAX_THREADS, MAX_TRAIN_STEPS, MIN_RESOLUTION,
+                                  check_float, check_int, check_seed)
+
         for stage in STAGES:
-            if getattr(self, stage).steps < 1 or getattr(self, stage).batch_size < 1:
-                raise ReproError(f"{stage} steps and batch size must be at least 1")
+            section = getattr(self, stage)
+            check_int(f"{stage}.steps", section.steps, 1, MAX_TRAIN_STEPS)
+            check_int(f"{stage}.batch_size", section.batch_size, 1, 16 * MAX_IMAGE_BATCH, why="images or latents per step")
+            check_float(f"{stage}.lr", section.lr, 0.0, low_open=True)
+        check_int("turbo.teacher_samples", self.turbo.teacher_samples, 1, 2**20, why="held on the training device")
+        check_int("turbo.teacher_steps", self.turbo.teacher_steps, 1, 1000)
+        check_float("turbo.teacher_guidance", self.turbo.teacher_guidance)
+        # Renders are held as uint8 on the training device: 10^6 scenes of 128 px are 49 GB.
+        check_int("data.scenes", self.data.scenes, 1, 1_000_000, why="the renders are held in memory")
+        check_int("data.captions_per_scene", self.data.captions_per_scene, 1, 64)
+        check_seed("data.seed", self.data.seed)
+        check_int("sizes.resolution", self.sizes.resolution, MIN_RESOLUTION, MAX_RESOLUTION)
+        check_seed("seed", self.seed)
+        check_int("log_every", self.log_every, 1, MAX_TRAIN_STEPS)
+        if self.chunk_steps is not None:
+            check_int("chunk_steps", self.chunk_steps, 1, MAX_TRAIN_STEPS)
+        if self.chunk_seconds is not None:
+            check_float("chunk_seconds", self.chunk_seconds, 0.0, low_open=True)
+        for name in ("threads", "data.workers"):
+            value = self.threads if name == "threads" else self.data.workers
+            if value is not None:
+                check_int(name, value, 1, MAX_THREADS)
 
     def replace(self, **changes) -> "ToyTrainConfig":
         return dataclasses.replace(self, **changes)

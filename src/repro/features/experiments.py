@@ -238,7 +238,8 @@ def claims(det: pd.DataFrame, cz: pd.DataFrame | None, *, min_pos: int = 20) -> 
                 beats_control=bool(s["power"] >= 0.5),
                 positive_control=f"planted mean-difference directions detected in {int(p['detected'])} of "
                                  f"{int(p['n'])} ({p['power']:.2f} [{p['lo']:.2f}, {p['hi']:.2f}]); minimal detectable "
-                                 f"difference at this n ~{mde:.2f}",
+                                 + (f"difference at this n ~{mde:.2f}" if np.isfinite(mde)
+                                    else "difference not estimable (no discordant pairs)"),
                 power=float(p["power"]), n=f"{n_scenes} scenes per direction and strength"))
     return out
 

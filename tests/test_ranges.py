@@ -13,20 +13,7 @@ from repro.cli import main
 from repro.errors import ReproError
 from repro.ranges import SEED_MAX, check_float, check_int, check_resolution, check_seed
 
-TINY = ["--model", "tiny-random", "--device", "cpu"]
-
-
-def fails(capsys, *argv: str) -> str:
-    """Run the CLI in-process; assert exit 2 with exactly one error line and no traceback; return it."""
-    try:
-        code = main(list(argv))
-    except SystemExit as exc:  # argparse
-        code = exc.code
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip() and "\r" not in line]
-    assert code == 2 and "Traceback" not in err, err
-    assert len(lines) == 1 and lines[0].startswith("repro: error: "), err
-    return lines[0]
+from cli_checks import TINY, fails
 
 
 @pytest.fixture

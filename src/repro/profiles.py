@@ -93,7 +93,7 @@ class Profile:
     """RIEBench edits: "shapes" (ShapesWorld RIEBench v1, scored by the oracle), "example"
     (18 everyday edits with drawn masks) or a published-format JSON file."""
     riebench_per_category: int = 0
-    """Edits per category (0: all)."""
+    """Edits per category in each of the dev and test splits (0: all)."""
     riebench_grid: Literal["paper", "toy"] = "paper"
     """RIEBench parameter grid (`repro.riebench.methods.Grid.named`): the paper's, or the toy's
     scaled to a few hundred features."""

@@ -33,6 +33,17 @@ METHODS = ("transport", "per_block", "steer", "neurons")
 """Every method `run_benchmark` knows."""
 
 
+PAPER_NEURONS = 204_800
+"""GEGLU neurons of SDXL's four RIEBench blocks (`n_neurons`), the paper's k_neurons' denominator."""
+TOY_NEURONS = 4_096
+"""The same of the toy's four blocks (shapes-turbo: 8 feed-forward layers of 512)."""
+
+
+def scaled_neurons(ks, n_neurons: int, of: int = PAPER_NEURONS) -> tuple[int, ...]:
+    """k's as the same shares of `n_neurons` as they are of `of` (rounded, at least 1)."""
+    return tuple(max(1, round(int(k) * n_neurons / of)) for k in ks)
+
+
 @dataclass(frozen=True)
 class Grid:
     """Parameter grid of every method (defaults: the paper's)."""
@@ -54,10 +65,13 @@ class Grid:
                 raise ReproError(f"Grid.{name} holds a k below 1: {getattr(self, name)}")
 
     @classmethod
-    def toy(cls) -> "Grid":
-        """A small grid for ShapesWorld (SAEs of a few hundred features, CPU)."""
-        return cls(k_transfer=(8, 32), m_transfer=(1.0, 2.0), m_steer=(0.5, 1.0), k_neurons=(64, 256),
-                   m_neurons=(1.0,))
+    def toy(cls, n_neurons: int = TOY_NEURONS) -> "Grid":
+        """A small grid for ShapesWorld (SAEs of a few hundred features, CPU).
+
+        The neuron k are the paper's as shares of its 204,800 neurons, on `n_neurons` (the
+        toy's four blocks: 4,096): 100 .. 1,600, up to the paper's 39 %, at m 1 and 2."""
+        return cls(k_transfer=(8, 32), m_transfer=(1.0, 2.0), m_steer=(0.5, 1.0),
+                   k_neurons=scaled_neurons(cls.k_neurons, n_neurons), m_neurons=(1.0, 2.0))
 
     @classmethod
     def named(cls, name: str) -> "Grid":

@@ -65,12 +65,11 @@ class RIEBenchConfig:
     """Keep every edited image in `results.images` (row index -> uint8 [H, W, 3])."""
 
     def __post_init__(self):
-        if self.batch_size < 1:
-            raise ReproError(f"batch_size must be at least 1, got {self.batch_size}")
-        if not 0.0 <= self.mask_threshold < 1.0:
-            raise ReproError(f"mask_threshold is a share of a cell's pixels in [0, 1), got {self.mask_threshold}")
-        if self.mask_dilate_px < 0:
-            raise ReproError(f"mask_dilate_px must be at least 0 pixels, got {self.mask_dilate_px}")
+        from repro.ranges import MAX_IMAGE_BATCH, MAX_RESOLUTION, check_float, check_int
+
+        check_int("batch_size", self.batch_size, 1, MAX_IMAGE_BATCH, why="edited images generated in one call")
+        check_float("mask_threshold", self.mask_threshold, 0.0, 1.0, high_open=True, why="a share of a cell's pixels")
+        check_int("mask_dilate_px", self.mask_dilate_px, 0, MAX_RESOLUTION, why="pixels of the image")
         Sampling(steps=self.steps, guidance=self.guidance, resolution=self.resolution)  # validates
 
     @property

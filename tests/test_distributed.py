@@ -240,7 +240,7 @@ def test_dp_step_of_each_impl_on_two_ranks_equals_one_process(tmp_path):
         assert logs[0].auxk > 0
         for r, w in zip(got[impl]["logs"], logs):
             for k, v in r.items():
-                assert v == pytest.approx(float(getattr(w, k)), rel=1e-4, abs=1e-6), (impl, k)  # as the 30-step test
+                assert v == pytest.approx(float(getattr(w, k).detach()), rel=1e-4, abs=1e-6), (impl, k)  # as the 30-step test
         for name in PARAMS:
             torch.testing.assert_close(got[impl]["params"][name], getattr(sae, name), rtol=DP_RTOL, atol=DP_ATOL,
                                        msg=f"{impl}.{name}")

@@ -157,20 +157,6 @@ def test_locality_curve_covers_every_distance(pipe):
     assert curve.ndim == 1 and len(curve) >= 3 and (curve >= 0).all() and curve.max() > 0
 
 
-def test_pooled_rates_sum_the_counts():
-    from repro.features.causality import CausalResult, SwitchOn, pooled
-
-    a = CausalResult("colour=red", n_on=4, baseline_on=1, on=[SwitchOn(1.0, 2, 4, 4), SwitchOn(5.0, 4, 3, 4)],
-                     n_off=2, off_hits=1, baseline_off=0)
-    b = CausalResult("shape=circle", n_on=6, baseline_on=0, on=[SwitchOn(1.0, 0, 6, 6), SwitchOn(5.0, 3, 2, 6)],
-                     n_off=3, off_hits=3, baseline_off=1)
-    p = pooled([a, b])
-    assert (p["on"][1.0]["hits"], p["on"][1.0]["n"]) == (2, 10) and p["on"][5.0]["rate"] == 0.7
-    assert p["preserved"][5.0]["hits"] == 5 and p["baseline_on"]["hits"] == 1
-    assert (p["off"]["hits"], p["off"]["n"], p["baseline_off"]["hits"]) == (4, 5, 1)
-    assert p["on"][5.0]["lo"] < 0.7 < p["on"][5.0]["hi"]
-
-
 def test_causality_paints_with_the_papers_rule_s_times_mean():
     """Issue 15, defect 7: the intervention adds s * mean_f * W_dec[:, f] (no factor k)."""
     from repro.features.causality import painting_edit
@@ -252,14 +238,3 @@ def test_timing_acts_only_at_the_listed_steps(pipe):
     pooled = pooled_timing([res, res])
     assert pooled["on"]["0"]["hits"] == 6 and pooled["on"]["1"]["n"] == 6 and pooled["baseline_on"]["n"] == 6
     assert window_name([2, 3]) == "2-3" and window_name([0, 2]) == "0,2" and window_name([1]) == "1"
-
-
-def test_beats_control_needs_the_intervals_apart():
-    from repro.features.causality import beats_control
-    from repro.intervals import rate
-
-    feature = {1.0: rate(2, 16), 10.0: rate(14, 16), 100.0: rate(16, 16)}
-    control = {1.0: rate(0, 16), 10.0: rate(1, 16), 100.0: rate(15, 16)}
-    assert beats_control(feature, control) == [10.0]  # 2/16 vs 0/16 and 16/16 vs 15/16 overlap
-    assert beats_control(control, feature) == []
-    assert beats_control({3.0: rate(16, 16)}, control) == []  # no control at that strength

@@ -156,32 +156,6 @@ class CausalResult:
         return self.off_hits / self.n_off if self.n_off else float("nan")
 
 
-def pooled(results: Sequence[CausalResult]) -> dict:
-    """Counts of several features' tests pooled into rates with Wilson intervals (`repro.intervals.rate`):
-    {"on": {s: rate}, "preserved": {s: rate}, "baseline_on", "off", "baseline_off"}."""
-    from repro.intervals import rate
-
-    strengths = sorted({r.strength for res in results for r in res.on})
-    on = {s: [r for res in results for r in res.on if r.strength == s] for s in strengths}
-    n_on, n_off = sum(res.n_on for res in results), sum(res.n_off for res in results)
-    return {
-        "on": {s: rate(sum(r.hits for r in rows), sum(r.n for r in rows)) for s, rows in on.items()},
-        "preserved": {s: rate(sum(r.preserved for r in rows), sum(r.n for r in rows)) for s, rows in on.items()},
-        "baseline_on": rate(sum(res.baseline_on for res in results), n_on),
-        "off": rate(sum(res.off_hits for res in results), n_off),
-        "baseline_off": rate(sum(res.baseline_off for res in results), n_off),
-    }
-
-
-def beats_control(feature: dict, control: dict) -> list[float]:
-    """Strengths at which switching the feature on succeeds more often than the control does,
-    with the two Wilson intervals apart (feature's lower bound above the control's upper one).
-
-    feature, control: `pooled(...)["on"]`, {strength: rate}; strengths missing from either are skipped.
-    """
-    return [s for s in sorted(feature) if s in control and feature[s]["lo"] > control[s]["hi"]]
-
-
 def plain_readings(pipe, scenes: Sequence, oracle, sampling: Sampling, seed: int = 0, batch_size: int = 16) -> list[dict]:
     """Oracle readings of the unedited images of `scenes` (captions and seeds of `scene_prompts`),
     for `causal_test(..., plain=...)` when several directions are tested on the same scenes."""

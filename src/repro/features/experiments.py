@@ -92,13 +92,6 @@ def top_features(analysis, feature_labels, threshold: float, n: int = 3) -> list
     return [int(f) for f in order[:n]]
 
 
-def causal_labels(families: Sequence[str], per_family: int) -> list[str]:
-    """The attribute values tested: `per_family` of each family, chosen by family, not by purity."""
-    from repro.features.positive_controls import default_labels
-
-    return default_labels(families, per_family)
-
-
 def sae_feature_for(det: pd.DataFrame, block: str, label: str) -> int | None:
     """The trained SAE's best feature for `label` in `block` (chosen on the dev images), or None."""
     row = det[(det.block == block) & (det.detector == "SAE") & (det.concept == label)]
@@ -180,13 +173,6 @@ def locality_table(curves: dict) -> pd.DataFrame:
     return pd.DataFrame(out).T
 
 
-def sign_test(wins: int, losses: int) -> float:
-    """Two-sided exact sign test p value of `wins` against `losses` (ties left out)."""
-    from repro.intervals import mcnemar_exact
-
-    return mcnemar_exact(wins, losses)
-
-
 def claims(det: pd.DataFrame, cz: pd.DataFrame | None, *, min_pos: int = 20) -> list:
     """05's measurements of the interpretability and causality claims (`repro.claims`).
 
@@ -198,6 +184,7 @@ def claims(det: pd.DataFrame, cz: pd.DataFrame | None, *, min_pos: int = 20) -> 
     share of planted ground-truth directions the same test detects."""
     from repro.claims import Claim
     from repro.features.positive_controls import PLANTED, SAE_FEATURE, detection_power
+    from repro.intervals import mcnemar_exact as sign_test  # the exact sign test of wins against losses
 
     rows = det[(det.n_pos >= min_pos) & ~det.concept.isin(("object", "background"))]
     f1 = rows.pivot_table(index=["block", "concept"], columns="detector", values="f1")
@@ -293,5 +280,5 @@ def feature_site(pipe, saes: Mapping[str, TopKSAE], store, analyses: Mapping, pr
     return FeatureSite(site_blocks, lambda i: cache[int(i)], title=f"{prof.name}: SAE features of {', '.join(blocks)}")
 
 
-__all__ = ["Labels", "causal_labels", "causality", "claims", "detection", "feature_site", "frequency_table", "labels", "locality",
-           "locality_table", "power_table", "sae_feature_for", "sign_test", "timing", "top_features"]
+__all__ = ["Labels", "causality", "claims", "detection", "feature_site", "frequency_table", "labels", "locality",
+           "locality_table", "power_table", "sae_feature_for", "timing", "top_features"]

@@ -286,8 +286,7 @@ def _train(saes, source, cfg: TrainConfig, out: Path | None, final_dir: Path | N
                 sae.feature_stats = feature_stats(sae, source, cfg.stats_batches, block=block)
             training = {"steps": step, "tokens": tokens, "skipped_nonfinite": skipped[block], "lr": lrs[block],
                         "config": cfg.to_dict(), **({"resumed": resumed} if resumed else {})}
-            data = source.describe() if hasattr(source, "describe") else {"source": type(source).__name__}
-            save_sae(sae, out / block, **(metadata or {}), training=training, data=data)
+            save_sae(sae, out / block, **(metadata or {}), training=training, data=_describe(source))
     return TrainResult(steps=step, tokens=tokens, skipped_nonfinite=skipped, last_metrics=last, out_dir=out)
 
 

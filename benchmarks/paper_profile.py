@@ -46,6 +46,7 @@ CHAPTER_PARAMETERS: dict[str, dict] = {
     "04_evaluate": {"n_eval": 8, "n_loop": 8, "n_control": 16, "control_steps": 200, "n_timing": 2, "batch_size": 8},
     "05_features": {"top_m": 16, "n_locality": 4, "batch_size": 8},
     "06_riebench": {"edits": "example", "per_category": 1, "batch_size": 8},
+    "07_claims": {},
 }
 
 PAPER_PROMPTS = 1_500_000

@@ -22,7 +22,13 @@ PART is one or more of
             sequential read rate with the page cache dropped and warm, sha256 over memory
             (1 and N threads), the reader verified and unverified (default groups and one
             shard per group, CPU and GPU batches, and verified with the cache dropped)
-  all       every part above with one model load
+  user      the user's path end to end (issue #28 item 4): `repro collect` as a fresh process
+            (interpreter, model load, graph capture, every shard written) and the same
+            `collect` call with the model loaded; streaming into one SAE per block
+            (`train_saes` over `StreamSource` at its defaults: direct loop, prefetch, side
+            stream, graphed steps) from fresh SAEs (b_pre's median, capture, last chunk
+            included). Images/s over the whole run; gpu_ceiling.sh sets them beside the bare UNet
+  all       every part above with one model load (`user` only when named)
 
 Every timing is after one untimed warm-up batch; `--cpu-dry-run` is the same on the CPU
 with the tiny model (checks the logic, not the speed).
@@ -233,32 +239,41 @@ def collect_part(args, pipe) -> dict:
     return out
 
 
-def stream_part(args, pipe) -> dict:
-    from repro.blocks import PAPER_BLOCKS, get_block
+def _stream_source(args, pipe, n: int, **kw):
+    from repro.blocks import PAPER_BLOCKS
     from repro.stream import StreamSource
+
+    dtype = torch.bfloat16 if pipe.device.type == "cuda" else torch.float32
+    return StreamSource(pipe, "shapes", args.token_batch, blocks=list(PAPER_BLOCKS), n_prompts=n,
+                        gen_batch_size=args.batch_size, buffer_images=args.buffer_images, dtype=dtype, **kw)
+
+
+def _stream_train(args, pipe, side: bool, graph: bool = True, n: int | None = None, **kw):
+    """Fresh SAEs (4x features, k 10) on every paper block, trained on n streamed prompts.
+
+    graph: the SAE steps' CUDA graphs; side: the steps on a side stream."""
+    from repro.blocks import PAPER_BLOCKS, get_block
     from repro.sae.config import SAEConfig, TrainConfig
     from repro.sae.model import TopKSAE
     from repro.sae.train import train_saes
 
-    n, dtype = args.n_prompts, torch.bfloat16 if pipe.device.type == "cuda" else torch.float32
-    blocks = [b for b in PAPER_BLOCKS]
-    widths = {b: get_block(pipe.unet, b).config.in_channels for b in blocks}
+    widths = {b: get_block(pipe.unet, b).config.in_channels for b in PAPER_BLOCKS}
+    saes = {b: TopKSAE(SAEConfig(d_model=w, n_features=4 * w, k=min(10, w // 4), k_aux=min(256, 2 * w)), seed=0)
+            for b, w in widths.items()}
+    cfg = TrainConfig(steps=10**9, device=str(pipe.device), checkpoint_every=0, progress=False, log_every=10**6,
+                      geometric_median_samples=min(4096, args.token_batch), side_stream=side, cuda_graph=graph)
+    return train_saes(saes, _stream_source(args, pipe, n or args.n_prompts, **kw), cfg)
 
-    def source(**kw):
-        return StreamSource(pipe, "shapes", args.token_batch, blocks=blocks, n_prompts=n, gen_batch_size=args.batch_size,
-                            buffer_images=args.buffer_images, dtype=dtype, **kw)
+
+def stream_part(args, pipe) -> dict:
+    n = args.n_prompts
 
     def only(**kw):
-        for _ in source(**kw):
+        for _ in _stream_source(args, pipe, n, **kw):
             pass
 
-    def train(side: bool, graph: bool = True, **kw):  # graph: the SAE steps' CUDA graphs
-        saes = {b: TopKSAE(SAEConfig(d_model=w, n_features=4 * w, k=min(10, w // 4), k_aux=min(256, 2 * w)), seed=0)
-                for b, w in widths.items()}
-        cfg = TrainConfig(steps=10**9, device=str(pipe.device), checkpoint_every=0, progress=False, log_every=10**6,
-                          geometric_median_samples=min(4096, args.token_batch), side_stream=side,
-                          cuda_graph=graph)
-        return train_saes(saes, source(**kw), cfg)
+    def train(side: bool, graph: bool = True, **kw):
+        return _stream_train(args, pipe, side, graph, n, **kw)
 
     out = {}
     for name, kw in (("before", dict()), ("after", dict(engine="direct", prefetch=1))):
@@ -281,6 +296,36 @@ def stream_part(args, pipe) -> dict:
     out["stream_training_after_eager_unet"] = {
         "images_per_s": n / _timed(lambda: train(True, engine="direct", prefetch=1, unet_graph=False)),
         "side_stream": True, "unet_graph": False}
+    return out
+
+
+def user_part(args, pipe) -> dict:
+    """The user's entry points end to end at --n-prompts, images/s over the whole run."""
+    import subprocess
+
+    from repro.collect import CollectConfig, collect
+
+    n, out = args.n_prompts, {}
+    folder = args.workdir / "store-user-cli"
+    shutil.rmtree(folder, ignore_errors=True)
+    cmd = [sys.executable, "-m", "repro.cli", "collect", "--model", args.model, "--n-prompts", str(n), "--batch-size",
+           str(args.batch_size), "--shard-size", str(args.shard_size), "--out", str(folder)]
+    if args.cpu_dry_run:
+        cmd += ["--device", "cpu"]
+    t0 = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    seconds = time.perf_counter() - t0
+    out["collect_cli"] = {"command": " ".join(cmd[1:]), "rc": done.returncode, "seconds": seconds,
+                          "images_per_s": n / seconds if done.returncode == 0 else None, "stderr_tail": done.stderr[-400:]}
+    shutil.rmtree(folder, ignore_errors=True)
+    folder = args.workdir / "store-user-loaded"
+    shutil.rmtree(folder, ignore_errors=True)
+    cfg = CollectConfig(out=folder, model=args.model, n_prompts=n, batch_size=args.batch_size, shard_size=args.shard_size)
+    seconds = _timed(lambda: collect(cfg, pipe=pipe, progress=False))
+    out["collect_model_loaded"] = {"seconds": seconds, "images_per_s": n / seconds}
+    shutil.rmtree(folder, ignore_errors=True)
+    seconds = _timed(lambda: _stream_train(args, pipe, side=True, engine="direct", prefetch=1))
+    out["stream_four_saes"] = {"seconds": seconds, "images_per_s": n / seconds}
     return out
 
 
@@ -335,7 +380,7 @@ def read_part(args, folder: Path) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("part", nargs="+", choices=(*PARTS, "all"))
+    p.add_argument("part", nargs="+", choices=(*PARTS, "user", "all"))
     p.add_argument("--model", default="standin-sdxl-turbo")
     p.add_argument("--n-prompts", type=int, default=1024)
     p.add_argument("--batch-size", type=int, default=32)
@@ -367,7 +412,7 @@ def main(argv=None) -> dict:
                  "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     parts = PARTS if "all" in args.part else tuple(args.part)
     pipe = prompts = None
-    if any(x in parts for x in ("generate", "collect", "stream")):
+    if any(x in parts for x in ("generate", "collect", "stream", "user")):
         from repro.models.loading import load_pipeline
         from repro.prompts import open_prompts
 
@@ -386,6 +431,8 @@ def main(argv=None) -> dict:
                 res[part] = collect_part(args, pipe)
             elif part == "stream":
                 res[part] = stream_part(args, pipe)
+            elif part == "user":
+                res[part] = user_part(args, pipe)
             elif part == "read":
                 res[part] = read_part(args, args.read_store or args.workdir / "store-after")
         except Exception as exc:  # noqa: BLE001 - recorded, the next part still runs

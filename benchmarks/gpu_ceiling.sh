@@ -42,10 +42,14 @@ if [ $dry = 1 ]; then
   step calibrate 30 $PY -c "print('gpu_calibrate.py needs CUDA: skipped on the dry run')"
   step unet 120 $PY benchmarks/unet_speed.py --model tiny-random --device cpu --batch-sizes 2 --iters 1 --out "$out/unet.json"
   step ceiling 300 $PY benchmarks/ceiling.py all --cpu-dry-run --workdir "$out/work" --out "$out/ceiling.json"
+  step user 120 $PY benchmarks/ceiling.py user --cpu-dry-run --workdir "$out/work" --out "$out/user.json"
 else
-  # STEPS picks the steps of this call: by default ROWS, every row of #17's tables in one run
-  # (~540 s on one H200); "all" adds the extra diagnostics; CEILING_PARTS the parts of ceiling.py
-  ROWS="cuda_tests train_speed sae_graph sae_fused sae_fused_counters sae_fast sparsify unet topk ceiling analysis sae_quality"
+  # STEPS picks the steps of this call: by default ROWS, issue #28's rows in one run (~450 s on
+  # one H100): the user's paths (train_saes, `repro collect`, streaming into four SAEs) beside the
+  # graphed step alone, sparsify and the bare UNet. "all" adds the kernel diagnostics and #17's
+  # parts of ceiling.py (CEILING_PARTS; ~310 s more: a second call); the projection
+  # (benchmarks/projection.py) reads those.
+  ROWS="cuda_tests train_speed sae_fused sparsify unet user sae_quality"
   want() { case " ${STEPS:-$ROWS} " in *" all "*|*" $1 "*) return 0;; *) return 1;; esac; }
   sae="--n-features 5120 20480 81920 --steps 50 --warmup 5"
   want cuda_tests && step cuda_tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_sae_graphed.py \
@@ -62,6 +66,9 @@ else
   want topk && step topk 60 $PY benchmarks/topk_speed.py --out "$out/topk.json"
   want ceiling && step ceiling 360 $PY benchmarks/ceiling.py ${CEILING_PARTS:-all} --model standin-sdxl-turbo --n-prompts 1024 \
        --batch-size 32 --shard-size 256 --writers 4 --workdir /tmp/ceiling --out "$out/ceiling.json"
+  # issue #28 item 4: the user's entry points end to end at 4,096 prompts (ratios to `unet` in summary.json)
+  want user && step user 180 $PY benchmarks/ceiling.py user --model standin-sdxl-turbo --n-prompts ${USER_PROMPTS:-4096} \
+       --batch-size 32 --shard-size 256 --writers 4 --workdir /tmp/ceiling-user --out "$out/user.json"
   want analysis && step analysis 120 $PY benchmarks/analysis_speed.py --out "$out/analysis.json"
   # issue #28 item 3: train_saes against sparsify's loop on the same planted-dictionary tokens (~2.5 min alone:
   # last, so a default run spends only what is left; STEPS=sae_quality for it alone)
@@ -80,12 +87,22 @@ if [ -d .cache/before/src ]; then  # the unchanged code of before #17, same mach
   step before 150 env PYTHONPATH=.cache/before/src:$site $PY benchmarks/collect_speed.py $args --repeats 1 \
        --workdir /tmp/ceiling-before --out "$out/collect_before.json"
 fi
-rm -rf /tmp/ceiling /tmp/ceiling64 /tmp/ceiling-before "$out/work" "$site"
+rm -rf /tmp/ceiling /tmp/ceiling-user /tmp/ceiling64 /tmp/ceiling-before "$out/work" "$site"
 $PY - "$out" <<'PYEOF'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1])
 steps = [dict(zip(("step", "rc", "seconds"), l.split("\t"))) for l in (out / "steps.tsv").read_text().splitlines()]
 files = sorted(p.name for p in out.glob("*.json") if p.name != "summary.json")
-json.dump({"steps": steps, "json": files}, open(out / "summary.json", "w"), indent=1)
-print(json.dumps(steps))
+read = lambda name: json.loads((out / name).read_text()) if (out / name).exists() else {}
+# the user's entry points against the bare UNet of the same run (issue #28 item 4)
+bare = read("unet.json").get("best", {}).get("images_per_s")
+user = {k: v.get("images_per_s") for k, v in read("user.json").get("user", {}).items() if isinstance(v, dict)}
+ratios = {f"{k}_share_of_bare_unet": round(v / bare, 3) for k, v in user.items() if v and bare}
+summary = {"steps": steps, "json": files, "bare_unet_images_per_s": bare, "user_images_per_s": user, **ratios,
+           "train_speed": [{"n_features": r["n_features"], **{f"{src}_{k}": round(r[src][k], 3) for src in ("tensor", "store")
+                            for k in ("steady_share_of_step", "end_to_end_share_of_step") if src in r}}
+                           for r in read("train_speed.json").get("rows", [])],
+           "sae_quality": read("sae_quality.json").get("compare")}
+json.dump(summary, open(out / "summary.json", "w"), indent=1)
+print(json.dumps(summary, indent=1))
 PYEOF

@@ -7,7 +7,7 @@ one read (`repro.features.data.analyse_store`), in analysed tokens/s (all blocks
 Writes a synthetic store with the library's writer (as `read_verify.make_store`: 4 blocks
 of 16x16x1280 bf16, 1 step, no guidance; here standard-normal values, not random bits,
 whose NaNs would make every code NaN), puts four random 1280x5120 TopK SAEs (k 10) on the
-GPU, and times the analysis of the chapter (m=16, a 32-image profile sample) as the chapter
+GPU, and times the analysis of the chapter (m=16, a 32-image sample per feature) as the chapter
 runs it, each on a fresh `ActivationStore` (verify on: every shard is hashed on its first read):
   per_block      `analyse_features(sae, store_chunks(store, b))` block after block: each shard
                  read 4 times (verified the first), converted to float32 on the CPU
@@ -38,7 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import read_verify  # noqa: E402  (a sibling script: its store layout and cache helpers)
 
-M, PROFILE_SAMPLE = 16, 32  # as notebooks/05_features.md (top_m, sample_per_feature)
+M, SAMPLE_PER_FEATURE = 16, 32  # as notebooks/05_features.md (top_m, sample_per_feature)
 
 
 def make_store(folder: Path, shards: int, images: int, side: int, channels: int) -> None:
@@ -141,7 +141,7 @@ def main(argv=None) -> dict:
     log("store", json.dumps({k: res[k] for k in ("file_bytes", "tokens_all_blocks", "store_seconds")}))
     cfg = SAEConfig(d_model=args.channels, n_features=args.features, k=args.k, k_aux=min(256, args.features))
     saes = {b: TopKSAE(cfg, seed=i, device=device) for i, b in enumerate(blocks)}
-    kw = dict(m=M, profile_sample=PROFILE_SAMPLE, profile_seed=0)
+    kw = dict(m=M, sample_per_feature=SAMPLE_PER_FEATURE, sample_seed=0)
     threads = args.read_threads or SHARDS_AT_ONCE
     in_flight = args.reads_in_flight or READS_IN_FLIGHT
     read_kw = dict(read_threads=threads, reads_in_flight=in_flight)

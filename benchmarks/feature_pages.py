@@ -30,9 +30,9 @@ BLOCKS = ("down.2.1", "mid.0", "up.0.0", "up.0.1")
 
 
 def write_site(out: Path, n_features: int, n_images: int, seed: int = 0) -> dict:
-    from repro.features.browser_data import synthetic_image
-    from repro.features.site import FeatureSite, synthetic_blocks
-    from repro.widgets.pages import write_standalone
+    from repro.features.site import FeatureSite
+    from standalone_page import write_standalone
+    from synthetic_features import synthetic_blocks, synthetic_image
 
     started = time.perf_counter()
     blocks = synthetic_blocks(BLOCKS, n_features=n_features, m=16, grid=16, n_images=n_images, sample=32,

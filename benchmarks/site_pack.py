@@ -32,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))  # standalone_page
 
 
 def _tar_xz(site: Path, files: list[Path], extra: dict[str, bytes], target: Path) -> None:
@@ -108,7 +109,7 @@ def main(argv=None) -> int:
     ap.add_argument("--part-mib", type=float, default=14)
     ap.add_argument("--title", default="standin: SAE features (05_features)")
     args = ap.parse_args(argv)
-    from repro.widgets.pages import write_standalone
+    from standalone_page import write_standalone
 
     started = time.perf_counter()
     site, out = args.site.resolve(), args.out

@@ -12,7 +12,7 @@ import torch
 
 from repro.errors import ReproError
 from repro.features.detection import (
-    COLUMNS, DetectionAccumulator, LinearProbe, auroc, concept_detection_table, detection_table, f1_thresholds,
+    COLUMNS, DetectionAccumulator, LinearProbe, auroc, concept_detection_table, f1_thresholds,
 )
 from repro.features.toy_concepts import concept_names, coverage_labels, family, scene_coverage
 from repro.shapes.splits import split_scenes
@@ -31,8 +31,10 @@ def world():
 
 
 def _table(scores, labels, threshold=1e-3):
-    return detection_table(lambda: [(scores[:150], labels[:150]), (scores[150:], labels[150:])],
-                           threshold=threshold, chosen=torch.arange(len(NAMES)))
+    acc = DetectionAccumulator(NAMES, threshold, torch.arange(len(NAMES)))
+    for part in (slice(None, 150), slice(150, None)):
+        acc.add(scores[part], labels[part])
+    return acc.table()
 
 
 def test_a_perfect_detector_passes_every_object_concept(world):

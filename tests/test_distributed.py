@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import load_file
 
 from repro.sae import SAEConfig, TensorSource, TopKSAE, TrainConfig, load_sae, train_saes
-from repro.sae.synthetic import sparse_dictionary_data
+from sparse_data import sparse_dictionary_data
 from repro.store import ActivationStore
 
 ROOT = Path(__file__).resolve().parents[1]

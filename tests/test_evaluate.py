@@ -103,7 +103,7 @@ def test_control_curve_is_one_training_measured_at_each_budget():
     """Issue 15, defect 10: the control is trained to the compared SAE's budget; the curve's last
     point is exactly a control trained straight to that budget, and more budget explains more."""
     from repro.evaluate.transfer import budget_points, control_curve, ev_per_step
-    from repro.sae.synthetic import sparse_dictionary_data
+    from sparse_data import sparse_dictionary_data
 
     assert budget_points(1500, 4) == [188, 375, 750, 1500] and budget_points(3, 4) == [1, 2, 3]
     x, _ = sparse_dictionary_data(4096, 16, n_atoms=24, k_active=2, seed=0)
@@ -122,7 +122,7 @@ def test_share_of_the_ceiling_has_a_joint_bootstrap_interval_over_images():
     from resampling images, the same images for both SAEs and every step: an SAE against
     itself is exactly 1 in every resample; the point estimate is the ratio of ev_per_step means."""
     from repro.evaluate.transfer import ev_per_step, share_of_ceiling, step_sums
-    from repro.sae.synthetic import sparse_dictionary_data
+    from sparse_data import sparse_dictionary_data
 
     held, _ = sparse_dictionary_data(2 * 24 * 16, 16, n_atoms=24, k_active=2, seed=0)
     updates = held.reshape(2, 24, 4, 4, 16)  # [steps, N, H, W, C]
@@ -140,7 +140,7 @@ def test_share_of_the_ceiling_has_a_joint_bootstrap_interval_over_images():
 
 def test_control_curve_reports_the_share_of_the_ceiling_at_each_budget():
     from repro.evaluate.transfer import control_curve, ev_per_step
-    from repro.sae.synthetic import sparse_dictionary_data
+    from sparse_data import sparse_dictionary_data
 
     x, _ = sparse_dictionary_data(2048, 16, n_atoms=24, k_active=2, seed=0)
     held, _ = sparse_dictionary_data(256, 16, n_atoms=24, k_active=2, seed=1)
@@ -158,7 +158,7 @@ def test_controls_of_several_blocks_train_together_as_they_would_alone():
     """One run for the controls of blocks with as many tokens (a CPU budget lever): each control's
     curve equals the one it gets trained alone; a block with other token counts trains on its own."""
     from repro.evaluate.transfer import control_curve, control_curves
-    from repro.sae.synthetic import sparse_dictionary_data
+    from sparse_data import sparse_dictionary_data
 
     cfg = SAEConfig(d_model=16, n_features=48, k=2, k_aux=8)
     tokens = {b: sparse_dictionary_data(n, 16, n_atoms=24, k_active=2, seed=i)[0]

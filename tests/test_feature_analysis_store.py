@@ -1,6 +1,6 @@
 """`analyse_store` (all blocks in one read of a store) equals `analyse_features` over
 `store_chunks` block by block, bitwise on the CPU: with and without ground-truth concepts,
-profiles, a cap on images, chunk splitting, a verifying store and not; each shard is read
+activation distributions, a cap on images, chunk splitting, a verifying store and not; each shard is read
 once (not once per block) and nothing else opens the files."""
 
 from __future__ import annotations
@@ -94,7 +94,7 @@ def _per_block(folder, saes, verify, **kw):
 @pytest.mark.parametrize("concepts", [False, True])
 @pytest.mark.parametrize("max_images, dense", [(None, 2 ** 25), (5, 32 * 128)])
 def test_one_read_equals_per_block_analysis(folder, saes, monkeypatch, verify, concepts, max_images, dense):
-    kw = dict(concepts=concepts, max_images=max_images, m=3, max_dense_elems=dense, profile_sample=4, profile_seed=7)
+    kw = dict(concepts=concepts, max_images=max_images, m=3, max_dense_elems=dense, sample_per_feature=4, sample_seed=7)
     want = _per_block(folder, saes, verify, **kw)
     store = ActivationStore(folder, verify=verify)
     reads = _count_reads(monkeypatch)
@@ -141,7 +141,7 @@ def test_corrupt_shard_raises(folder, saes, tmp_path):
 @pytest.mark.parametrize("verify", [True, False])
 def test_reading_in_small_ranges_changes_nothing(folder, saes, monkeypatch, verify):
     """Shards read in uneven 1000-byte ranges, 3 in flight (`reads_in_flight`): the same analysis."""
-    kw = dict(concepts=True, m=3, profile_sample=4, profile_seed=7)
+    kw = dict(concepts=True, m=3, sample_per_feature=4, sample_seed=7)
     want = _per_block(folder, saes, verify, **kw)
     monkeypatch.setattr(shards, "READ_RANGE", 1000)
     store = ActivationStore(folder, verify=verify)

@@ -1,5 +1,5 @@
-"""Feature pages: the profile pass against brute force, decoder neighbours, the per-feature
-record, labels (ground truth, none with a reason, a user labeller), causal and RIEBench
+"""Feature pages: the activation-distribution pass against brute force, decoder neighbours,
+the per-feature record, labels (ground truth, none with a reason, a user labeller), causal and RIEBench
 summaries, and the static files written and read back."""
 
 import numpy as np
@@ -7,14 +7,14 @@ import pytest
 import torch
 
 from repro.errors import ReproError
-from repro.features.browser_data import synthetic_image
+from repro.features.distribution import HIST_EDGES, activation_distribution, hist_bin, quantile_samples, step_means
 from repro.features.neighbours import decoder_neighbours
-from repro.features.pages import NO_LABEL, BlockFeatures, causal_by_feature, feature_record
-from repro.features.profile import HIST_EDGES, hist_bin, profile_features, quantile_samples, step_means
+from repro.features.records import NO_LABEL, BlockFeatures, causal_by_feature, feature_record
 from repro.features.riebench_counts import RIEBenchCounts, riebench_counts, selection_counts, write_riebench
-from repro.features.site import FeatureSite, read_part, synthetic_blocks
+from repro.features.site import FeatureSite, read_part
 from repro.sae.config import SAEConfig
 from repro.sae.model import TopKSAE
+from synthetic_features import synthetic_blocks, synthetic_image
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +30,9 @@ def _chunks(x, size):
 
 
 @pytest.mark.parametrize("chunk, dense", [(30, 2 ** 25), (4, 2 ** 25), (7, 32 * 9)])
-def test_profile_equals_brute_force(sae_x, chunk, dense):
+def test_distribution_equals_brute_force(sae_x, chunk, dense):
     sae, x = sae_x
-    p = profile_features(sae, _chunks(x, chunk), sample=5, seed=1, max_dense_elems=dense)
+    p = activation_distribution(sae, _chunks(x, chunk), sample=5, seed=1, max_dense_elems=dense)
     z = sae.encode(x.reshape(-1, 8)).detach()  # [N*9, n]
     on = z > sae.cfg.fire_threshold
     img_on = on.reshape(30, 9, 32).any(1)  # [N, n]
@@ -56,17 +56,17 @@ def test_profile_equals_brute_force(sae_x, chunk, dense):
 
 
 @pytest.mark.parametrize("chunk, dense", [(30, 2 ** 25), (7, 32 * 9)])
-def test_profile_folded_into_the_analysis_pass_equals_the_separate_pass(sae_x, chunk, dense):
+def test_distribution_folded_into_the_analysis_pass_equals_the_separate_pass(sae_x, chunk, dense):
     from repro.features.analysis import analyse_features
 
     sae, x = sae_x
-    alone = profile_features(sae, _chunks(x, chunk), sample=5, seed=3, max_dense_elems=dense)
-    folded = analyse_features(sae, _chunks(x, chunk), m=4, max_dense_elems=dense, profile_sample=5, profile_seed=3)
-    assert folded.profile is not None and folded.profile.n_images == alone.n_images == 30
+    alone = activation_distribution(sae, _chunks(x, chunk), sample=5, seed=3, max_dense_elems=dense)
+    folded = analyse_features(sae, _chunks(x, chunk), m=4, max_dense_elems=dense, sample_per_feature=5, sample_seed=3)
+    assert folded.distribution is not None and folded.distribution.n_images == alone.n_images == 30
     for name in ("image_count", "hist", "sample_ids", "sample_values", "sample_maps"):
-        assert torch.equal(getattr(folded.profile, name), getattr(alone, name)), name
+        assert torch.equal(getattr(folded.distribution, name), getattr(alone, name)), name
     plain = analyse_features(sae, _chunks(x, chunk), m=4, max_dense_elems=dense)
-    assert plain.profile is None and torch.equal(plain.top.image_ids, folded.top.image_ids)
+    assert plain.distribution is None and torch.equal(plain.top.image_ids, folded.top.image_ids)
     assert torch.equal(plain.stats.count, folded.stats.count)
 
 
@@ -76,7 +76,7 @@ def test_reservoir_is_uniform():
     x = torch.randn(40, 1, 1, 4)
     hits = torch.zeros(40)
     for seed in range(300):
-        p = profile_features(sae, _chunks(x, 7), sample=10, seed=seed)
+        p = activation_distribution(sae, _chunks(x, 7), sample=10, seed=seed)
         f = int(p.image_count.argmax())
         hits[p.sample_ids[f][p.sample_ids[f] >= 0]] += 1
     fired = hits > 0
@@ -87,7 +87,7 @@ def test_reservoir_is_uniform():
 
 def test_quantile_samples_come_from_lower_bands(sae_x):
     sae, x = sae_x
-    p = profile_features(sae, _chunks(x, 10), sample=16, seed=0)
+    p = activation_distribution(sae, _chunks(x, 10), sample=16, seed=0)
     f = int(p.image_count.argmax())
     bands = quantile_samples(p, f, bands=3, per_band=2)
     assert [b["band"] for b in bands] == [(0.0, 0.25), (0.25, 0.5), (0.5, 0.75)]
@@ -143,6 +143,27 @@ def test_record_labels_and_hook():
     assert rec["label"] and 0 <= rec["purity"] <= 1 and rec["f1"] is not None
     with pytest.raises(ReproError, match="give one per feature"):
         BlockFeatures(stats=gt.stats, top=gt.top, labels=["a"]).check("down.2.1")
+
+
+@pytest.mark.parametrize("heat_size", [16, 8])
+def test_record_heatmaps_come_back_within_half_a_step(heat_size):
+    """A record's top heatmaps, inflated, are the feature's maps (area-averaged to `heat_size`)
+    within hmax / 510, hmax being the largest of them."""
+    import base64
+    import zlib
+
+    bf = synthetic_blocks(("down.2.1",), n_features=12, m=4, grid=16, n_images=30, sample=8)["down.2.1"]
+    for f in bf.live()[:4].tolist():
+        rec = feature_record("down.2.1", f, bf, heat_size=heat_size)
+        keep = [j for j, i in enumerate(bf.top.image_ids[f].tolist()) if i >= 0]
+        maps = bf.top.maps[f, keep].float().numpy()  # [m, 16, 16]
+        r = 16 // heat_size
+        want = maps.reshape(len(keep), heat_size, r, heat_size, r).mean((2, 4))
+        assert rec["shape"] == [heat_size, heat_size] and rec["top"]["img"] == bf.top.image_ids[f, keep].tolist()
+        q = np.frombuffer(zlib.decompress(base64.b64decode(rec["top"]["heat"])), np.uint8)
+        hmax = rec["top"]["hmax"]
+        assert hmax == pytest.approx(want.max(), rel=1e-5) and q.max() == 255
+        np.testing.assert_allclose(q.reshape(want.shape) * (hmax / 255), want, atol=hmax / 510 * 1.001, rtol=0)
 
 
 def test_causal_by_feature_and_selection_counts():

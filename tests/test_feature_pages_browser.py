@@ -3,7 +3,9 @@ static site (written by FeatureSite, shown by its standalone page with the widge
 code) opens a feature by its link `#block/feature`, draws the histogram, the quantile
 samples and the neighbours, follows a neighbour link and goes back, shows RIEBench's counts
 (or says RIEBench has not run, when the counts file says so or is missing), with no console
-error and no request leaving the page. Screenshots go to book/_build/screenshots/."""
+error and no request leaving the page. With a kernel the same code takes its files from
+messages and shows the live controls and their result. Screenshots go to
+book/_build/screenshots/."""
 
 from __future__ import annotations
 
@@ -14,10 +16,11 @@ import numpy as np
 import pytest
 
 from offline_browser import SHOTS, launch_chromium, offline_page
-from repro.features.browser_data import synthetic_image
 from repro.features.riebench_counts import RIEBenchCounts
-from repro.features.site import FeatureSite, synthetic_blocks, synthetic_riebench
-from repro.widgets.pages import FeaturePages, write_standalone
+from repro.features.site import FeatureSite
+from repro.widgets.pages import FeaturePages
+from standalone_page import write_standalone
+from synthetic_features import synthetic_blocks, synthetic_image, synthetic_riebench
 
 
 @pytest.fixture(scope="module")
@@ -118,15 +121,20 @@ def test_feature_link_opens_its_page(chromium, site, tmp_path_factory):
     assert not console, f"console errors: {view.console}"
 
 
-SHARED_PAGE = """<!DOCTYPE html>
+KERNEL_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><style>{css}</style></head>
 <body><div id="w"></div>
 <script>
 {js}
-const state = {state};
+const state = window.__state = {state};
+const files = {files};
+const handlers = [];
 const model = {{
+  widget_manager: {{ kernel: {{}} }},
   get: (k) => state[k], set: (k, v) => {{ if (typeof k === "string") state[k] = v; else Object.assign(state, k); }},
-  on: () => {{}}, send: () => {{}}, save_changes: () => {{ throw new Error("no comm channel"); }},
+  on: (name, fn) => {{ if (name === "msg:custom") handlers.push(fn); }},
+  send: (msg) => setTimeout(() => handlers.forEach((fn) => fn({{ id: msg.id, ...files[msg.want] }}))),
+  save_changes: () => {{}},
 }};
 window.__w.render({{ model, el: document.getElementById("w") }});
 </script></body></html>
@@ -134,38 +142,48 @@ window.__w.render({{ model, el: document.getElementById("w") }});
 
 
 @pytest.mark.slow
-def test_feature_browser_draws_with_the_shared_code(chromium, tmp_path):
-    """The feature browser's own front-end (common.js + browser.js) in a page: heatmaps drawn
-    over its top images, and a live result for the feature shown put under its controls."""
+def test_kernel_side_pages_show_a_live_result(chromium, tmp_path):
+    """The pages with a kernel (a model that syncs and answers file requests with `answer`, as
+    the kernel does): the files come through messages, heatmaps are drawn over the top images,
+    the live controls show, the kernel's result for the feature shown is put under them, and
+    "generate" writes a request."""
     import json
 
     from playwright.sync_api import expect
 
-    from repro.features.browser_data import build_browser_data, synthetic_analyses
-    from repro.widgets.browser import HERE, FeatureBrowser
     from repro.widgets.encode import encode_images
 
-    analyses = synthetic_analyses(("down.2.1",), n_features=20, m=4, grid=4, n_images=12, dead=0.0)
-    w = FeatureBrowser(build_browser_data(analyses, lambda i: synthetic_image(i, 48), thumb_size=48))
+    site = FeatureSite(synthetic_blocks(("down.2.1",), n_features=20, m=4, grid=4, n_images=12, sample=4, dead=0.0),
+                       lambda i: synthetic_image(i, 48), page_size=16, thumb=48)
+    w = FeaturePages(site)
+    files = {path: w.answer(path) for path in [p for p, _ in site.json_parts()] + list(site.binary_paths())}
     state = {k: v for k, v in w.get_state().items() if not k.startswith("_")}
-    f = state["data"]["blocks"]["down.2.1"]["ids"][0]
+    f = int(site.blocks["down.2.1"].live()[2])
     plain, image = encode_images(np.stack([synthetic_image(1, 48), synthetic_image(2, 48)]))
     state.update(feature=f, live=True, live_blocks=["down.2.1"], result={
         "id": 1, "block": "down.2.1", "feature": f, "action": "icon", "prompt": "", "seed": 0, "mime": "image/png",
         "image": image, "plain": plain})
-    js = FeatureBrowser._esm.replace("export default { render };", "window.__w = { render };")
-    path = tmp_path / "browser.html"
-    path.write_text(SHARED_PAGE.format(css=(HERE / "browser.css").read_text(), js=js, state=json.dumps(state)))
-    view = offline_page(chromium, 1280, 900)
+    js = FeaturePages._esm.replace("export default { render };", "window.__w = { render };")
+    path = tmp_path / "pages.html"
+    path.write_text(KERNEL_PAGE.format(css=FeaturePages._css, js=js, state=json.dumps(state), files=json.dumps(files)))
+    view = offline_page(chromium, 1280, 1200)
     try:
         view.page.goto(path.as_uri())
-        expect(view.page.locator(".repro-fb-card")).to_have_attribute("data-feature", str(f))
-        expect(view.page.locator(".repro-fb-top canvas[data-drawn=heat]")).to_have_count(4)
+        expect(view.page.locator(".repro-fp-card")).to_have_attribute("data-feature", str(f))
+        expect(view.page.locator(".repro-fp-top canvas[data-drawn=heat]")).to_have_count(4)
         live = view.page.locator(".repro-fb-live")
         expect(live).to_be_visible()
         expect(live.locator(".repro-fb-result img")).to_have_count(2)
         expect(live.locator(".repro-fb-result figcaption").nth(1)).to_have_text(f"icon: feature {f}")
         expect(live.locator(".repro-fb-opt-region")).to_be_hidden()  # the icon reads no region
+        live.locator(".repro-fb-action").select_option("paint")
+        expect(live.locator(".repro-fb-opt-region")).to_be_visible()
+        live.locator(".repro-fb-region").select_option("left")
+        live.locator(".repro-fb-go").click()
+        request = view.page.evaluate("window.__state.request")
+        assert {k: request[k] for k in ("block", "feature", "action", "region")} == \
+            {"block": "down.2.1", "feature": f, "action": "paint", "region": "left"}
+        expect(live.locator(".repro-fb-status")).to_have_text("generating…")
     finally:
         view.context.close()
     assert not view.attempted and not view.missing and not view.errors and not view.console, \

@@ -1,17 +1,14 @@
-"""The feature browser's live mode, clicked in a real JupyterLab.
+"""The feature pages' live mode, clicked in a real JupyterLab.
 
 A `jupyter lab` server is started on 127.0.0.1 inside the test (own config, runtime and
-settings folders; a random port and token), a one-cell notebook shows the browser in live
+settings folders; a random port and token), a one-cell notebook shows FeaturePages in live
 mode on the tiny random pipeline with an SAE whose feature 0 fires everywhere, and
-Debian's chromium (Playwright) runs the cell, picks feature 0, clicks "generate" for the
-icon and for "switch off", and checks that each time a new image arrives from the kernel
-and differs from the unedited one. No request may leave 127.0.0.1. Screenshots go to
-book/_build/screenshots/lab-*.png. Everything is bounded in time and the server is
-stopped (its process group) at the end.
-
-The feature pages (FeaturePages) get the same check in a second notebook: in JupyterLab
-they must take the kernel's side (their files come through widget messages, not from a
-folder beside the page) and their live control must bring a new image.
+Debian's chromium (Playwright) runs the cell. In JupyterLab the pages must take the
+kernel's side (their files come through widget messages, not from a folder beside the
+page); picking feature 0 and clicking "generate" for the icon and for "switch off" must
+each time bring a new image from the kernel that differs from the unedited one. No request
+may leave 127.0.0.1. Screenshots go to book/_build/screenshots/lab-*.png. Everything is
+bounded in time and the server is stopped (its process group) at the end.
 """
 
 from __future__ import annotations
@@ -36,23 +33,6 @@ pytestmark = pytest.mark.slow
 
 STARTUP_S = 120  # server up; kernel started and the widget shown (2 busy cores)
 
-CELL = """\
-import torch
-from repro.features.browser_data import build_browser_data, synthetic_analyses, synthetic_image
-from repro.models.loading import load_pipeline
-from repro.sae import SAEConfig, TopKSAE
-from repro.widgets.browser import FeatureBrowser
-
-torch.set_num_threads(1)
-pipe = load_pipeline("tiny-random", device="cpu")  # down.2.1: 64 channels, 4x4 positions
-sae = TopKSAE(SAEConfig(d_model=64, n_features=32, k=4, k_aux=0), seed=0)
-with torch.no_grad():
-    sae.b_lat[0] = 50.0  # feature 0 fires at every position: switching it off changes the image
-analyses = synthetic_analyses(("down.2.1",), n_features=32, m=4, grid=4, n_images=12, dead=0.0)
-data = build_browser_data(analyses, lambda i: synthetic_image(i, 64), thumb_size=48)
-FeatureBrowser(data, pipe=pipe, saes={"down.2.1": sae}, prompt="a red circle", seed=0, title="live")
-"""
-
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -60,26 +40,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-PAGES_CELL = """\
+CELL = """\
+import sys
 import torch
-from repro.features.browser_data import synthetic_image
-from repro.features.site import FeatureSite, synthetic_blocks
+sys.path.insert(0, {tests!r})
+from repro.features.site import FeatureSite
 from repro.models.loading import load_pipeline
 from repro.sae import SAEConfig, TopKSAE
 from repro.widgets.pages import FeaturePages
+from synthetic_features import synthetic_blocks, synthetic_image
 
 torch.set_num_threads(1)
-pipe = load_pipeline("tiny-random", device="cpu")
+pipe = load_pipeline("tiny-random", device="cpu")  # down.2.1: 64 channels, 4x4 positions
 sae = TopKSAE(SAEConfig(d_model=64, n_features=32, k=4, k_aux=0), seed=0)
 with torch.no_grad():
-    sae.b_lat[0] = 50.0  # feature 0 fires at every position: its icon differs from the plain image
+    sae.b_lat[0] = 50.0  # feature 0 fires at every position: switching it off changes the image
 blocks = synthetic_blocks(("down.2.1",), n_features=32, m=4, grid=4, n_images=12, sample=4, dead=0.0)
 site = FeatureSite(blocks, lambda i: synthetic_image(i, 48), page_size=16, thumb=48)
-FeaturePages(site, src="nowhere.files", pipe=pipe, saes={"down.2.1": sae}, prompt="a red circle", title="live pages")
+FeaturePages(site, src="nowhere.files", pipe=pipe, saes={{"down.2.1": sae}}, prompt="a red circle", title="live pages")
 """
 
 
-def _notebook(folder: Path, name: str = "live", cell: str = CELL) -> Path:
+def _notebook(folder: Path, name: str, cell: str) -> Path:
     import nbformat
 
     nb = nbformat.v4.new_notebook()
@@ -92,10 +74,9 @@ def _notebook(folder: Path, name: str = "live", cell: str = CELL) -> Path:
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
-    """(base url, token) of a JupyterLab serving a folder with live.ipynb; stopped afterwards."""
+    """(base url, token) of a JupyterLab serving a folder with pages.ipynb; stopped afterwards."""
     root = tmp_path_factory.mktemp("lab")
-    _notebook(root)
-    _notebook(root, "pages", PAGES_CELL)
+    _notebook(root, "pages", CELL.format(tests=str(Path(__file__).parent)))
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),
@@ -184,44 +165,6 @@ def _run_all(page, base: str, token: str, notebook: str) -> None:
     page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
 
 
-def test_live_browser_in_jupyterlab(lab, browser):
-    from playwright.sync_api import expect
-
-    base, token = lab
-    context, page, outside, errors, _ = _local_page(browser, base, 1000)
-    try:
-        _run_all(page, base, token, "live.ipynb")
-        widget = page.locator(".repro-fb")
-        expect(widget).to_be_visible(timeout=STARTUP_S * 1000)
-        page.locator(".repro-fb-search").fill("0")  # feature 0, the one that fires everywhere
-        expect(page.locator(".repro-fb-card")).to_have_attribute("data-feature", "0")
-        live = page.locator(".repro-fb-live")
-        expect(live).to_be_visible()
-        expect(live.locator(".repro-fb-result img")).to_have_count(0)  # nothing generated yet
-        page.screenshot(path=SHOTS / "lab-before.png")
-
-        live.locator(".repro-fb-action").select_option("icon")
-        live.locator(".repro-fb-go").click()
-        plain_icon, icon = _result(page, "icon: feature 0", timeout=STARTUP_S * 1000)
-        assert icon != plain_icon, "the icon is the unedited image"
-        widget.screenshot(path=SHOTS / "lab-icon.png")
-
-        live.locator(".repro-fb-action").select_option("off")
-        live.locator(".repro-fb-go").click()
-        plain, off = _result(page, "off: feature 0")
-        assert off != plain, "switching feature 0 off left the image unchanged"
-        assert plain != plain_icon  # "off" keeps the prompt; the icon comes from the empty prompt
-        expect(live.locator(".repro-fb-status")).to_have_text("")  # no error reported
-        widget.screenshot(path=SHOTS / "lab-off.png")
-    finally:
-        page.screenshot(path=SHOTS / "lab-last.png")
-        context.close()
-    assert not outside, f"JupyterLab or the widget tried to leave 127.0.0.1: {outside}"
-    assert not [e for e in errors if "repro" in e], errors
-
-
-
-
 def test_live_feature_pages_in_jupyterlab(lab, browser):
     from playwright.sync_api import expect
 
@@ -243,10 +186,18 @@ def test_live_feature_pages_in_jupyterlab(lab, browser):
         expect(live.locator(".repro-fb-result img")).to_have_count(0)
         live.locator(".repro-fb-action").select_option("icon")
         live.locator(".repro-fb-go").click()
-        plain, icon = _result(page, "icon: feature 0", timeout=STARTUP_S * 1000)
-        assert icon != plain, "the icon is the unedited image"
+        plain_icon, icon = _result(page, "icon: feature 0", timeout=STARTUP_S * 1000)
+        assert icon != plain_icon, "the icon is the unedited image"
         expect(live.locator(".repro-fb-status")).to_have_text("")
         widget.screenshot(path=SHOTS / "lab-pages-icon.png")
+
+        live.locator(".repro-fb-action").select_option("off")
+        live.locator(".repro-fb-go").click()
+        plain, off = _result(page, "off: feature 0")
+        assert off != plain, "switching feature 0 off left the image unchanged"
+        assert plain != plain_icon  # "off" keeps the prompt; the icon comes from the empty prompt
+        expect(live.locator(".repro-fb-status")).to_have_text("")
+        widget.screenshot(path=SHOTS / "lab-pages-off.png")
     finally:
         page.screenshot(path=SHOTS / "lab-pages-last.png")
         context.close()

@@ -10,7 +10,7 @@ from repro.generate import Sampling, generate
 from repro.meter import METER
 from repro.results import write_results
 from repro.sae import SAEConfig, TensorSource, TopKSAE, TrainConfig, train_saes
-from repro.sae.synthetic import sparse_dictionary_data
+from sparse_data import sparse_dictionary_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

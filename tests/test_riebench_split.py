@@ -9,7 +9,8 @@ import pytest
 
 from repro.errors import ReproError
 from repro.riebench.data import CATEGORIES, RIEEdit
-from repro.riebench.methods import PAPER_NEURONS, TOY_NEURONS, Grid, n_neurons
+from repro.riebench.methods import PAPER_NEURONS, TOY_NEURONS, Grid
+from repro.riebench.neurons import ff_modules, ff_width
 from repro.riebench.report import choose_cells, outcomes, paired_comparisons
 from repro.riebench.shapes import shapes_riebench
 from repro.riebench.split import choose_edits, split_edits
@@ -126,7 +127,7 @@ def test_toy_neuron_grid_reaches_the_papers_share():
     from repro.models.loading import load_pipeline
 
     unet = load_pipeline("shapes-turbo", device="cpu").unet
-    n = n_neurons(unet, resolve_blocks(unet, None))
+    n = sum(ff_width(mod) for mod in ff_modules(unet, resolve_blocks(unet, None)).values())
     assert n == TOY_NEURONS
     toy, paper = Grid.toy(n), Grid()
     assert max(toy.k_neurons) / n == pytest.approx(max(paper.k_neurons) / PAPER_NEURONS, rel=0.01)  # 39 %

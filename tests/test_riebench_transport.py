@@ -9,7 +9,7 @@ from repro.generate import Sampling, generate
 from repro.hooks import capture_updates, intervene
 from repro.riebench.data import RIEEdit
 from repro.riebench.methods import reference_pass, steer_plan, transport_plan
-from repro.riebench.neurons import NeuronTransport, capture_neurons, edit_neurons, ff_modules, neuron_layout
+from repro.riebench.neurons import NeuronTransport, capture_neurons, edit_neurons, ff_modules, ff_width
 from repro.riebench.transport import (
     FeatureTransport, StepAdd, joint_scores, mask_mean, normalise, select, selection_weights,
 )
@@ -128,8 +128,8 @@ def test_per_block_runs_select_only_their_block(ref, saes):
 
 
 def test_neuron_hooks_capture_geglu_outputs_and_clean_up(tiny_pipe, ref):
-    layout = neuron_layout(tiny_pipe.unet, BLOCKS)
-    assert len(layout) == 4 * 2 and all(width == 256 for _, width in layout)
+    widths = [ff_width(mod) for mod in ff_modules(tiny_pipe.unet, BLOCKS).values()]
+    assert widths == [256] * (4 * 2)
     key = ("down.2.1", 0)
     acts = ref.neurons[key]["all"]
     assert acts.shape == (4, 2, 16, 256)  # [steps, B, HW, inner]

@@ -14,7 +14,7 @@ import torch
 
 from repro.errors import ReproError
 from repro.sae import SAEConfig, TensorSource, TopKSAE, TrainConfig, feature_stats, load_sae, train_saes
-from repro.sae.synthetic import sparse_dictionary_data
+from sparse_data import sparse_dictionary_data
 
 PARAMS = ("W_enc", "b_lat", "W_dec", "b_pre")
 

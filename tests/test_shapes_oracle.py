@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from repro.errors import ReproError
-from repro.shapes import compare, degrade, load_oracle, reading_to_scene, render_batch, split_scenes
+from repro.shapes import Scene, ShapeObject, compare, degrade, load_oracle, render_batch, split_scenes
 from repro.shapes.oracle_train import attribute_accuracy
+
+
+def reading_to_scene(reading: dict) -> Scene | None:
+    """The Scene a reading describes, or None if it holds no object or more than two."""
+    objs = [ShapeObject(position=p, **o) for p, o in reading["slots"].items() if o is not None]
+    if not 1 <= len(objs) <= 2:
+        return None
+    return Scene(tuple(objs), reading["background"], reading["style"])
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ import json
 
 import nbformat
 
-from repro.features.site import FeatureSite, synthetic_blocks
+from repro.features.site import FeatureSite
 from repro.notebooks import WIDGET_STATE, WIDGET_VIEW, static_widget_outputs
 from repro.widgets.pages import FeaturePages
+from synthetic_features import synthetic_blocks
 
 
 def _view(model_id: str, **extra) -> dict:

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from repro.errors import ReproError
 from repro.sae import SAEConfig, TensorSource, TopKSAE, TrainConfig, load_sae, save_sae, train_saes
 from repro.sae.checkpoint import TRAINER_STATE, latest_checkpoint
-from repro.sae.synthetic import sparse_dictionary_data
+from sparse_data import sparse_dictionary_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ RUN = textwrap.dedent("""
     import sys, time
     from repro.errors import ReproError
     from repro.sae import SAEConfig, TensorSource, TopKSAE, TrainConfig, train_saes
-    from repro.sae.synthetic import sparse_dictionary_data
+    from sparse_data import sparse_dictionary_data
 
     class Slow(TensorSource):  # a slow data source: the run holds its folder for a few seconds
         def __iter__(self):
@@ -67,7 +67,7 @@ RUN = textwrap.dedent("""
 
 
 def _start(out: Path, delay: float, seed: int) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests")]), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", RUN, str(out), str(delay), str(seed)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

@@ -6,12 +6,23 @@ import numpy as np
 import pytest
 
 from repro.errors import ReproError
-from repro.widgets import Gallery, ImageCarousel, decode_image, encode_images
+from repro.widgets import Gallery, ImageCarousel, encode_images
 from repro.widgets.gallery import display_width
 
 
 def images(n=3, h=8, w=12, seed=0):
     return np.random.default_rng(seed).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
+
+
+def decode_image(data: str) -> np.ndarray:
+    """One base64 string from `encode_images` -> uint8 [H, W, 3]."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(base64.b64decode(data))) as image:
+        return np.asarray(image.convert("RGB"))
 
 
 def test_state_holds_every_image_and_caption():

@@ -28,7 +28,7 @@ from repro.sae.model import TopKSAE
 from repro.sae.stats import FeatureStats
 
 if TYPE_CHECKING:
-    from repro.features.profile import FeatureProfile
+    from repro.features.distribution import ActivationDistribution
 
 
 @dataclass
@@ -128,8 +128,8 @@ class FeatureAnalysis:
     stats: FeatureStats
     top: TopExamples
     concepts: ConceptCounts | None
-    profile: "FeatureProfile | None" = None
-    """Density over images, activation histogram and image sample (`profile_sample=`), else None."""
+    distribution: "ActivationDistribution | None" = None
+    """Density over images, activation histogram and image sample (`sample_per_feature=`), else None."""
 
 
 def _chunks_by_size(chunks, max_elems: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
@@ -157,13 +157,14 @@ class FeatureAccumulator:
     """
 
     def __init__(self, sae: TopKSAE, m: int = 16, concept_names: list[str] | None = None,
-                 max_dense_elems: int = 2 ** 25, profile_sample: int | None = None, profile_seed: int = 0):
-        from repro.features.profile import ProfileAccumulator
+                 max_dense_elems: int = 2 ** 25, sample_per_feature: int | None = None, sample_seed: int = 0):
+        from repro.features.distribution import DistributionAccumulator
 
         self.sae, self.m, self.concept_names = sae, m, concept_names
         n, dev = sae.cfg.n_features, sae.device
         self.max_elems = max_dense_elems // max(n, 1)
-        self.profile = ProfileAccumulator(n, profile_sample, profile_seed, dev) if profile_sample else None
+        self.distribution = (DistributionAccumulator(n, sample_per_feature, sample_seed, dev)
+                             if sample_per_feature else None)
         self.count = torch.zeros(n, dtype=torch.int64, device=dev)
         self.total = torch.zeros(n, dtype=torch.float64, device=dev)
         self.total_sq = torch.zeros(n, dtype=torch.float64, device=dev)
@@ -190,8 +191,8 @@ class FeatureAccumulator:
         vals, idx = sae.encode_topk(tokens)  # [b*h*w, k]
         vals = vals.float() * fires(sae.cfg, vals)  # below the firing threshold counts as silent
         z = torch.zeros(tokens.shape[0], n, device=dev).scatter_(1, idx, vals)  # [b*h*w, n]
-        if self.profile is not None:
-            self.profile.add(ids, vals, idx, z, (h, w))
+        if self.distribution is not None:
+            self.distribution.add(ids, vals, idx, z, (h, w))
         on = z > 0
         fired = on.sum(0)  # [n] int64
         self.count += fired
@@ -230,7 +231,8 @@ class FeatureAccumulator:
         concepts_out = None
         if self.tally.both is not None:
             concepts_out = self.tally.result(self.concept_names, n_tokens)
-        return FeatureAnalysis(stats, top, concepts_out, self.profile.result() if self.profile is not None else None)
+        distribution = self.distribution.result() if self.distribution is not None else None
+        return FeatureAnalysis(stats, top, concepts_out, distribution)
 
 
 @torch.no_grad()
@@ -240,18 +242,19 @@ def analyse_features(
     m: int = 16,
     concept_names: list[str] | None = None,
     max_dense_elems: int = 2 ** 25,
-    profile_sample: int | None = None,
-    profile_seed: int = 0,
+    sample_per_feature: int | None = None,
+    sample_seed: int = 0,
 ) -> FeatureAnalysis:
     """Stream `(image_ids [b], updates [b, H, W, C][, concepts [b, c, H, W] bool or int8 labels])` chunks.
 
-    Concepts are optional; give `concept_names` (length c) with them. `profile_sample=r` also
-    builds each feature's profile in the same pass (`repro.features.profile`: equal to
-    `profile_features(sae, chunks, r, profile_seed, max_dense_elems)`). A whole store, all
-    blocks at once: `repro.features.data.analyse_store` (each shard read once).
+    Concepts are optional; give `concept_names` (length c) with them. `sample_per_feature=r`
+    also builds each feature's activation distribution in the same pass
+    (`repro.features.distribution`: equal to `activation_distribution(sae, chunks, r,
+    sample_seed, max_dense_elems)`). A whole store, all blocks at once:
+    `repro.features.data.analyse_store` (each shard read once).
     """
     started = time.perf_counter()
-    acc = FeatureAccumulator(sae, m, concept_names, max_dense_elems, profile_sample, profile_seed)
+    acc = FeatureAccumulator(sae, m, concept_names, max_dense_elems, sample_per_feature, sample_seed)
     for item in chunks:
         acc.add(item[0], item[1], item[2] if len(item) > 2 else None)
     out = acc.result()

@@ -90,8 +90,8 @@ def analyse_store(
     concepts: bool = False,
     m: int = 16,
     concept_names: list[str] | None = None,
-    profile_sample: int | None = None,
-    profile_seed: int = 0,
+    sample_per_feature: int | None = None,
+    sample_seed: int = 0,
     max_dense_elems: int = 2 ** 25,
     read_threads: int | None = None,
     reads_in_flight: int | None = None,
@@ -100,7 +100,7 @@ def analyse_store(
     """{block: analysis} of every SAE of `saes` ({block: TopKSAE}) over the store, in one read.
 
     Equal to `analyse_features(saes[b], store_chunks(store, b, step, half, concepts, max_images),
-    m, concept_names, max_dense_elems, profile_sample, profile_seed)` for each block b
+    m, concept_names, max_dense_elems, sample_per_feature, sample_seed)` for each block b
     (bitwise on the CPU). Shards are read by `read_shards`: `read_threads` shards at once
     (default `SHARDS_AT_ONCE`; each sha256-checked while it is read, on first use when the
     store verifies), each in ranges, `reads_in_flight` reads at once (default
@@ -113,7 +113,7 @@ def analyse_store(
     blocks = list(saes)
     shapes = {b: store.block_shape(b) for b in blocks}  # (H, W, C); raises on a block the store lacks
     h = _half_row(store, half)
-    accs = {b: FeatureAccumulator(saes[b], m, concept_names, max_dense_elems, profile_sample, profile_seed)
+    accs = {b: FeatureAccumulator(saes[b], m, concept_names, max_dense_elems, sample_per_feature, sample_seed)
             for b in blocks}
     cuda = {saes[b].device for b in blocks if saes[b].device.type == "cuda"}
     plan = _images_per_shard(store, max_images)

@@ -138,23 +138,6 @@ class DetectionAccumulator:
         return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def detection_table(chunks: Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]], names: Sequence[str] | None = None,
-                    *, threshold: float = 1e-3, chosen: torch.Tensor | None = None) -> pd.DataFrame:
-    """Score a detector: `chunks()` yields (scores [b, n, g, g], labels [b, c, g, g]) and may be
-    called twice. chosen: [c] the feature of each concept; None: the best F1 on these same
-    chunks (in-sample; a first pass picks it, a second keeps its scores)."""
-    names = concept_names() if names is None else list(names)
-    if chosen is None:
-        first = DetectionAccumulator(names, threshold)
-        for scores, labels in chunks():
-            first.add(scores, labels)
-        chosen = first.best()
-    acc = DetectionAccumulator(names, threshold, chosen)
-    for scores, labels in chunks():
-        acc.add(scores, labels)
-    return acc.table()
-
-
 # ---------------------------------------------------------------------------------------
 # The linear-probe ceiling
 
@@ -289,5 +272,5 @@ def family_medians(table: pd.DataFrame, column: str = "f1", exclude: tuple[str, 
     return rows.pivot_table(index=["block", "detector"], columns="family", values=column, aggfunc="median")
 
 
-__all__ = ["COLUMNS", "DetectionAccumulator", "LinearProbe", "auroc", "concept_detection_table", "detection_table",
+__all__ = ["COLUMNS", "DetectionAccumulator", "LinearProbe", "auroc", "concept_detection_table",
            "f1_thresholds", "family_medians", "sae_activations"]

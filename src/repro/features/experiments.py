@@ -240,14 +240,13 @@ def feature_site(pipe, saes: Mapping[str, TopKSAE], store, analyses: Mapping, pr
     for the `shown` features."""
     from repro.evaluate.capture import capture_eval_updates
     from repro.evaluate.in_loop import generate_with
-    from repro.features.interventions import FeatureAdd
+    from repro.features.distribution import step_means
+    from repro.features.interventions import FeatureAdd, InRegion
     from repro.features.neighbours import decoder_neighbours
-    from repro.features.pages import BlockFeatures, causal_by_feature
-    from repro.features.profile import step_means
+    from repro.features.records import BlockFeatures, causal_by_feature
     from repro.features.site import FeatureSite
     from repro.generate import decode_latents
     from repro.models.loading import load_pipeline
-    from repro.widgets.browser import InRegion
 
     blocks = list(saes)
     seeds = [seed + i for i in range(len(prompts))]
@@ -267,12 +266,12 @@ def feature_site(pipe, saes: Mapping[str, TopKSAE], store, analyses: Mapping, pr
     causal_pages = causal_by_feature(causal) if causal is not None else {}
     neighbours = decoder_neighbours(saes, k=n_neighbours)
     site_blocks = {b: BlockFeatures(
-        stats=analyses[b].stats, top=analyses[b].top, profile=analyses[b].profile,
+        stats=analyses[b].stats, top=analyses[b].top, distribution=analyses[b].distribution,
         labels=labels[b].label if b in labels else None, purity=labels[b].purity.tolist() if b in labels else None,
         f1=labels[b].f1.tolist() if b in labels else None, causal=causal_pages.get(b), steps=steps[b],
         neighbours=neighbours[b], icons=icons[b], painted=painted[b]) for b in blocks}
     needed = sorted({int(i) for a in analyses.values() for i in a.top.image_ids.flatten().tolist() if i >= 0}
-                    | {int(i) for a in analyses.values() for i in a.profile.sample_ids.flatten().tolist() if i >= 0})
+                    | {int(i) for a in analyses.values() for i in a.distribution.sample_ids.flatten().tolist() if i >= 0})
     cache = {}
     for start in range(0, len(needed), 64):
         chunk = needed[start:start + 64]

@@ -11,6 +11,7 @@ update at a position, and `mean_f` its mean activation when it fires (feature st
 | `FeatureAdd` | update + `strength * W_dec[:, f]` inside the mask | painting (strength = s * mean_f) |
 | `FeatureModulate` | update + `s * z_f(pos) * W_dec[:, f]` | activation modulation where f fires |
 | `FeatureOff` | update - `z_f(pos) * W_dec[:, f]` | switching a feature off |
+| `InRegion` | another edit, inside a named region (`region_mask`) at the block's own size | painting into a region |
 
 Under classifier-free guidance the additive edits follow the paper's rule (add to the
 conditional half, subtract from the unconditional one); the icon replaces the conditional
@@ -25,8 +26,11 @@ from typing import Literal, Sequence
 
 import torch
 
+from repro.errors import ReproError, choices_hint
 from repro.hooks import Edit
 from repro.sae.model import TopKSAE
+
+REGIONS = ("all", "left", "right", "top", "bottom", "centre")
 
 
 def update_to_tokens(update: torch.Tensor) -> torch.Tensor:
@@ -143,3 +147,36 @@ class FeatureOff(Edit):
         feats = _features(self.features)
         z = _codes(self.sae, update, feats)
         return update - tokens_to_update(z @ _directions(self.sae, feats, update).T)
+
+
+def region_mask(region: str, h: int, w: int) -> torch.Tensor:
+    """A fixed [h, w] 0/1 mask: all, left/right/top/bottom half, or the centre (middle half)."""
+    m = torch.zeros(h, w)
+    if region == "all":
+        m[:] = 1
+    elif region == "left":
+        m[:, : max(1, w // 2)] = 1
+    elif region == "right":
+        m[:, w // 2:] = 1
+    elif region == "top":
+        m[: max(1, h // 2)] = 1
+    elif region == "bottom":
+        m[h // 2:] = 1
+    elif region == "centre":
+        m[h // 4: max(h // 4 + 1, h - h // 4), w // 4: max(w // 4 + 1, w - w // 4)] = 1
+    else:
+        raise ReproError(f"unknown region {region!r}: use {choices_hint(REGIONS)}")
+    return m
+
+
+@dataclass
+class InRegion(Edit):
+    """Apply `inner` only inside a named region, the mask made at the block's own size."""
+
+    inner: Edit | None = None
+    region: str = "all"
+
+    def apply(self, update, step, half):
+        new = self.inner.apply(update, step, half)
+        mask = region_mask(self.region, *update.shape[-2:]).to(device=update.device, dtype=update.dtype)
+        return update + mask[None, None] * (new - update)

@@ -88,7 +88,8 @@ def riebench_counts(results, n_features: Mapping[str, int], method: str = "trans
 def write_riebench(folder: str | os.PathLike, rc: RIEBenchCounts) -> list[Path]:
     """Write `<block>/riebench.js` for every block of the feature pages in `folder`, replacing
     the placeholders `FeatureSite.write` left; refuses counts of SAEs of another width."""
-    from repro.features.site import _file, _write, read_part
+    from repro.features.site import part_file, read_part
+    from repro.io import write_bytes_atomic
 
     folder = Path(folder)
     if not (folder / "manifest.js").is_file():
@@ -106,7 +107,7 @@ def write_riebench(folder: str | os.PathLike, rc: RIEBenchCounts) -> list[Path]:
     out = []
     for b in blocks:
         path = folder / b / f"{PART}.js"
-        _write(path, _file(f"{b}/{PART}", rc.part(b)))
+        write_bytes_atomic(path, part_file(f"{b}/{PART}", rc.part(b)))
         out.append(path)
     return out
 

@@ -19,6 +19,7 @@ In a live notebook the same files are served from memory through the widget's me
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -29,17 +30,43 @@ from typing import Any
 import numpy as np
 
 from repro.errors import ReproError, choices_hint
-from repro.features.browser_data import FORMATS, _sig, encode_thumbnail
-from repro.features.pages import BlockFeatures, Labeller, feature_record
-from repro.features.profile import BINS_PER_OCTAVE, LOW_EXP
+from repro.features.distribution import BINS_PER_OCTAVE, LOW_EXP
+from repro.features.records import BlockFeatures, Labeller, feature_record, rounded
 from repro.features.riebench_counts import PART as RIEBENCH, RIEBenchCounts, not_run
 
 VERSION = 1
 CALLBACK = "__reproFeatures"
+FORMATS = {"webp": "image/webp", "png": "image/png", "jpeg": "image/jpeg"}
 
 
-def _file(path: str, obj: Any) -> bytes:
+def part_file(path: str, obj: Any) -> bytes:
+    """The bytes of `<path>.js`: one call `__reproFeatures("<path>", <JSON>)`."""
     return f"{CALLBACK}({json.dumps(path)},{json.dumps(obj, separators=(',', ':'))});\n".encode()
+
+
+def thumbnail(image: np.ndarray, size: int, format: str = "webp", quality: int = 80) -> bytes:
+    """uint8 [H, W, 3] -> an image file of it shrunk to `size` px on its long side.
+
+    WebP/JPEG are lossy (`quality`), PNG lossless: thumbnails only need to be recognisable.
+    """
+    from PIL import Image
+
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+        raise ReproError(f"images must be uint8 [H, W, 3], got {image.dtype} {list(image.shape)}")
+    im = Image.fromarray(np.ascontiguousarray(image))
+    h, w = image.shape[:2]
+    if max(h, w) > size:
+        scale = size / max(h, w)
+        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.LANCZOS)
+    buf = io.BytesIO()
+    if format == "png":
+        im.save(buf, format="PNG", optimize=True)
+    elif format == "webp":
+        im.save(buf, format="WEBP", quality=quality, method=4)
+    else:
+        im.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
 
 
 class FeatureSite:
@@ -83,19 +110,19 @@ class FeatureSite:
 
     def index(self, block: str) -> dict:
         """Live features of `block` and the fields the list searches and sorts by."""
-        bf = self._block(block)
+        bf = self.block(block)
         live = bf.live()
         out: dict[str, Any] = {"ids": live.tolist()}
         if bf.stats.frequency is not None:
-            out["freq"] = _sig(np.asarray(bf.stats.frequency)[live], 3)
-        if bf.profile is not None:
-            out["dens"] = _sig(bf.profile.image_density.numpy()[live], 3)
+            out["freq"] = rounded(np.asarray(bf.stats.frequency)[live], 3)
+        if bf.distribution is not None:
+            out["dens"] = rounded(bf.distribution.image_density.numpy()[live], 3)
         if bf.labels is not None:
             out["label"] = [str(bf.labels[f]) for f in live]
         elif self.labeller is not None:
             out["label"] = [self.page(block, f // self.page_size)["features"][str(f)]["label"] for f in live]
         if bf.purity is not None:
-            out["purity"] = _sig([bf.purity[f] for f in live], 3)
+            out["purity"] = rounded([bf.purity[f] for f in live], 3)
         if bf.causal:
             out["causal"] = [bf.causal[f].get("effect") if f in bf.causal else None for f in live.tolist()]
         return out
@@ -104,7 +131,7 @@ class FeatureSite:
         """Records of the live features with ids in [k * page_size, (k + 1) * page_size)."""
         key = f"{block}/p{k}"
         if key not in self._pages:
-            bf = self._block(block)
+            bf = self.block(block)
             lo, hi = k * self.page_size, (k + 1) * self.page_size
             live = [int(f) for f in bf.live() if lo <= f < hi]
             self._pages[key] = {"features": {str(f): feature_record(
@@ -115,10 +142,11 @@ class FeatureSite:
 
     def riebench_part(self, block: str) -> dict:
         """`<block>/riebench`: the counts given, else the placeholder."""
-        self._block(block)
+        self.block(block)
         return self.riebench.part(block) if self.riebench is not None else not_run()
 
-    def _block(self, block: str) -> BlockFeatures:
+    def block(self, block: str) -> BlockFeatures:
+        """The BlockFeatures of `block`, or a ReproError naming the site's blocks."""
         if block not in self.blocks:
             raise ReproError(f"no block {block!r} in the feature pages: use {choices_hint(self.blocks)}")
         return self.blocks[block]
@@ -145,14 +173,11 @@ class FeatureSite:
 
     def binary(self, path: str) -> bytes:
         """The image file at `path` (img/<id>.<ext>, <block>/icon/..., <block>/paint/...)."""
-        import base64
-
         parts = path.rsplit(".", 1)[0].split("/")
         if parts[0] == "img" and len(parts) == 2:
-            return base64.b64decode(encode_thumbnail(np.asarray(self.images(int(parts[1]))), self.thumb,
-                                                     self.format, self.quality))
+            return thumbnail(self.images(int(parts[1])), self.thumb, self.format, self.quality)
         block, kind, name = "/".join(parts[:-2]), parts[-2], parts[-1]
-        bf = self._block(block)
+        bf = self.block(block)
         if kind == "icon":
             f, s = name.split("-")
             image = next(im for st, im in bf.icons[int(f)].items() if f"{float(st):g}" == s)
@@ -161,7 +186,7 @@ class FeatureSite:
             image = bf.painted[int(f)][which]
         else:
             raise ReproError(f"no image at {path!r} in the feature pages")
-        return base64.b64decode(encode_thumbnail(np.asarray(image), self.icon_size, self.format, self.quality))
+        return thumbnail(image, self.icon_size, self.format, self.quality)
 
     def binary_paths(self) -> Iterator[str]:
         for i in self.image_ids():
@@ -199,7 +224,7 @@ class FeatureSite:
             shutil.rmtree(folder)
         sizes = {"json": 0, "images": 0, "files": 0}
         for path, obj in self.json_parts():
-            data = _file(path, obj)
+            data = part_file(path, obj)
             _write(folder / f"{path}.js", data)
             sizes["json"] += len(data)
             sizes["files"] += 1
@@ -227,64 +252,4 @@ def read_part(folder: str | os.PathLike, path: str) -> Any:
     return json.loads(text[len(prefix):].rstrip().removesuffix(");"))
 
 
-# --- synthetic input: tests and the paper-scale benchmark ------------------------------------
-
-def synthetic_blocks(blocks=("down.2.1", "mid.0", "up.0.0", "up.0.1"), n_features: int = 40, m: int = 16,
-                     grid: int = 16, n_images: int = 200, sample: int = 32, d_model: int = 64, dead: float = 0.1,
-                     labels: bool = True, seed: int = 0) -> dict[str, BlockFeatures]:
-    """BlockFeatures with the shapes the chapter produces, from random numbers (`synthetic_analyses`
-    for stats and top images, a random profile, random unit decoders for the neighbours,
-    two settings of per-step means; ShapesWorld-like labels if `labels`)."""
-    import torch
-
-    from repro.features.browser_data import synthetic_analyses
-    from repro.features.neighbours import decoder_neighbours
-    from repro.features.profile import HIST_EDGES, FeatureProfile
-
-    rng = np.random.default_rng(seed)
-    analyses = synthetic_analyses(blocks, n_features=n_features, m=m, grid=grid, n_images=n_images, dead=dead, seed=seed)
-    decoders = {b: type("D", (), {"W_dec": torch.from_numpy(rng.standard_normal((d_model, n_features)).astype(np.float32))})()
-                for b in blocks}
-    nbrs = decoder_neighbours(decoders, k=5)
-    n_bins = len(HIST_EDGES) - 1
-    out = {}
-    for b, a in analyses.items():
-        live = a.stats.count.numpy() > 0
-        peak = rng.integers(n_bins // 3, 2 * n_bins // 3, n_features)
-        bins = np.arange(n_bins)
-        hist = np.rint(1e4 * np.exp(-0.5 * ((bins[None] - peak[:, None]) / 4.0) ** 2)).astype(np.int64) * live[:, None]
-        ids = rng.integers(0, n_images, (n_features, sample))
-        ids[~live] = -1
-        values = rng.uniform(0.1, 5.0, (n_features, sample)).astype(np.float32) * live[:, None]
-        maps = np.clip(rng.standard_normal((n_features, sample, grid, grid)), 0, None) * values[:, :, None, None]
-        profile = FeatureProfile(image_count=torch.from_numpy(np.rint(a.stats.frequency.numpy() * 40 * n_images).astype(np.int64)),
-                                 n_images=n_images, hist=torch.from_numpy(hist), sample_ids=torch.from_numpy(ids),
-                                 sample_values=torch.from_numpy(values), sample_maps=torch.from_numpy(maps).half())
-        names = ["colour=red", "shape=circle", "texture=striped", "style=watercolour", "size=large"]
-        purity = rng.uniform(0.2, 1.0, n_features)
-        causal = {int(f): {"label": names[f % 5], "s": 10.0, "on": float(p), "off": 0.5, "control_on": 0.1,
-                           "effect": round(float(p) - 0.1, 4)} for f, p in zip(np.flatnonzero(live)[:8], purity)}
-        out[b] = BlockFeatures(
-            stats=a.stats, top=a.top, profile=profile,
-            labels=[names[f % 5] if live[f] else "" for f in range(n_features)] if labels else None,
-            purity=purity.tolist() if labels else None, f1=(purity * 0.8).tolist() if labels else None,
-            causal=causal if labels else None,
-            steps={"turbo, 4 steps": {"all": torch.from_numpy(rng.uniform(0, 1, (4, n_features)).astype(np.float32))},
-                   "base": {h: torch.from_numpy(rng.uniform(0, 1, (20, n_features)).astype(np.float32))
-                            for h in ("cond", "uncond")}},
-            neighbours=nbrs[b])
-    return out
-
-
-def synthetic_riebench(blocks: Mapping[str, BlockFeatures], edits: int = 12, seed: int = 0) -> RIEBenchCounts:
-    """Random selection counts of two categories for `blocks` (tests and the benchmark)."""
-    import torch
-
-    rng = np.random.default_rng(seed)
-    cats = ("change colour", "change style")
-    counts = {b: {c: torch.from_numpy(np.minimum(rng.poisson(0.3, bf.n_features), edits)) for c in cats}
-              for b, bf in blocks.items()}
-    return RIEBenchCounts(counts=counts, edits={c: edits for c in cats}, k=32, sae="saes (synthetic)")
-
-
-__all__ = ["CALLBACK", "FeatureSite", "read_part", "synthetic_blocks", "synthetic_riebench"]
+__all__ = ["CALLBACK", "FORMATS", "FeatureSite", "part_file", "read_part"]

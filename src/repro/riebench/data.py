@@ -47,11 +47,6 @@ CATEGORIES: tuple[str, ...] = (
 )
 """The paper's nine RIEBench categories (PIE-Bench's editing types 1-9)."""
 
-PAPER_COUNTS = {"change_object": 36, "add_object": 27, "delete_object": 43, "change_content": 21,
-                "change_pose": 20, "change_colour": 30, "change_material": 26, "change_background": 46,
-                "change_style": 47}
-"""Edits per category in the paper's RIEBench (296 in all)."""
-
 _ALIASES = {
     "change_color": "change_colour", "change_attribute_color": "change_colour",
     "change_attribute_colour": "change_colour", "change_attribute_content": "change_content",

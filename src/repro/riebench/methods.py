@@ -24,7 +24,7 @@ from repro.errors import ReproError, choices_hint
 from repro.generate import Sampling, generate
 from repro.hooks import capture_updates
 from repro.riebench.data import RIEEdit
-from repro.riebench.neurons import NeuronTransport, capture_neurons, ff_modules
+from repro.riebench.neurons import NeuronTransport, capture_neurons
 from repro.riebench.transport import (
     FeatureTransport, StepAdd, joint_scores, mask_mean, sae_codes, selected_units, selection_weights,
 )
@@ -34,7 +34,7 @@ METHODS = ("transport", "per_block", "steer", "neurons")
 
 
 PAPER_NEURONS = 204_800
-"""GEGLU neurons of SDXL's four RIEBench blocks (`n_neurons`), the paper's k_neurons' denominator."""
+"""GEGLU neurons of SDXL's four RIEBench blocks (`ff_width` summed over them), the paper's k_neurons' denominator."""
 TOY_NEURONS = 4_096
 """The same of the toy's four blocks (shapes-turbo: 8 feed-forward layers of 512)."""
 
@@ -292,10 +292,3 @@ def plans(ref: Reference, saes: dict, blocks: list[str], methods, grid: Grid, st
         else:
             out.append(neuron_plan(ref, blocks, grid.k_neurons, grid.m_neurons, strict_sign))
     return out
-
-
-def n_neurons(unet, blocks: list[str]) -> int:
-    """Neurons the baseline chooses from (SDXL's four blocks: 204,800)."""
-    from repro.riebench.neurons import ff_width
-
-    return sum(ff_width(mod) for mod in ff_modules(unet, blocks).values())

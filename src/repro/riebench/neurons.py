@@ -42,11 +42,6 @@ def ff_width(module: nn.Module) -> int:
     return module.proj.out_features // (2 if gated else 1)
 
 
-def neuron_layout(unet: nn.Module, blocks: Iterable[str]) -> list[tuple[NeuronKey, int]]:
-    """[((block, layer), width), ...]: the order neurons are concatenated in for joint scoring."""
-    return [(key, ff_width(mod)) for key, mod in ff_modules(unet, blocks).items()]
-
-
 def _module_hooks(unet: nn.Module, hooks: dict[nn.Module, Callable]):
     """`hooks[module](output, step)` on GEGLU modules (see `repro.hooks.step_hooks`)."""
     return step_hooks(unet, {m: (lambda args, kwargs, out, step, fn=fn: fn(out, step)) for m, fn in hooks.items()})

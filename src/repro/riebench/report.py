@@ -22,7 +22,6 @@ import numpy as np
 from repro.errors import ReproError
 from repro.intervals import paired_difference, rate
 
-OUTCOME = "success_and_preserved"
 CELL = ["method", "blocks", "k", "m"]
 
 

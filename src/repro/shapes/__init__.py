@@ -8,7 +8,7 @@ attributes). This module only re-exports.
 
 from repro.shapes.captions import caption, parse_caption, tokenize, vocabulary
 from repro.shapes.degrade import DegradeConfig, degrade
-from repro.shapes.oracle import Oracle, compare, load_oracle, reading_to_scene
+from repro.shapes.oracle import Oracle, compare, load_oracle
 from repro.shapes.render import (
     IMAGE_SIZE,
     RenderBatch,
@@ -48,6 +48,6 @@ __all__ = [
     "BACKGROUNDS", "COLOURS", "DegradeConfig", "IMAGE_SIZE", "ORIENTATIONS", "ORIENTED_SHAPES", "Oracle",
     "POSITIONS", "RenderBatch", "Rendered", "SHAPES", "SIZES", "SPLITS", "STYLES", "Scene", "ShapeObject",
     "TEXTURES", "caption", "compare", "degrade", "downsample_mask", "load_oracle", "object_mask",
-    "parse_caption", "reading_to_scene", "render", "render_batch", "sample_object", "sample_scene",
+    "parse_caption", "render", "render_batch", "sample_object", "sample_scene",
     "slot_masks", "split_of", "split_scenes", "tokenize", "train_oracle", "vocabulary",
 ]

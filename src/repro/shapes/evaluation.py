@@ -27,7 +27,7 @@ import numpy as np
 from repro.shapes.captions import caption
 from repro.shapes.oracle import compare
 from repro.shapes.splits import split_scenes
-from repro.shapes.world import POSITIONS, Scene
+from repro.shapes.world import Scene
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,16 +46,6 @@ def heldout_captions(n: int, seed: int = 0) -> tuple[list[Scene], list[str]]:
     """
     scenes = split_scenes("test", n, seed=seed)
     return scenes, [caption(s, np.random.default_rng([seed, i])) for i, s in enumerate(scenes)]
-
-
-def reading_of(scene: Scene) -> dict:
-    """The oracle reading a perfect oracle would return for `scene` (inverse of `reading_to_scene`)."""
-    slots: dict[str, dict | None] = {p: None for p in POSITIONS}
-    for o in scene.objects:
-        d = o.to_dict()
-        del d["position"]
-        slots[o.position] = d
-    return {"background": scene.background, "style": scene.style, "slots": slots}
 
 
 def score_readings(readings: Sequence[dict], scenes: Sequence[Scene]) -> dict[str, float]:
@@ -124,15 +114,6 @@ def speed_from_batches(batch_seconds: Sequence[float], n_images: int, batch_size
     skip = warmup if warm else 0
     imgs, secs = sum(sizes[skip:]), float(sum(batch_seconds[skip:]))
     return Speed(imgs / secs if secs > 0 else float("inf"), batch_size, imgs, secs, warm)
-
-
-def generation_speed(generator: Generator, captions: Sequence[str], batch_size: int = 16,
-                     n_batches: int = 2, warmup: int = 1) -> Speed:
-    """Time `n_batches` batches of `batch_size` after `warmup` untimed ones (captions are cycled)."""
-    n = (warmup + n_batches) * batch_size
-    caps = [captions[i % len(captions)] for i in range(n)]
-    _, seconds = generate_batched(generator, caps, list(range(n)), batch_size)
-    return speed_from_batches(seconds, n, batch_size, warmup)
 
 
 @dataclass

@@ -40,7 +40,6 @@ from repro.shapes.world import (
     STYLES,
     TEXTURES,
     Scene,
-    ShapeObject,
 )
 
 WEIGHTS_FILE = "oracle.safetensors"
@@ -188,14 +187,6 @@ def decode(logits: dict[str, torch.Tensor], damage_threshold: float = DAMAGE_THR
                     "slots": slots, "damaged": None if p_damaged is None else bool(p > damage_threshold),
                     "damaged_p": p})
     return out
-
-
-def reading_to_scene(reading: dict) -> Scene | None:
-    """The Scene a reading describes, or None if it holds no object or more than two."""
-    objs = [ShapeObject(position=p, **o) for p, o in reading["slots"].items() if o is not None]
-    if not 1 <= len(objs) <= 2:
-        return None
-    return Scene(tuple(objs), reading["background"], reading["style"])
 
 
 def compare(reading: dict, scene: Scene) -> dict[str, bool]:

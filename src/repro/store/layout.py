@@ -46,10 +46,6 @@ def shard_range(index: int, shard_size: int, n_prompts: int) -> tuple[int, int]:
     return start, min(start + shard_size, n_prompts)
 
 
-def sha256_bytes(data: bytes | memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
     """sha256 hex of a file, read in pieces into one reused buffer (no allocation per piece;
     each piece hashed while in the cache; both release the GIL, so threads hash in parallel)."""

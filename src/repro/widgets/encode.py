@@ -1,4 +1,4 @@
-"""Images <-> base64 strings, the form in which widgets carry pixels in their state.
+"""Images as base64 strings, the form in which widgets carry pixels in their state.
 
 A widget's state is JSON: it is saved in the executed notebook (nbclient's
 `store_widget_state`) and embedded in the book's pages, so images travel as compressed
@@ -49,11 +49,3 @@ def encode_images(images: np.ndarray, format: Format = "png") -> list[str]:
         Image.fromarray(np.ascontiguousarray(image)).save(buf, format=format.upper(), **options)
         out.append(base64.b64encode(buf.getvalue()).decode("ascii"))
     return out
-
-
-def decode_image(data: str) -> np.ndarray:
-    """One base64 string from `encode_images` -> uint8 [H, W, 3]."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(base64.b64decode(data))) as image:
-        return np.asarray(image.convert("RGB"))

@@ -1,4 +1,4 @@
-"""A paged image gallery (anywidget): the carousel of the overview, the base of browsers.
+"""A paged image gallery (anywidget): the carousel of the overview.
 
 All the widget's logic is in `gallery.js` (its ESM) and all its data in its state, so
 the executed notebook's saved widget state is enough to show it in the static book.

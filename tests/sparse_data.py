@@ -1,4 +1,4 @@
-"""Synthetic activations with known sparse structure, for tests, demos and benchmarks.
+"""Synthetic activations with known sparse structure, for the SAE tests.
 
 x = offset + sum of `k_active` random atoms (unit vectors) with positive coefficients
 + small Gaussian noise: a TopK SAE with enough latents should explain nearly all of it.

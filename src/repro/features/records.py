@@ -1,4 +1,4 @@
-"""Feature pages: everything one feature's page shows, gathered per block, as JSON-able records.
+"""Feature records: everything one feature's page shows, gathered per block, as JSON-able records.
 
 `BlockFeatures` holds what the chapter computed for one block (any part may be missing);
 `FeatureSite` (repro.features.site) turns them into lazily loaded static files. A record
@@ -18,10 +18,16 @@ Labels: on ShapesWorld the chapter gives the ground-truth label (best concept by
 purity and F1. Without ground truth the label is empty and `label_note` says why, unless
 a `labeller(block, feature, record) -> label | (label, score)` supplies one (a judge model,
 a person's notes).
+
+Heatmaps are quantised per group of maps: q = round(255 * map / hmax) with hmax the largest
+value of the group, so a value comes back within hmax / 510.
 """
 
 from __future__ import annotations
 
+import base64
+import math
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,8 +36,7 @@ import numpy as np
 import torch
 
 from repro.errors import ReproError
-from repro.features.browser_data import _resize_maps, _sig, encode_heat, quantise_maps
-from repro.features.profile import FeatureProfile, quantile_samples
+from repro.features.distribution import ActivationDistribution, quantile_samples
 
 NO_LABEL = "no label: no ground truth and no judge model offline (give a labeller to label features)"
 
@@ -47,7 +52,7 @@ class BlockFeatures:
     """FeatureStats: mean, std, frequency, count [n]."""
     top: Any
     """TopExamples: image_ids / values [n, m], maps [n, m, H, W]."""
-    profile: FeatureProfile | None = None
+    distribution: ActivationDistribution | None = None
     labels: Sequence[str] | None = None
     purity: Sequence[float] | None = None
     f1: Sequence[float] | None = None
@@ -81,11 +86,35 @@ class BlockFeatures:
                 raise ReproError(f"{block}: {len(value)} {name} for {n} features: give one per feature")
 
 
+def rounded(values, digits: int = 4) -> list[float]:
+    """Floats rounded to `digits` significant digits (JSON stays short)."""
+    return [float(f"{float(v):.{digits}g}") for v in np.asarray(values, dtype=np.float64).ravel()]
+
+
+def quantise_maps(maps: np.ndarray) -> tuple[np.ndarray, float]:
+    """float [m, h, w] >= 0 -> (uint8 [m, h, w], hmax) with maps ~= q * hmax / 255."""
+    maps = np.clip(np.asarray(maps, dtype=np.float32), 0, None)
+    hmax = float(maps.max()) if maps.size else 0.0
+    if hmax <= 0 or not math.isfinite(hmax):
+        return np.zeros(maps.shape, np.uint8), 0.0
+    return np.clip(np.rint(maps / hmax * 255.0), 0, 255).astype(np.uint8), hmax
+
+
+def shrink_maps(maps: np.ndarray, size: int) -> np.ndarray:
+    """[n, m, H, W] -> at most `size` on each side (area average)."""
+    h, w = maps.shape[-2:]
+    if h <= size and w <= size:
+        return maps
+    t = torch.from_numpy(maps.reshape(-1, 1, h, w).astype(np.float32))
+    out = torch.nn.functional.adaptive_avg_pool2d(t, (min(h, size), min(w, size)))
+    return out.reshape(*maps.shape[:2], *out.shape[-2:]).numpy()
+
+
 def _heat(maps: np.ndarray, heat_size: int) -> dict:
-    """float [m, H, W] -> {hmax, heat} quantised (see browser_data.quantise_maps)."""
-    maps = _resize_maps(np.asarray(maps, np.float32)[None], heat_size)[0]
-    q, hmax = quantise_maps(maps)
-    return {"hmax": float(f"{hmax:.6g}"), "heat": encode_heat(q)}
+    """float [m, H, W] -> {hmax, heat: base64 of the zlib stream of the quantised uint8 maps}."""
+    q, hmax = quantise_maps(shrink_maps(np.asarray(maps, np.float32)[None], heat_size)[0])
+    heat = base64.b64encode(zlib.compress(np.ascontiguousarray(q).tobytes(), 9)).decode("ascii")
+    return {"hmax": float(f"{hmax:.6g}"), "heat": heat}
 
 
 def _get(seq, f: int) -> float | None:
@@ -98,30 +127,30 @@ def feature_record(block: str, f: int, bf: BlockFeatures, *, heat_size: int = 16
     """The JSON-able record of feature `f` of `block` (layout in the module docstring)."""
     st = bf.stats
     rec: dict[str, Any] = {"f": int(f), "label": "", "label_note": ""}
-    rec["freq"] = _sig([st.frequency[f]], 3)[0] if st.frequency is not None else None
-    rec["mean"], rec["std"] = _sig([st.mean[f]], 4)[0], _sig([st.std[f]], 4)[0]
+    rec["freq"] = rounded([st.frequency[f]], 3)[0] if st.frequency is not None else None
+    rec["mean"], rec["std"] = rounded([st.mean[f]], 4)[0], rounded([st.std[f]], 4)[0]
     top_ids = bf.top.image_ids[f].tolist()
     keep = [j for j, i in enumerate(top_ids) if i >= 0]
     maps = bf.top.maps[f].float().numpy()
-    rec["shape"] = list(_resize_maps(maps[None, :1], heat_size).shape[-2:])
-    rec["top"] = {"img": [int(top_ids[j]) for j in keep], "val": _sig(bf.top.values[f, keep], 3),
+    rec["shape"] = list(shrink_maps(maps[None, :1], heat_size).shape[-2:])
+    rec["top"] = {"img": [int(top_ids[j]) for j in keep], "val": rounded(bf.top.values[f, keep], 3),
                   **_heat(maps[keep], heat_size)}
-    p = bf.profile
+    p = bf.distribution
     if p is not None:
-        rec["dens"] = _sig([p.image_density[f]], 3)[0]
+        rec["dens"] = rounded([p.image_density[f]], 3)[0]
         counts = p.hist[f].tolist()
         nz = [i for i, c in enumerate(counts) if c]
         rec["hist"] = {"lo": nz[0], "counts": counts[nz[0]:nz[-1] + 1]} if nz else {"lo": 0, "counts": []}
         rec["bands"] = []
         for band in quantile_samples(p, f, bands, per_band, exclude=rec["top"]["img"]):
-            entry = {"q": list(band["band"]), "img": band["ids"], "val": _sig(band["values"], 3)}
+            entry = {"q": list(band["band"]), "img": band["ids"], "val": rounded(band["values"], 3)}
             if band["slots"]:
                 entry.update(_heat(p.sample_maps[f, band["slots"]].float().numpy(), heat_size))
             rec["bands"].append(entry)
     if bf.labels is not None and bf.labels[f]:
         rec["label"] = str(bf.labels[f])
-        rec["purity"], rec["f1"] = _sig([bf.purity[f]], 3)[0] if bf.purity is not None else None, \
-            _sig([bf.f1[f]], 3)[0] if bf.f1 is not None else None
+        rec["purity"], rec["f1"] = rounded([bf.purity[f]], 3)[0] if bf.purity is not None else None, \
+            rounded([bf.f1[f]], 3)[0] if bf.f1 is not None else None
     elif labeller is not None:
         got = labeller(block, int(f), rec)
         label, score = got if isinstance(got, tuple) else (got, None)
@@ -136,7 +165,7 @@ def feature_record(block: str, f: int, bf: BlockFeatures, *, heat_size: int = 16
         rec["painted"] = {"prompt": str(pt.get("prompt", "")), "region": str(pt.get("region", "")),
                           "plain": paint_src(f, "plain"), "edited": paint_src(f, "edited")}
     if bf.steps:
-        rec["steps"] = {setting: {half: _sig(np.asarray(v)[:, f], 3) for half, v in halves.items()}
+        rec["steps"] = {setting: {half: rounded(np.asarray(v)[:, f], 3) for half, v in halves.items()}
                         for setting, halves in bf.steps.items()}
     if bf.neighbours:
         rec["nbr"] = {other: [[int(g), round(float(c), 3)] for g, c in zip(ids[f].tolist(), cos[f].tolist())]
@@ -169,4 +198,4 @@ def causal_by_feature(table) -> dict[str, dict[int, dict]]:
     return out
 
 
-__all__ = ["NO_LABEL", "BlockFeatures", "Labeller", "causal_by_feature", "feature_record"]
+__all__ = ["NO_LABEL", "BlockFeatures", "Labeller", "causal_by_feature", "feature_record", "quantise_maps", "rounded"]

@@ -1,8 +1,9 @@
-"""A feature's profile beyond its mean and std: how widely and how strongly it fires, and a
-uniform sample of the images it fires in (for the "weakly on" examples of a feature page).
+"""A feature's activation distribution beyond its mean and std: how widely and how strongly
+it fires, and a uniform sample of the images it fires in (the "weakly on" examples of a
+feature page).
 
 One streaming pass over `(image_ids [b], updates [b, H, W, C], ...)` chunks, as
-`analyse_features` takes - or folded into its pass (`profile_sample=`). Per feature f, with
+`analyse_features` takes - or folded into its pass (`sample_per_feature=`). Per feature f, with
 z_f zeroed where it does not fire (`repro.sae.metrics.fires`):
 - image_count: images with at least one firing position (density over images; the
   position density is `FeatureStats.frequency`);
@@ -32,7 +33,7 @@ HIST_EDGES = torch.pow(2.0, torch.arange(LOW_EXP * BINS_PER_OCTAVE, HIGH_EXP * B
 
 
 @dataclass
-class FeatureProfile:
+class ActivationDistribution:
     """Per feature of one SAE: density over images, activation histogram, a uniform image sample."""
 
     image_count: torch.Tensor
@@ -59,11 +60,11 @@ def hist_bin(values: torch.Tensor) -> torch.Tensor:
     return (torch.bucketize(values.float(), edges, right=True) - 1).clamp(0, len(edges) - 2)
 
 
-class ProfileAccumulator:
-    """The running state of a profile pass; `add` takes one chunk's codes, `result` the profile.
+class DistributionAccumulator:
+    """The running state of a distribution pass: `add` takes one chunk's codes, `result` gives it.
 
-    `analyse_features(..., profile_sample=r)` feeds it from its own pass over the store (one
-    read of a paper-scale store instead of two); `profile_features` is the same pass alone.
+    `analyse_features(..., sample_per_feature=r)` feeds it from its own pass over the store (one
+    read of a paper-scale store instead of two); `activation_distribution` is the same pass alone.
     """
 
     def __init__(self, n_features: int, sample: int, seed: int, device: torch.device):
@@ -102,22 +103,22 @@ class ProfileAccumulator:
         chunk_maps = z_img.permute(2, 0, 1).reshape(n, b, h, w).half()
         self.maps = torch.cat([self.maps, chunk_maps], 1).gather(1, order[:, :, None, None].expand(n, r, h, w))
 
-    def result(self) -> FeatureProfile:
+    def result(self) -> ActivationDistribution:
         n = self.keys.shape[0]
         maps = self.maps if self.maps is not None else torch.zeros(n, self.keys.shape[1], 1, 1, dtype=torch.float16)
         empty = torch.isinf(self.keys)
         ids = torch.where(empty, torch.full_like(self.ids, -1), self.ids)
-        return FeatureProfile(image_count=self.image_count.cpu(), n_images=self.n_images,
-                              hist=self.hist.reshape(n, self.n_bins).cpu(), sample_ids=ids.cpu(),
-                              sample_values=self.values.masked_fill(empty, 0).cpu(), sample_maps=maps.cpu())
+        return ActivationDistribution(image_count=self.image_count.cpu(), n_images=self.n_images,
+                                      hist=self.hist.reshape(n, self.n_bins).cpu(), sample_ids=ids.cpu(),
+                                      sample_values=self.values.masked_fill(empty, 0).cpu(), sample_maps=maps.cpu())
 
 
 @torch.no_grad()
-def profile_features(sae: TopKSAE, chunks: Iterable[tuple], sample: int = 32, seed: int = 0,
-                     max_dense_elems: int = 2 ** 25) -> FeatureProfile:
+def activation_distribution(sae: TopKSAE, chunks: Iterable[tuple], sample: int = 32, seed: int = 0,
+                            max_dense_elems: int = 2 ** 25) -> ActivationDistribution:
     """Stream `(image_ids [b], updates [b, H, W, C], ...)` chunks (extra items are ignored)."""
     n, dev = sae.cfg.n_features, sae.device
-    acc = ProfileAccumulator(n, sample, seed, dev)
+    acc = DistributionAccumulator(n, sample, seed, dev)
     for ids, x, _ in _chunks_by_size(chunks, max_dense_elems // max(n, 1)):
         b, h, w, c = x.shape
         vals, idx = sae.encode_topk(x.reshape(-1, c).to(device=dev, dtype=sae.dtype))  # [b*h*w, k]
@@ -126,7 +127,7 @@ def profile_features(sae: TopKSAE, chunks: Iterable[tuple], sample: int = 32, se
     return acc.result()
 
 
-def quantile_samples(profile: FeatureProfile, feature: int, bands: int = 3, per_band: int = 4,
+def quantile_samples(dist: ActivationDistribution, feature: int, bands: int = 3, per_band: int = 4,
                      exclude: Iterable[int] = ()) -> list[dict]:
     """Examples from the `bands` lower quantile bands of the feature's per-image max activation.
 
@@ -136,9 +137,9 @@ def quantile_samples(profile: FeatureProfile, feature: int, bands: int = 3, per_
     Returns, weakest band first: [{"band": (lo_q, hi_q), "slots": [reservoir slot, ...],
     "ids": [...], "values": [...]}]; `exclude` drops images already shown as top examples.
     """
-    ids, shown = profile.sample_ids[feature], {int(i) for i in exclude}
+    ids, shown = dist.sample_ids[feature], {int(i) for i in exclude}
     keep = [s for s in range(len(ids)) if int(ids[s]) >= 0 and int(ids[s]) not in shown]
-    keep.sort(key=lambda s: float(profile.sample_values[feature, s]))
+    keep.sort(key=lambda s: float(dist.sample_values[feature, s]))
     out = []
     for band in range(bands):
         lo, hi = band * len(keep) // (bands + 1), (band + 1) * len(keep) // (bands + 1)
@@ -147,7 +148,7 @@ def quantile_samples(profile: FeatureProfile, feature: int, bands: int = 3, per_
             slots = [slots[round(i * (len(slots) - 1) / (per_band - 1))] for i in range(per_band)] if per_band > 1 else slots[:1]
         out.append({"band": (band / (bands + 1), (band + 1) / (bands + 1)), "slots": slots,
                     "ids": [int(ids[s]) for s in slots],
-                    "values": [float(profile.sample_values[feature, s]) for s in slots]})
+                    "values": [float(dist.sample_values[feature, s]) for s in slots]})
     return out
 
 
@@ -169,4 +170,5 @@ def step_means(sae: TopKSAE, updates: torch.Tensor, batch: int = 8192) -> torch.
     return out.float()
 
 
-__all__ = ["HIST_EDGES", "FeatureProfile", "ProfileAccumulator", "hist_bin", "profile_features", "quantile_samples", "step_means"]
+__all__ = ["HIST_EDGES", "ActivationDistribution", "DistributionAccumulator", "activation_distribution", "hist_bin",
+           "quantile_samples", "step_means"]

@@ -15,14 +15,12 @@ attribute value (`causality.reads_value`, over every value of every family) that
 read in the unedited image: what a causality test would count as a random direction switching
 that value on. With a damaged head, `reads_value` refuses damaged readings, so those count as
 not reading anything. Also the share flagged damaged, and the flag rate on unedited images.
-Writes JSON with argv.
+Writes JSON with provenance (argv, device, commit).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
 from pathlib import Path
 
@@ -84,7 +82,7 @@ def spurious(plain: list[dict], edited: list[dict], scenes, labels: list[str]) -
 
 def score(args) -> dict:
     from repro.intervals import rate
-    from repro.io import write_json_atomic
+    from repro.io import provenance, write_json_atomic
     from repro.shapes.oracle import load_oracle
     from repro.shapes.splits import split_scenes
 
@@ -92,7 +90,7 @@ def score(args) -> dict:
     n, strengths, blocks = int(data["n"]), [float(s) for s in data["strengths"]], [str(b) for b in data["blocks"]]
     scenes = split_scenes("test", n, seed=int(data["seed"]))
     labels = all_labels()
-    out = {"argv": sys.argv, "images": str(args.images), "n_scenes": n, "split": "test", "seed": int(data["seed"]),
+    out = {"provenance": provenance(), "images": str(args.images), "n_scenes": n, "split": "test", "seed": int(data["seed"]),
            "model": str(data["model"]), "generated_on": str(data["device"]), "strengths": strengths,
            "strength_unit": "times the block's mean update norm per position",
            "scale": dict(zip(blocks, map(float, data["scale"]))), "oracles": {}}

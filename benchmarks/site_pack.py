@@ -108,6 +108,7 @@ def main(argv=None) -> int:
     ap.add_argument("--part-mib", type=float, default=14)
     ap.add_argument("--title", default="standin: SAE features (05_features)")
     args = ap.parse_args(argv)
+    from repro.io import provenance, write_json_atomic
     from repro.widgets.pages import write_standalone
 
     started = time.perf_counter()
@@ -135,7 +136,7 @@ def main(argv=None) -> int:
                       subset_xz_bytes=archive.stat().st_size)
     record["parts"] = [p.name for p in _split(archive, int(args.part_mib * 2**20))]
     record["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "site_pack.json").write_text(json.dumps(record, indent=1))
+    write_json_atomic(out / "site_pack.json", {**record, "provenance": provenance()})
     print(json.dumps(record))
     return 0
 

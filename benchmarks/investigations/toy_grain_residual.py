@@ -1,6 +1,6 @@
 """Why a 1-step ShapesWorld model draws flat scenes grainy: the fine-grained residual of its samples.
 
-    python benchmarks/toy_grain_residual.py [MODEL] [N] [--out FILE]     # default shapes-turbo, 120 captions
+    python benchmarks/investigations/toy_grain_residual.py [MODEL] [N] [--out FILE]     # default shapes-turbo, 120 captions
 
 For N held-out captions, the pipeline's 1-step sample x0 = sigma (n - eps(sigma n, 999)) from unit
 noise n (sigma = 14.6), decoded. Per asked style it reports: the high-pass residual of the image's

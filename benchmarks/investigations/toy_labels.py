@@ -1,7 +1,7 @@
 """Concept detection on the toy: trained SAE features against a random SAE and a linear-probe
 ceiling, per block and concept family, under the coverage labelling of `repro.features.toy_concepts`.
 
-    python benchmarks/toy_labels.py [--n-test 200] [--n-train 400] [--sae-steps 400] [--out FILE]
+    python benchmarks/investigations/toy_labels.py [--n-test 200] [--n-train 400] [--sae-steps 400] [--out FILE]
 
 Captures the four blocks of shapes-turbo (1 step, CPU) for `--n-train` train-split scenes and
 `--n-test` held-out (test-split) scenes, trains one small TopK SAE per block on the train

@@ -281,7 +281,9 @@ def main(argv=None) -> int:
     print(f"+ ~{t['fixed_s']:.0f} s not in the cells (assumption: start, models, plots): before ~{(t['before_s'] + t['fixed_s']) / 60:.1f} min, "
           f"after ~{(t['after_s'] + t['fixed_s']) / 60:.1f} min; the UNet alone (the bound) {t['bound_s'] / 60:.1f} min")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=1, default=str) + "\n")
+        from repro.io import provenance, write_json_atomic
+
+        write_json_atomic(args.json, json.loads(json.dumps({**out, "provenance": provenance()}, default=str)))
     return 0
 
 

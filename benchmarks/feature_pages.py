@@ -116,7 +116,9 @@ def main(argv=None) -> None:
     figures.update(measure(Path(figures["page"]), figures["link"], args.repeats))
     print(json.dumps(figures, indent=1))
     if args.json:
-        args.json.write_text(json.dumps(figures, indent=1))
+        from repro.io import provenance, write_json_atomic
+
+        write_json_atomic(args.json, {**figures, "provenance": provenance()})
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import sae_speed  # noqa: E402
 
+from repro.io import provenance, write_json_atomic  # noqa: E402
 from repro.sae import fused  # noqa: E402
 from repro.sae.config import SAEConfig  # noqa: E402
 from repro.sae.fused import FusedOptions, f32_out_gemm_works, fused_loss  # noqa: E402
@@ -96,7 +97,7 @@ def main(argv=None) -> dict:
                     } if impl == "fused" else {}
             report["speed"].append({"impl": impl, "graph": graph, "changed": change, **used, **row})
     report["device_name"] = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    write_json_atomic(args.out, {**report, "provenance": provenance()})
     return report
 
 

@@ -34,10 +34,11 @@ def _sync() -> None:
 
 def _merge_json(path: Path, key: str, value) -> None:
     """Put `value` under `key` of the JSON file at `path` (rank 0 only; atomic)."""
-    from repro.io import write_json_atomic
+    from repro.io import provenance, write_json_atomic
 
     data = json.loads(path.read_text()) if path.is_file() else {}
     data[key] = value
+    data.setdefault("provenance", {})[key] = provenance()  # each part is its own launch and command
     write_json_atomic(path, data)
     print(f"[multi_gpu] {key}: {json.dumps(value, default=str)[:2000]}", flush=True)
 

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from repro.errors import ReproError
+    from repro.io import provenance
     from repro.notebooks import run_notebook
     from repro.paths import results_dir
 
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     }
     record.setdefault("commands", []).append("python benchmarks/paper_profile.py run " + " ".join(sys.argv[2:]))
     record["command"] = " && ".join(record["commands"])
+    record["provenance"] = provenance()  # this call's argv, device, commit
     chapters = list(dict.fromkeys(args.chapters + args.defaults))
     chapters.sort(key=list(CHAPTER_PARAMETERS).index)
 

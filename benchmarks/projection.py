@@ -128,7 +128,9 @@ def main(argv=None) -> None:
     if args.md:
         args.md.write_text(text)
     if args.json:
-        args.json.write_text(json.dumps({"rates": r, **p, "sources": SOURCES}, indent=1) + "\n")
+        from repro.io import provenance, write_json_atomic
+
+        write_json_atomic(args.json, {"rates": r, **p, "sources": SOURCES, "provenance": provenance()})
 
 
 if __name__ == "__main__":

@@ -111,6 +111,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     from standalone_page import write_standalone
 
+    from repro.io import provenance, write_json_atomic
+
     started = time.perf_counter()
     site, out = args.site.resolve(), args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -136,7 +138,7 @@ def main(argv=None) -> int:
                       subset_xz_bytes=archive.stat().st_size)
     record["parts"] = [p.name for p in _split(archive, int(args.part_mib * 2**20))]
     record["seconds"] = round(time.perf_counter() - started, 1)
-    (out / "site_pack.json").write_text(json.dumps(record, indent=1))
+    write_json_atomic(out / "site_pack.json", {**record, "provenance": provenance()})
     print(json.dumps(record))
     return 0
 

@@ -23,10 +23,8 @@ tokens/s a step made of this TopK alone would reach (B / time).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -164,7 +162,9 @@ def main(argv=None) -> dict:
     report = {"device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "batch": batch, "reps": reps, "results": results,
               "seconds": round(time.perf_counter() - t_start, 1)}
-    Path(args.out).write_text(json.dumps(report, indent=1))
+    from repro.io import provenance, write_json_atomic
+
+    write_json_atomic(args.out, {**report, "provenance": provenance()})
     return report
 
 

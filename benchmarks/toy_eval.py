@@ -16,7 +16,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    from repro.io import write_json_atomic
+    from repro.io import provenance, write_json_atomic
     from repro.models.loading import load_pipeline
     from repro.shapes.oracle import load_oracle
     from repro.toymodels import vae_ceiling
@@ -46,7 +46,7 @@ def main() -> None:
             results[key] = prompt_following(pipe, oracle, n=args.n, steps=steps, guidance=guidance)
             print(json.dumps({key: results[key]}), flush=True)
     if args.out:
-        write_json_atomic(Path(args.out), results)
+        write_json_atomic(Path(args.out), {**results, "provenance": provenance()})
 
 
 if __name__ == "__main__":

@@ -134,7 +134,7 @@ def main(argv=None) -> dict:
     if args.legacy:
         print(json.dumps(legacy_rates(args.scenes, args.steps, batches)))
         return {}
-    from repro.io import provenance
+    from repro.io import provenance, write_json_atomic
 
     result: dict = {"rates": {}}
     if args.legacy_src is not None:
@@ -153,10 +153,10 @@ def main(argv=None) -> dict:
         if legacy and graph:
             result["rates"][f"{stage}/speedup"] = round(graph["steps_per_s"] / legacy["steps_per_s"], 1)
     result["device"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    result["provenance"] = provenance(command="benchmarks/toy_train_speed.py " + " ".join(argv or sys.argv[1:]))
+    result["provenance"] = provenance()
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        write_json_atomic(args.out, result)
     return result
 
 

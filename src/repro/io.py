@@ -15,6 +15,7 @@ import platform
 import re
 import subprocess
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -227,21 +228,35 @@ def git_commit(folder: str | os.PathLike | None = None) -> str | None:
 
 
 def provenance(**extra: Any) -> dict:
-    """What produced an artifact: package version, git commit, host, time, plus `extra`."""
+    """What produced an artifact: the command line, package version, git commit, device, time, plus `extra`."""
+    import torch
+
     from repro import __version__
 
     record = {
+        "argv": list(sys.orig_argv),  # the whole command line, interpreter and -m included
         "repro_version": __version__,
         "git_commit": git_commit(),
         "python": platform.python_version(),
         "machine": platform.machine(),
+        "device": device_name(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
     }
-    try:
-        import torch
-
-        record["torch"] = torch.__version__
-    except ImportError:  # pragma: no cover - torch is a hard dependency
-        pass
     record.update(extra)
     return record
+
+
+def device_name() -> str:
+    """The machine's accelerator: the current CUDA device's name, else the CPU model and how many CPUs."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    model = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, {os.cpu_count()} CPUs"

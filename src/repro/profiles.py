@@ -154,7 +154,7 @@ _TOY = Profile(
     sae_lr=0.0,
     dead_tokens=200_000,
     ground_truth=True,
-    # CPU budget (`make reproduce` ~20 min on 2 cores, benchmarks/README.md): 12 control SAEs
+    # CPU budget (`make reproduce` ~20 min on 2 cores, benchmarks/investigations.md): 12 control SAEs
     # (4 blocks x 3 cells, the four blocks of a cell in one run) at a quarter of the 1-step
     # SAEs' budget on 48 prompts of each setting; 04 shows their EV against budget, so whether
     # they have flattened is visible. The RIEBench SAEs get 400 steps.

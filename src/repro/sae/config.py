@@ -71,7 +71,7 @@ def scaled_lr(n_features: int) -> float:
 
     Adam moves every weight by about lr per step, while a unit-norm decoder column of width d
     has entries of about 1/sqrt(d): at the paper's 1e-4, a small dictionary trained for a few
-    thousand steps (the toy's) hardly leaves its random start (measured: benchmarks/README.md)."""
+    thousand steps (the toy's) hardly leaves its random start (measured: benchmarks/investigations.md)."""
     return 2e-4 / math.sqrt(n_features / 2**14)
 
 
@@ -91,7 +91,7 @@ class TrainConfig:
     impl: Literal["auto", "fast", "fused", "reference"] = "auto"
     """Loss implementation: the sparse "fast" path, the "fused" one (hand-written backward) or the
     dense "reference" twin (same numbers); "auto" takes whichever measured faster on the device
-    (`step.auto_impl`, benchmarks/README.md): the fused one, replayed from a CUDA graph, on CUDA;
+    (`step.auto_impl`, benchmarks/investigations.md): the fused one, replayed from a CUDA graph, on CUDA;
     the sparse one on the CPU."""
     device: str = "auto"
     """Where to train: auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N."""

@@ -29,7 +29,7 @@ def auto_impl(device: torch.device, n_features: int) -> str:
     """The loss impl `impl="auto"` trains with: on CUDA the fused one (replayed from a CUDA graph it
     beat the dense and the sparse steps at every size measured on an H200: 2.54M / 1.22M / 0.41M
     tokens/s at 5,120 / 20,480 / 81,920 features, against 1.64M / 0.61M / 0.18M dense and
-    0.74M / 0.56M / 0.22M sparse; benchmarks/README.md, "Fourth H200 session"), the sparse one elsewhere."""
+    0.74M / 0.56M / 0.22M sparse; benchmarks/investigations.md, "The SAE step"), the sparse one elsewhere."""
     return "fused" if device.type == "cuda" else "fast"
 
 

@@ -4,7 +4,7 @@ This is how interventions damage images (`repro.features.causality.painting_edit
 `s * mean_f * W_dec[:, f]`, a fixed direction, at strength s): here the direction is a random
 unit vector and the scale is the block's mean update norm per position, so `s` means "s times
 the norm the block normally writes". The oracle's `damaged` head trains on such images (with
-the unedited generations as not damaged) and `benchmarks/oracle_damage.py` measures on them.
+the unedited generations as not damaged) and `benchmarks/investigations/oracle_damage.py` measures on them.
 
     scale = update_scale(pipe, prompts, seeds, sampling, PAPER_BLOCKS)   # {block: mean |update|}
     images = random_direction_images(pipe, prompts, seeds, sampling, "mid.0", [100.0] * n, scale["mid.0"], seed=0)

@@ -1,6 +1,6 @@
 """Why a 1-step ShapesWorld model draws flat scenes grainy: the fine-grained residual of its samples.
 
-    python benchmarks/toy_grain_residual.py [MODEL] [N] [--out FILE]     # default shapes-turbo, 120 captions
+    python benchmarks/investigations/toy_grain_residual.py [MODEL] [N] [--out FILE]     # default shapes-turbo, 120 captions
 
 For N held-out captions, the pipeline's 1-step sample x0 = sigma (n - eps(sigma n, 999)) from unit
 noise n (sigma = 14.6), decoded. Per asked style it reports: the high-pass residual of the image's
@@ -34,7 +34,7 @@ def block_residual(images: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def main() -> None:
-    from repro.io import write_json_atomic
+    from repro.io import provenance, write_json_atomic
     from repro.models.loading import load_pipeline
     from repro.shapes.oracle import load_oracle
     from repro.shapes.render import render_batch
@@ -84,7 +84,7 @@ def main() -> None:
         }
     print(json.dumps(result, indent=1))
     if args.out:
-        write_json_atomic(args.out, result)
+        write_json_atomic(args.out, {**result, "provenance": provenance()})
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Why the toy SAEs barely left their random init: EV, decoder cosine to init and seed stability
 against training steps, per Adam lr, for one block of a stored toy collection.
 
-    python benchmarks/toy_sae_lr.py STORE BLOCK LRS BUDGETS
-    python benchmarks/toy_sae_lr.py artifacts/toy/store down.2.1 1.13e-3,1e-4 250,500,1000,1500,3000
+    python benchmarks/investigations/toy_sae_lr.py STORE BLOCK LRS BUDGETS
+    python benchmarks/investigations/toy_sae_lr.py artifacts/toy/store down.2.1 1.13e-3,1e-4 250,500,1000,1500,3000
 
 The last 200 images are held out; two SAEs (seeds 0 and 1000, the seed-stability pair) train
 per lr, resumed from one budget to the next (k 10, 4 x 128 features, batch 1024, as the toy).

@@ -1,12 +1,12 @@
 """Concept detection on the toy: trained SAE features against a random SAE and a linear-probe
 ceiling, per block and concept family, under the coverage labelling of `repro.features.toy_concepts`.
 
-    python benchmarks/toy_labels.py [--n-test 200] [--n-train 400] [--sae-steps 400] [--out FILE]
+    python benchmarks/investigations/toy_labels.py [--n-test 200] [--n-train 400] [--sae-steps 400] [--out FILE]
 
 Captures the four blocks of shapes-turbo (1 step, CPU) for `--n-train` train-split scenes and
 `--n-test` held-out (test-split) scenes, trains one small TopK SAE per block on the train
 scenes' updates (`train_saes`, lr scaled to the dictionary), then scores on the held-out scenes
-with `concept_detection_table` (dev = even image ids, test = odd). Writes JSON with argv: the
+with `concept_detection_table` (dev = even image ids, test = odd). Writes JSON with provenance (argv, device, commit): the
 median best-F1 (and AUROC) per block, detector and family, the whole table, and the purity
 summary of `label_features` under the new labels and under the old majority labels.
 """
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import numpy as np
@@ -57,7 +56,7 @@ def main() -> None:
     from repro.features.controls import random_sae_like
     from repro.features.detection import concept_detection_table, family_medians
     from repro.features.toy_concepts import concept_names, label_features, scene_concepts, scene_coverage
-    from repro.io import write_json_atomic
+    from repro.io import provenance, write_json_atomic
     from repro.models.loading import load_pipeline
     from repro.sae.config import SAEConfig, TrainConfig
     from repro.sae.model import TopKSAE
@@ -108,7 +107,7 @@ def main() -> None:
                 purity[b][f"{name}, {rule}"] = {k: s[k] for k in ("live", "pure", "pure_share", "mean_f1")}
 
     result = {
-        "argv": sys.argv, "model": args.model, "n_test": args.n_test, "n_train": args.n_train,
+        "provenance": provenance(), "model": args.model, "n_test": args.n_test, "n_train": args.n_train,
         "sae": {"features": args.features, "k": args.k, "steps": train.steps, "batch": args.batch,
                 "dead_tokens_threshold": 200_000, "last_metrics": train.last_metrics},
         "split": "dev = even ids of the held-out scenes (feature choice, probe fit and threshold), test = odd ids",

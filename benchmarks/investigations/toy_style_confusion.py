@@ -1,7 +1,7 @@
 """Which styles the ShapesWorld 1-step model draws, against the caption's: the oracle's style
 reading for N held-out captions at 1 and 4 steps.
 
-    python benchmarks/toy_style_confusion.py [MODEL] [N]      # default shapes-turbo, 200
+    python benchmarks/investigations/toy_style_confusion.py [MODEL] [N]      # default shapes-turbo, 200
 """
 
 from __future__ import annotations

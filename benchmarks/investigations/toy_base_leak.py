@@ -1,6 +1,6 @@
 """Why a ShapesWorld base model trained without offset noise cannot sample: the schedule's mean leak.
 
-    python benchmarks/toy_base_leak.py MODELS_DIR [N]
+    python benchmarks/investigations/toy_base_leak.py MODELS_DIR [N]
 
 Samples shapes-base (25 Euler steps, leading spacing, as the pipeline) for N held-out
 captions three ways and scores them with the oracle: guidance 5, guidance 1, and guidance 5

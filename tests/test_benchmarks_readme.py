@@ -1,0 +1,71 @@
+"""benchmarks/README.md is what `benchmarks/readme.py` writes from the result files, and every file
+it and benchmarks/investigations.md cite exists (issue #29)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from repro.io import device_name, provenance
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="module")
+def readme():
+    spec = importlib.util.spec_from_file_location("benchmarks_readme", BENCHMARKS / "readme.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclass looks its module up while it is built
+    spec.loader.exec_module(mod)
+    yield mod
+    del sys.modules[spec.name]
+
+
+def test_the_committed_readme_is_what_the_result_files_give(readme):
+    assert (BENCHMARKS / "README.md").read_text() == readme.render()
+    assert readme.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("page", ["README.md", "investigations.md"])
+def test_every_file_a_page_cites_exists(readme, page):
+    assert readme.missing_citations((BENCHMARKS / page).read_text()) == []
+
+
+def test_a_missing_cited_file_is_found(readme, tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "here.json").write_text("{}")
+    text = ("[kept](results/here.json#rows) [gone](results/sae_fast.json) `results/here.json` `sae_fast.json` "
+            "[`gone.log`](results/here.json)\n```bash\npython x.py --out OUT.json\n```\n")
+    assert readme.missing_citations(text, base=tmp_path) == ["results/sae_fast.json", "sae_fast.json"]
+
+
+def test_a_stale_readme_fails_the_check(readme, monkeypatch, capsys):
+    monkeypatch.setattr(readme, "render", lambda: "# something else\n")
+    assert readme.main(["--check"]) == 1
+    assert "python benchmarks/readme.py" in capsys.readouterr().err
+
+
+def test_the_table_takes_command_device_and_date_from_the_files_provenance(readme):
+    doc = {"rows": [], "provenance": provenance()}
+    assert readme.command(doc) == readme.shell(sys.orig_argv)
+    assert readme.device(doc) == device_name() and readme.date(doc) == doc["provenance"]["created"][:10]
+    # what older scripts kept at the top level, and nothing at all
+    old = {"argv": ["benchmarks/train_speed.py", "--out", "a b.json"], "device": "cuda", "device_name": "NVIDIA H100",
+           "created": "2026-12-06T11:50:35+00:00"}
+    assert (readme.command(old), readme.device(old), readme.date(old)) == (
+        "python benchmarks/train_speed.py --out 'a b.json'", "NVIDIA H100", "2026-12-06")
+    assert (readme.command({"rows": []}), readme.device({}), readme.date({})) == ("not recorded",) * 3
+
+
+def test_a_console_script_is_shown_by_its_name(readme):
+    assert readme.shell(["/venv/bin/python3.12", "/venv/bin/repro", "train", "--steps", "5"]) == "repro train --steps 5"
+    assert readme.shell(["/venv/bin/python", "-m", "repro.cli", "collect"]) == "python -m repro.cli collect"
+
+
+def test_every_headline_file_exists_and_has_a_topic(readme):
+    for figure in readme.FIGURES:
+        assert (readme.RESULTS / figure.path).exists(), figure.path
+        assert figure.topic in readme.TOPICS

@@ -248,10 +248,13 @@ def provenance(**extra: Any) -> dict:
 
 
 def device_name() -> str:
-    """The machine's accelerator: the current CUDA device's name, else the CPU model and how many CPUs."""
+    """The machine's accelerator: the current CUDA device's name, else the CPU model and how many CPUs.
+
+    Only a process that has already started CUDA names its GPU: asking would start CUDA (seconds,
+    memory on the device) in processes that never use it, such as a CPU run's artifact writes."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_initialized():
         return torch.cuda.get_device_name()
     model = platform.processor() or platform.machine()
     with contextlib.suppress(OSError):

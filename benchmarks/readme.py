@@ -130,6 +130,13 @@ def analysis(doc: dict) -> str:
             f"{rate(doc['per_block_cold']['tokens_per_s'])})")
 
 
+def user_path(key: str) -> Callable[[dict], str]:
+    """ceiling.py's `user` part: one entry point end to end (gpu_ceiling.sh sets it beside the bare UNet)."""
+    def value(doc: dict) -> str:
+        return f"{doc['user'][key]['images_per_s']:.1f} images/s end to end, {doc['user'][key]['seconds']:.1f} s"
+    return value
+
+
 def chapters_wall(doc: dict) -> str:
     ch = doc["chapters"]
     slowest = max(ch, key=lambda c: ch[c]["wall_s"])
@@ -235,12 +242,23 @@ FIGURES = [
     *(Figure("Training SAEs", f"`train_saes`, d 1280, {n:,} features, k 10, batch 4096, 400 steps: from memory / "
              "from a page-cached store", "h100_train_speed/train_speed.json", train_row(i))
       for i, n in enumerate((5120, 20480, 81920))),
+    *(Figure("Training SAEs", f"`train_saes`, d 1280, {n:,} features, k 10, batch 4096, 400 steps: from memory / "
+             "from a page-cached store (gpu_ceiling.sh's default rows)", "h100_user_path/train_speed.json", train_row(i))
+      for i, n in enumerate((5120, 20480, 81920))),
     Figure("Training SAEs", "against sparsify 1.3.3's loop on a planted dictionary, 5,120 features, 2,000 steps",
            "h100_sae_quality/sae_quality_2000.json", quality),
+    Figure("Training SAEs", "the same, 3,000 steps", "h100_sae_quality/sae_quality_3000.json", quality),
     Figure("Training SAEs", "block-parallel training on 2 GPUs, four 1280 x 5120 SAEs (per block)",
            "multi_gpu_h200x2.json", scaling("train_block", "tokens/s")),
     Figure("Training SAEs", "data-parallel training on 2 GPUs, one 1280 x 20480 SAE",
            "multi_gpu_h200x2.json", scaling("train_data", "tokens/s")),
+    Figure("Collecting and reading activations", "`repro collect` as a fresh process (start, model, capture, every "
+           "shard written), standin-sdxl-turbo, 4,096 prompts, batch 32", "h100_user_path/user.json",
+           user_path("collect_cli")),
+    Figure("Collecting and reading activations", "the same `collect` call with the model loaded",
+           "h100_user_path/user.json", user_path("collect_model_loaded")),
+    Figure("Collecting and reading activations", "streaming 4,096 prompts into four fresh 1280 x 5120 SAEs "
+           "(`train_saes` over `StreamSource`)", "h100_user_path/user.json", user_path("stream_four_saes")),
     Figure("Collecting and reading activations", "collection to a store, standin-sdxl-turbo, batch 32",
            H + "h_ceiling.json", ceiling_rate("collect", "after_marginal", "after")),
     Figure("Collecting and reading activations", "streaming into four 1280 x 5120 SAEs",
@@ -258,6 +276,9 @@ FIGURES = [
            "standin_chapters_h200/call4_04_defaults_summary.json", evaluate_defaults),
     Figure("Chapters", "`make reproduce`, toy profile", "toy_book_claims", toy_book),
     Figure("Chapters", "the verdict table of 07_claims, toy profile", "toy_book_claims/07_claims.json", verdicts),
+    Figure("Chapters", "toy-full profile on one GPU (02, 03, 05, 00, 07)", "toy_full_h100/paper_profile.json",
+           chapters_wall),
+    Figure("Chapters", "the verdict table of 07_claims, toy-full profile", "toy_full_h100/07_claims.json", verdicts),
     Figure("Chapters", "the paper's scale on one H200, projected from the measured rates",
            "projection_h200_fourth.json", projection),
     Figure("Feature pages", "4 x 5,120 features of synthetic data, standalone page", "feature_pages.json", page),
@@ -281,6 +302,7 @@ FIGURES = [
     Figure("The SAE step", "fused loss against the reference, bf16", H + "e1_fused_check.json", fused_numbers),
     Figure("Kernels and hardware", "exact TopK over 4,096 rows: torch.topk -> `fused.topk`", H + "h_topk.json", topk),
     Figure("Kernels and hardware", "bare UNet of standin-sdxl-turbo, fp16, 512 px", H + "h_unet.json", unet),
+    Figure("Kernels and hardware", "the same, beside the user rows of h100_user_path", "h100_user_path/unet.json", unet),
     Figure("Kernels and hardware", "the peer's calibration: bare UNet, bare TopK step",
            "gpu_ceiling_h200_alone/calib.json", calib),
     Figure("Kernels and hardware", "reading a synthetic 688 MB store, batches on the CPU", "read_verify_cpu_after.json",

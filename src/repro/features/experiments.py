@@ -25,6 +25,42 @@ from repro.intervals import rate
 from repro.sae.model import TopKSAE
 
 
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """05_features' settings besides the profile's (its causal and timing counts are profile fields)."""
+
+    saes: str = ""
+    """Folder of the SAEs (empty: artifacts/<profile>/saes)."""
+    seed_saes: str = ""
+    """Folder of the second-seed SAEs (empty: artifacts/<profile>/saes-seed1 when the profile trains one)."""
+    store: str = ""
+    """Activation store (empty: artifacts/<profile>/store)."""
+    top_m: int = 16
+    """Top images kept per feature."""
+    purity_threshold: float = 0.8
+    """A feature is pure when its label's precision is at least this."""
+    timing_strength: float = 30.0
+    """s of the intervention-timing sweep (painting rule s * mean_f)."""
+    causal_strengths: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0)
+    """s of the locality curves and the painted examples."""
+    n_locality: int = 8
+    """Prompts for the locality curves (each at every strength, feature and random direction)."""
+    icon_strengths: tuple[float, ...] = (0.5, 1.0, 1.5)
+    """s of the feature icons."""
+    sample_per_feature: int = 32
+    """Uniform sample of each feature's images, for the lower-quantile examples."""
+    n_transfer_prompts: int = 8
+    """Prompts for the per-step mean activation on the multi-step settings."""
+    n_neighbours: int = 5
+    """Nearest features by decoder cosine, per block."""
+    batch_size: int = 16
+    """Images per generation call."""
+    seed: int = 200_000
+    """Seed of the first held-out prompt or scene."""
+    device: str = "auto"
+    """Where to generate: auto, cpu, cuda, cuda:N, mps."""
+
+
 def frequency_table(analyses: Mapping) -> pd.DataFrame:
     """Per block: live features, the median firing frequency and mean activation of the live ones."""
     rows = {}
@@ -280,5 +316,5 @@ def feature_site(pipe, saes: Mapping[str, TopKSAE], store, analyses: Mapping, pr
     return FeatureSite(site_blocks, lambda i: cache[int(i)], title=f"{prof.name}: SAE features of {', '.join(blocks)}")
 
 
-__all__ = ["Labels", "causality", "claims", "detection", "feature_site", "frequency_table", "labels", "locality",
+__all__ = ["FeaturesConfig", "Labels", "causality", "claims", "detection", "feature_site", "frequency_table", "labels", "locality",
            "locality_table", "power_table", "sae_feature_for", "timing", "top_features"]

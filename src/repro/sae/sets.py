@@ -41,9 +41,9 @@ class SAESet:
     """What the chapters use it for."""
 
 
-def sae_sets(profile, *, k: int = 0, steps: int = 0, seed: int = 0) -> list[SAESet]:
-    """The SAE sets of `profile` (k / steps 0: the profile's): main, extra seeds, RIEBench's."""
-    k, steps = k or profile.sae_k, steps or profile.sae_steps
+def sae_sets(profile, *, seed: int = 0) -> list[SAESet]:
+    """The SAE sets of `profile`: main, extra seeds, RIEBench's."""
+    k, steps = profile.sae_k, profile.sae_steps
     sets = [SAESet("saes", k, seed, steps, "main: every chapter's SAEs")]
     sets += [SAESet(f"saes-seed{j}", k, seed + j * SEED_STRIDE, steps, "seed stability")
              for j in range(1, profile.sae_seeds)]

@@ -1,7 +1,7 @@
 """Every chapter parameter is a setting of the library (issue 29): it maps onto a field of the Profile
 or of a stage's config dataclass (`repro.chapter_fields`), with a type the field takes; a parameter
 that maps onto a Profile field defaults to None and then takes the profile's value, so a profile is a
-set of overrides of them."""
+set of overrides of them. Chapters 04 and 05 call, show and glue: at most 120 lines of code each."""
 
 from __future__ import annotations
 
@@ -10,12 +10,34 @@ import types
 import typing
 from pathlib import Path
 
+import jupytext
 import pytest
 
-from repro.chapter_fields import CHAPTER_ONLY, FIELDS, dataclass_of, field_of, profile_fields
+from repro.chapter_fields import EVERY_CHAPTER, FIELDS, dataclass_of, profile_fields
 from repro.errors import ReproError
 from repro.notebooks import check_parameters, default_parameters, list_notebooks, notebooks_dir, parameters, stage_settings
 from repro.profiles import PROFILES, get_profile
+
+
+CHAPTER_ONLY = {
+    # (chapter, parameter): why it is no setting of a stage (what the page shows, or which runs it compares)
+    ("00_overview", "prompts"): "the prompts the overview draws and shows",
+    **{("01_shapesworld", n): "how many captions or renders the toy world's check draws"
+       for n in ("n_captions", "n_base", "n_ablation", "n_oracle", "n_grid")},
+    ("03_train", "sets"): "which of the profile's SAE sets (repro.sae.sets) this run trains",
+    ("06_riebench", "compare_saes"): "the SAEs of a control row: another run of the benchmark",
+    ("06_riebench", "random_control"): "whether to add the random-SAE control row: another run of the benchmark",
+    ("07_claims", "results"): "the folder of results the verdict table reads",
+}
+
+
+def field_of(chapter: str, parameter: str) -> str | None:
+    """"Class.field" that `parameter` of `chapter` sets by `FIELDS` ("Profile" for overrides); None
+    for a chapter without a stage dataclass or a parameter of CHAPTER_ONLY."""
+    stage, named = FIELDS.get(chapter, (None, {}))
+    if parameter in EVERY_CHAPTER or parameter in named:
+        return {**EVERY_CHAPTER, **named}[parameter]
+    return None if stage is None or (chapter, parameter) in CHAPTER_ONLY else f"{stage}.{parameter}"
 
 
 def takes(tp, value) -> bool:
@@ -61,6 +83,12 @@ def mapping_problems(chapter: str, defaults: dict) -> list[str]:
         elif not takes(hints[field], default):
             problems.append(f"{chapter}: {name} = {default!r} is no value of {target} ({hints[field]})")
     return problems
+
+
+def code_lines(path: Path) -> int:
+    """Non-blank lines of a MyST notebook's code cells."""
+    return sum(1 for cell in jupytext.read(path).cells if cell.cell_type == "code"
+               for line in cell.source.splitlines() if line.strip())
 
 
 def test_every_chapter_parameter_maps_onto_a_field():
@@ -120,3 +148,16 @@ def test_the_stage_config_holds_the_chapters_defaults(chapter):
     assert prof == PROFILES["toy"] and cfg == dataclass_of(FIELDS[chapter][0])()
     _, changed = stage_settings(chapter, {"profile": "paper", "batch_size": 3, "seed": "5"})
     assert (changed.batch_size, changed.seed) == (3, 5)
+
+
+@pytest.mark.parametrize("chapter", ["04_evaluate", "05_features"])
+def test_chapters_04_and_05_hold_at_most_120_lines_of_code(chapter):
+    assert code_lines(notebooks_dir() / f"{chapter}.md") <= 120
+
+
+def test_code_lines_counts_code_cells_only(tmp_path):
+    header = (notebooks_dir() / "07_claims.md").read_text().split("\n---\n")[0] + "\n---\n"  # jupytext's front matter
+    nb = tmp_path / "x.md"
+    nb.write_text(header + "# Title\n\nprose\n\n```{code-cell} ipython3\n:tags: [parameters]\n\na = 1\n```\n\ntext\n\n"
+                  "```{code-cell} ipython3\nb = 2\n\nc = 3  # three\n```\n")
+    assert code_lines(nb) == 3

@@ -5,7 +5,7 @@ None, the profile's value, and a value given changes that field for the run as `
 would (`-p k 32` is `-p overrides '{"sae_k": 32}'`); `repro.notebooks.parameters` folds it into
 the profile and hands the chapter the profile's value. Every other parameter sets the field of
 the same meaning of its stage's dataclass; tests/test_chapter_parameters.py checks that every
-parameter of every chapter is here, with a type the field takes.
+parameter of every chapter is here, with a type the field takes (or says why it is the chapter's own).
 """
 
 from __future__ import annotations
@@ -37,31 +37,6 @@ FIELDS: dict[str, tuple[str | None, dict[str, str]]] = {
     "07_claims": (None, {}),
 }
 
-CHAPTER_ONLY = {
-    # (chapter, parameter): why it is no setting of a stage (what the page shows, or which runs it compares)
-    ("00_overview", "prompts"): "the prompts the overview draws and shows",
-    **{("01_shapesworld", n): "how many captions or renders the toy world's check draws"
-       for n in ("n_captions", "n_base", "n_ablation", "n_oracle", "n_grid")},
-    ("03_train", "sets"): "which of the profile's SAE sets (repro.sae.sets) this run trains",
-    ("06_riebench", "compare_saes"): "the SAEs of a control row: another run of the benchmark",
-    ("06_riebench", "random_control"): "whether to add the random-SAE control row: another run of the benchmark",
-    ("07_claims", "results"): "the folder of results the verdict table reads",
-}
-
-
-def field_of(chapter: str, parameter: str) -> str | None:
-    """"Class.field" that `parameter` of `chapter` sets ("Profile" for overrides), or None if it is
-    chapter-only (`CHAPTER_ONLY`) or unknown."""
-    stage, named = FIELDS.get(chapter, (None, {}))
-    if parameter in EVERY_CHAPTER:
-        return EVERY_CHAPTER[parameter]
-    if parameter in named:
-        return named[parameter]
-    if stage is None or (chapter, parameter) in CHAPTER_ONLY:
-        return None
-    return f"{stage}.{parameter}"
-
-
 def profile_fields(chapter: str) -> dict[str, str]:
     """{parameter: Profile field} of the parameters of `chapter` that override the profile."""
     return {p: f.split(".", 1)[1] for p, f in FIELDS.get(chapter, (None, {}))[1].items() if f.startswith("Profile.")}
@@ -72,4 +47,4 @@ def dataclass_of(name: str) -> type:
     return getattr(importlib.import_module(CLASSES[name]), name)
 
 
-__all__ = ["CHAPTER_ONLY", "CLASSES", "FIELDS", "dataclass_of", "field_of", "profile_fields"]
+__all__ = ["CLASSES", "EVERY_CHAPTER", "FIELDS", "dataclass_of", "profile_fields"]

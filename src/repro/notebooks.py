@@ -159,7 +159,7 @@ def check_parameters(name: str, given: dict[str, Any]) -> dict[str, Any]:
     """Validate names, types and ranges of `given` against the notebook's defaults (`PARAMETER_RANGES`;
     a parameter that overrides a profile field, against that field); returns coerced values."""
     from repro.chapter_fields import profile_fields
-    from repro.profiles import PROFILES, get_profile
+    from repro.profiles import PROFILES
 
     defaults = default_parameters(name)
     unknown = sorted(set(given) - set(defaults))
@@ -171,17 +171,19 @@ def check_parameters(name: str, given: dict[str, Any]) -> dict[str, Any]:
     for key, value in checked.items():
         if key not in fields:
             _check_range(name, key, value, defaults[key])
-    if {"profile", "overrides"} & set(checked) or any(checked.get(key) is not None for key in fields):
-        get_profile(checked.get("profile", defaults.get("profile", "toy")), profile_overrides(name, {**defaults, **checked}))
+    chapter_profile(name, {**defaults, **checked})  # the profile with every override is checked here too
     return checked
 
 
-def profile_overrides(name: str, values: dict[str, Any]) -> dict[str, Any]:
-    """A chapter's `overrides` with its parameters that override profile fields folded in (None: not given)."""
+def chapter_profile(name: str, values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(The profile a chapter's parameter `values` select, their overrides): `overrides` with the
+    parameters that override profile fields folded in (None: not given, `repro.chapter_fields`)."""
     from repro.chapter_fields import profile_fields
+    from repro.profiles import get_profile
 
-    return {**(values.get("overrides") or {}),
-            **{field: values[key] for key, field in profile_fields(name).items() if values.get(key) is not None}}
+    overrides = {**(values.get("overrides") or {}),
+                 **{field: values[key] for key, field in profile_fields(name).items() if values.get(key) is not None}}
+    return get_profile(values.get("profile", "toy"), overrides), overrides
 
 
 def split_parameters(names: list[str], given: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -209,30 +211,25 @@ def parameters(name: str, namespace: dict[str, Any]) -> SimpleNamespace:
     with one clear error before any work is done.
     """
     from repro.chapter_fields import profile_fields
-    from repro.profiles import get_profile
 
     defaults = default_parameters(name)
     values = {**defaults, **check_parameters(name, {key: namespace.get(key, d) for key, d in defaults.items()})}
-    if fields := profile_fields(name):
-        values["overrides"] = profile_overrides(name, values)
-        prof = get_profile(values["profile"], values["overrides"])
-        values.update({key: getattr(prof, field) for key, field in fields.items()})
+    prof, values["overrides"] = chapter_profile(name, values)
+    values.update({key: getattr(prof, field) for key, field in profile_fields(name).items()})
     return SimpleNamespace(**values)
 
 
 def stage_settings(name: str, namespace: dict[str, Any]) -> tuple[Any, Any]:
-    """Inside a chapter with a stage config (`repro.chapter_fields.FIELDS`): (the profile it runs on, its
-    stage config from the parameters that are fields of it; lists become tuples)."""
+    """Inside a chapter with a stage config (04, 05: `repro.chapter_fields.FIELDS`): the profile it runs
+    on and its stage config, from `parameters` (lists as tuples)."""
     import dataclasses
 
     from repro.chapter_fields import FIELDS, dataclass_of
-    from repro.profiles import get_profile
 
     values = vars(parameters(name, namespace))
     cls = dataclass_of(FIELDS[name][0])
-    config = {f.name: values[f.name] for f in dataclasses.fields(cls) if f.name in values}
-    return get_profile(values["profile"], values["overrides"]), cls(**{k: tuple(v) if isinstance(v, list) else v
-                                                                      for k, v in config.items()})
+    config = {f.name: tuple(v) if isinstance(v := values[f.name], list) else v for f in dataclasses.fields(cls)}
+    return chapter_profile(name, values)[0], cls(**config)
 
 
 def run_notebook(name: str, given: dict[str, Any] | None = None, output: Path | None = None,

@@ -63,6 +63,17 @@ def seed_set(sets: list[SAESet]) -> SAESet | None:
     return next((s for s in sets if s.role == "seed stability"), None)
 
 
+def profile_saes(profile, saes: str | os.PathLike = "", seed_saes: str | os.PathLike = "",
+                 device: str = "cpu") -> tuple[dict[str, TopKSAE], dict[str, TopKSAE]]:
+    """The profile's main SAEs and its second seed's ({} when it trains one seed), from
+    artifacts/<profile>/ unless folders are given: what 04 and 05 read."""
+    from repro.paths import artifacts_dir
+
+    root, second = artifacts_dir(profile.name), seed_set(sae_sets(profile))
+    seed_root = seed_saes or (root / second.name if second else "")
+    return load_block_saes(saes or root / "saes", device), load_block_saes(seed_root, device) if seed_root else {}
+
+
 def build_block_saes(store, *, k: int, expansion: int, dead_tokens: int, seed: int = 0,
                      blocks: Sequence[str] | None = None, k_aux: int = 256) -> dict[str, TopKSAE]:
     """{block: fresh TopKSAE} for `blocks` of `store` (default: all), n_features = expansion x C.
@@ -124,4 +135,4 @@ def load_block_saes(folders: str | os.PathLike | Sequence[str | os.PathLike], de
     return saes
 
 
-__all__ = ["SAESet", "build_block_saes", "load_block_saes", "riebench_set", "sae_sets", "seed_set"]
+__all__ = ["SAESet", "build_block_saes", "load_block_saes", "profile_saes", "riebench_set", "sae_sets", "seed_set"]

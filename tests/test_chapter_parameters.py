@@ -161,3 +161,11 @@ def test_code_lines_counts_code_cells_only(tmp_path):
     nb.write_text(header + "# Title\n\nprose\n\n```{code-cell} ipython3\n:tags: [parameters]\n\na = 1\n```\n\ntext\n\n"
                   "```{code-cell} ipython3\nb = 2\n\nc = 3  # three\n```\n")
     assert code_lines(nb) == 3
+
+
+def test_notebook_list_names_the_profile_field_a_parameter_takes(capsys):
+    from repro.cli import main
+
+    assert main(["notebook", "list"]) == 0
+    train = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("03_train:"))
+    assert "k=<profile's sae_k>" in train and "log_every=50" in train and "None" not in train

@@ -203,13 +203,13 @@ def test_every_chapters_defaults_are_in_range():
     ("01_shapesworld", "n_captions", str(10**12), "must be in 1..1000000"),
     ("00_overview", "seed", "-1", "seed of 00_overview must be in 0..9223372036854775807"),
     ("00_overview", "seed", str(2**64), "got 18446744073709551616"),
-    ("03_train", "batch_size", str(10**9), "batch_size of 03_train must be in 0..4194304 (default 0)"),
+    ("03_train", "batch_size", str(10**9), "sae_batch must be in 1..4194304, got 1000000000"),  # the profile field's range
     ("04_evaluate", "batch_size", "0", "batch_size of 04_evaluate must be in 1..4096 (default 16), got 0"),
     ("05_features", "purity_threshold", "1.5", "must be in 0.0..1.0 (default 0.8), got 1.5"),
     ("05_features", "causal_strengths", "[1, NaN]", "must hold finite numbers"),
     ("05_features", "causal_strengths", '[1, "a"]', "must be a list of numbers"),
     ("05_features", "timing_strength", "Infinity", "must hold finite numbers"),
-    ("06_riebench", "per_category", "-2", "per_category of 06_riebench must be in -1..1000000 (default -1), got -2"),
+    ("06_riebench", "per_category", "-2", "riebench_per_category must be in 0..1000000, got -2"),
     ("03_train", "checkpoint_every", "-1", "checkpoint_every of 03_train must be in 0..1000000000"),
 ])
 def test_chapter_parameters_out_of_range(chapter, key, value, needle):
@@ -223,11 +223,10 @@ def test_chapter_parameters_out_of_range(chapter, key, value, needle):
 def test_chapter_ranges_keep_documented_sentinels():
     from repro.notebooks import check_parameters, parameter_range
 
-    # 0 means "the profile's" (03_train) or "n_captions" (n_base); -1 "the profile's" (per_category)
-    assert check_parameters("03_train", {"batch_size": "0", "k": "0", "steps": "0"}) == {"batch_size": 0, "k": 0, "steps": 0}
+    # None: the profile's value (03_train, 06_riebench); 0 "n_captions" (n_base) and "every edit" (per_category)
+    assert check_parameters("03_train", {"batch_size": "none", "k": None}) == {"batch_size": None, "k": None}
     assert check_parameters("01_shapesworld", {"n_base": "0"}) == {"n_base": 0}
-    assert check_parameters("06_riebench", {"per_category": "-1"}) == {"per_category": -1}
-    assert parameter_range("03_train", "batch_size", 0) == (0, 2**22)
+    assert check_parameters("06_riebench", {"per_category": "0"}) == {"per_category": 0}
     assert parameter_range("04_evaluate", "batch_size", 16) == (1, 4096)
     assert parameter_range("x", "some_count", 3) == (0, None)  # any non-negative default stays non-negative
     assert parameter_range("x", "offset", -2) == (None, None)

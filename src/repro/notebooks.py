@@ -73,13 +73,14 @@ def _kind(value: Any) -> str:
             list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
 
 
-def _coerce(notebook: str, key: str, raw: Any, default: Any) -> Any:
-    """Turn a value given on the command line (a string) or by papermill into the default's type."""
-    bad = ReproError(
-        f"parameter {key} of {notebook} must be {_kind(default)} (default {default!r}), got {raw!r}"
-    )
-    if default is None:  # optional: any scalar, "none" means None
-        return None if raw in (None, "none", "None", "") else raw
+def _coerce(notebook: str, key: str, raw: Any, default: Any, typed: Any = None) -> Any:
+    """Turn a value given on the command line (a string) or by papermill into the default's type
+    (`typed`'s where the default is None: the profile's value, `repro.chapter_fields`)."""
+    if default is None and raw in (None, "none", "None"):
+        return None
+    bad = ReproError(f"parameter {key} of {notebook} must be {_kind(default if typed is None else typed)} "
+                     f"(default {default!r}), got {raw!r}")
+    default = default if typed is None else typed
     if isinstance(raw, str) and not isinstance(default, str):
         try:
             raw = json.loads(raw) if not isinstance(default, bool) else {"true": True, "false": False}[raw.lower()]
@@ -103,28 +104,22 @@ def _coerce(notebook: str, key: str, raw: Any, default: Any) -> Any:
 
 PARAMETER_RANGES: tuple[tuple[str, str, float | None, float | None], ...] = (
     # (chapter pattern, parameter pattern, low, high): the first match wins, and the range always
-    # holds the chapter's default (0 or -1 there means "the profile's"). Caps as in repro.ranges.
+    # holds the chapter's default. Caps as in repro.ranges.
     ("*", "seed", 0, 2**63 - 1),
-    ("*", "n_prompts", 1, 100_000_000),
     ("*", "n_base", 0, 1_000_000),  # 0: n_captions
     ("*", "n_*", 1, 1_000_000),  # prompts, captions or scenes generated and held in memory
-    ("03_train", "batch_size", 1, 2**22),  # tokens
     ("*", "batch_size", 1, 4096),  # images per generation call
     ("*", "shard_size", 1, 65_536),
-    ("*", "expansion", 1, 256),
-    ("*", "k", 1, None),
-    ("*", "steps", 1, 10**9),
     ("*", "log_every", 1, 10**9),
     ("*", "checkpoint_every", 0, 10**9),  # 0: no checkpoints
     ("*", "stats_batches", 0, 10**9),
-    ("*", "dead_tokens", 0, None),
     ("*", "top_m", 1, 100_000),
     ("*", "sample_per_feature", 1, 100_000),
-    ("*", "per_category", 0, 1_000_000),  # 0: every edit
     ("*", "purity_threshold", 0.0, 1.0),
 )
 """Valid ranges of chapter parameters by name; any other integer whose default is >= 0 must stay
->= 0, and every number (also in a list) must be finite."""
+>= 0, and every number (also in a list) must be finite. A parameter that overrides a profile field
+(`repro.chapter_fields`) has the field's range, checked by the Profile."""
 
 
 def parameter_range(notebook: str, key: str, default: Any) -> tuple[float | None, float | None]:
@@ -161,20 +156,34 @@ def _check_range(notebook: str, key: str, value: Any, default: Any) -> None:
 
 
 def check_parameters(name: str, given: dict[str, Any]) -> dict[str, Any]:
-    """Validate names, types and ranges of `given` against the notebook's defaults (`PARAMETER_RANGES`);
-    returns coerced values."""
+    """Validate names, types and ranges of `given` against the notebook's defaults (`PARAMETER_RANGES`;
+    a parameter that overrides a profile field, against that field); returns coerced values."""
+    from repro.chapter_fields import profile_fields
+    from repro.profiles import PROFILES
+
     defaults = default_parameters(name)
     unknown = sorted(set(given) - set(defaults))
     if unknown:
         raise ReproError(f"{name} has no parameter {unknown[0]!r}: use {choices_hint(defaults)}")
-    checked = {key: _coerce(name, key, value, defaults[key]) for key, value in given.items()}
+    fields = profile_fields(name)  # typed like the toy profile's value of the field they override
+    checked = {key: _coerce(name, key, value, defaults[key], getattr(PROFILES["toy"], fields[key], None) if key in fields
+                            else None) for key, value in given.items()}
     for key, value in checked.items():
-        _check_range(name, key, value, defaults[key])
-    if "profile" in checked or "overrides" in checked:
-        from repro.profiles import get_profile
-
-        get_profile(checked.get("profile", defaults.get("profile", "toy")), checked.get("overrides"))
+        if key not in fields:
+            _check_range(name, key, value, defaults[key])
+    chapter_profile(name, {**defaults, **checked})  # the profile with every override is checked here too
     return checked
+
+
+def chapter_profile(name: str, values: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """(The profile a chapter's parameter `values` select, their overrides): `overrides` with the
+    parameters that override profile fields folded in (None: not given, `repro.chapter_fields`)."""
+    from repro.chapter_fields import profile_fields
+    from repro.profiles import get_profile
+
+    overrides = {**(values.get("overrides") or {}),
+                 **{field: values[key] for key, field in profile_fields(name).items() if values.get(key) is not None}}
+    return get_profile(values.get("profile", "toy"), overrides), overrides
 
 
 def split_parameters(names: list[str], given: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -194,14 +203,33 @@ def split_parameters(names: list[str], given: dict[str, Any]) -> dict[str, dict[
 
 
 def parameters(name: str, namespace: dict[str, Any]) -> SimpleNamespace:
-    """Inside a notebook: the parameter values now in `namespace` (its globals()), checked.
+    """Inside a notebook: the parameter values now in `namespace` (its globals()), checked; a parameter
+    that overrides a profile field is folded into `overrides` and set to the profile's value (so
+    `get_profile(P.profile, P.overrides)` is the profile the chapter runs on, `repro.chapter_fields`).
 
     Papermill injects values without looking at types; this catches `-p n_images 3x`
     with one clear error before any work is done.
     """
+    from repro.chapter_fields import profile_fields
+
     defaults = default_parameters(name)
-    values = {key: namespace.get(key, default) for key, default in defaults.items()}
-    return SimpleNamespace(**check_parameters(name, values))
+    values = {**defaults, **check_parameters(name, {key: namespace.get(key, d) for key, d in defaults.items()})}
+    prof, values["overrides"] = chapter_profile(name, values)
+    values.update({key: getattr(prof, field) for key, field in profile_fields(name).items()})
+    return SimpleNamespace(**values)
+
+
+def stage_settings(name: str, namespace: dict[str, Any]) -> tuple[Any, Any]:
+    """Inside a chapter with a stage config (04, 05: `repro.chapter_fields.FIELDS`): the profile it runs
+    on and its stage config, from `parameters` (lists as tuples)."""
+    import dataclasses
+
+    from repro.chapter_fields import FIELDS, dataclass_of
+
+    values = vars(parameters(name, namespace))
+    cls = dataclass_of(FIELDS[name][0])
+    config = {f.name: tuple(v) if isinstance(v := values[f.name], list) else v for f in dataclasses.fields(cls)}
+    return chapter_profile(name, values)[0], cls(**config)
 
 
 def run_notebook(name: str, given: dict[str, Any] | None = None, output: Path | None = None,

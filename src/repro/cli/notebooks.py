@@ -45,10 +45,13 @@ def run_notebooks(args: argparse.Namespace) -> int:
 
 
 def list_chapters(args: argparse.Namespace) -> int:
+    from repro.chapter_fields import profile_fields
     from repro.notebooks import default_parameters, list_notebooks
 
     for name in list_notebooks():
-        params = ", ".join(f"{k}={v!r}" for k, v in default_parameters(name).items())
+        fields = profile_fields(name)  # None there: the profile's value of the field
+        params = ", ".join(f"{k}=<profile's {fields[k]}>" if k in fields else f"{k}={v!r}"
+                           for k, v in default_parameters(name).items())
         print(f"{name}: {params}")
     return 0
 

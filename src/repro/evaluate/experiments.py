@@ -31,6 +31,26 @@ from repro.sae.stability import fired_on, init_cosine, match_features
 from repro.sae.train import trained_lr
 
 
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """04_evaluate's settings besides the profile's (its control and timing counts are profile fields)."""
+
+    saes: str = ""
+    """Folder of the 1-step SAEs (empty: artifacts/<profile>/saes, written by 03_train)."""
+    seed_saes: str = ""
+    """Folder of the second-seed SAEs (empty: artifacts/<profile>/saes-seed1 when the profile trains one)."""
+    n_eval: int = 32
+    """Held-out prompts for reconstruction and transfer."""
+    n_loop: int = 32
+    """Held-out prompts for reconstruction in the loop."""
+    batch_size: int = 16
+    """Images per generation call."""
+    seed: int = 100_000
+    """Seed of the first held-out prompt (prompt i: seed + i; training used 0..)."""
+    device: str = "auto"
+    """Where to generate: auto, cpu, cuda, cuda:N, mps."""
+
+
 @dataclass
 class ReconstructionResult:
     """Held-out reconstruction per block, beside an untrained TopK SAE of the same shape and k."""
@@ -243,5 +263,5 @@ def claims(recon: ReconstructionResult, loop: InLoopResult, tr: TransferResult, 
     return out
 
 
-__all__ = ["InLoopResult", "ReconstructionResult", "TransferResult", "claims", "in_loop", "reconstruction", "seed_stability",
+__all__ = ["EvaluateConfig", "InLoopResult", "ReconstructionResult", "TransferResult", "claims", "in_loop", "reconstruction", "seed_stability",
            "timing", "transfer"]

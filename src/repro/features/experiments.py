@@ -3,10 +3,13 @@
     freq = frequency_table(analyses)                          # live features, firing frequency
     det = detection(saes, store)                              # concept x block: SAE, random SAE, probe
     lab = labels(analyses, saes, store, seed_saes, threshold) # each feature's label and purity, vs controls
-    cz = causality(pipe, oracle, saes, det, sampling, ...)    # SAE features beside planted directions
-    tm = timing(pipe, oracle, saes, cz, sampling, ...)        # switch-on at one step of the multi-step model
+    cz = causality(pipe, saes, det, profile, ...)             # SAE features beside planted directions
+    tm = timing(pipe, saes, det, profile, ...)                # switch-on at one step of the multi-step model
     loc = locality(pipe, saes, features, prompts, ...)        # pixel change against distance from the cell
     claims(det, cz)                                           # the interpretability and causality verdict rows
+
+The `*_headlines` functions give the sentences the chapter glues into its prose ("not measured"
+where the profile has no ground truth).
 """
 
 from __future__ import annotations
@@ -23,6 +26,45 @@ from repro.features.controls import random_direction_twin, random_sae_like
 from repro.features.data import store_chunks
 from repro.intervals import rate
 from repro.sae.model import TopKSAE
+
+
+NOT_MEASURED = "not measured (no ground truth)"
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """05_features' settings besides the profile's (its causal and timing counts are profile fields)."""
+
+    saes: str = ""
+    """Folder of the SAEs (empty: artifacts/<profile>/saes)."""
+    seed_saes: str = ""
+    """Folder of the second-seed SAEs (empty: artifacts/<profile>/saes-seed1 when the profile trains one)."""
+    store: str = ""
+    """Activation store (empty: artifacts/<profile>/store)."""
+    top_m: int = 16
+    """Top images kept per feature."""
+    purity_threshold: float = 0.8
+    """A feature is pure when its label's precision is at least this."""
+    timing_strength: float = 30.0
+    """s of the intervention-timing sweep (painting rule s * mean_f)."""
+    causal_strengths: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0)
+    """s of the locality curves and the painted examples."""
+    n_locality: int = 8
+    """Prompts for the locality curves (each at every strength, feature and random direction)."""
+    icon_strengths: tuple[float, ...] = (0.5, 1.0, 1.5)
+    """s of the feature icons."""
+    sample_per_feature: int = 32
+    """Uniform sample of each feature's images, for the lower-quantile examples."""
+    n_transfer_prompts: int = 8
+    """Prompts for the per-step mean activation on the multi-step settings."""
+    n_neighbours: int = 5
+    """Nearest features by decoder cosine, per block."""
+    batch_size: int = 16
+    """Images per generation call."""
+    seed: int = 200_000
+    """Seed of the first held-out prompt or scene."""
+    device: str = "auto"
+    """Where to generate: auto, cpu, cuda, cuda:N, mps."""
 
 
 def frequency_table(analyses: Mapping) -> pd.DataFrame:
@@ -84,12 +126,57 @@ def labels(analyses: Mapping, saes: Mapping[str, TopKSAE], store, seed_saes: Map
     return Labels(out, summaries, rates)
 
 
+def label_headlines(lab: Labels | None, blocks: Sequence[str] = ("down.2.1", "up.0.1")) -> dict[str, str]:
+    """Per block: the pure share of the trained and of the random SAE, and the most common family."""
+    from repro.intervals import fmt
+
+    if lab is None:
+        return {f"{name}_{b}": NOT_MEASURED for b in blocks for name in ("pure", "pure_random", "family")}
+    return {k: v for b, s in lab.summaries.items() for k, v in (
+        (f"pure_{b}", fmt(lab.rates[b]["trained"])), (f"pure_random_{b}", fmt(lab.rates[b]["random SAE (control)"])),
+        (f"family_{b}", max(s["families"], key=s["families"].get)))}
+
+
 def top_features(analysis, feature_labels, threshold: float, n: int = 3) -> list[int]:
     """The `n` most frequent features, pure ones (precision >= threshold) first when labels exist."""
     order = torch.argsort(analysis.stats.frequency, descending=True).tolist()
     if feature_labels is not None:
         order = [f for f in order if float(feature_labels.purity[f]) >= threshold] or order
     return [int(f) for f in order[:n]]
+
+
+def store_images(pipe, store, ids) -> dict[int, np.ndarray]:
+    """{image id: the store's latents of that image decoded by `pipe`'s VAE}, 64 at a time."""
+    from repro.generate import decode_latents
+
+    ids, out = sorted({int(i) for i in ids}), {}
+    for start in range(0, len(ids), 64):
+        chunk = ids[start:start + 64]
+        out.update(zip(chunk, decode_latents(pipe, torch.as_tensor(store.latents(chunk)))))
+    return out
+
+
+def icons(pipe, saes: Mapping[str, TopKSAE], rows: Sequence[tuple[str, int]], strengths: Sequence[float], seed: int,
+          sampling) -> dict:
+    """{block: {feature: {s: image}}}: the empty prompt with the block's update replaced everywhere by
+    `s * mean_f * k * W_dec[:, f]` (the paper's icon rule), for each (block, feature) of `rows`."""
+    from repro.evaluate.in_loop import generate_with
+    from repro.features.interventions import FeatureIcon
+
+    out = {b: {} for b in saes}
+    for b, f in rows:
+        out[b][f] = {s: generate_with(pipe, [""], [seed], sampling, {b: FeatureIcon(sae=saes[b], features=f, strength=s)})[0]
+                     for s in strengths}
+    return out
+
+
+def save_artifacts(saes: Mapping[str, TopKSAE], analyses: Mapping, lab: Labels | None, threshold: float) -> None:
+    """Per-feature statistics, top examples and labels beside each SAE (`repro.features.artifacts`)."""
+    from repro.features.artifacts import FeatureArtifacts, save_feature_artifacts
+
+    for b, sae in saes.items():
+        save_feature_artifacts(sae.folder, FeatureArtifacts(stats=analyses[b].stats, top=analyses[b].top, threshold=threshold,
+                                                            labels=lab.labels.get(b) if lab else None))
 
 
 def sae_feature_for(det: pd.DataFrame, block: str, label: str) -> int | None:
@@ -100,17 +187,27 @@ def sae_feature_for(det: pd.DataFrame, block: str, label: str) -> int | None:
     return int(row.iloc[0]["best_feature"])
 
 
-def causality(pipe, oracle, saes: Mapping[str, TopKSAE], det: pd.DataFrame, sampling, *, labels: Sequence[str],
-              n: int, n_strengths: int, n_norms: int, n_dev: int, n_calibration: int, seed: int, batch_size: int,
-              progress=None) -> pd.DataFrame:
-    """`repro.features.positive_controls` on every block and label with the trained SAE's best
-    feature for the label as a fourth kind: one row per (block, label, kind, strength)."""
-    from repro.features.positive_controls import SAE_FEATURE, positive_controls
+def causal_labels(profile) -> list[str]:
+    """The attribute values 05 tests for causality: `causal_features` spread over colour, shape, texture
+    and size, chosen by family, never by purity."""
+    from repro.features.positive_controls import default_labels
 
+    return default_labels(("colour", "shape", "texture", "size"), max(1, profile.causal_features // 4))
+
+
+def causality(pipe, saes: Mapping[str, TopKSAE], det: pd.DataFrame, profile, *, seed: int, batch_size: int,
+              progress=None) -> pd.DataFrame:
+    """`repro.features.positive_controls` on every block and `causal_labels` with the trained SAE's best
+    feature for the label as a fourth kind, at the profile's counts: one row per (block, label, kind, strength)."""
+    from repro.features.positive_controls import SAE_FEATURE, positive_controls
+    from repro.shapes.oracle import load_oracle
+
+    labels = causal_labels(profile)
     chosen = {(b, lab): f for b in saes for lab in labels if (f := sae_feature_for(det, b, lab)) is not None}
-    table = positive_controls(pipe, oracle, list(saes), labels, sampling, n=n, n_dev=n_dev, n_calibration=n_calibration,
-                              n_strengths=n_strengths, n_norms=n_norms, saes=dict(saes), sae_features=chosen, seed=seed,
-                              batch_size=batch_size, progress=progress)
+    table = positive_controls(pipe, load_oracle(), list(saes), labels, profile.turbo, n=profile.causal_scenes,
+                              n_dev=profile.causal_dev_scenes, n_calibration=profile.causal_scenes,
+                              n_strengths=profile.causal_strength_points, n_norms=profile.causal_calibration_norms,
+                              saes=dict(saes), sae_features=chosen, seed=seed, batch_size=batch_size, progress=progress)
     # which SAE feature each "SAE feature" row tested (the feature pages link to it)
     table["feature"] = [chosen.get((b, lab)) if k == SAE_FEATURE else None
                         for b, lab, k in zip(table.block, table.label, table.kind)]
@@ -125,15 +222,29 @@ def power_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([p for p in parts if len(p)], ignore_index=True)[["block", "kind", "detected", "n", "power", "lo", "hi"]]
 
 
-def timing(pipe, oracle, saes: Mapping[str, TopKSAE], det: pd.DataFrame, label: str, scenes, sampling, strength: float,
-           grid: int, seed: int, batch_size: int, n: int | None = None) -> pd.DataFrame:
-    """Switch each block's best feature for `label` on within one step of `sampling` (or all steps),
-    beside a random direction of the same norm, in the first `n` of `scenes` without the value:
-    switch-on success rates per (block, kind) x window."""
-    from repro.features.causality import causal_timing, has_value, pooled_timing
+def causal_headlines(power: pd.DataFrame | None) -> dict[str, str]:
+    """How many (block, value) pairs each kind of direction was detected in."""
+    if power is None:
+        return {key: NOT_MEASURED for key in ("causal_planted", "causal_sae", "causal_shaped")}
+    by_kind = power.groupby("kind")[["detected", "n"]].sum()
+    return {key: f"{int(by_kind.loc[kind, 'detected'])} of {int(by_kind.loc[kind, 'n'])}" if kind in by_kind.index
+            else "none tested" for kind, key in (("planted", "causal_planted"), ("SAE feature", "causal_sae"),
+                                                 ("data-shaped random", "causal_shaped"))}
 
+
+def timing(pipe, saes: Mapping[str, TopKSAE], det: pd.DataFrame, profile, strength: float, grid: int, seed: int,
+           batch_size: int) -> pd.DataFrame:
+    """Switch each block's best feature for the first of `causal_labels` on within one step of the
+    profile's multi-step turbo sampling (or all steps), beside a random direction of the same norm, in
+    the first `timing_scenes` test scenes without the value (seeds from `seed` + 20,000): switch-on
+    success rates per (block, kind) x window."""
+    from repro.features.causality import causal_timing, has_value, pooled_timing
+    from repro.shapes.oracle import load_oracle
+    from repro.shapes.splits import split_scenes
+
+    oracle, label, sampling, seed = load_oracle(), causal_labels(profile)[0], profile.turbo_multistep, seed + 20_000
     windows = [[t] for t in range(sampling.steps)] + [list(range(sampling.steps))]
-    on = [s for s in scenes if not has_value(s, label)][:n]  # the first n scenes without the value
+    on = [s for s in split_scenes("test", 400, seed=seed) if not has_value(s, label)][:profile.timing_scenes]
     rows = {}
     for b, sae in saes.items():
         f = sae_feature_for(det, b, label)
@@ -245,7 +356,6 @@ def feature_site(pipe, saes: Mapping[str, TopKSAE], store, analyses: Mapping, pr
     from repro.features.neighbours import decoder_neighbours
     from repro.features.records import BlockFeatures, causal_by_feature
     from repro.features.site import FeatureSite
-    from repro.generate import decode_latents
     from repro.models.loading import load_pipeline
 
     blocks = list(saes)
@@ -270,14 +380,11 @@ def feature_site(pipe, saes: Mapping[str, TopKSAE], store, analyses: Mapping, pr
         labels=labels[b].label if b in labels else None, purity=labels[b].purity.tolist() if b in labels else None,
         f1=labels[b].f1.tolist() if b in labels else None, causal=causal_pages.get(b), steps=steps[b],
         neighbours=neighbours[b], icons=icons[b], painted=painted[b]) for b in blocks}
-    needed = sorted({int(i) for a in analyses.values() for i in a.top.image_ids.flatten().tolist() if i >= 0}
-                    | {int(i) for a in analyses.values() for i in a.distribution.sample_ids.flatten().tolist() if i >= 0})
-    cache = {}
-    for start in range(0, len(needed), 64):
-        chunk = needed[start:start + 64]
-        cache.update(zip(chunk, decode_latents(pipe, torch.as_tensor(store.latents(chunk)))))
+    cache = store_images(pipe, store, [i for a in analyses.values() for ids in (a.top.image_ids, a.distribution.sample_ids)
+                                       for i in ids.flatten().tolist() if i >= 0])
     return FeatureSite(site_blocks, lambda i: cache[int(i)], title=f"{prof.name}: SAE features of {', '.join(blocks)}")
 
 
-__all__ = ["Labels", "causality", "claims", "detection", "feature_site", "frequency_table", "labels", "locality",
-           "locality_table", "power_table", "sae_feature_for", "timing", "top_features"]
+__all__ = ["FeaturesConfig", "Labels", "causal_headlines", "causal_labels", "causality", "claims", "detection",
+           "feature_site", "frequency_table", "icons", "label_headlines", "labels", "locality", "locality_table",
+           "power_table", "sae_feature_for", "save_artifacts", "store_images", "timing", "top_features"]

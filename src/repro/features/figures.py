@@ -23,17 +23,20 @@ def detection_bars(det: pd.DataFrame, column: str = "f1", min_pos: int = 20) -> 
     return fig
 
 
-def specialisation(summaries: dict, families: list[str], threshold: float) -> plt.Figure:
+def specialisation(summaries: dict, threshold: float) -> plt.Figure:
     """Share of each block's pure features by attribute family (stacked bars)."""
-    spec = pd.DataFrame({b: s["families"] for b, s in summaries.items()}).T[families]
+    from repro.features.toy_concepts import FAMILIES
+
+    spec = pd.DataFrame({b: s["families"] for b, s in summaries.items()}).T[list(FAMILIES)]
     ax = spec.plot(kind="barh", stacked=True, figsize=(8, 2.8), colormap="tab10")
     ax.set_xlabel(f"share of pure features (purity >= {threshold}) by attribute family")
     ax.legend(fontsize=7, bbox_to_anchor=(1, 1))
     return ax.figure
 
 
-def top_images(rows: list[tuple[str, int]], analyses: dict, decoded: dict, names: dict) -> plt.Figure:
-    """Each (block, feature) row: its top 4 images with the activation heatmap over them."""
+def top_images(rows: list[tuple[str, int]], analyses: dict, decoded: dict, labels: dict | None = None) -> plt.Figure:
+    """Each (block, feature) row: its top 4 images (`decoded` {image id: image}) with the activation
+    heatmap over them, named by its label and purity where `labels` {block: FeatureLabels} has them."""
     fig, axes = plt.subplots(len(rows), 4, figsize=(7, 1.8 * len(rows)), squeeze=False)
     for r, (b, f) in enumerate(rows):
         for j in range(4):
@@ -45,7 +48,8 @@ def top_images(rows: list[tuple[str, int]], analyses: dict, decoded: dict, names
             ax.imshow(img)
             ax.imshow(analyses[b].top.maps[f, j].float().numpy(), cmap="hot", alpha=0.45,
                       extent=(0, img.shape[1], img.shape[0], 0), interpolation="nearest")
-        axes[r, 0].set_ylabel(names[(b, f)], fontsize=6)
+        name = f"\n{labels[b].label[f]} ({float(labels[b].purity[f]):.2f})" if labels else ""
+        axes[r, 0].set_ylabel(f"{b} #{f}{name}", fontsize=6)
     fig.tight_layout()
     return fig
 

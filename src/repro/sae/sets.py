@@ -41,9 +41,9 @@ class SAESet:
     """What the chapters use it for."""
 
 
-def sae_sets(profile, *, k: int = 0, steps: int = 0, seed: int = 0) -> list[SAESet]:
-    """The SAE sets of `profile` (k / steps 0: the profile's): main, extra seeds, RIEBench's."""
-    k, steps = k or profile.sae_k, steps or profile.sae_steps
+def sae_sets(profile, *, seed: int = 0) -> list[SAESet]:
+    """The SAE sets of `profile`: main, extra seeds, RIEBench's."""
+    k, steps = profile.sae_k, profile.sae_steps
     sets = [SAESet("saes", k, seed, steps, "main: every chapter's SAEs")]
     sets += [SAESet(f"saes-seed{j}", k, seed + j * SEED_STRIDE, steps, "seed stability")
              for j in range(1, profile.sae_seeds)]
@@ -61,6 +61,17 @@ def riebench_set(profile, sets: list[SAESet]) -> SAESet:
 def seed_set(sets: list[SAESet]) -> SAESet | None:
     """The first extra-seed set (seed stability), or None when the profile trains one seed."""
     return next((s for s in sets if s.role == "seed stability"), None)
+
+
+def profile_saes(profile, saes: str | os.PathLike = "", seed_saes: str | os.PathLike = "",
+                 device: str = "cpu") -> tuple[dict[str, TopKSAE], dict[str, TopKSAE]]:
+    """The profile's main SAEs and its second seed's ({} when it trains one seed), from
+    artifacts/<profile>/ unless folders are given: what 04 and 05 read."""
+    from repro.paths import artifacts_dir
+
+    root, second = artifacts_dir(profile.name), seed_set(sae_sets(profile))
+    seed_root = seed_saes or (root / second.name if second else "")
+    return load_block_saes(saes or root / "saes", device), load_block_saes(seed_root, device) if seed_root else {}
 
 
 def build_block_saes(store, *, k: int, expansion: int, dead_tokens: int, seed: int = 0,
@@ -124,4 +135,4 @@ def load_block_saes(folders: str | os.PathLike | Sequence[str | os.PathLike], de
     return saes
 
 
-__all__ = ["SAESet", "build_block_saes", "load_block_saes", "riebench_set", "sae_sets", "seed_set"]
+__all__ = ["SAESet", "build_block_saes", "load_block_saes", "profile_saes", "riebench_set", "sae_sets", "seed_set"]

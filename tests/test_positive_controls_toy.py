@@ -2,7 +2,7 @@
 direction known to carry colour, in the block that writes colour, and must not find a random one.
 
 Which block: ablating each block of the 1-step shapes-turbo on 96 held-out captions
-(`repro.shapes.evaluation.block_ablation`, H100, benchmarks/toy_positive_controls.py's notes)
+(`repro.shapes.scoring.block_ablation`, H100, benchmarks/toy_positive_controls.py's notes)
 costs colour accuracy most at up.1.0 (-0.78), up.1.1 (-0.66) and down.1.0 (-0.50); up.0.1, the
 paper's "style/colour" block, costs -0.09. Painting the class-mean difference of colour=blue at
 up.1.1 with s = 2 (twice the difference) switched blue on in 19/24 scenes with the rest kept in

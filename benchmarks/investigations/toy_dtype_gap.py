@@ -26,7 +26,7 @@ def main() -> None:
     from repro.io import provenance, write_json_atomic
     from repro.models.loading import load_pipeline
     from repro.profiles import get_profile
-    from repro.shapes.evaluation import heldout_captions, pipeline_generator, prompt_following
+    from repro.shapes.scoring import heldout_captions, pipeline_generator, prompt_following
     from repro.shapes.oracle import load_oracle
 
     n, out_path = int(sys.argv[1]), Path(sys.argv[2])

@@ -1,4 +1,4 @@
-"""How well a text-to-image model draws ShapesWorld: prompt following, speed, block ablations.
+"""Oracle-scored prompt following of ShapesWorld generators, their speed, block ablations, the VAE's ceiling.
 
 Everything is read back by the oracle (`repro.shapes.oracle`) and scored against the scene
 each caption asked for (`compare`), so the numbers rest on ground truth, not on a judge:

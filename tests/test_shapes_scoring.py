@@ -1,4 +1,4 @@
-"""Prompt following, speed and block ablation of ShapesWorld generators (repro.shapes.evaluation)."""
+"""Prompt following, speed and block ablation of ShapesWorld generators (repro.shapes.scoring)."""
 
 import numpy as np
 import pytest
@@ -6,7 +6,7 @@ import pytest
 from repro.blocks import PAPER_BLOCKS
 from repro.generate import Sampling
 from repro.shapes import load_oracle, render_batch
-from repro.shapes.evaluation import (
+from repro.shapes.scoring import (
     ATTRIBUTES,
     block_ablation,
     heldout_captions,
@@ -124,7 +124,7 @@ def test_block_ablation_tiny_pipeline(tiny_pipe, oracle, heldout):
 
 def test_quality_targets_read_all_right_with_wilson_intervals():
     from repro.intervals import wilson
-    from repro.shapes.evaluation import QUALITY_TARGETS, all_right_rate, quality_targets
+    from repro.shapes.scoring import QUALITY_TARGETS, all_right_rate, quality_targets
 
     hits = [{"all": i < 96, "colour": True} for i in range(100)]  # 96 of 100 all right
     r = all_right_rate(hits)
@@ -143,7 +143,7 @@ def test_the_ablation_ranking_bootstrap_is_paired_over_images():
     import numpy as np
     import pandas as pd
 
-    from repro.shapes.evaluation import BlockAblation
+    from repro.shapes.scoring import BlockAblation
 
     n, cols = 40, len(ATTRIBUTES) + 1
     rng = np.random.default_rng(0)
@@ -168,7 +168,7 @@ def test_ablation_claims_read_the_bootstrap():
 
     from repro.blocks import PAPER_BLOCKS
     from repro.claims import verdict
-    from repro.shapes.evaluation import ROLES, BlockAblation, ablation_claims
+    from repro.shapes.scoring import ROLES, BlockAblation, ablation_claims
 
     n = 30
     idx = {a: i for i, a in enumerate((*ATTRIBUTES, "all"))}

@@ -19,8 +19,8 @@ def main() -> None:
     from repro.io import provenance, write_json_atomic
     from repro.models.loading import load_pipeline
     from repro.shapes.oracle import load_oracle
-    from repro.toymodels import vae_ceiling
-    from repro.toymodels.evaluate import prompt_following
+    from repro.cli.toy import toy_prompt_following
+    from repro.shapes.scoring import vae_ceiling
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("models")
@@ -43,7 +43,7 @@ def main() -> None:
             print(json.dumps({"vae": results["vae"]}), flush=True)
         for steps, guidance in settings:
             key = f"{name}/{steps}-step" + (f"/guidance-{guidance:g}" if guidance else "")
-            results[key] = prompt_following(pipe, oracle, n=args.n, steps=steps, guidance=guidance)
+            results[key] = toy_prompt_following(pipe, oracle, n=args.n, steps=steps, guidance=guidance)
             print(json.dumps({key: results[key]}), flush=True)
     if args.out:
         write_json_atomic(Path(args.out), {**results, "provenance": provenance()})

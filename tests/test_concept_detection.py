@@ -125,11 +125,11 @@ def test_probe_ceiling_on_real_toy_activations_is_far_above_a_random_sae(one_thr
     from repro.models.loading import load_pipeline
     from repro.sae.config import SAEConfig
     from repro.sae.model import TopKSAE
-    from repro.toymodels.evaluate import heldout_prompts
+    from repro.shapes.scoring import heldout_captions
 
     block, n = "down.2.1", 96
     pipe = load_pipeline("shapes-turbo", device="cpu", dtype="float32")
-    scenes, prompts = heldout_prompts(n)
+    scenes, prompts = heldout_captions(n, one_stream=True)
     xs = []
     for lo in range(0, n, 32):
         out, _ = capture_batch(pipe, prompts[lo:lo + 32], list(range(lo, lo + 32)), [block], Sampling(steps=1),

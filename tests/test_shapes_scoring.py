@@ -47,6 +47,9 @@ def test_heldout_captions_are_test_split_and_deterministic(heldout):
     assert len({s.key() for s in scenes}) == 8
     s5, c5 = heldout_captions(5, seed=0)
     assert s5 == scenes[:5] and c5 == captions[:5]
+    # one stream (repro toy eval's captions): the same scenes, other captions, the same prefix rule
+    s1, c1 = heldout_captions(8, seed=0, one_stream=True)
+    assert s1 == scenes and c1 != captions and c1[:5] == heldout_captions(5, seed=0, one_stream=True)[1]
 
 
 def test_score_readings_against_truth(heldout):

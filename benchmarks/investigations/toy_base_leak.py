@@ -28,13 +28,13 @@ def main() -> None:
     from repro.shapes.render import render_batch
     from repro.toymodels.data import tokenize_captions
     from repro.toymodels.diffusion import Denoiser, alphas_cumprod
-    from repro.toymodels.evaluate import heldout_prompts, score
+    from repro.shapes.scoring import heldout_captions, rounded, score_readings
     from repro.toymodels.vae import decode_latents, encode_images
 
     models, n = sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else 48
     pipe = load_pipeline(f"{models}/shapes-base", device="cpu")
     oracle = load_oracle(device="cpu")
-    scenes, caps = heldout_prompts(n)
+    scenes, caps = heldout_captions(n, one_stream=True)
     z0 = encode_images(pipe.vae, torch.from_numpy(render_batch(scenes, with_masks=False).images))
     print(json.dumps({"latent_abs_channel_mean": round(z0.mean((2, 3)).abs().mean().item(), 3),
                       "latent_std": round(z0.std().item(), 3)}))
@@ -56,7 +56,7 @@ def main() -> None:
                 xin = (x / (sig[i] ** 2 + 1) ** 0.5).repeat(2, 1, 1, 1)
                 eu, ec = model.eps(xin, torch.full((2 * n,), int(t)), ids.repeat(2, 1), keep).float().chunk(2)
                 x = x + (sig[i + 1] - sig[i]) * (eu + guidance * (ec - eu))
-        return score(oracle.read(decode_latents(pipe.vae, x).numpy()), scenes)
+        return rounded(score_readings(oracle.read(decode_latents(pipe.vae, x).numpy()), scenes))
 
     for name, guidance, leak in (("guidance 5", 5.0, False), ("guidance 1", 1.0, False),
                                  ("guidance 5, noise carrying the mean leak", 5.0, True)):

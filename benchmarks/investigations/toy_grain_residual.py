@@ -40,7 +40,7 @@ def main() -> None:
     from repro.shapes.render import render_batch
     from repro.toymodels.data import tokenize_captions
     from repro.toymodels.diffusion import Denoiser, alphas_cumprod, one_step_sigma
-    from repro.toymodels.evaluate import heldout_prompts
+    from repro.shapes.scoring import heldout_captions
     from repro.toymodels.vae import decode_latents, encode_images
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,7 +50,7 @@ def main() -> None:
     args = ap.parse_args()
     pipe = load_pipeline(args.model, device="cpu", dtype=torch.float32)
     model = Denoiser(pipe.unet, pipe.text_encoder, pipe.text_encoder_2, pipe.default_sample_size * pipe.vae_scale_factor)
-    scenes, captions = heldout_prompts(args.n)
+    scenes, captions = heldout_captions(args.n, one_stream=True)
     ids = tokenize_captions(pipe.tokenizer, captions)
     noise = torch.randn((args.n, 4, 32, 32), generator=torch.Generator().manual_seed(0))
     sigma = one_step_sigma(alphas_cumprod())

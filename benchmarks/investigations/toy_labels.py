@@ -64,11 +64,11 @@ def main() -> None:
     from repro.sae.train import train_saes
     from repro.shapes.captions import caption
     from repro.shapes.splits import split_scenes
-    from repro.toymodels.evaluate import heldout_prompts
+    from repro.shapes.scoring import heldout_captions
 
     started = time.perf_counter()
     pipe = load_pipeline(args.model, device="cpu", dtype="float32")
-    test_scenes, test_prompts = heldout_prompts(args.n_test, seed=args.seed)
+    test_scenes, test_prompts = heldout_captions(args.n_test, seed=args.seed, one_stream=True)
     rng = np.random.default_rng([args.seed, 3])
     train_scenes = split_scenes("train", args.n_train, seed=args.seed)
     train_prompts = [caption(s, rng) for s in train_scenes]

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import time
 import typing
 
 from repro.errors import ReproError
@@ -205,7 +206,6 @@ def run_export(args: argparse.Namespace) -> int:
 def run_eval(args: argparse.Namespace) -> int:
     from repro.models.loading import load_pipeline
     from repro.shapes.oracle import load_oracle
-    from repro.toymodels.evaluate import prompt_following
 
     from repro.generate import Sampling
     from repro.ranges import check_int
@@ -214,7 +214,20 @@ def run_eval(args: argparse.Namespace) -> int:
     check_int("--n", args.n, 1, 1_000_000, why="held-out captions, rendered and held in memory")
     pipe = load_pipeline(args.model, device=args.device)
     oracle = load_oracle(args.oracle, device=pipe.device)
-    result = prompt_following(pipe, oracle, n=args.n, steps=args.steps, guidance=args.guidance)
+    result = toy_prompt_following(pipe, oracle, n=args.n, steps=args.steps, guidance=args.guidance)
     result["model"] = args.model
     print(json.dumps(result, indent=2, sort_keys=True))
     return 0
+
+
+def toy_prompt_following(pipe, oracle, n: int, steps: int, guidance: float, batch_size: int = 250) -> dict:
+    """`repro toy eval`'s record (also benchmarks/toy_eval.py's): `repro.shapes.scoring.prompt_following`
+    of `pipe` on n held-out captions (seed i for caption i), {attribute: share right, n, steps, guidance, seconds}."""
+    from repro.generate import Sampling
+    from repro.shapes.scoring import heldout_captions, pipeline_generator, prompt_following, rounded
+
+    scenes, captions = heldout_captions(n, one_stream=True)
+    t0 = time.time()
+    pf = prompt_following(pipeline_generator(pipe, Sampling(steps=steps, guidance=guidance)), oracle, scenes,
+                          captions, range(n), batch_size)
+    return {**rounded(pf.scores), "n": n, "steps": steps, "guidance": guidance, "seconds": round(time.time() - t0, 1)}

@@ -39,12 +39,17 @@ Generator = Callable[[Sequence[str], Sequence[int]], np.ndarray]
 """(captions, seeds) -> uint8 images [N, H, W, 3], one per caption."""
 
 
-def heldout_captions(n: int, seed: int = 0) -> tuple[list[Scene], list[str]]:
+def heldout_captions(n: int, seed: int = 0, one_stream: bool = False) -> tuple[list[Scene], list[str]]:
     """n distinct test-split scenes (never trained on) and one caption of each.
 
     Deterministic in (n, seed); the first k of a longer list equal the list for n = k.
+    `one_stream` draws the captions in turn from one generator: the captions `repro toy eval`,
+    benchmarks/toy_eval.py and the toy investigations were recorded with (same scenes).
     """
     scenes = split_scenes("test", n, seed=seed)
+    if one_stream:
+        rng = np.random.default_rng([seed, 2])
+        return scenes, [caption(s, rng) for s in scenes]
     return scenes, [caption(s, np.random.default_rng([seed, i])) for i, s in enumerate(scenes)]
 
 
@@ -61,6 +66,29 @@ def score_readings(readings: Sequence[dict], scenes: Sequence[Scene]) -> dict[st
         for k, v in compare(r, s).items():
             hits[k].append(bool(v))
     return {k: float(np.mean(v)) if v else float("nan") for k, v in hits.items()}
+
+
+def rounded(scores: dict[str, float]) -> dict[str, float]:
+    """Scores to 4 decimals, the attributes no image could be scored on (nan) left out."""
+    return {k: round(v, 4) for k, v in scores.items() if not np.isnan(v)}
+
+
+def vae_ceiling(vae, oracle, n: int = 500, seed: int = 0) -> dict:
+    """Oracle scores of the renders of n held-out scenes and of their VAE reconstructions:
+    no generator can follow prompts better than its VAE lets it."""
+    import torch
+
+    from repro.shapes.render import render_batch
+    from repro.toymodels.vae import decode_latents, encode_images
+
+    scenes, _ = heldout_captions(n, seed)
+    renders = render_batch(scenes, with_masks=False).images
+    with torch.no_grad():
+        x = torch.from_numpy(renders).to(next(vae.parameters()).device)
+        rec = decode_latents(vae, encode_images(vae, x)).cpu().numpy()
+    mse = float((((rec.astype(np.float32) - renders.astype(np.float32)) / 255.0) ** 2).mean())
+    return {"renders": rounded(score_readings(oracle.read(renders), scenes)),
+            "reconstructions": rounded(score_readings(oracle.read(rec), scenes)), "reconstruction_mse": round(mse, 6), "n": n}
 
 
 def pipeline_generator(pipe, sampling, output: str = "np") -> Generator:

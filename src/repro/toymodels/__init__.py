@@ -2,7 +2,7 @@
 
 `repro toy train` (`train_toy_models`) renders the data, trains a 4x VAE, the base
 diffusion model and the turbo model derived from it, and saves both as ordinary SDXL
-pipelines; `prompt_following` scores a pipeline with the ShapesWorld oracle.
+pipelines; `repro toy eval` scores one with the ShapesWorld oracle (`repro.shapes.scoring`).
 """
 
 from repro.toymodels.config import (
@@ -13,7 +13,6 @@ from repro.toymodels.config import (
     TurboStage,
     VaeStage,
 )
-from repro.toymodels.evaluate import prompt_following, vae_ceiling
 from repro.toymodels.train import train_toy_models
 
 __all__ = [
@@ -23,7 +22,5 @@ __all__ = [
     "ToyTrainConfig",
     "TurboStage",
     "VaeStage",
-    "prompt_following",
     "train_toy_models",
-    "vae_ceiling",
 ]

@@ -312,15 +312,19 @@ def main(argv=None) -> dict:
         run_ours(args, pool, device, 8, 0)
         run_sparsify(sp, args, pool, device, 8, 0)
     rows = {}
-    sae, rows["ours"] = run_ours(args, pool, device, args.steps, args.dead_tokens)
-    rows["ours"].update(quality(sae, heldout, dic.atoms))
-    del sae
-    coder, rows["sparsify"] = run_sparsify(sp, args, pool, device, args.steps, args.dead_tokens)
-    rows["sparsify"].update(quality(topk_from_sparsify(coder), heldout, dic.atoms))
-    for name, row in rows.items():
+
+    def report(name: str, row: dict) -> None:  # as soon as each trainer is done: a run stopped later keeps it
         print(f"{name:>8}: {row['tokens_per_s']:>12,.0f} tok/s end to end ({row['wall_s']:.1f} s) | held-out FVU "
               f"{row['heldout_fvu']:.4f} | atoms recovered {row['atoms_recovered']:.3f} "
               f"{[round(q, 3) for q in row['recovered_by_frequency_quartile']]} | dead {row['dead_frac']:.3f}", flush=True)
+
+    sae, rows["ours"] = run_ours(args, pool, device, args.steps, args.dead_tokens)
+    rows["ours"].update(quality(sae, heldout, dic.atoms))
+    report("ours", rows["ours"])
+    del sae
+    coder, rows["sparsify"] = run_sparsify(sp, args, pool, device, args.steps, args.dead_tokens)
+    rows["sparsify"].update(quality(topk_from_sparsify(coder), heldout, dic.atoms))
+    report("sparsify", rows["sparsify"])
     ours, theirs = rows["ours"], rows["sparsify"]
     compare = {"speed_ratio": ours["tokens_per_s"] / theirs["tokens_per_s"],
                "fvu_diff": ours["heldout_fvu"] - theirs["heldout_fvu"],

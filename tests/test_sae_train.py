@@ -336,3 +336,29 @@ def test_the_logged_metrics_keep_no_autograd_graph_across_steps(monkeypatch):
     monkeypatch.setattr(trainer, "_log", spy)
     train_saes(_saes(), TensorSource(_data(), 256, seed=0), _cfg(steps=10, log_every=5))
     assert seen and not any(seen)
+
+
+def test_a_checkpoint_of_the_same_step_is_swapped_in_and_stale_temporaries_go(tmp_path):
+    from repro.sae.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+
+    def model(seed):
+        sae = TopKSAE(SAEConfig(d_model=8, n_features=16, k=2, k_aux=8), seed=seed)
+        return {"b": sae}, {"b": torch.optim.Adam(sae.parameters(), lr=1e-3)}
+
+    root = tmp_path / "checkpoints"
+    stale = [root / ".tmp-step_000000001-99", root / ".step_000000005.tmp-x", root / ".step_000000005.old-7"]
+    for folder in stale:
+        folder.mkdir(parents=True)
+    saes, opts = model(0)
+    save_checkpoint(root, 5, saes, opts, {"tokens": 1})
+    assert not any(f.exists() for f in stale)  # a killed writer's leftovers are removed
+    second, opts2 = model(1)
+    save_checkpoint(root, 5, second, opts2, {"tokens": 2})  # the same step again: replaced, not duplicated
+    assert [p.name for p in list_checkpoints(root)] == ["step_000000005"]
+    latest = latest_checkpoint(root)
+    state = torch.load(latest / "trainer.pt", weights_only=True)
+    assert state["tokens"] == 2 and torch.equal(load_sae(latest / "b").W_dec, second["b"].W_dec)
+    for step in (6, 7):
+        save_checkpoint(root, step, saes, opts, {"tokens": step}, keep=2)
+    assert [p.name for p in list_checkpoints(root)] == ["step_000000006", "step_000000007"]
+    assert sorted(p.name for p in root.iterdir()) == ["step_000000006", "step_000000007"]  # nothing else left

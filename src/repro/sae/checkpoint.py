@@ -6,7 +6,7 @@
                                                    RNG states, the source's state_dict()
 
 `trainer.pt` is read back with `torch.load(weights_only=True)`. Temporary folders left
-by a killed run (`.tmp-*`) are ignored by `latest_checkpoint` and removed at the next save.
+by a killed run (`.step_N.tmp-*`, `.step_N.old-*`: `repro.io.atomic_dir`) are ignored by `latest_checkpoint` and removed at the next save.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from repro.errors import ReproError
-from repro.io import atomic_path, read_checked
+from repro.io import atomic_dir, atomic_path, read_checked
 from repro.sae.io import PARAM_NAMES, load_sae, nonfinite_report, save_sae
 from repro.schema import COUNT, DICT, LIST, require
 from repro.sae.model import TopKSAE
@@ -47,12 +47,10 @@ def save_checkpoint(
     """Write checkpoint `step` under `root` atomically; keep only the `keep` newest. Returns its folder."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*root.glob(".tmp-*"), *root.glob(f".{PREFIX}*.tmp-*"), *root.glob(f".{PREFIX}*.old-*")]:
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed writer
     final = root / checkpoint_name(step)
-    tmp = root / f".tmp-{checkpoint_name(step)}-{os.getpid()}"
-    tmp.mkdir()
-    try:
+    with atomic_dir(final) as tmp:  # the same step written again (a resumed run) is swapped in, never a gap
         for block, sae in saes.items():
             save_sae(sae, tmp / block)
         payload = {**state, "step": step, "optimizers": {b: opt.state_dict() for b, opt in optimizers.items()}}
@@ -62,17 +60,6 @@ def save_checkpoint(
                              "the training diverged: lower the lr, or train with on_nonfinite='stop'")
         with atomic_path(tmp / TRAINER_STATE) as path, open(path, "wb") as fh:
             torch.save(payload, fh)  # through a file object, a full disk is an OSError with its errno
-        if final.exists():  # the same step written again (a resumed run): swap, never leave a gap
-            old = root / f".tmp-old-{checkpoint_name(step)}-{os.getpid()}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(root)
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
@@ -132,15 +119,3 @@ def load_checkpoint(
         optimizers[block].load_state_dict(state["optimizers"][block])
     return state
 
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

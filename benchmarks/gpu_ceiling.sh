@@ -76,6 +76,10 @@ else
   # (benchmarks/results/h100_user_path/sae_quality.log; cause not found); these ran in 35 s there
   want sae_quality && step sae_quality 240 $PY benchmarks/sae_quality.py --sparsify-site "$site" --steps 3000 --pool-rows 1048576 \
        --out "$out/sae_quality.json"
+  # issue #28 item 5 from this call's files (needs unet, sae_fused, ceiling with collect stream read, and
+  # analysis: STEPS="cuda_tests train_speed sae_fused sparsify unet user sae_quality ceiling analysis projection"
+  # CEILING_PARTS="collect stream read", ~550 s on one H100 by the parts' earlier times)
+  want projection && step projection 30 $PY benchmarks/projection.py --run "$out" --json "$out/projection.json"
   # extra diagnostics (STEPS=all or by name)
   want sae_fused_eager && step sae_fused_eager 75 $PY benchmarks/sae_speed.py $sae --impl fused --out "$out/sae_fused_eager.json"
   want fused_check && step fused_check 180 $PY benchmarks/fused_check.py "$out/fused_check.json"

@@ -1,8 +1,11 @@
 """Issue #17's paper-scale projection, computed from measured rates (one H200), as markdown.
 
     python benchmarks/projection.py [--md OUT.md] [--json OUT.json]
+    python benchmarks/projection.py --run OUT   # the files of one `gpu_ceiling.sh OUT` call instead
 
-Reads the result files named in SOURCES (all under benchmarks/results/), scales each rate to the
+Reads the result files named in SOURCES (all under benchmarks/results/; with `--run OUT`, the
+GPU rows from the files that one `bash benchmarks/gpu_ceiling.sh OUT` call wrote with STEPS
+including `unet ceiling sae_fused analysis`), scales each rate to the
 paper's size (1.5M prompts, 4 blocks of 16x16 positions: 384M tokens per block), and prints the
 table of stages, the total of the store path (collect, train from the store, analyse the
 store, RIEBench) and the floor that one H200 with this disk allows: one pass of the bare
@@ -33,8 +36,18 @@ SOURCES = {  # the fourth H200 session's one run of `bash benchmarks/gpu_ceiling
 }
 
 
+RUN_FILES = {"unet": "unet.json", "collect": "ceiling.json", "stream": "ceiling.json", "sae": "sae_fused.json",
+             "read": "ceiling.json", "analysis": "analysis.json"}  # what gpu_ceiling.sh names them
+
+
+def use_run(folder: Path) -> None:
+    """Take the GPU rows from one gpu_ceiling.sh call's OUT folder (RIEBench's stays in SOURCES)."""
+    for name, file in RUN_FILES.items():
+        SOURCES[name] = str(Path(folder).resolve() / file)
+
+
 def _load(name: str) -> dict:
-    return json.loads((RESULTS / SOURCES[name]).read_text())
+    return json.loads((RESULTS / SOURCES[name]).read_text())  # an absolute path replaces RESULTS
 
 
 def rates() -> dict:
@@ -120,7 +133,10 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--md", type=Path)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--run", type=Path, help="a gpu_ceiling.sh OUT folder: its GPU rows replace SOURCES'")
     args = ap.parse_args(argv)
+    if args.run:
+        use_run(args.run)
     r = rates()
     p = project(r)
     text = markdown(r, p)

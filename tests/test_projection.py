@@ -36,3 +36,21 @@ def test_hours_scale_inversely_with_the_rates(projection):
     assert b["collection"] == pytest.approx(a["collection"] / 2)
     assert b["analysis"] == pytest.approx(a["analysis"] / 4)
     assert "total, store path" in projection.markdown(r, projection.project(r))
+
+
+def test_one_gpu_ceiling_call_gives_the_same_projection_as_the_committed_files(projection, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    before = projection.project(projection.rates())["hours"]
+    run = tmp_path / "out"
+    run.mkdir()
+    for name, file in projection.RUN_FILES.items():  # the committed files under gpu_ceiling.sh's names
+        shutil.copy(projection.RESULTS / projection.SOURCES[name], run / file)
+    monkeypatch.setattr(projection, "SOURCES", dict(projection.SOURCES))
+    projection.use_run(run)
+    assert projection.project(projection.rates())["hours"] == before
+    unet = json.loads((run / "unet.json").read_text())
+    unet["best"]["images_per_s"] *= 2  # and it does read the run's files
+    (run / "unet.json").write_text(json.dumps(unet))
+    assert projection.project(projection.rates())["hours"]["unet_pass"] == pytest.approx(before["unet_pass"] / 2)

@@ -338,6 +338,8 @@ def command(doc: Any) -> str:
 def shell(argv: list[str]) -> str:
     """An argv as one would type it: the interpreter as `python`, a console script by its name."""
     argv = list(argv)
+    if any("ipykernel_launcher" in a for a in argv):  # chapters run before the runner exported its command
+        return "a chapter's kernel (the runner's command not recorded)"
     if argv and Path(argv[0]).name.startswith("python"):
         argv[0] = "python"
         if len(argv) > 1 and argv[1].startswith("/") and not argv[1].endswith(".py"):

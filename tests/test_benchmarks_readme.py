@@ -4,6 +4,7 @@ it and benchmarks/investigations.md cite exists (issue #29)."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -69,3 +70,14 @@ def test_every_headline_file_exists_and_has_a_topic(readme):
     for figure in readme.FIGURES:
         assert (readme.RESULTS / figure.path).exists(), figure.path
         assert figure.topic in readme.TOPICS
+
+
+def test_a_chapter_kernel_records_its_runners_command(readme, monkeypatch):
+    monkeypatch.delenv("REPRO_COMMAND", raising=False)
+    assert provenance()["argv"] == list(sys.orig_argv)
+    runner = [sys.executable, "-m", "repro.cli", "notebook", "run", "07_claims"]
+    monkeypatch.setenv("REPRO_COMMAND", json.dumps(runner))  # what run_notebook exports to the kernel
+    assert provenance()["argv"] == runner
+    assert readme.shell(runner) == "python -m repro.cli notebook run 07_claims"
+    kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "/tmp/kernel-1.json"]
+    assert "not recorded" in readme.shell(kernel)  # older chapter files: no temp file names in the table

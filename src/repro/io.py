@@ -234,7 +234,9 @@ def provenance(**extra: Any) -> dict:
     from repro import __version__
 
     record = {
-        "argv": list(sys.orig_argv),  # the whole command line, interpreter and -m included
+        # the whole command line, interpreter and -m included; in a chapter's kernel, the runner's
+        # (`repro notebook run`, which exports it as REPRO_COMMAND)
+        "argv": json.loads(os.environ["REPRO_COMMAND"]) if "REPRO_COMMAND" in os.environ else list(sys.orig_argv),
         "repro_version": __version__,
         "git_commit": git_commit(),
         "python": platform.python_version(),

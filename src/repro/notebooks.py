@@ -13,6 +13,7 @@ import ast
 import json
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -248,6 +249,7 @@ def run_notebook(name: str, given: dict[str, Any] | None = None, output: Path | 
     name = source.stem
     params = check_parameters(name, dict(given or {}))
     output = Path(output) if output else chapters_dir() / f"{name}.ipynb"
+    os.environ.setdefault("REPRO_COMMAND", json.dumps(list(sys.orig_argv)))  # the kernel's provenance names it
     with tempfile.TemporaryDirectory() as tmp:
         unexecuted = Path(tmp) / f"{name}.ipynb"
         nbformat.write(jupytext.read(source), unexecuted)

@@ -36,3 +36,25 @@ def test_the_table_reads_every_chapters_claims_with_their_profile(tmp_path):
     (tmp_path / "05_features.json").write_text("{not json")
     with pytest.raises(ReproError, match="05_features.json"):
         claims_table(tmp_path)
+
+
+def test_05s_causal_claim_without_discordant_pairs_is_undecidable_and_silent():
+    """No planted direction ever differs from its control: the MDE is not estimable, which the
+    claim says in words, with no warning in the chapter's output (a warning prints a file path)."""
+    import warnings
+
+    import numpy as np
+    import pandas as pd
+
+    from repro.features.experiments import claims
+
+    det = pd.DataFrame([{"block": "mid.0", "concept": f"colour={c}", "detector": d, "f1": f, "n_pos": 40}
+                        for c in ("red", "blue") for d, f in (("SAE", 0.3), ("random SAE", 0.1), ("linear probe", 0.8))])
+    cz = pd.DataFrame([{"block": "mid.0", "label": "colour=red", "kind": kind, "family": "colour", "detected": False,
+                        "diff_vs_isotropic": 0.0, "p": 1.0, "mde": np.nan, "n": 16, "strength": 1.0}
+                       for kind in ("planted", "SAE feature", "isotropic random")])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        causal = claims(det, cz)[1]
+    assert "not estimable" in causal.positive_control and causal.power == 0.0
+    assert verdict(causal)[0] == "undecidable"

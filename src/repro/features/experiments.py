@@ -322,7 +322,8 @@ def claims(det: pd.DataFrame, cz: pd.DataFrame | None, *, min_pos: int = 20) -> 
         planted = detection_power(cz, PLANTED, by=("kind",))
         sae = detection_power(cz, SAE_FEATURE, by=("kind",))
         n_scenes = int(cz["n"].max())
-        mde = float(np.nanmedian(cz[cz.kind == PLANTED]["mde"]))
+        mdes = cz[cz.kind == PLANTED]["mde"].to_numpy(dtype=float)
+        mde = float(np.nanmedian(mdes)) if np.isfinite(mdes).any() else float("nan")  # none: no discordant pairs
         if len(sae):
             s = sae.iloc[0]
             p = planted.iloc[0]

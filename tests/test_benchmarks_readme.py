@@ -81,3 +81,9 @@ def test_a_chapter_kernel_records_its_runners_command(readme, monkeypatch):
     assert readme.shell(runner) == "python -m repro.cli notebook run 07_claims"
     kernel = [sys.executable, "-m", "ipykernel_launcher", "-f", "/tmp/kernel-1.json"]
     assert "not recorded" in readme.shell(kernel)  # older chapter files: no temp file names in the table
+
+
+def test_a_malformed_repro_command_falls_back_to_this_process(monkeypatch):
+    for bad in ("not json", '{"a": 1}', "[1, 2]"):
+        monkeypatch.setenv("REPRO_COMMAND", bad)
+        assert provenance()["argv"] == list(sys.orig_argv)

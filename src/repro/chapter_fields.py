@@ -37,6 +37,7 @@ FIELDS: dict[str, tuple[str | None, dict[str, str]]] = {
     "07_claims": (None, {}),
 }
 
+
 def profile_fields(chapter: str) -> dict[str, str]:
     """{parameter: Profile field} of the parameters of `chapter` that override the profile."""
     return {p: f.split(".", 1)[1] for p, f in FIELDS.get(chapter, (None, {}))[1].items() if f.startswith("Profile.")}

@@ -234,9 +234,7 @@ def provenance(**extra: Any) -> dict:
     from repro import __version__
 
     record = {
-        # the whole command line, interpreter and -m included; in a chapter's kernel, the runner's
-        # (`repro notebook run`, which exports it as REPRO_COMMAND)
-        "argv": json.loads(os.environ["REPRO_COMMAND"]) if "REPRO_COMMAND" in os.environ else list(sys.orig_argv),
+        "argv": command_line(),
         "repro_version": __version__,
         "git_commit": git_commit(),
         "python": platform.python_version(),
@@ -247,6 +245,16 @@ def provenance(**extra: Any) -> dict:
     }
     record.update(extra)
     return record
+
+
+def command_line() -> list[str]:
+    """The whole command line, interpreter and -m included; in a chapter's kernel, the runner's
+    (`repro.notebooks` starts the kernel with it as REPRO_COMMAND, a JSON list)."""
+    with contextlib.suppress(KeyError, ValueError):
+        given = json.loads(os.environ["REPRO_COMMAND"])
+        if isinstance(given, list) and all(isinstance(a, str) for a in given):
+            return given
+    return list(sys.orig_argv)
 
 
 def device_name() -> str:

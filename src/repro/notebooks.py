@@ -249,7 +249,6 @@ def run_notebook(name: str, given: dict[str, Any] | None = None, output: Path | 
     name = source.stem
     params = check_parameters(name, dict(given or {}))
     output = Path(output) if output else chapters_dir() / f"{name}.ipynb"
-    os.environ.setdefault("REPRO_COMMAND", json.dumps(list(sys.orig_argv)))  # the kernel's provenance names it
     with tempfile.TemporaryDirectory() as tmp:
         unexecuted = Path(tmp) / f"{name}.ipynb"
         nbformat.write(jupytext.read(source), unexecuted)
@@ -325,8 +324,10 @@ def _kernel_manager(log: Path, keep_sigint):
         shutdown_wait_time = Float(1.0)
 
         async def start_kernel(self, **kw):
+            # the kernel's artifacts name the command that ran the chapter (`repro.io.provenance`)
+            env = {"REPRO_COMMAND": json.dumps(list(sys.orig_argv)), **(kw.pop("env", None) or os.environ)}
             with open(log, "ab") as fh:  # the kernel keeps its own copy of the descriptor
-                started = await super().start_kernel(stdout=fh, stderr=fh, **kw)
+                started = await super().start_kernel(stdout=fh, stderr=fh, env=env, **kw)
             keep_sigint(self)
             return started
 

@@ -70,7 +70,8 @@ def test_capture_and_in_loop_on_tiny_pipe(tiny_pipe):
 def test_intervention_timing_windows(tiny_pipe):
     timing = intervention_timing(tiny_pipe, PROMPTS[:2], SEEDS[:2], Sampling(steps=4), "up.0.1",
                                  lambda steps: Scale(factor=3.0, steps=steps), [[0, 1], [2, 3]])
-    assert set(timing) == {"0-1", "2-3"} and all(v > 0 for v in timing.values())
+    assert set(timing) == {"0-1", "2-3"}
+    assert all(v.shape == (2,) and (v > 0).all() for v in timing.values())  # one change per image
 
 
 def test_token_sample_keeps_fixed_positions_per_image_and_everything_when_the_budget_allows(tiny_pipe):
@@ -241,4 +242,35 @@ def test_the_chapter_experiments_give_the_underlying_numbers(tiny_pipe):
     assert set(tr.table().columns) >= {"share of ceiling", "share 95% lo", "share 95% hi"}
     assert tr.overlap_table().shape == (2, 1)
     timing = ex.timing(tiny_pipe, saes, PROMPTS[:1], SEEDS[:1], Sampling(steps=2), batch_size=1, n_windows=2)
-    assert list(timing.index) == blocks and timing.shape == (2, 2) and (timing.values > 0).all()
+    means = timing.means
+    assert list(means.index) == blocks and means.shape == (2, 2) and (means.values > 0).all()
+    fml = timing.first_minus_last()
+    for b in blocks:
+        first, last = timing.changes[b].values()
+        assert fml[b]["diff"] == pytest.approx(float((first - last).mean())) and fml[b]["n"] == 1
+
+
+def _timing(diffs: dict[str, np.ndarray]):
+    """A TimingResult whose first window minus last is `diffs[block]` per image (last window fixed at 1)."""
+    from repro.evaluate.experiments import TimingResult
+
+    return TimingResult({b: {"0-4": 1.0 + d, "5-9": np.full_like(d, 1.0)} for b, d in diffs.items()})
+
+
+def test_timing_claim_needs_intervals_above_zero_and_is_undecidable_when_they_cannot_decide():
+    from repro.claims import verdict
+    from repro.evaluate import experiments as ex
+
+    rng = np.random.default_rng(0)
+    blocks = ["down.2.1", "mid.0", "up.0.0", "up.0.1"]
+    clear = {b: 0.5 + 0.05 * rng.standard_normal(32) for b in blocks}  # early in every block
+    assert verdict(ex.timing_claim(_timing(clear)))[0] == "reproduces"
+    late = {b: -d for b, d in clear.items()}  # late in every block: decided against
+    assert verdict(ex.timing_claim(_timing(late)))[0] == "does not reproduce"
+    noisy = {b: rng.standard_normal(4) for b in blocks}  # 4 images of pure noise: intervals span 0
+    v, why = verdict(ex.timing_claim(_timing(noisy)))
+    assert v == "undecidable" and "cannot decide" in why
+    # three early blocks suffice; two early and two late cannot reach three
+    assert ex.timing_claim(_timing({**clear, "up.0.1": late["up.0.1"]})).beats_control
+    two_late = {**clear, "up.0.0": late["up.0.0"], "up.0.1": late["up.0.1"]}
+    assert verdict(ex.timing_claim(_timing(two_late)))[0] == "does not reproduce"

@@ -7,9 +7,10 @@ A chapter records what it measured for a claim as a `Claim` in its results JSON
   stated test: an interval above the control's, or a paired test at p < 0.05);
 * **does not reproduce**: it does not, and the same test at the same n detects a planted true
   effect (`power` >= `POWER`), or the claim is a direct measurement that needs no planted effect
-  (`power` None);
+  (`power` None) whose intervals decide;
 * **undecidable**: it does not, and the test's power on its positive control is below `POWER`
-  (or was not measured): a true effect could have been missed. The reason is stated.
+  (or was not measured), or a direct measurement's intervals cannot decide (`inconclusive`): a
+  true effect could have been missed. The reason is stated.
 
 The table's numbers are the chapters' own (formatted there), never retyped.
 """
@@ -53,6 +54,9 @@ class Claim:
     """The sample the verdict rests on (e.g. "48 scenes x 8 features")."""
     note: str = ""
     """Where the toy's analogy to the paper breaks, if it matters for this claim."""
+    inconclusive: str = ""
+    """Why a direct measurement that does not beat its control cannot decide either (e.g. its intervals
+    include no difference); "" when it decides."""
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -62,6 +66,8 @@ def verdict(c: Claim) -> tuple[str, str]:
     """(verdict, why) for one claim under the module's rule."""
     if c.beats_control:
         return "reproduces", f"beats its control ({c.measure})"
+    if c.power is None and c.inconclusive:
+        return "undecidable", f"a direct measurement that cannot decide at this n: {c.inconclusive}"
     if c.power is None:
         return "does not reproduce", "a direct measurement that does not beat its control"
     if c.power >= POWER:

@@ -83,7 +83,7 @@ class Profile:
     """Dev (training-split) scenes whose updates give the planted ground-truth directions."""
     timing_scenes: int = 8
     """Scenes per feature and window in 05's intervention-timing sweep (4-step turbo)."""
-    timing_prompts: int = 4
+    timing_prompts: int = 16
     """Prompts of 04's intervention-timing sweep on the base model (each window x block)."""
     riebench_sae_k: int = 160
     """TopK of the SAEs RIEBench transports (paper: 160 of 5120 features)."""
@@ -169,7 +169,7 @@ _TOY = Profile(
     causal_calibration_norms=8,
     causal_dev_scenes=48,
     timing_scenes=4,
-    timing_prompts=2,
+    timing_prompts=8,  # 04's early-vs-late windows: a per-image interval needs more than a handful
     # The paper's RIEBench sparsity as a share of the dictionary (160 / 5120 = 1/32) on
     # the toy's 512 features; the same as a share of the channels (160 / 1280 = 16 / 128).
     riebench_sae_k=16,
@@ -198,7 +198,7 @@ PROFILES: dict[str, Profile] = {
         causal_features=8,
         causal_scenes=48,
         timing_scenes=16,
-        timing_prompts=8,
+        timing_prompts=32,
         riebench_per_category=16,
         description="the toy's models at the decisive counts of issue #27 (GPU advised: ~10 min on one H100)",
     ),

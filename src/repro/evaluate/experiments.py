@@ -8,7 +8,7 @@ are pandas DataFrames indexed by block (or by (block, cell)).
     stab = seed_stability(saes, seed_saes, updates)     # matched features between seeds, random control
     loop = in_loop(pipe, prompts, seeds, sampling, saes, updates, ground_truth=True)
     tr = transfer(settings, saes, ...)                  # EV per step vs control ceilings, overlap
-    tm = timing(pipe, saes, prompts, seeds, sampling)   # image change per step window
+    tm = timing(pipe, saes, prompts, seeds, sampling)   # per-image change per step window
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from repro.evaluate.reconstruction import Reconstruction, evaluate_reconstructio
 from repro.evaluate.transfer import StepStream, budget_points, curves_from_sums, train_controls
 from repro.features.controls import random_sae_like
 from repro.features.interventions import FeatureAdd
-from repro.intervals import fmt, rate
+from repro.intervals import bootstrap, fmt, rate
 from repro.sae.stability import fired_on, init_cosine, match_features
 from repro.sae.train import trained_lr
 
@@ -193,24 +193,48 @@ def transfer(settings: dict, saes: dict, control_prompts, control_seeds, eval_pr
     return TransferResult(transfer_ev, ceiling, curves, overlap, budgets)
 
 
+@dataclass
+class TimingResult:
+    """Image change per step window when each block's feature is switched on in that window only."""
+
+    changes: dict[str, dict[str, np.ndarray]]
+    """{block: {window "first-last" step: per-image mean |pixel change| [N]}}, windows in step order."""
+
+    @property
+    def means(self) -> pd.DataFrame:
+        """Mean change: rows blocks, columns windows."""
+        return pd.DataFrame({b: {w: float(v.mean()) for w, v in ws.items()} for b, ws in self.changes.items()}).T
+
+    def first_minus_last(self, seed: int = 0) -> dict[str, dict]:
+        """{block: {"diff", "lo", "hi", "n"}}: the first window's change minus the last's on the same images,
+        with its 95% bootstrap interval over images (NaN from fewer than two images)."""
+        out = {}
+        for b, ws in self.changes.items():
+            windows = list(ws.values())
+            diff = windows[0] - windows[-1]
+            lo, hi = bootstrap(diff, seed=seed) if len(diff) > 1 else (float("nan"), float("nan"))  # one image: no interval
+            out[b] = {"diff": float(diff.mean()), "lo": lo, "hi": hi, "n": len(diff)}
+        return out
+
+
 def timing(pipe, saes: dict, prompts: Sequence[str], seeds: Sequence[int], sampling, batch_size: int = 16,
-           n_windows: int = 4) -> pd.DataFrame:
-    """Mean |pixel change| when each block's most frequent feature is switched on (strength mean_f * k,
-    everywhere) within one window of the sampling steps only; rows blocks, columns windows."""
+           n_windows: int = 4) -> TimingResult:
+    """Per-image |pixel change| when each block's most frequent feature is switched on (strength mean_f * k,
+    everywhere) within one window of the sampling steps only."""
     windows = step_windows(sampling.steps, n_windows)
     plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size)
-    rows = {}
+    changes = {}
     for b, sae in saes.items():
         stats = sae.feature_stats
         f = int(torch.argmax(stats.frequency)) if stats is not None and stats.frequency is not None else 0
         strength = float(stats.mean[f]) * sae.cfg.k if stats is not None else 1.0
-        rows[b] = intervention_timing(pipe, prompts, seeds, sampling, b,
-                                      lambda steps, sae=sae, f=f, s=strength: FeatureAdd(sae=sae, features=f, strength=s, steps=steps),
-                                      windows, batch_size, plain=plain)
-    return pd.DataFrame(rows).T
+        changes[b] = intervention_timing(pipe, prompts, seeds, sampling, b,
+                                         lambda steps, sae=sae, f=f, s=strength: FeatureAdd(sae=sae, features=f, strength=s, steps=steps),
+                                         windows, batch_size, plain=plain)
+    return TimingResult(changes)
 
 
-def claims(recon: ReconstructionResult, loop: InLoopResult, tr: TransferResult, timing_df: pd.DataFrame,
+def claims(recon: ReconstructionResult, loop: InLoopResult, tr: TransferResult, tm: TimingResult,
            share_needed: float = 0.8) -> list:
     """04's measurements of the paper's reconstruction, in-loop and transfer claims (`repro.claims`).
 
@@ -253,15 +277,35 @@ def claims(recon: ReconstructionResult, loop: InLoopResult, tr: TransferResult, 
             beats_control=len(usable) == len(blocks) and all(shares[b]["lo"] >= share_needed for b in blocks),
             positive_control=f"a ceiling at or above the transferred SAE in {len(usable)} of {len(blocks)} blocks",
             power=len(usable) / len(blocks), n="held-out prompts of 04 (n_eval)"))
-    early = {b: bool(row.iloc[0] > row.iloc[-1]) for b, row in timing_df.iterrows()}
-    out.append(Claim(
-        claim="Early interventions change the image more than late ones", chapter="04_evaluate",
-        measure="mean pixel change, first step window > last, in at least 3 of 4 blocks",
-        result=f"{sum(early.values())} of {len(early)} blocks", control="the last window of the same edit",
-        beats_control=sum(early.values()) >= max(1, round(0.75 * len(early))),
-        n=f"{len(timing_df.columns)} windows", note="no interval: one mean change per window and block"))
+    out.append(timing_claim(tm))
     return out
 
 
-__all__ = ["EvaluateConfig", "InLoopResult", "ReconstructionResult", "TransferResult", "claims", "in_loop", "reconstruction", "seed_stability",
-           "timing", "transfer"]
+def timing_claim(tm: TimingResult):
+    """The paper's "early interventions change the image more than late ones" as a `repro.claims.Claim`.
+
+    Each block is early (first window's per-image change minus the last's, 95% interval above 0), late
+    (below 0) or unclear; the claim holds in >= 3 of 4 blocks early, fails when even the unclear ones
+    could not make up the count, and is inconclusive otherwise."""
+    from repro.claims import Claim
+
+    # each block: early (first window's change above the last's, 95% interval above 0), late (below) or unclear
+    fml = tm.first_minus_last()
+    side = {b: "early" if d["lo"] > 0 else "late" if d["hi"] < 0 else "unclear" for b, d in fml.items()}
+    need = max(1, round(0.75 * len(side)))
+    early = sum(s == "early" for s in side.values())
+    unclear = sum(s == "unclear" for s in side.values())
+    return Claim(
+        claim="Early interventions change the image more than late ones", chapter="04_evaluate",
+        measure=f"per-image change, first step window minus last, 95% bootstrap interval above 0 in at least {need} of "
+                f"{len(side)} blocks",
+        result="; ".join(f"{b} {d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" for b, d in fml.items())
+               + f" ({early} of {len(side)} blocks early)",
+        control="the last window of the same edit on the same images", beats_control=early >= need,
+        n=f"{next(iter(fml.values()))['n']} prompts a block" if fml else "",
+        inconclusive=(f"{unclear} of {len(side)} blocks' intervals include no difference: they could still decide it"
+                      if early < need <= early + unclear else ""))
+
+
+__all__ = ["EvaluateConfig", "InLoopResult", "ReconstructionResult", "TimingResult", "TransferResult", "claims", "in_loop", "reconstruction", "seed_stability",
+           "timing", "timing_claim", "transfer"]

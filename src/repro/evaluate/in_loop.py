@@ -86,8 +86,9 @@ def step_windows(n_steps: int, n_windows: int = 4) -> list[list[int]]:
 def intervention_timing(pipe, prompts: Sequence[str], seeds: Sequence[int], sampling: Sampling,
                         block: str, make_edit: Callable[[list[int]], Edit],
                         windows: Sequence[Sequence[int]], batch_size: int = 16,
-                        plain: np.ndarray | None = None) -> dict[str, float]:
-    """Image change (Manhattan) when the edit acts only in each window of steps.
+                        plain: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Per-image change (Manhattan) [N] when the edit acts only in each window of steps, by window
+    ("first-last" step).
 
     `make_edit(steps)` builds the edit restricted to those steps; `plain` (the unedited
     images, if already generated) saves one generation. The paper: early windows change
@@ -99,5 +100,5 @@ def intervention_timing(pipe, prompts: Sequence[str], seeds: Sequence[int], samp
     for window in windows:
         steps = list(window)
         edited = generate_with(pipe, prompts, seeds, sampling, {block: make_edit(steps)}, batch_size)
-        out[f"{steps[0]}-{steps[-1]}"] = float(manhattan(plain, edited).mean())
+        out[f"{steps[0]}-{steps[-1]}"] = manhattan(plain, edited)
     return out

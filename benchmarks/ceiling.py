@@ -408,8 +408,9 @@ def main(argv=None) -> dict:
     args.workdir.mkdir(parents=True, exist_ok=True)
     from repro.io import provenance
 
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None  # starts CUDA: provenance then names the GPU
     res: dict = {"part": args.part, "settings": {k: str(v) for k, v in vars(args).items()}, "provenance": provenance(),
-                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+                 "gpu": gpu}
     parts = PARTS if "all" in args.part else tuple(args.part)
     pipe = prompts = None
     if any(x in parts for x in ("generate", "collect", "stream", "user")):

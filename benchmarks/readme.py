@@ -350,12 +350,17 @@ def shell(argv: list[str]) -> str:
 
 
 def device(doc: Any) -> str:
-    for rec in records(doc) + [doc if isinstance(doc, dict) else {}]:
-        machine = rec.get("machine")  # paper_profile.py's own record: a dict with the GPU's name
-        for name in (rec.get("device_name"), rec.get("gpu"), machine.get("gpu") if isinstance(machine, dict) else None,
-                     rec.get("device")):
-            if isinstance(name, str) and name:
-                return name
+    # a GPU's name wherever the file gives one, before provenance's "device", which names the CPU when
+    # the process had not started CUDA by the time it was written
+    recs = records(doc) + [doc if isinstance(doc, dict) else {}]
+    for keys in (("device_name", "gpu", "machine"), ("device",)):
+        for rec in recs:
+            for key in keys:
+                name = rec.get(key)
+                if key == "machine":  # paper_profile.py's own record: a dict with the GPU's name
+                    name = name.get("gpu") if isinstance(name, dict) else None
+                if isinstance(name, str) and name:
+                    return name
     return NOT_RECORDED
 
 

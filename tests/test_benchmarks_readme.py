@@ -87,3 +87,12 @@ def test_a_malformed_repro_command_falls_back_to_this_process(monkeypatch):
     for bad in ("not json", '{"a": 1}', "[1, 2]"):
         monkeypatch.setenv("REPRO_COMMAND", bad)
         assert provenance()["argv"] == list(sys.orig_argv)
+
+
+def test_the_device_column_names_the_gpu_a_file_gives_before_provenance_s_cpu_fallback(readme):
+    """ceiling.py's user part wrote provenance before it started CUDA: provenance named the host CPU
+    while the file's own "gpu" field names the H100 it ran on."""
+    doc = {"provenance": {"device": "Intel(R) Xeon(R) Processor, 16 CPUs", "argv": ["x"]}, "gpu": "NVIDIA H100 80GB HBM3"}
+    assert readme.device(doc) == "NVIDIA H100 80GB HBM3"
+    assert readme.device({"provenance": {"device": "AMD EPYC, 2 CPUs"}}) == "AMD EPYC, 2 CPUs"  # a CPU run
+    assert readme.device({"machine": {"gpu": "NVIDIA H200"}, "provenance": {"device": "cpu"}}) == "NVIDIA H200"

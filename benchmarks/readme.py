@@ -93,6 +93,19 @@ def quality(doc: dict) -> str:
             f"{rate(peer['tokens_per_s'])} tokens/s end to end")
 
 
+def sae_sweep(doc: dict) -> str:
+    """toy_sae_sweep.py: held-out EV and median cosine to init over the configs, and that cosine by firing."""
+    rows = doc["rows"]
+    span = lambda key: f"{min(r[key] for r in rows):.3f}-{max(r[key] for r in rows):.3f}"  # noqa: E731
+    by_group = lambda name: [g["median_cos"] for r in rows for g in r["cos_by_firing"]  # noqa: E731
+                             if g["group"] == name and g["median_cos"] is not None]
+    rare, common = by_group("Q1 of fired"), by_group("Q4 of fired")
+    return (f"held-out EV {span('heldout_ev')}, EV gain over the last doubling {span('ev_gain_last_doubling')}, "
+            f"median decoder cosine to init {span('median_cos_to_init')} (rarest firing quartile "
+            f"{min(rare):.2f}-{max(rare):.2f}, commonest {min(common):.2f}-{max(common):.2f}); "
+            f"{sum(r['converged'] for r in rows)} of {len(rows)} converged by 03's criterion")
+
+
 def ceiling_rate(part: str, steady: str, end_to_end: str) -> Callable[[dict], str]:
     return lambda doc: (f"{doc[part][steady]['images_per_s']:.1f} images/s steady, "
                         f"{doc[part][end_to_end]['images_per_s']:.1f} end to end ({doc[part][steady]['n']:,} prompts)")
@@ -222,7 +235,7 @@ USER = "user"
 DIAGNOSTIC = "diagnostic"
 TOPICS = {  # topic -> (section, what runs it)
     "Training SAEs": (USER, "`train_saes` and `repro train`: `benchmarks/train_speed.py`, `benchmarks/sae_quality.py`, "
-                            "`benchmarks/multi_gpu.py`"),
+                            "`benchmarks/multi_gpu.py`, `benchmarks/toy_sae_sweep.py`"),
     "Collecting and reading activations": (USER, "`repro collect`, streaming into SAEs and reading a store: "
                                                  "`benchmarks/ceiling.py`, `benchmarks/multi_gpu.py`"),
     "Analysing features": (USER, "05's pass over a store (`analyse_store`): `benchmarks/analysis_speed.py`"),
@@ -248,6 +261,8 @@ FIGURES = [
     Figure("Training SAEs", "against sparsify 1.3.3's loop on a planted dictionary, 5,120 features, 2,000 steps",
            "h100_sae_quality/sae_quality_2000.json", quality),
     Figure("Training SAEs", "the same, 3,000 steps", "h100_sae_quality/sae_quality_3000.json", quality),
+    Figure("Training SAEs", "toy SAEs (up.0.1) trained as 03 trains them, expansion {4, 8, 16} x k {10, 16}, "
+           "3,000 steps, one CPU thread", "toy_sae_sweep_cpu.json", sae_sweep),
     Figure("Training SAEs", "block-parallel training on 2 GPUs, four 1280 x 5120 SAEs (per block)",
            "multi_gpu_h200x2.json", scaling("train_block", "tokens/s")),
     Figure("Training SAEs", "data-parallel training on 2 GPUs, one 1280 x 20480 SAE",

@@ -39,16 +39,22 @@ def fired_on(sae: TopKSAE, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_cosine(sae: TopKSAE) -> float | None:
-    """Median cosine of each decoder column with its value at initialisation (from the
-    `init_seed` that `build_block_saes` records), or None without it. Near 1: training has
-    hardly moved the directions, so what they are is mostly their random start."""
+def init_cosines(sae: TopKSAE) -> torch.Tensor | None:
+    """[n] cosine of each decoder column with its value at initialisation (from the `init_seed`
+    that `build_block_saes` records), or None without it."""
     seed = sae.metadata.get("init_seed")
     if seed is None:
         return None
     start = TopKSAE(sae.cfg, seed=int(seed)).W_dec
     now = sae.W_dec.detach().float().cpu()
-    return float(torch.nn.functional.cosine_similarity(now, start, dim=0).median())
+    return torch.nn.functional.cosine_similarity(now, start, dim=0)
+
+
+def init_cosine(sae: TopKSAE) -> float | None:
+    """Median of `init_cosines`, or None without an `init_seed`. Near 1: training has hardly moved
+    the directions, so what they are is mostly their random start."""
+    cos = init_cosines(sae)
+    return None if cos is None else float(cos.median())
 
 
 def convergence(log, saes: dict, max_gain: float = 0.01, max_cosine: float = 0.15):
@@ -105,4 +111,4 @@ def match_features(a: TopKSAE, b: TopKSAE, threshold: float = 0.9, live_a: torch
                      median_best_cosine=float(ab.median()) if len(ab) else float("nan"))
 
 
-__all__ = ["Stability", "best_cosines", "fired_on", "init_cosine", "match_features"]
+__all__ = ["Stability", "best_cosines", "fired_on", "init_cosine", "init_cosines", "match_features"]

@@ -1,0 +1,56 @@
+"""benchmarks/toy_sae_sweep.py: the sweep runs on the toy at tiny size, and its numbers mean what they say."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_sae_sweep.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("toy_sae_sweep", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cosine_by_firing_splits_never_fired_then_quartiles_rarest_first():
+    sweep = _load()
+    count = torch.tensor([0, 0, 5, 1, 9, 3, 7, 2, 8, 4])  # 2 never fired, 8 fired: quartiles of 2
+    cos = torch.arange(10, dtype=torch.float32) / 10
+    groups = sweep.cosine_by_firing(cos, cos / 2, count, n_tokens=100)
+    assert [g["group"] for g in groups] == ["never fired", "Q1 of fired", "Q2 of fired", "Q3 of fired", "Q4 of fired"]
+    assert [g["n"] for g in groups] == [2, 2, 2, 2, 2]
+    # Q1 holds counts 1 and 2 (latents 3 and 7): cosines 0.3 and 0.7, frequencies 0.01 .. 0.02
+    assert groups[1]["freq_min"] == pytest.approx(0.01) and groups[1]["freq_max"] == pytest.approx(0.02)
+    assert groups[1]["median_cos"] == pytest.approx(0.3)  # torch's median: the lower of two
+    assert groups[0]["median_cos"] == pytest.approx(0.0) and groups[0]["median_cos_half"] == pytest.approx(0.0)
+    assert groups[4]["freq_min"] == pytest.approx(0.08)  # counts 8 and 9
+    fired = count[2:]  # no ties
+    assert sweep.spearman(fired, fired.double() ** 2) == pytest.approx(1.0)
+    assert sweep.spearman(fired, -fired) == pytest.approx(-1.0)
+
+
+def test_sweep_trains_every_config_on_toy_updates_and_writes_json(tmp_path, one_thread):
+    out = tmp_path / "sweep.json"
+    result = _load().main(["--device", "cpu", "--prompts", "32", "--heldout", "8", "--steps", "40",
+                           "--expansions", "1", "2", "--ks", "4", "--out", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["settings"]["steps"] == 40 and saved["git_commit"] and saved["device"]
+    assert [(r["expansion"], r["k"], r["n_features"]) for r in saved["rows"]] == [(1, 4, 128), (2, 4, 256)]
+    for row in result["rows"]:
+        assert row["block"] == "up.0.1" and row["half_step"] == 20
+        # trained beats its own init on held-out updates, and the half-way EV precedes the final one
+        assert row["heldout_ev"] > row["heldout_ev_at_init"] + 0.1
+        assert row["ev_gain_last_doubling"] == pytest.approx(row["train_ev"] - row["train_ev_half"])
+        groups = row["cos_by_firing"]
+        assert sum(g["n"] for g in groups) == row["n_features"]
+        cosines = [g[key] for g in groups for key in ("median_cos", "median_cos_half") if g[key] is not None]
+        assert all(-1 <= c <= 1 for c in cosines)
+        # 40 steps move the columns, but not far: below 1, and further at the end than half-way
+        assert 0.3 < row["median_cos_to_init"] < row["median_cos_to_init_half"] < 1
+        assert not row["converged"]  # 40 steps are not convergence by 03's criterion
+        assert row["stats_tokens"] == 50 * 1024

@@ -31,7 +31,7 @@ BLOCKS = ("down.2.1", "mid.0", "up.0.0", "up.0.1")
 
 def write_site(out: Path, n_features: int, n_images: int, seed: int = 0) -> dict:
     from repro.features.site import FeatureSite
-    from standalone_page import write_standalone
+    from repro.widgets.pages import write_standalone
     from synthetic_features import synthetic_blocks, synthetic_image
 
     started = time.perf_counter()

@@ -32,7 +32,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))  # standalone_page
 
 
 def _tar_xz(site: Path, files: list[Path], extra: dict[str, bytes], target: Path) -> None:
@@ -109,9 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--part-mib", type=float, default=14)
     ap.add_argument("--title", default="standin: SAE features (05_features)")
     args = ap.parse_args(argv)
-    from standalone_page import write_standalone
-
     from repro.io import provenance, write_json_atomic
+    from repro.widgets.pages import write_standalone
 
     started = time.perf_counter()
     site, out = args.site.resolve(), args.out

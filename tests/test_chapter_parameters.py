@@ -13,11 +13,12 @@ from pathlib import Path
 import jupytext
 import pytest
 
-from repro.chapter_fields import EVERY_CHAPTER, FIELDS, dataclass_of, profile_fields
+from repro.chapter_fields import FIELDS, dataclass_of, profile_fields
 from repro.errors import ReproError
 from repro.notebooks import check_parameters, default_parameters, list_notebooks, notebooks_dir, parameters, stage_settings
 from repro.profiles import PROFILES, get_profile
 
+EVERY_CHAPTER = {"profile": "Profile.name", "overrides": "Profile"}  # overrides: any Profile field, by name
 
 CHAPTER_ONLY = {
     # (chapter, parameter): why it is no setting of a stage (what the page shows, or which runs it compares)

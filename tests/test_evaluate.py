@@ -10,6 +10,20 @@ from repro.generate import Sampling
 from repro.hooks import Scale
 from repro.sae.config import SAEConfig
 from repro.sae.model import TopKSAE
+from repro.evaluate.transfer import curves_from_sums, step_sums, train_controls
+
+def control_curves(likes, tokens, budgets, updates, batch_size, seed=0, device="auto", lr=1e-4, n_boot=1000):
+    """The control curves of several blocks with every held-out update at hand ({block: updates
+    [steps, N, H, W, C]}): the reference the streamed path of 04 (StepStream) must equal."""
+    snapshots = train_controls(likes, tokens, budgets, batch_size, seed=seed, device=device, lr=lr)
+    return {b: curves_from_sums(step_sums(likes[b], updates[b]), [step_sums(c, updates[b]) for c in snapshots[b]],
+                                budgets, batch_size, n_boot=n_boot, seed=seed)
+            for b in likes}
+
+
+def control_curve(like, tokens, budgets, updates, batch_size, **kwargs):
+    """`control_curves` of one block: tokens [N, C], updates [steps, N, H, W, C]."""
+    return control_curves({"x": like}, {"x": tokens}, budgets, {"x": updates}, batch_size, **kwargs)["x"]
 
 PROMPTS = ["a red circle", "a cat", "a blue square", "a green tree"]
 SEEDS = [0, 1, 2, 3]
@@ -103,7 +117,7 @@ def test_token_sample_keeps_fixed_positions_per_image_and_everything_when_the_bu
 def test_control_curve_is_one_training_measured_at_each_budget():
     """Issue 15, defect 10: the control is trained to the compared SAE's budget; the curve's last
     point is exactly a control trained straight to that budget, and more budget explains more."""
-    from repro.evaluate.transfer import budget_points, control_curve, ev_per_step
+    from repro.evaluate.transfer import budget_points, ev_per_step
     from sparse_data import sparse_dictionary_data
 
     assert budget_points(1500, 4) == [188, 375, 750, 1500] and budget_points(3, 4) == [1, 2, 3]
@@ -140,7 +154,7 @@ def test_share_of_the_ceiling_has_a_joint_bootstrap_interval_over_images():
 
 
 def test_control_curve_reports_the_share_of_the_ceiling_at_each_budget():
-    from repro.evaluate.transfer import control_curve, ev_per_step
+    from repro.evaluate.transfer import ev_per_step
     from sparse_data import sparse_dictionary_data
 
     x, _ = sparse_dictionary_data(2048, 16, n_atoms=24, k_active=2, seed=0)
@@ -158,7 +172,6 @@ def test_control_curve_reports_the_share_of_the_ceiling_at_each_budget():
 def test_controls_of_several_blocks_train_together_as_they_would_alone():
     """One run for the controls of blocks with as many tokens (a CPU budget lever): each control's
     curve equals the one it gets trained alone; a block with other token counts trains on its own."""
-    from repro.evaluate.transfer import control_curve, control_curves
     from sparse_data import sparse_dictionary_data
 
     cfg = SAEConfig(d_model=16, n_features=48, k=2, k_aux=8)
@@ -179,8 +192,7 @@ def test_streamed_transfer_equals_the_held_one(tiny_pipe):
     with the controls trained first (train_controls); every number is the one of the holding
     path (capture_eval_updates + ev_per_step / overlap_per_step / control_curves)."""
     from repro.evaluate.capture import stream_eval_updates
-    from repro.evaluate.transfer import (StepStream, control_curves, curves_from_sums, ev_per_step, overlap_per_step,
-                                         train_controls)
+    from repro.evaluate.transfer import StepStream, ev_per_step, overlap_per_step
 
     sampling = Sampling(steps=2, guidance=3.0)
     blocks = ["mid.0", "up.0.0"]

@@ -18,8 +18,7 @@ import pytest
 from offline_browser import SHOTS, launch_chromium, offline_page
 from repro.features.riebench_counts import RIEBenchCounts
 from repro.features.site import FeatureSite
-from repro.widgets.pages import FeaturePages
-from standalone_page import write_standalone
+from repro.widgets.pages import FeaturePages, write_standalone
 from synthetic_features import synthetic_blocks, synthetic_image, synthetic_riebench
 
 

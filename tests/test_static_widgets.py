@@ -7,7 +7,7 @@ import nbformat
 
 from repro.features.site import FeatureSite
 from repro.notebooks import WIDGET_STATE, WIDGET_VIEW, static_widget_outputs
-from repro.widgets.pages import FeaturePages
+from repro.widgets.pages import FeaturePages, write_standalone
 from synthetic_features import synthetic_blocks
 
 
@@ -48,6 +48,10 @@ def test_a_widget_without_a_static_twin_keeps_the_state():
     assert "gallery" in nb.metadata["widgets"][WIDGET_STATE]["state"]
 
 
+def _state_in(html: str) -> dict:
+    return json.loads(html.split("const state = ", 1)[1].split(";\nconst model", 1)[0].replace("<\\/", "</"))
+
+
 def test_feature_pages_carry_their_static_twin():
     site = FeatureSite(synthetic_blocks(("down.2.1",), n_features=20, m=4, grid=8, n_images=20, sample=8),
                        lambda i: b"", page_size=8, thumb=32)
@@ -60,5 +64,16 @@ def test_feature_pages_carry_their_static_twin():
     assert html.startswith(f'<div id="{element}"></div>') and f'getElementById("{element}")' in html
     assert "window.__reproPages = { render }" in html and "export default" not in html
     assert html.count("</script>") == 1  # the title's "</script>" is escaped inside the state
-    state = json.loads(html.split("const state = ", 1)[1].split(";\nconst model", 1)[0].replace("<\\/", "</"))
+    state = _state_in(html)
     assert state["src"] == "05_features.files" and state["sort"] == "freq" and state["live"] is False
+
+
+def test_standalone_page_reads_the_site_beside_it(tmp_path):
+    page = write_standalone(tmp_path, title="A & B", page_size=7, sort="dens")
+    assert page == tmp_path / "index.html" and [p.name for p in tmp_path.iterdir()] == ["index.html"]
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") and "<title>A &amp; B</title>" in html
+    assert 'getElementById("feature-pages")' in html and "export default" not in html
+    state = _state_in(html)
+    assert (state["src"], state["block"], state["page_size"], state["sort"]) == (".", "", 7, "dens")
+    assert state["title"] == "A & B" and state["alpha"] == 0.6 and state["live"] is False

@@ -19,8 +19,6 @@ CLASSES = {  # where each dataclass lives (imported only when asked: `repro note
     "RIEBenchConfig": "repro.riebench.runner",
 }
 
-EVERY_CHAPTER = {"profile": "Profile.name", "overrides": "Profile"}  # overrides: any Profile field, by name
-
 FIELDS: dict[str, tuple[str | None, dict[str, str]]] = {
     # chapter: (the dataclass whose same-named fields its other parameters are, {parameter: "Class.field"})
     "00_overview": ("CollectConfig", {"model": "Profile.turbo_model"}),  # seed, device: of the generation
@@ -48,4 +46,4 @@ def dataclass_of(name: str) -> type:
     return getattr(importlib.import_module(CLASSES[name]), name)
 
 
-__all__ = ["CLASSES", "EVERY_CHAPTER", "FIELDS", "dataclass_of", "profile_fields"]
+__all__ = ["CLASSES", "FIELDS", "dataclass_of", "profile_fields"]

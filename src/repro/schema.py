@@ -25,7 +25,6 @@ def _num(v: Any) -> bool:
     return (isinstance(v, (int, float)) and not isinstance(v, bool)) and math.isfinite(v)
 
 
-INT: Kind = ("a whole number", _int)
 COUNT: Kind = ("a whole number >= 0", lambda v: _int(v) and v >= 0)
 POSITIVE: Kind = ("a whole number >= 1", lambda v: _int(v) and v >= 1)
 NUMBER: Kind = ("a finite number", _num)
@@ -72,5 +71,5 @@ def require(obj: Any, fields: dict[str, Kind], where: str, fix: str, maybe: dict
     return obj
 
 
-__all__ = ["BOOL", "COUNT", "COUNTS", "DICT", "INT", "Kind", "LIST", "NONNEG_NUMBER", "NUMBER", "POSITIVE",
+__all__ = ["BOOL", "COUNT", "COUNTS", "DICT", "Kind", "LIST", "NONNEG_NUMBER", "NUMBER", "POSITIVE",
            "SHA256", "STR", "STR_LIST", "TEXT", "one_of", "optional", "require", "shown"]

@@ -4,8 +4,9 @@ The paper's second claim is that SAEs trained on 1-step SDXL Turbo also reconstr
 updates of 4-step Turbo and of multi-step SDXL base (with guidance: cond and uncond halves).
 A *control* SAE trained on the target setting itself gives the ceiling of each cell; it is
 a ceiling only when it gets the same budget (width, k, batch, steps) as the SAE it is
-compared with, so `control_curve` trains one control up to that budget and records its
-EV at several budgets on the way: a curve of control EV against training tokens.
+compared with, so `train_controls` trains one control up to that budget, keeping a copy at
+several budgets on the way, and `curves_from_sums` gives the curve of control EV against
+training tokens.
 
 The *share of the ceiling* of a cell is (EV of the 1-step SAE) / (EV of the control), each
 averaged over the cell's steps; `share_of_ceiling` gives it a bootstrap interval over
@@ -73,49 +74,17 @@ def budget_points(steps: int, n_points: int) -> list[int]:
     return sorted({max(1, round(steps / 2 ** i)) for i in range(n_points)})
 
 
-def control_curve(
-    like: TopKSAE, tokens: torch.Tensor, budgets: Sequence[int], updates: torch.Tensor, batch_size: int,
-    seed: int = 0, device: str = "auto", lr: float = 1e-4, n_boot: int = 1000,
-) -> list[dict]:
-    """Train one control SAE of `like`'s config on `tokens` [N, C] of the target setting, stopping at
-    each budget (steps of `batch_size` rows, increasing) to measure its EV on `updates` [steps, N, H, W, C].
-    `like` is the transferred SAE the control is compared with; `lr` is its learning rate.
-
-    Returns [{"steps", "tokens", "ev_per_step": [steps floats], "ev": mean, "share_of_ceiling":
-    `share_of_ceiling` of `like` against the control at this budget}] per budget; the last entry
-    is the ceiling at the full budget. Training continues from the previous budget (same run,
-    checkpointed), so the curve costs one training to its largest budget.
-    """
-    return control_curves({"x": like}, {"x": tokens}, budgets, {"x": updates}, batch_size, seed=seed, device=device,
-                          lr=lr, n_boot=n_boot)["x"]
-
-
-def control_curves(
-    likes: dict[str, TopKSAE], tokens: dict[str, torch.Tensor], budgets: Sequence[int],
-    updates: dict[str, torch.Tensor], batch_size: int, seed: int = 0, device: str = "auto",
-    lr: float | dict[str, float] = 1e-4, n_boot: int = 1000,
-) -> dict[str, list[dict]]:
-    """`control_curve` of several blocks ({block: SAE}, {block: tokens [N, C]}, {block: updates};
-    `lr` one for all or {block: lr}), the controls of blocks with as many tokens (and the same
-    lr) trained together in one run (one batch order,
-    one pass of the training loop: on a CPU several SAEs per step cost far less than one run
-    each). Each control gets the same init seed and batch order it would get alone, so its
-    curve is the one `control_curve` gives it.
-
-    Holds every held-out update; `train_controls` + `StepStream` + `curves_from_sums` give
-    the same curves from updates seen one batch of images at a time (`04_evaluate`)."""
-    snapshots = train_controls(likes, tokens, budgets, batch_size, seed=seed, device=device, lr=lr)
-    return {b: curves_from_sums(step_sums(likes[b], updates[b]), [step_sums(c, updates[b]) for c in snapshots[b]],
-                                budgets, batch_size, n_boot=n_boot, seed=seed)
-            for b in likes}
-
-
 def train_controls(
     likes: dict[str, TopKSAE], tokens: dict[str, torch.Tensor], budgets: Sequence[int], batch_size: int,
     seed: int = 0, device: str = "auto", lr: float | dict[str, float] = 1e-4,
 ) -> dict[str, list[TopKSAE]]:
-    """The control SAEs of `control_curves`, trained as it trains them, without measuring them:
-    {block: [a frozen copy of the control at each budget, increasing]}.
+    """A control SAE of each block's `likes` config (`lr` one for all or {block: lr}) trained on its
+    `tokens` [N, C] up to the largest budget (steps of `batch_size` rows), with a frozen copy at
+    each budget: {block: [copies, budgets increasing]}. Training continues from the previous
+    budget (same run, checkpointed), so the curve costs one training to its largest budget.
+    The controls of blocks with as many tokens (and the same lr) train together in one run (on a
+    CPU several SAEs per step cost far less than one run each), each with the init seed and batch
+    order it would get alone.
 
     `tokens` may be 16-bit and on the training device (the loop moves each batch there and
     to float32): no float32 copy of the whole sample is made."""
@@ -143,8 +112,9 @@ def train_controls(
 
 def curves_from_sums(transferred: list[ImageSums], controls: list[list[ImageSums]], budgets: Sequence[int],
                      batch_size: int, n_boot: int = 1000, seed: int = 0) -> list[dict]:
-    """One block's control curve (`control_curve`'s entries) from the `step_sums` of the
-    transferred SAE and of the control at each budget (increasing), on the same updates."""
+    """One block's control curve from the `step_sums` of the transferred SAE and of the control at
+    each budget (increasing), on the same updates: [{"steps", "tokens", "ev_per_step", "ev": mean,
+    "share_of_ceiling": `share_of_ceiling` of the transferred SAE against this control}] per budget."""
     curve = []
     for budget, sums in zip(sorted(int(b) for b in budgets), controls):
         per_step = [s.ev() for s in sums]

@@ -117,10 +117,6 @@ def _heat(maps: np.ndarray, heat_size: int) -> dict:
     return {"hmax": float(f"{hmax:.6g}"), "heat": heat}
 
 
-def _get(seq, f: int) -> float | None:
-    return None if seq is None else float(seq[f])
-
-
 def feature_record(block: str, f: int, bf: BlockFeatures, *, heat_size: int = 16, bands: int = 3,
                    per_band: int = 4, labeller: Labeller | None = None, icon_src: Callable[[int, float], str] | None = None,
                    paint_src: Callable[[int, str], str] | None = None) -> dict:

@@ -20,11 +20,11 @@ def geometric_median(
     """
     x = points.detach().to(torch.float64)
     y = x.mean(0)
-    best = (x - y).norm(dim=1).sum()
+    best = objective(x, y)
     for _ in range(max_iter):
         w = 1.0 / (x - y).norm(dim=1).clamp_min(eps)  # [N]
         y_new = (w.unsqueeze(1) * x).sum(0) / w.sum()
-        obj = (x - y_new).norm(dim=1).sum()
+        obj = objective(x, y_new)
         converged = bool(best - obj <= tol * best)
         if obj <= best:
             y, best = y_new, obj

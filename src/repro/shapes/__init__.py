@@ -17,7 +17,6 @@ from repro.shapes.render import (
     object_mask,
     render,
     render_batch,
-    slot_masks,
 )
 from repro.shapes.splits import SPLITS, split_of, split_scenes
 from repro.shapes.world import (
@@ -49,5 +48,5 @@ __all__ = [
     "POSITIONS", "RenderBatch", "Rendered", "SHAPES", "SIZES", "SPLITS", "STYLES", "Scene", "ShapeObject",
     "TEXTURES", "caption", "compare", "degrade", "downsample_mask", "load_oracle", "object_mask",
     "parse_caption", "render", "render_batch", "sample_object", "sample_scene",
-    "slot_masks", "split_of", "split_scenes", "tokenize", "train_oracle", "vocabulary",
+    "split_of", "split_scenes", "tokenize", "train_oracle", "vocabulary",
 ]

@@ -276,15 +276,3 @@ def downsample_mask(mask: np.ndarray, grid: int = 8, mode: str = "fraction") -> 
     m = np.asarray(mask, np.float32).reshape(*mask.shape[:-2], grid, h // grid, grid, w // grid)
     frac = m.mean(axis=(-3, -1))
     return frac > 0.5 if mode == "majority" else frac
-
-
-def slot_masks() -> dict[str, np.ndarray]:
-    """bool [H, W] per slot: the slot's whole cell (where an object in that slot may appear)."""
-    out = {}
-    cell = IMAGE_SIZE / GRID
-    for p in POSITIONS:
-        row, col = SLOT_CELL[p]
-        m = np.zeros((IMAGE_SIZE, IMAGE_SIZE), bool)
-        m[round(row * cell) : round((row + 1) * cell), round(col * cell) : round((col + 1) * cell)] = True
-        out[p] = m
-    return out

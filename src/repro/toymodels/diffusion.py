@@ -159,13 +159,14 @@ def one_step_sigma(acp: torch.Tensor, t: int = 999) -> float:
     return float(((1 - acp[t]) / acp[t]).sqrt())
 
 
-def one_step_x0(model: Denoiser, noise: torch.Tensor, ids: torch.Tensor, sigma: float,
-                keep: torch.Tensor | None = None) -> torch.Tensor:
-    """The pipeline's 1-step sample from unit noise [B, 4, h, w]: x = sigma n; x0 = x - sigma eps(x / sqrt(sigma^2+1), 999)."""
-    x = sigma * noise
-    t = torch.full((noise.shape[0],), 999, device=noise.device, dtype=torch.long)
-    eps = model.eps(x / (sigma**2 + 1) ** 0.5, t, ids, keep).float()
-    return x - sigma * eps
+def one_step_input(noise: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The UNet's input [B, 4, h, w] at t = 999 of the pipeline's 1-step sample from unit noise: x = sigma n, scaled."""
+    return sigma * noise / (sigma**2 + 1) ** 0.5
+
+
+def one_step_x0(noise: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The pipeline's 1-step sample [B, 4, h, w]: x0 = x - sigma eps, eps the UNet's on `one_step_input`."""
+    return sigma * noise - sigma * eps
 
 
 @torch.no_grad()
@@ -276,11 +277,11 @@ def turbo_loss(model: Denoiser, acp: torch.Tensor, use_autocast: bool = True):
         n_one, n_rest = noise1.shape[0], batch["noise_rest"].shape[0]
         a = acp[batch["t_rest"]].view(-1, 1, 1, 1)
         x_rest = a.sqrt() * batch["z_rest"] + (1 - a).sqrt() * batch["noise_rest"]
-        x = torch.cat([sigma * noise1 / (sigma**2 + 1) ** 0.5, x_rest])
+        x = torch.cat([one_step_input(noise1, sigma), x_rest])
         t = torch.cat([torch.full((n_one,), 999, device=x.device, dtype=torch.long), batch["t_rest"]])
         with autocast(x.device, use_autocast):
             eps = model.eps(x, t, batch["ids"]).float()
-        x0 = sigma * noise1 - sigma * eps[:n_one]  # the pipeline's 1-step sample (`one_step_x0`)
+        x0 = one_step_x0(noise1, eps[:n_one], sigma)
         total = F.mse_loss(x0, target1, reduction="sum") / target1[0].numel()
         if n_rest:
             total = total + F.mse_loss(eps[n_one:], batch["noise_rest"], reduction="sum") / x_rest[0].numel()

@@ -18,13 +18,12 @@ them, so every rank applies the same update to the same weights.
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.distributed as dist
 from torch.overrides import TorchFunctionMode
 
-Accel = Literal["auto", "eager", "graph", "compile"]
 ACCELS = ("auto", "eager", "graph", "compile")
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS/cuDNN handles, autotuning)
 

@@ -11,6 +11,7 @@ and writes `result`. Without them `live` is False and the controls stay hidden.
 from __future__ import annotations
 
 import base64
+import html
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,6 +25,7 @@ import traitlets as t
 from repro.errors import ReproError, choices_hint
 from repro.features.site import FeatureSite
 from repro.hooks import Edit
+from repro.io import write_bytes_atomic
 
 HERE = Path(__file__).parent
 ACTIONS = ("icon", "paint", "modulate", "off")
@@ -167,13 +169,15 @@ class FeaturePages(anywidget.AnyWidget):
         bundle = super()._repr_mimebundle_(**kwargs)
         data = bundle[0] if isinstance(bundle, tuple) else bundle
         if data is not None and not self.live:
-            data["text/html"] = static_html(self._static_state(), f"repro-fp-{self.model_id}")
+            state = _static_state(self.src, self.block, self.page_size, self.title, self.alpha, self.sort)
+            data["text/html"] = static_html(state, f"repro-fp-{self.model_id}")
         return bundle
 
-    def _static_state(self) -> dict:
-        return {"src": self.src, "block": self.block, "feature": -1, "page_size": self.page_size,
-                "title": self.title, "alpha": self.alpha, "live": False, "live_blocks": [], "prompt": "",
-                "seed": 0, "result": {}, "busy": False, "sort": self.sort}
+
+def _static_state(src: str, block: str, page_size: int, title: str, alpha: float, sort: str) -> dict:
+    """The widget's synced state as a page with no kernel sees it: no live controls."""
+    return {"src": src, "block": block, "feature": -1, "page_size": page_size, "title": title, "alpha": alpha,
+            "live": False, "live_blocks": [], "prompt": "", "seed": 0, "result": {}, "busy": False, "sort": sort}
 
 
 STATIC = """<div id="{id}"></div><style>{css}</style>
@@ -198,4 +202,19 @@ def static_html(state: dict, element_id: str) -> str:
     return STATIC.format(id=element_id, css=FeaturePages._css, js=js, state=json.dumps(state).replace("</", "<\\/"))
 
 
-__all__ = ["FeaturePages", "static_html"]
+STANDALONE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>body {{ margin: 1em; }}</style></head>
+<body>{pages}</body></html>
+"""
+
+
+def write_standalone(folder, title: str = "Feature pages", page_size: int = 20, sort: str = "id") -> Path:
+    """`folder/index.html`: the feature pages of the site `FeatureSite.write` wrote in `folder`,
+    opened with no notebook and no book (`index.html#block/feature` opens that feature)."""
+    state = _static_state(".", "", page_size, title, FeaturePages.alpha.default_value, sort)
+    page = STANDALONE.format(title=html.escape(title), pages=static_html(state, "feature-pages"))
+    return write_bytes_atomic(Path(folder) / "index.html", page.encode())
+
+
+__all__ = ["FeaturePages", "static_html", "write_standalone"]

@@ -307,7 +307,7 @@ def test_default_training_state_fits_in_8_files_of_16_mib(stage):
 def test_training_steps_hold_no_host_sync(tmp_path):
     """Every stage's step is graphable: no tensor value is read on the host (CUDA graph capture would fail)."""
     from repro.toymodels.data import ToyData
-    from repro.toymodels.engine import HostSync, no_host_sync
+    from host_sync import HostSync, no_host_sync
     from repro.toymodels.train import Run, _setup_stage
     from repro.toymodels.vae import encode_images
 

@@ -6,7 +6,7 @@ The toy networks are small, so on a large GPU a step is bound by kernel launches
 update as one CUDA graph and replays it with one launch per step. Both modes run the same
 function, `loss_fn(batch) -> scalar`, which must be pure: every random draw happens in the
 stage's `make_batch(gen)` outside the step, so that resuming from a saved generator state
-continues exactly, and the step holds no host synchronisation (`no_host_sync` checks that
+continues exactly, and the step holds no host synchronisation (tests/host_sync.py checks that
 on the CPU; a sync inside a CUDA graph capture is an error).
 
 Data-parallel (several GPUs under torchrun): `grad_sync` averages the gradients over the
@@ -17,12 +17,10 @@ them, so every rank applies the same update to the same weights.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
 import torch.distributed as dist
-from torch.overrides import TorchFunctionMode
 
 ACCELS = ("auto", "eager", "graph", "compile")
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS/cuDNN handles, autotuning)
@@ -134,37 +132,3 @@ class TrainStep:
             self.grad_sync(self.params)
             self.update_graph.replay()
         return self.static_loss.detach().clone()  # the graph overwrites static_loss on the next replay
-
-
-class HostSync(RuntimeError):
-    """A tensor's value was read on the host inside a training step."""
-
-
-_SYNCING = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.__int__,
-            torch.Tensor.__float__, torch.Tensor.nonzero, torch.nonzero, torch.Tensor.cpu, torch.Tensor.numpy,
-            torch.masked_select, torch.Tensor.masked_select, torch.unique, torch.Tensor.unique}
-
-
-class _SyncDetector(TorchFunctionMode):
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        if func in _SYNCING:
-            raise HostSync(f"{getattr(func, '__qualname__', func)} reads a tensor on the host")
-        if func is torch.Tensor.__getitem__ and any(
-                torch.is_tensor(a) and a.dtype == torch.bool for a in _flat(args[1:])):
-            raise HostSync("boolean-mask indexing needs the mask's count on the host")
-        return func(*args, **(kwargs or {}))
-
-
-def _flat(items):
-    for item in items:
-        if isinstance(item, (tuple, list)):
-            yield from _flat(item)
-        else:
-            yield item
-
-
-@contextlib.contextmanager
-def no_host_sync():
-    """Raise `HostSync` where code inside reads a tensor's value on the host (CPU check of a graphable step)."""
-    with _SyncDetector():
-        yield

@@ -263,3 +263,22 @@ def test_every_aggregated_rate_gets_its_wilson_interval():
     assert (row["success_lo"], row["success_hi"]) == pytest.approx(wilson(3, 5))
     assert (row["success_and_preserved_lo"], row["success_and_preserved_hi"]) == pytest.approx(wilson(2, 5))
     assert "pixel_outside_lo" not in table
+
+
+def test_the_batch_size_does_not_change_what_runs_or_what_is_scored(tiny_pipe):
+    """06's batch is a speed setting (profile field riebench_batch: 8 on the CPU, 64 on toy-full's GPU):
+    one image per call and the whole method per call give the same edits, selections and images."""
+    m = _mask()
+    edits = [RIEEdit("a", "change_colour", "a red circle", "a blue circle", source_mask=m, target_mask=m, seed=1),
+             RIEEdit("b", "change_colour", "a green square", "a yellow square", source_mask=m, target_mask=m, seed=2)]
+
+    def scorer(edit, images, source, target):
+        return [{"mean_px": float(np.asarray(im, np.float64).mean())} for im in images]
+
+    runs = [run_benchmark(tiny_pipe, _saes(), edits, grid=GRID, scorer=scorer, config=RIEBenchConfig(batch_size=bs),
+                          progress=False) for bs in (1, 8)]
+    one, many = (r.frame().sort_values(["id", "method", "k", "m"], na_position="first").reset_index(drop=True) for r in runs)
+    assert len(one) == len(many) > 0
+    assert list(one["method"]) == list(many["method"]) and list(one["id"]) == list(many["id"])
+    np.testing.assert_allclose(one["mean_px"], many["mean_px"], atol=0.05)  # uint8 images: at most rare 1-level flips
+    assert [s["top"] for s in runs[0].selections] == [s["top"] for s in runs[1].selections]

@@ -31,7 +31,7 @@ FIELDS: dict[str, tuple[str | None, dict[str, str]]] = {
     "04_evaluate": ("EvaluateConfig", {"n_control": "Profile.control_prompts", "n_timing": "Profile.timing_prompts"}),
     "05_features": ("FeaturesConfig", {}),
     "06_riebench": ("RIEBenchRun", {"edits": "Profile.riebench_edits", "per_category": "Profile.riebench_per_category",
-                                    "grid": "Profile.riebench_grid", "batch_size": "RIEBenchConfig.batch_size"}),
+                                    "grid": "Profile.riebench_grid", "batch_size": "Profile.riebench_batch"}),
     "07_claims": (None, {}),
 }
 

@@ -94,6 +94,9 @@ class Profile:
     (18 everyday edits with drawn masks) or a published-format JSON file."""
     riebench_per_category: int = 0
     """Edits per category in each of the dev and test splits (0: all)."""
+    riebench_batch: int = 8
+    """Edited images per generation call in 06 (the settings of one method are batched): the
+    CPU gains nothing past a few, a GPU with the toy's small UNet fills only with many more."""
     riebench_grid: Literal["paper", "toy"] = "paper"
     """RIEBench parameter grid (`repro.riebench.methods.Grid.named`): the paper's, or the toy's
     scaled to a few hundred features."""
@@ -104,8 +107,8 @@ class Profile:
             raise ReproError(f"unknown riebench_grid {self.riebench_grid!r}: use {choices_hint(GRIDS)}")
         counts = ("sae_seeds", "control_budgets", "causal_features", "causal_scenes", "causal_strength_points",
                   "causal_calibration_norms", "causal_dev_scenes", "timing_scenes", "timing_prompts")
-        from repro.ranges import (MAX_EXPANSION, MAX_PROMPTS, MAX_TOKEN_BATCH, MAX_TRAIN_STEPS, check_float,
-                                  check_int)
+        from repro.ranges import (MAX_EXPANSION, MAX_IMAGE_BATCH, MAX_PROMPTS, MAX_TOKEN_BATCH, MAX_TRAIN_STEPS,
+                                  check_float, check_int)
 
         for name in counts:
             check_int(name, getattr(self, name), 1, 1_000_000)
@@ -120,6 +123,7 @@ class Profile:
             check_int(name, getattr(self, name), 0, MAX_TRAIN_STEPS)
         check_int("dead_tokens", self.dead_tokens, 0, None)
         check_int("riebench_per_category", self.riebench_per_category, 0, 1_000_000, why="0 runs every edit")
+        check_int("riebench_batch", self.riebench_batch, 1, MAX_IMAGE_BATCH, why="edited images generated in one call")
         check_float("sae_lr", self.sae_lr, 0.0, why="0 scales the lr to the dictionary")
 
 
@@ -200,6 +204,7 @@ PROFILES: dict[str, Profile] = {
         timing_scenes=16,
         timing_prompts=32,
         riebench_per_category=16,
+        riebench_batch=64,  # 06 took 486 s on one H100 at 8 images a call (31 images/s): launch-bound
         description="the toy's models at the decisive counts of issue #27 (GPU advised: ~10 min on one H100)",
     ),
     # The paper's sampling, dtype and SAE sizes on stand-ins (random weights, built on the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -22,6 +23,15 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _free_ports(n: int) -> list[int]:
+    """n distinct free ports (held open together while chosen, so none repeats)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 def _join(rank: int, port: int) -> None:
@@ -87,11 +97,14 @@ def _config(folder: Path, **changes) -> ToyTrainConfig:
         out=str(folder / "models"), work=str(folder / "work"), log_every=2, threads=1).replace(**changes)
 
 
-def _train_worker(rank: int, port: int, folder: str, chunk_steps: int | None, runs: int) -> None:
+def _train_worker(rank: int, ports: list[int], folder: str, chunk_steps: int | None) -> None:
+    """One training run per port, as torchrun would start each chunk: a fresh rendezvous each time. Re-joining
+    on the same port right after destroy_process_group races the other rank's teardown (pytorch#119196: a
+    gloo "Connection reset by peer" in the first barrier, seen once in CI)."""
     from repro.toymodels.train import train_toy_models
 
-    _join(rank, port)
-    for _ in range(runs):
+    for port in ports:
+        _join(rank, port)
         result = train_toy_models(_config(Path(folder), chunk_steps=chunk_steps), progress=False)
         dist.destroy_process_group()
         if result["finished"]:
@@ -109,8 +122,8 @@ def test_two_rank_training_in_chunks_equals_one_two_rank_run_and_keeps_its_world
     from repro.toymodels.train import train_toy_models
 
     whole, chunks = tmp_path / "whole", tmp_path / "chunks"
-    mp.spawn(_train_worker, args=(_free_port(), str(whole), None, 1), nprocs=WORLD, join=True)
-    mp.spawn(_train_worker, args=(_free_port(), str(chunks), 3, 6), nprocs=WORLD, join=True)
+    mp.spawn(_train_worker, args=(_free_ports(1), str(whole), None), nprocs=WORLD, join=True)
+    mp.spawn(_train_worker, args=(_free_ports(6), str(chunks), 3), nprocs=WORLD, join=True)
     for name in ("shapes-base", "shapes-turbo"):
         a, b = _tensors(whole / "models" / name), _tensors(chunks / "models" / name)
         assert a and a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name

@@ -200,9 +200,7 @@ def main(argv=None) -> dict:
         print(f"{store.n_images} training images ({store.n_images * store.tokens_per_image(store.blocks[0]):,} tokens "
               f"a block), {args.heldout} held-out, in {collect_s:.0f} s; {steps} steps of {prof.sae_batch}", flush=True)
         rows = sweep(store, heldout, prof, args.expansions, args.ks, steps, args.seed, device, folder)
-    result = {"argv": sys.argv, "device": str(device),
-              "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "threads": torch.get_num_threads(),
+    result = {"torch_device": str(device), "threads": torch.get_num_threads(),  # argv, device: provenance()
               "settings": {"profile": prof.name, "blocks": store.blocks, "expansions": args.expansions, "ks": args.ks,
                            "steps": steps, "batch": prof.sae_batch, "train_prompts": store.n_images,
                            "heldout_prompts": args.heldout, "dead_tokens": prof.dead_tokens, "seed": args.seed,

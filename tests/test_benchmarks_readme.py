@@ -3,12 +3,12 @@ it and benchmarks/investigations.md cite exists (issue #29)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from benchmark_script import load
 
 from repro.io import device_name, provenance
 
@@ -17,12 +17,8 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 @pytest.fixture(scope="module")
 def readme():
-    spec = importlib.util.spec_from_file_location("benchmarks_readme", BENCHMARKS / "readme.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclass looks its module up while it is built
-    spec.loader.exec_module(mod)
-    yield mod
-    del sys.modules[spec.name]
+    yield load("readme")
+    del sys.modules["benchmarks_readme"]
 
 
 def test_the_committed_readme_is_what_the_result_files_give(readme):

@@ -2,20 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmark_script import load
 
 
 @pytest.fixture(scope="module")
 def projection():
-    spec = importlib.util.spec_from_file_location("projection", ROOT / "benchmarks" / "projection.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load("projection")
 
 
 def test_the_store_path_is_the_sum_of_its_stages(projection):

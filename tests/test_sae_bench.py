@@ -1,19 +1,9 @@
 """benchmarks/sae_speed.py runs on CPU at tiny sizes and writes its JSON report."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "sae_speed.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("sae_speed", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_script import load
 
 
 def test_benchmark_runs_on_cpu_and_writes_json(tmp_path):
@@ -24,7 +14,7 @@ def test_benchmark_runs_on_cpu_and_writes_json(tmp_path):
         for impl in ("fast", "reference"):
             argv = ["--device", "cpu", "--d-model", "16", "--n-features", "64", "128", "--k", "4", "--k-aux", "8"]
             argv += ["--batch-size", "32", "--steps", "3", "--warmup", "1", "--impl", impl, "--out", str(out)]
-            report = _load().main(argv)
+            report = load("sae_speed").main(argv)
             saved = json.loads(out.read_text())
             assert saved["config"]["impl"] == impl and saved["device"] == "cpu"
             assert [r["n_features"] for r in saved["results"]] == [64, 128]

@@ -4,6 +4,7 @@ and the static twin FeaturePages carries for it (`text/html`, its code inline, n
 import json
 
 import nbformat
+import pytest
 
 from repro.features.site import FeatureSite
 from repro.notebooks import WIDGET_STATE, WIDGET_VIEW, static_widget_outputs
@@ -77,3 +78,11 @@ def test_standalone_page_reads_the_site_beside_it(tmp_path):
     state = _state_in(html)
     assert (state["src"], state["block"], state["page_size"], state["sort"]) == (".", "", 7, "dens")
     assert state["title"] == "A & B" and state["alpha"] == 0.6 and state["live"] is False
+
+
+def test_standalone_page_refuses_a_folder_that_is_not_there(tmp_path):
+    from repro.errors import ReproError
+
+    with pytest.raises(ReproError, match="no feature site at"):
+        write_standalone(tmp_path / "missing")
+    assert not (tmp_path / "missing").exists()  # nothing half-written

@@ -1,24 +1,14 @@
 """benchmarks/toy_sae_sweep.py: the sweep runs on the toy at tiny size, and its numbers mean what they say."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "toy_sae_sweep.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("toy_sae_sweep", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from benchmark_script import load
 
 
 def test_cosine_by_firing_splits_never_fired_then_quartiles_rarest_first():
-    sweep = _load()
+    sweep = load("toy_sae_sweep")
     count = torch.tensor([0, 0, 5, 1, 9, 3, 7, 2, 8, 4])  # 2 never fired, 8 fired: quartiles of 2
     cos = torch.arange(10, dtype=torch.float32) / 10
     groups = sweep.cosine_by_firing(cos, cos / 2, count, n_tokens=100)
@@ -36,7 +26,7 @@ def test_cosine_by_firing_splits_never_fired_then_quartiles_rarest_first():
 
 def test_sweep_trains_every_config_on_toy_updates_and_writes_json(tmp_path, one_thread):
     out = tmp_path / "sweep.json"
-    result = _load().main(["--device", "cpu", "--prompts", "32", "--heldout", "8", "--steps", "40",
+    result = load("toy_sae_sweep").main(["--device", "cpu", "--prompts", "32", "--heldout", "8", "--steps", "40",
                            "--expansions", "1", "2", "--ks", "4", "--out", str(out)])
     saved = json.loads(out.read_text())
     assert saved["settings"]["steps"] == 40 and saved["git_commit"] and saved["device"]

@@ -212,6 +212,8 @@ STANDALONE = """<!DOCTYPE html>
 def write_standalone(folder, title: str = "Feature pages", page_size: int = 20, sort: str = "id") -> Path:
     """`folder/index.html`: the feature pages of the site `FeatureSite.write` wrote in `folder`,
     opened with no notebook and no book (`index.html#block/feature` opens that feature)."""
+    if not Path(folder).is_dir():
+        raise ReproError(f"no feature site at {folder}: write one there first (FeatureSite.write, or 05_features)")
     state = _static_state(".", "", page_size, title, FeaturePages.alpha.default_value, sort)
     page = STANDALONE.format(title=html.escape(title), pages=static_html(state, "feature-pages"))
     return write_bytes_atomic(Path(folder) / "index.html", page.encode())

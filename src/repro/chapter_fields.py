@@ -29,7 +29,7 @@ FIELDS: dict[str, tuple[str | None, dict[str, str]]] = {
                                  "expansion": "Profile.sae_expansion", "k": "Profile.sae_k", "batch_size": "Profile.sae_batch",
                                  "steps": "Profile.sae_steps", "dead_tokens": "Profile.dead_tokens"}),
     "04_evaluate": ("EvaluateConfig", {"n_control": "Profile.control_prompts", "n_timing": "Profile.timing_prompts"}),
-    "05_features": ("FeaturesConfig", {}),
+    "05_features": ("FeaturesConfig", {"batch_size": "Profile.features_batch"}),
     "06_riebench": ("RIEBenchRun", {"edits": "Profile.riebench_edits", "per_category": "Profile.riebench_per_category",
                                     "grid": "Profile.riebench_grid", "batch_size": "Profile.riebench_batch"}),
     "07_claims": (None, {}),

@@ -220,6 +220,14 @@ def parameters(name: str, namespace: dict[str, Any]) -> SimpleNamespace:
     return SimpleNamespace(**values)
 
 
+def glue_texts(texts: dict[str, Any]) -> None:
+    """Inside a chapter: glue each {name: value} for the prose's {glue:} references, shown only there."""
+    from myst_nb import glue
+
+    for name, value in texts.items():
+        glue(name, value, display=False)
+
+
 def stage_settings(name: str, namespace: dict[str, Any]) -> tuple[Any, Any]:
     """Inside a chapter with a stage config (04, 05: `repro.chapter_fields.FIELDS`): the profile it runs
     on and its stage config, from `parameters` (lists as tuples)."""

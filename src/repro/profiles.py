@@ -85,6 +85,12 @@ class Profile:
     """Scenes per feature and window in 05's intervention-timing sweep (4-step turbo)."""
     timing_prompts: int = 16
     """Prompts of 04's intervention-timing sweep on the base model (each window x block)."""
+    features_batch: int = 16
+    """Images per generation call in 05's experiments (a GPU with the toy's small UNet fills only with many)."""
+    own_blocks: int = 0
+    """With ground truth: the toy's most ablation-sensitive blocks outside the paper's four (ranked on
+    `causal_dev_scenes` dev scenes) on which 05 also trains SAEs (`collect_prompts` scenes, the main SAEs'
+    recipe) and runs detection and causality (`repro.features.own_blocks`); 0: none."""
     riebench_sae_k: int = 160
     """TopK of the SAEs RIEBench transports (paper: 160 of 5120 features)."""
     riebench_sae_steps: int = 0
@@ -123,6 +129,8 @@ class Profile:
             check_int(name, getattr(self, name), 0, MAX_TRAIN_STEPS)
         check_int("dead_tokens", self.dead_tokens, 0, None)
         check_int("riebench_per_category", self.riebench_per_category, 0, 1_000_000, why="0 runs every edit")
+        check_int("own_blocks", self.own_blocks, 0, 64, why="0 tests the paper's blocks only")
+        check_int("features_batch", self.features_batch, 1, MAX_IMAGE_BATCH, why="images generated in one call")
         check_int("riebench_batch", self.riebench_batch, 1, MAX_IMAGE_BATCH, why="edited images generated in one call")
         check_float("sae_lr", self.sae_lr, 0.0, why="0 scales the lr to the dictionary")
 
@@ -174,6 +182,9 @@ _TOY = Profile(
     causal_dev_scenes=48,
     timing_scenes=4,
     timing_prompts=8,  # 04's early-vs-late windows: a per-image interval needs more than a handful
+    # 01: ablating down.2.1, up.0.0 or up.0.1 barely changes the toy's images; causality is also tested in
+    # the three blocks whose ablation hurts most outside the paper's four (05)
+    own_blocks=3,
     # The paper's RIEBench sparsity as a share of the dictionary (160 / 5120 = 1/32) on
     # the toy's 512 features; the same as a share of the channels (160 / 1280 = 16 / 128).
     riebench_sae_k=16,
@@ -204,6 +215,7 @@ PROFILES: dict[str, Profile] = {
         timing_scenes=16,
         timing_prompts=32,
         riebench_per_category=16,
+        features_batch=64,  # 05 generated 172 images/s on one H100 at 16 a call
         riebench_batch=64,  # 06 took 486 s on one H100 at 8 images a call (31 images/s): launch-bound
         description="the toy's models at the decisive counts of issue #27 (GPU advised: ~10 min on one H100)",
     ),

@@ -4,6 +4,7 @@
     det = detection(saes, store)                              # concept x block: SAE, random SAE, probe
     lab = labels(analyses, saes, store, seed_saes, threshold) # each feature's label and purity, vs controls
     cz = causality(pipe, saes, det, profile, ...)             # SAE features beside planted directions
+    own = own_block_experiments(pipe, profile, ...)           # the same two in the toy's own active blocks
     tm = timing(pipe, saes, det, profile, ...)                # switch-on at one step of the multi-step model
     loc = locality(pipe, saes, features, prompts, ...)        # pixel change against distance from the cell
     claims(det, cz)                                           # the interpretability and causality verdict rows
@@ -59,8 +60,6 @@ class FeaturesConfig:
     """Prompts for the per-step mean activation on the multi-step settings."""
     n_neighbours: int = 5
     """Nearest features by decoder cosine, per block."""
-    batch_size: int = 16
-    """Images per generation call."""
     seed: int = 200_000
     """Seed of the first held-out prompt or scene."""
     device: str = "auto"
@@ -222,14 +221,69 @@ def power_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([p for p in parts if len(p)], ignore_index=True)[["block", "kind", "detected", "n", "power", "lo", "hi"]]
 
 
-def causal_headlines(power: pd.DataFrame | None) -> dict[str, str]:
-    """How many (block, value) pairs each kind of direction was detected in."""
+def best_strengths(cz: pd.DataFrame) -> pd.DataFrame:
+    """Per (block, label, kind): the row of the strength with the largest paired difference vs the isotropic control."""
+    best = cz.sort_values("diff_vs_isotropic", ascending=False).groupby(["block", "label", "kind"]).head(1)
+    return best[["block", "label", "kind", "strength", "n", "joint", "joint_lo", "joint_hi", "diff_vs_isotropic",
+                 "diff_lo", "diff_hi", "p", "mde", "detected"]].sort_values(["block", "label", "kind"]).round(3)
+
+
+def causal_headlines(power: pd.DataFrame | None, prefix: str = "") -> dict[str, str]:
+    """How many (block, value) pairs each kind of direction was detected in (keys `prefix` + causal_...)."""
+    keys = [prefix + key for key in ("causal_planted", "causal_sae", "causal_shaped")]
     if power is None:
-        return {key: NOT_MEASURED for key in ("causal_planted", "causal_sae", "causal_shaped")}
+        return dict.fromkeys(keys, NOT_MEASURED)
     by_kind = power.groupby("kind")[["detected", "n"]].sum()
     return {key: f"{int(by_kind.loc[kind, 'detected'])} of {int(by_kind.loc[kind, 'n'])}" if kind in by_kind.index
-            else "none tested" for kind, key in (("planted", "causal_planted"), ("SAE feature", "causal_sae"),
-                                                 ("data-shaped random", "causal_shaped"))}
+            else "none tested" for kind, key in zip(("planted", "SAE feature", "data-shaped random"), keys)}
+
+
+@dataclass
+class OwnBlocks:
+    """05's detection and causality in the toy's own most active blocks (`repro.features.own_blocks`)."""
+
+    ranking: pd.DataFrame
+    """Every block's ablation effect on dev scenes, most harmful first, with intervals and P(top 4)."""
+    blocks: list[str]
+    saes: dict[str, TopKSAE]
+    detection: pd.DataFrame
+    """As `detection`, on held-out halves of the captured scenes."""
+    causality: pd.DataFrame
+    """As `causality`."""
+
+    def where(self) -> str:
+        return f"the toy's own most active blocks outside the paper's four ({', '.join(self.blocks)})"
+
+    def power(self) -> pd.DataFrame:
+        return power_table(self.causality)
+
+    def to_dict(self) -> dict:
+        """For the results JSON: the blocks, the ranking and the tables as records."""
+        records = lambda df: df.astype(object).where(df.notna(), None).to_dict(orient="records")  # noqa: E731
+        return {"blocks": self.blocks, "ranking": records(self.ranking.reset_index()),
+                "detection": records(self.detection), "causality": records(self.causality),
+                "causality_power": records(self.power())}
+
+
+def own_block_experiments(pipe, profile, *, seed: int, device: str = "auto", progress=None) -> OwnBlocks | None:
+    """`detection` and `causality` in the profile's `own_blocks` most ablation-sensitive blocks outside the
+    paper's four, ranked on `causal_dev_scenes` dev scenes, each with an SAE trained the main SAEs' way
+    on `collect_prompts` train-split scenes (None when the profile asks for none)."""
+    from repro.features.detection import concept_detection_table
+    from repro.features.own_blocks import capture_blocks, own_blocks, rank_blocks, train_block_saes
+    from repro.shapes.oracle import load_oracle
+
+    if not profile.own_blocks:
+        return None
+    batch = profile.features_batch
+    ranking = rank_blocks(pipe, load_oracle(), profile.turbo, n=profile.causal_dev_scenes, seed=seed, batch_size=batch)
+    blocks = own_blocks(ranking, profile.own_blocks)
+    data = capture_blocks(pipe, blocks, profile.turbo, n=profile.collect_prompts, seed=seed, batch_size=batch)
+    saes = train_block_saes(data, profile, seed=seed, device=device)
+    det = concept_detection_table(saes, data.chunks)
+    del data
+    return OwnBlocks(ranking, blocks, saes, det, causality(pipe, saes, det, profile, seed=seed, batch_size=batch,
+                                                           progress=progress))
 
 
 def timing(pipe, saes: Mapping[str, TopKSAE], det: pd.DataFrame, profile, strength: float, grid: int, seed: int,
@@ -284,8 +338,9 @@ def locality_table(curves: dict) -> pd.DataFrame:
     return pd.DataFrame(out).T
 
 
-def claims(det: pd.DataFrame, cz: pd.DataFrame | None, *, min_pos: int = 20) -> list:
-    """05's measurements of the interpretability and causality claims (`repro.claims`).
+def claims(det: pd.DataFrame, cz: pd.DataFrame | None, *, min_pos: int = 20, where: str = "") -> list:
+    """05's measurements of the interpretability and causality claims (`repro.claims`); `where`: the
+    blocks, when they are not the paper's four (named in each claim).
 
     Interpretable: per block, over concepts with >= `min_pos` positive test cells, the trained
     SAE's best F1 beats the random SAE's in more concepts than not (exact sign test, p < 0.05);
@@ -307,7 +362,8 @@ def claims(det: pd.DataFrame, cz: pd.DataFrame | None, *, min_pos: int = 20) -> 
         probe_wins += pw > pl and sign_test(pw, pl) < 0.05
     medians = f1.groupby(level=0).median()
     out = [Claim(
-        claim="SAE features are interpretable (match ground-truth concepts)", chapter="05_features",
+        claim="SAE features are interpretable (match ground-truth concepts)" + (f", in {where}" if where else ""),
+        chapter="05_features",
         measure=f"best F1 per concept (>= {min_pos} positive cells), trained SAE above an untrained one in more "
                 "concepts than not, exact sign test p < 0.05, in every block",
         result="; ".join(f"{b} median F1 {medians.loc[b, 'SAE']:.2f}, wins {w}/{w + lo} (p {p:.2g})"
@@ -328,7 +384,8 @@ def claims(det: pd.DataFrame, cz: pd.DataFrame | None, *, min_pos: int = 20) -> 
             s = sae.iloc[0]
             p = planted.iloc[0]
             out.append(Claim(
-                claim="SAE features are causal (switching one on writes its concept)", chapter="05_features",
+                claim="SAE features are causal (switching one on writes its concept)" + (f", in {where}" if where else ""),
+                chapter="05_features",
                 measure="joint success-and-preserved against an isotropic random direction of the same norm, paired "
                         "McNemar p < 0.05 at the best strength, in at least half of the (block, label) pairs",
                 result=f"SAE features detected in {int(s['detected'])} of {int(s['n'])} "

@@ -4,6 +4,7 @@ summaries, and the static files written and read back."""
 
 import numpy as np
 import pytest
+from benchmark_script import load
 import torch
 
 from repro.errors import ReproError
@@ -14,7 +15,9 @@ from repro.features.riebench_counts import RIEBenchCounts, riebench_counts, sele
 from repro.features.site import FeatureSite, read_part
 from repro.sae.config import SAEConfig
 from repro.sae.model import TopKSAE
-from synthetic_features import synthetic_blocks, synthetic_image
+
+_synthetic = load("_synthetic_features")  # shared with benchmarks/feature_pages.py
+synthetic_blocks, synthetic_image = _synthetic.synthetic_blocks, _synthetic.synthetic_image
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # its synthetic data and offline browser, shared with the tests
 
 BLOCKS = ("down.2.1", "mid.0", "up.0.0", "up.0.1")
 
@@ -32,7 +32,7 @@ BLOCKS = ("down.2.1", "mid.0", "up.0.0", "up.0.1")
 def write_site(out: Path, n_features: int, n_images: int, seed: int = 0) -> dict:
     from repro.features.site import FeatureSite
     from repro.widgets.pages import write_standalone
-    from synthetic_features import synthetic_blocks, synthetic_image
+    from _synthetic_features import synthetic_blocks, synthetic_image
 
     started = time.perf_counter()
     blocks = synthetic_blocks(BLOCKS, n_features=n_features, m=16, grid=16, n_images=n_images, sample=32,
@@ -51,12 +51,10 @@ def write_site(out: Path, n_features: int, n_images: int, seed: int = 0) -> dict
 
 
 def measure(page: Path, link: str, repeats: int = 3) -> dict:
-    from offline_browser import launch_chromium, offline_page
+    from _offline_chromium import headless_chromium, offline_page
 
-    gen = launch_chromium()
-    browser = next(gen)
     runs = []
-    try:
+    with headless_chromium() as browser:
         for _ in range(repeats):
             view = offline_page(browser, 1280, 1400)
             loaded: list[str] = []
@@ -78,8 +76,6 @@ def measure(page: Path, link: str, repeats: int = 3) -> dict:
                          "bytes_before_interaction": total, "files": len(files)})
             assert not (view.errors or view.console or view.attempted or view.missing), view
             view.context.close()
-    finally:
-        gen.close()
     return {"runs": runs, "first_render_s_median": sorted(r["first_render_s"] for r in runs)[len(runs) // 2],
             "mb_before_interaction": round(max(r["bytes_before_interaction"] for r in runs) / 1e6, 3)}
 

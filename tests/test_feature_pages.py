@@ -4,17 +4,23 @@ summaries, and the static files written and read back."""
 
 import numpy as np
 import pytest
+from benchmark_script import load
 import torch
 
 from repro.errors import ReproError
-from repro.features.distribution import HIST_EDGES, activation_distribution, hist_bin, quantile_samples, step_means
+from repro.features.analysis import _split
+from repro.features.distribution import (HIST_EDGES, ActivationDistribution, DistributionAccumulator, hist_bin,
+                                         quantile_samples, step_means)
 from repro.features.neighbours import decoder_neighbours
 from repro.features.records import NO_LABEL, BlockFeatures, causal_by_feature, feature_record
 from repro.features.riebench_counts import RIEBenchCounts, riebench_counts, selection_counts, write_riebench
 from repro.features.site import FeatureSite, read_part
 from repro.sae.config import SAEConfig
+from repro.sae.metrics import fires
 from repro.sae.model import TopKSAE
-from synthetic_features import synthetic_blocks, synthetic_image
+
+_synthetic = load("_synthetic_features")  # shared with benchmarks/feature_pages.py
+synthetic_blocks, synthetic_image = _synthetic.synthetic_blocks, _synthetic.synthetic_image
 
 
 @pytest.fixture(scope="module")
@@ -27,6 +33,23 @@ def sae_x():
 def _chunks(x, size):
     for s in range(0, len(x), size):
         yield torch.arange(s, min(s + size, len(x))), x[s:s + size]
+
+
+@torch.no_grad()
+def activation_distribution(sae: TopKSAE, chunks, sample: int = 32, seed: int = 0,
+                            max_dense_elems: int = 2 ** 25) -> ActivationDistribution:
+    """The distribution pass alone over `(image_ids [b], updates [b, H, W, C])` chunks: the plain
+    reference for `analyse_features(..., sample_per_feature=)`, which builds it inside its own pass.
+    Chunks are cut as that pass cuts them (`_split`), so the reservoir draws the same random keys."""
+    n, dev = sae.cfg.n_features, sae.device
+    acc = DistributionAccumulator(n, sample, seed, dev)
+    for chunk_ids, chunk_x in chunks:
+        for ids, x, _ in _split(chunk_ids, chunk_x, None, max_dense_elems // n):
+            b, h, w, c = x.shape
+            vals, idx = sae.encode_topk(x.reshape(-1, c).to(device=dev, dtype=sae.dtype))  # [b*h*w, k]
+            vals = vals.float() * fires(sae.cfg, vals)
+            acc.add(ids, vals, idx, torch.zeros(b * h * w, n, device=dev).scatter_(1, idx, vals), (h, w))
+    return acc.result()
 
 
 @pytest.mark.parametrize("chunk, dense", [(30, 2 ** 25), (4, 2 ** 25), (7, 32 * 9)])

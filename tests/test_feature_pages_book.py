@@ -25,10 +25,10 @@ ROOT = project_root()
 
 CELL = """\
 import sys
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {benchmarks!r})
 from repro.features.site import FeatureSite
 from repro.widgets.pages import FeaturePages
-from synthetic_features import synthetic_blocks, synthetic_image
+from _synthetic_features import synthetic_blocks, synthetic_image
 
 site = FeatureSite(synthetic_blocks(("down.2.1", "up.0.1"), n_features=40, m=4, grid=8, n_images=30, sample=8),
                    lambda i: synthetic_image(i, 48), page_size=16, thumb=48)
@@ -52,7 +52,7 @@ def _tiny_book(folder: Path) -> Path:
                                                      "chapters": [{"file": "browser"}]}))
     (folder / "index.md").write_text("# Feature browser test\n\nOne page: [the browser](browser.ipynb).\n")
     nb = nbformat.v4.new_notebook()
-    cell = CELL.format(tests=str(Path(__file__).parent))
+    cell = CELL.format(benchmarks=str(Path(__file__).parents[1] / "benchmarks"))
     nb.cells = [nbformat.v4.new_markdown_cell("# Browser"), nbformat.v4.new_code_cell(cell)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = folder / "browser.ipynb"

@@ -10,16 +10,30 @@ book/_build/screenshots/."""
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import numpy as np
-
 import pytest
+import torch
 
+from benchmark_script import load
 from offline_browser import SHOTS, launch_chromium, offline_page
+from repro.features.records import BlockFeatures
 from repro.features.riebench_counts import RIEBenchCounts
 from repro.features.site import FeatureSite
 from repro.widgets.pages import FeaturePages, write_standalone
-from synthetic_features import synthetic_blocks, synthetic_image, synthetic_riebench
+
+_synthetic = load("_synthetic_features")  # shared with benchmarks/feature_pages.py
+synthetic_blocks, synthetic_image = _synthetic.synthetic_blocks, _synthetic.synthetic_image
+
+
+def synthetic_riebench(blocks: Mapping[str, BlockFeatures], edits: int = 12, seed: int = 0) -> RIEBenchCounts:
+    """Random selection counts of two categories for `blocks`."""
+    rng = np.random.default_rng(seed)
+    cats = ("change colour", "change style")
+    counts = {b: {c: torch.from_numpy(np.minimum(rng.poisson(0.3, bf.n_features), edits)) for c in cats}
+              for b, bf in blocks.items()}
+    return RIEBenchCounts(counts=counts, edits={c: edits for c in cats}, k=32, sae="saes (synthetic)")
 
 
 @pytest.fixture(scope="module")

@@ -5,14 +5,17 @@ import json
 
 import numpy as np
 import pytest
+from benchmark_script import load
 import torch
 
 from repro.errors import ReproError
 from repro.features.interventions import region_mask
 from repro.features.site import FeatureSite
 from repro.widgets.pages import FeaturePages
-from synthetic_features import synthetic_blocks, synthetic_image
 from test_widgets import decode_image
+
+_synthetic = load("_synthetic_features")  # shared with benchmarks/feature_pages.py
+synthetic_blocks, synthetic_image = _synthetic.synthetic_blocks, _synthetic.synthetic_image
 
 BLOCK = "down.2.1"  # 4x4 positions, 64 channels in the tiny pipeline
 

@@ -43,12 +43,12 @@ def _free_port() -> int:
 CELL = """\
 import sys
 import torch
-sys.path.insert(0, {tests!r})
+sys.path.insert(0, {benchmarks!r})
 from repro.features.site import FeatureSite
 from repro.models.loading import load_pipeline
 from repro.sae import SAEConfig, TopKSAE
 from repro.widgets.pages import FeaturePages
-from synthetic_features import synthetic_blocks, synthetic_image
+from _synthetic_features import synthetic_blocks, synthetic_image
 
 torch.set_num_threads(1)
 pipe = load_pipeline("tiny-random", device="cpu")  # down.2.1: 64 channels, 4x4 positions
@@ -76,7 +76,7 @@ def _notebook(folder: Path, name: str, cell: str) -> Path:
 def lab(tmp_path_factory):
     """(base url, token) of a JupyterLab serving a folder with pages.ipynb; stopped afterwards."""
     root = tmp_path_factory.mktemp("lab")
-    _notebook(root, "pages", CELL.format(tests=str(Path(__file__).parent)))
+    _notebook(root, "pages", CELL.format(benchmarks=str(Path(__file__).parents[1] / "benchmarks")))
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     for var, sub in (("JUPYTER_CONFIG_DIR", "config"), ("JUPYTER_RUNTIME_DIR", "runtime"),

@@ -5,11 +5,14 @@ import json
 
 import nbformat
 import pytest
+from benchmark_script import load
 
 from repro.features.site import FeatureSite
 from repro.notebooks import WIDGET_STATE, WIDGET_VIEW, static_widget_outputs
 from repro.widgets.pages import FeaturePages, write_standalone
-from synthetic_features import synthetic_blocks
+
+_synthetic = load("_synthetic_features")  # shared with benchmarks/feature_pages.py
+synthetic_blocks = _synthetic.synthetic_blocks
 
 
 def _view(model_id: str, **extra) -> dict:

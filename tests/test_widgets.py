@@ -33,7 +33,6 @@ def test_state_holds_every_image_and_caption():
     assert state["mime"] == "image/png" and state["index"] == 0 and state["per_page"] == 1
     assert "export default" in state["_esm"]  # the front-end travels in the state too
     json.dumps(state)  # JSON only: nothing that needs a kernel or binary buffers
-    assert widget.n_pages == 5
 
 
 @pytest.mark.parametrize("format", ["png", "webp"])
@@ -52,7 +51,7 @@ def test_widget_images_decode_to_the_input():
 
 def test_defaults_and_pages():
     widget = Gallery(images(5), per_page=2, title="t")
-    assert widget.captions == ["1", "2", "3", "4", "5"] and widget.n_pages == 3
+    assert widget.captions == ["1", "2", "3", "4", "5"] and widget.per_page == 2
     assert widget.width == display_width(12) == 264  # small images are upscaled by an integer factor
     assert display_width(512) == 512
 

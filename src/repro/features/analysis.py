@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 
@@ -132,14 +132,6 @@ class FeatureAnalysis:
     """Density over images, activation histogram and image sample (`sample_per_feature=`), else None."""
 
 
-def _chunks_by_size(chunks, max_elems: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """Split incoming chunks so that a dense code block [b, H*W, n] stays under `max_elems`."""
-    for item in chunks:
-        ids, x = item[0], item[1]
-        concepts = item[2] if len(item) > 2 else None
-        yield from _split(ids, x, concepts, max_elems)
-
-
 def _split(ids, x, concepts, max_elems):
     per_image = x.shape[1] * x.shape[2]
     step = max(1, max_elems // per_image)
@@ -249,8 +241,8 @@ def analyse_features(
 
     Concepts are optional; give `concept_names` (length c) with them. `sample_per_feature=r`
     also builds each feature's activation distribution in the same pass
-    (`repro.features.distribution`: equal to `activation_distribution(sae, chunks, r,
-    sample_seed, max_dense_elems)`). A whole store, all blocks at once:
+    (`repro.features.distribution`; tests/test_feature_pages.py checks it against that pass
+    alone, `activation_distribution`). A whole store, all blocks at once:
     `repro.features.data.analyse_store` (each shard read once).
     """
     started = time.perf_counter()

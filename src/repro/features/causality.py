@@ -147,14 +147,6 @@ class CausalResult:
     baseline_off: int = 0
     """Scenes with the value where the unedited image already lacks it."""
 
-    def on_rate(self, strength: float) -> float:
-        row = next(r for r in self.on if r.strength == strength)
-        return row.hits / row.n if row.n else float("nan")
-
-    @property
-    def off_rate(self) -> float:
-        return self.off_hits / self.n_off if self.n_off else float("nan")
-
 
 def plain_readings(pipe, scenes: Sequence, oracle, sampling: Sampling, seed: int = 0, batch_size: int = 16) -> list[dict]:
     """Oracle readings of the unedited images of `scenes` (captions and seeds of `scene_prompts`),

@@ -2,9 +2,8 @@
 it fires, and a uniform sample of the images it fires in (the "weakly on" examples of a
 feature page).
 
-One streaming pass over `(image_ids [b], updates [b, H, W, C], ...)` chunks, as
-`analyse_features` takes - or folded into its pass (`sample_per_feature=`). Per feature f, with
-z_f zeroed where it does not fire (`repro.sae.metrics.fires`):
+Built in `analyse_features`' pass over `(image_ids [b], updates [b, H, W, C], ...)` chunks
+(`sample_per_feature=`). Per feature f, with z_f zeroed where it does not fire (`repro.sae.metrics.fires`):
 - image_count: images with at least one firing position (density over images; the
   position density is `FeatureStats.frequency`);
 - hist: firing positions counted in log-spaced activation bins shared by all features
@@ -22,7 +21,6 @@ from typing import Iterable
 
 import torch
 
-from repro.features.analysis import _chunks_by_size
 from repro.sae.metrics import fires
 from repro.sae.model import TopKSAE
 
@@ -64,7 +62,8 @@ class DistributionAccumulator:
     """The running state of a distribution pass: `add` takes one chunk's codes, `result` gives it.
 
     `analyse_features(..., sample_per_feature=r)` feeds it from its own pass over the store (one
-    read of a paper-scale store instead of two); `activation_distribution` is the same pass alone.
+    read of a paper-scale store instead of two). The same pass alone, the plain reference it is tested
+    against: `activation_distribution` in tests/test_feature_pages.py.
     """
 
     def __init__(self, n_features: int, sample: int, seed: int, device: torch.device):
@@ -113,20 +112,6 @@ class DistributionAccumulator:
                                       sample_values=self.values.masked_fill(empty, 0).cpu(), sample_maps=maps.cpu())
 
 
-@torch.no_grad()
-def activation_distribution(sae: TopKSAE, chunks: Iterable[tuple], sample: int = 32, seed: int = 0,
-                            max_dense_elems: int = 2 ** 25) -> ActivationDistribution:
-    """Stream `(image_ids [b], updates [b, H, W, C], ...)` chunks (extra items are ignored)."""
-    n, dev = sae.cfg.n_features, sae.device
-    acc = DistributionAccumulator(n, sample, seed, dev)
-    for ids, x, _ in _chunks_by_size(chunks, max_dense_elems // max(n, 1)):
-        b, h, w, c = x.shape
-        vals, idx = sae.encode_topk(x.reshape(-1, c).to(device=dev, dtype=sae.dtype))  # [b*h*w, k]
-        vals = vals.float() * fires(sae.cfg, vals)
-        acc.add(ids, vals, idx, torch.zeros(b * h * w, n, device=dev).scatter_(1, idx, vals), (h, w))
-    return acc.result()
-
-
 def quantile_samples(dist: ActivationDistribution, feature: int, bands: int = 3, per_band: int = 4,
                      exclude: Iterable[int] = ()) -> list[dict]:
     """Examples from the `bands` lower quantile bands of the feature's per-image max activation.
@@ -170,5 +155,5 @@ def step_means(sae: TopKSAE, updates: torch.Tensor, batch: int = 8192) -> torch.
     return out.float()
 
 
-__all__ = ["HIST_EDGES", "ActivationDistribution", "DistributionAccumulator", "activation_distribution", "hist_bin",
-           "quantile_samples", "step_means"]
+__all__ = ["HIST_EDGES", "ActivationDistribution", "DistributionAccumulator", "hist_bin", "quantile_samples",
+           "step_means"]

@@ -56,10 +56,6 @@ class Gallery(anywidget.AnyWidget):
             title=title, width=width or display_width(images.shape[2]), **kwargs,
         )
 
-    @property
-    def n_pages(self) -> int:
-        return max(1, math.ceil(len(self.images) / self.per_page))
-
 
 class ImageCarousel(Gallery):
     """One image at a time with its caption: `ImageCarousel(images, captions)`."""

@@ -1,9 +1,10 @@
-"""Synthetic feature pages for the tests and benchmarks/feature_pages.py: random numbers in the
-shapes the chapter produces (`synthetic_blocks`), photo-like images, RIEBench counts."""
+"""Synthetic feature pages in the shapes the chapter produces (`synthetic_blocks`: random numbers)
+and photo-like images, for benchmarks/feature_pages.py and the tests (which load this file with
+tests/benchmark_script.py: the benchmark must not import from tests/)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
@@ -13,7 +14,6 @@ import torch
 from repro.features.distribution import HIST_EDGES, ActivationDistribution
 from repro.features.neighbours import decoder_neighbours
 from repro.features.records import BlockFeatures
-from repro.features.riebench_counts import RIEBenchCounts
 
 
 def synthetic_image(image_id: int, size: int = 64) -> np.ndarray:
@@ -116,11 +116,3 @@ def synthetic_blocks(blocks=("down.2.1", "mid.0", "up.0.0", "up.0.1"), n_feature
             neighbours=nbrs[b])
     return out
 
-
-def synthetic_riebench(blocks: Mapping[str, BlockFeatures], edits: int = 12, seed: int = 0) -> RIEBenchCounts:
-    """Random selection counts of two categories for `blocks`."""
-    rng = np.random.default_rng(seed)
-    cats = ("change colour", "change style")
-    counts = {b: {c: torch.from_numpy(np.minimum(rng.poisson(0.3, bf.n_features), edits)) for c in cats}
-              for b, bf in blocks.items()}
-    return RIEBenchCounts(counts=counts, edits={c: edits for c in cats}, k=32, sae="saes (synthetic)")

@@ -58,3 +58,26 @@ def test_05s_causal_claim_without_discordant_pairs_is_undecidable_and_silent():
         causal = claims(det, cz)[1]
     assert "not estimable" in causal.positive_control and causal.power == 0.0
     assert verdict(causal)[0] == "undecidable"
+
+
+def test_05s_own_block_claims_name_their_blocks_and_headlines_take_a_prefix():
+    import pandas as pd
+
+    from repro.features.experiments import best_strengths, causal_headlines, claims, power_table
+
+    det = pd.DataFrame([{"block": "up.1.0", "concept": f"colour={c}", "detector": d, "f1": f, "n_pos": 40}
+                        for c in ("red", "blue") for d, f in (("SAE", 0.3), ("random SAE", 0.1), ("linear probe", 0.8))])
+    # the planted direction is detected at its second strength only; the SAE feature nowhere
+    cz = pd.DataFrame([{"block": "up.1.0", "label": "colour=red", "kind": kind, "family": "colour", "strength": s,
+                        "detected": kind == "planted" and s == 2.0, "diff_vs_isotropic": d if kind == "planted" else 0.0,
+                        "p": 0.01 if kind == "planted" and s == 2.0 else 1.0, "mde": 0.3, "n": 48, "joint": 0.5,
+                        "joint_lo": 0.3, "joint_hi": 0.7, "diff_lo": 0.1, "diff_hi": 0.6}
+                       for kind in ("planted", "SAE feature", "isotropic random") for s, d in ((1.0, 0.1), (2.0, 0.4))])
+    interpretable, causal = claims(det, cz, where="the toy's own blocks (up.1.0)")
+    assert interpretable.claim.endswith(", in the toy's own blocks (up.1.0)") and causal.claim.endswith("(up.1.0)")
+    assert causal.power == 1.0 and not causal.beats_control and verdict(causal)[0] == "does not reproduce"
+    best = best_strengths(cz)
+    assert best.set_index("kind").loc["planted", "strength"] == 2.0 and len(best) == 3
+    heads = causal_headlines(power_table(cz), prefix="own_")
+    assert heads == {"own_causal_planted": "1 of 1", "own_causal_sae": "0 of 1", "own_causal_shaped": "none tested"}
+    assert set(causal_headlines(None)) == {"causal_planted", "causal_sae", "causal_shaped"}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from repro.evaluate.in_loop import generate_with
-from repro.features.causality import causal_test, has_value, locality, preserved, reads_value, scene_prompts
+from repro.features.causality import causal_test, has_value, locality_curve, preserved, reads_value, scene_prompts
 from repro.features.controls import random_direction_twin, random_sae_like
 from repro.features.interventions import FeatureAdd, FeatureIcon
 from repro.generate import Sampling
@@ -151,8 +151,8 @@ def test_icon_replaces_only_the_conditional_half_under_guidance(pipe):
 
 
 def test_locality_curve_covers_every_distance(pipe):
-    curve = locality(pipe, _planted_sae(), "up.0.1", PLANTED, ["a red circle", "a cat"], [0, 1], Sampling(), grid=4,
-                     strength=2.0)
+    curve = locality_curve(pipe, _planted_sae(), "up.0.1", PLANTED, ["a red circle", "a cat"], [0, 1], Sampling(),
+                           grid=4, strengths=[2.0]).change[0].mean(axis=0)
     assert curve.ndim == 1 and len(curve) >= 3 and (curve >= 0).all() and curve.max() > 0
 
 
@@ -181,7 +181,7 @@ def test_locality_summary_knows_a_local_and_a_global_change():
     curve = LocalityCurve([0.0, 1.0, 2.0], np.stack([_change_by_distance(plain, plain, bins),
                                                      _change_by_distance(plain, local, bins),
                                                      _change_by_distance(plain, everywhere, bins)]))
-    assert curve.profiles.shape[:2] == (3, 3)
+    assert curve.change.shape[:2] == (3, 3)
     summary = curve.summary(n_boot=50)
     assert summary[0.0]["near"]["value"] == 0 and summary[0.0]["far"]["value"] == 0
     # distance 0 is the disc of radius one cell around the cell's centre: the cell is ~1/3 of it
@@ -192,17 +192,16 @@ def test_locality_summary_knows_a_local_and_a_global_change():
 
 
 def test_locality_curve_at_the_causality_strengths(pipe):
-    """One plain generation, one edited per strength; s = 0 changes nothing; the one-strength
-    `locality` is the curve's mean profile at that strength."""
-    from repro.features.causality import locality_curve
-
+    """One plain generation, one edited per strength; s = 0 changes nothing; a curve of one strength
+    is the longer curve's row at that strength."""
     prompts, seeds = ["a red circle", "a cat"], [0, 1]
     curve = locality_curve(pipe, _planted_sae(), "up.0.1", PLANTED, prompts, seeds, Sampling(), grid=4,
                            strengths=[0.0, 2.0])
-    assert curve.profiles.shape[:2] == (2, 2) and curve.profiles[0].max() == 0 and curve.profiles[1].max() > 0
-    single = locality(pipe, _planted_sae(), "up.0.1", PLANTED, prompts, seeds, Sampling(), grid=4, strength=2.0)
-    assert np.allclose(single, curve.profiles[1].mean(axis=0))
+    assert curve.change.shape[:2] == (2, 2) and curve.change[0].max() == 0 and curve.change[1].max() > 0
+    single = locality_curve(pipe, _planted_sae(), "up.0.1", PLANTED, prompts, seeds, Sampling(), grid=4, strengths=[2.0])
+    assert np.allclose(single.change[0], curve.change[1])
     assert set(curve.to_dict(n_boot=20)["summary"]) == {0.0, 2.0}
+    assert np.allclose(curve.to_dict(n_boot=0)["mean_change"], curve.change.mean(axis=1))
 
 
 def test_timing_acts_only_at_the_listed_steps(pipe):

@@ -260,17 +260,6 @@ def _change_by_distance(plain: np.ndarray, edited: np.ndarray, bins: np.ndarray)
     return np.stack([change[:, bins == d].mean(axis=1) for d in range(bins.max() + 1)], axis=1)
 
 
-def locality(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str], seeds: Sequence[int],
-             sampling: Sampling, grid: int, cell: tuple[int, int] | None = None, strength: float = 1.0,
-             batch_size: int = 16) -> np.ndarray:
-    """Mean absolute pixel change (0..1) against distance from `cell` in grid cells: [max_dist + 1].
-
-    The feature is added (strength * mean_f * W_dec[:, f]) at one cell (default: the centre) only.
-    """
-    curve = locality_curve(pipe, sae, block, feature, prompts, seeds, sampling, grid, [strength], cell, batch_size)
-    return curve.profiles[0].mean(axis=0)
-
-
 @dataclass
 class LocalityCurve:
     """Pixel change against distance from one edited cell, at several strengths, per image.
@@ -281,7 +270,7 @@ class LocalityCurve:
     much as the cell). Each with a 95% bootstrap interval over the images."""
 
     strengths: list[float]
-    profiles: np.ndarray
+    change: np.ndarray
     """[S, N, D] mean |pixel change| (0..1) of image n at distance d (grid cells) at strength s."""
     far_from: int = 2
 
@@ -290,7 +279,7 @@ class LocalityCurve:
         from repro.intervals import bootstrap
 
         out = {}
-        for s, prof in zip(self.strengths, self.profiles):  # prof [N, D]
+        for s, prof in zip(self.strengths, self.change):  # prof [N, D]
             stats = {"near": lambda p: float(p[:, 0].mean()),
                      "far": lambda p: float(p[:, self.far_from:].mean()),
                      "spread": lambda p: float(p[:, self.far_from:].mean() / max(p[:, 0].mean(), 1e-12))}
@@ -303,7 +292,7 @@ class LocalityCurve:
 
     def to_dict(self, n_boot: int = 1000) -> dict:
         return {"strengths": self.strengths, "far_from": self.far_from,
-                "mean_profile": self.profiles.mean(axis=1).tolist(), "summary": self.summary(n_boot)}
+                "mean_change": self.change.mean(axis=1).tolist(), "summary": self.summary(n_boot)}
 
 
 def locality_curve(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequence[str], seeds: Sequence[int],
@@ -318,7 +307,7 @@ def locality_curve(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequen
     if plain is None:
         plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size)
     bins = _distance_bins(plain.shape[1], plain.shape[2], grid, cell)
-    profiles = [_change_by_distance(plain, generate_with(pipe, prompts, seeds, sampling,
-                                                         {block: painting_edit(sae, feature, s, mask)}, batch_size), bins)
-                for s in strengths]
-    return LocalityCurve([float(s) for s in strengths], np.stack(profiles), far_from=far_from)
+    change = [_change_by_distance(plain, generate_with(pipe, prompts, seeds, sampling,
+                                                       {block: painting_edit(sae, feature, s, mask)}, batch_size), bins)
+              for s in strengths]
+    return LocalityCurve([float(s) for s in strengths], np.stack(change), far_from=far_from)

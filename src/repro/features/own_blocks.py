@@ -17,7 +17,7 @@ The chosen blocks, the data and the SAEs never see the held-out test scenes the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
 import pandas as pd
@@ -59,6 +59,8 @@ class BlockData:
     updates: dict[str, torch.Tensor]
     """block -> [N, H, W, C] (the UNet's dtype; one step, the conditional half under guidance)."""
     scenes: list
+    labels: dict[int, torch.Tensor] = field(default_factory=dict)
+    """grid -> int8 [N, c, grid, grid] concept labels of the scenes (`scene_concepts`), drawn once per grid."""
 
     def chunks(self, block: str, size: int = 256, concepts: bool = True) -> Iterator[tuple]:
         """(image_ids [b], updates [b, H, W, C] float32[, labels int8 [b, c, H, W]]) as
@@ -66,10 +68,13 @@ class BlockData:
         from repro.features.toy_concepts import scene_concepts
 
         x = self.updates[block]
+        grid = x.shape[1]
+        if concepts and grid not in self.labels:
+            self.labels[grid] = scene_concepts(self.scenes, grid)
         for start in range(0, x.shape[0], size):
             stop = min(start + size, x.shape[0])
             ids, chunk = torch.arange(start, stop), x[start:stop].float()
-            yield (ids, chunk, scene_concepts(self.scenes[start:stop], x.shape[1])) if concepts else (ids, chunk)
+            yield (ids, chunk, self.labels[grid][start:stop]) if concepts else (ids, chunk)
 
 
 def capture_blocks(pipe, blocks: Sequence[str], sampling: Sampling, *, n: int, seed: int,
@@ -79,10 +84,10 @@ def capture_blocks(pipe, blocks: Sequence[str], sampling: Sampling, *, n: int, s
     from repro.features.causality import scene_prompts
     from repro.features.planted import dev_scenes
 
-    scenes = dev_scenes(n, seed=seed)
-    prompts, seeds = scene_prompts(scenes, seed)
     from repro.evaluate.capture import capture_eval_updates
 
+    scenes = dev_scenes(n, seed=seed)
+    prompts, seeds = scene_prompts(scenes, seed)
     captured = capture_eval_updates(pipe, prompts, seeds, sampling, list(blocks), batch_size)
     half = "cond" if sampling.cfg else "all"
     return BlockData({b: captured[b][half][0] for b in blocks}, scenes)

@@ -8,12 +8,10 @@ needs too: the two share the GIL, and on an H200 the GPU then waits for the host
     graphed = UNetGraph(unet, blocks=["down.2.1", "up.0.1"])
     pred, updates = graphed(sample, t, embeds, added)   # updates {block: [B, C, H, W]}
 
-A block's update is its output minus its input (as `repro.hooks` records it), computed
-inside the graph. The first `warmup` calls run eagerly (what capture needs: cuDNN/cuBLAS
-and the allocator warmed), the next one is captured, every later one copies its inputs
-into the captured ones and replays. Inputs of another shape or dtype run eagerly, as does
-everything off CUDA. The outputs of a replay live in graph memory that the next replay
-overwrites: copy what you keep before the next call (in stream order, no host sync needed).
+A block's update is its output minus its input (as `repro.hooks` records it), computed inside
+the graph. The first `warmup` calls run eagerly, the next is captured, later ones replay
+(`repro.cuda_graph`); inputs of another shape or dtype, and all off CUDA, run eagerly. The next
+replay overwrites a replay's outputs: copy what you keep before then (in stream order, no sync).
 
 Only a UNet without other forward hooks may be replayed (a hook would run at capture
 only): `unhooked` checks that, and `DirectSampler` runs eagerly otherwise.
@@ -26,16 +24,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from repro.cuda_graph import GraphedCall, side_stream
 from repro.hooks import block_hooks
 
 
 def unhooked(unet: nn.Module) -> bool:
     """Whether no module of `unet` has a forward (pre-)hook: only then is a replay the same call."""
     return not any(m._forward_hooks or m._forward_pre_hooks for m in unet.modules())
-
-
-def _signature(tensors: Sequence[torch.Tensor | None]) -> tuple:
-    return tuple(None if t is None else (tuple(t.shape), t.dtype, t.device) for t in tensors)
 
 
 class UNetGraph:
@@ -48,10 +43,7 @@ class UNetGraph:
         self.eager_calls = 0
         self.replays = 0
         self.stream: torch.cuda.Stream | None = None  # warm-up and capture run on it
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.key: tuple | None = None  # input signature of the captured call
-        self.inputs: list[torch.Tensor | None] = []  # the captured inputs, refilled each replay
-        self.outputs: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        self.graph: GraphedCall | None = None  # inputs -> (prediction, updates), refilled / rewritten each replay
 
     def _forward(self, sample, t, embeds, text_embeds, time_ids, timestep_cond):
         """One eager UNet call -> (noise prediction, {block: output - input})."""
@@ -80,34 +72,17 @@ class UNetGraph:
                  timestep_cond: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """sample [B, 4, h, w], t [] or [B], embeds [B, 77, D], added {text_embeds [B, P], time_ids [B, 6]}
         -> (prediction [B, 4, h, w], {block: [B, C, H, W]})."""
-        args = [sample, t, embeds, added["text_embeds"], added["time_ids"], timestep_cond]
-        key = _signature(args)
-        if sample.device.type != "cuda" or (self.key is not None and key != self.key):
-            return self._forward(*args)
+        args = dict(sample=sample, t=t, embeds=embeds, text_embeds=added["text_embeds"], time_ids=added["time_ids"],
+                    timestep_cond=timestep_cond)
+        if sample.device.type != "cuda" or (self.graph is not None and not self.graph.fits(args)):
+            return self._forward(**args)
         if self.graph is None:
-            current = torch.cuda.current_stream(sample.device)
             self.stream = self.stream or torch.cuda.Stream(device=sample.device)
-            self.stream.wait_stream(current)
-            if self.eager_calls < self.warmup:  # on the capture stream, as capture needs (torch docs)
-                self.eager_calls += 1
-                with torch.cuda.stream(self.stream):
-                    out = self._forward(*args)
-                current.wait_stream(self.stream)
-                return out
-            self._capture(args, key)
-            current.wait_stream(self.stream)
-        for static, new in zip(self.inputs, args):
-            if static is not None:
-                static.copy_(new)
-        self.graph.replay()
+            with side_stream(self.stream, sample.device):  # warm-up and capture, as capture needs (torch docs)
+                if self.eager_calls < self.warmup:
+                    self.eager_calls += 1
+                    return self._forward(**args)
+                # thread_local: other threads (the next batch's text towers, SAE steps) go on launching meanwhile
+                self.graph = GraphedCall(self._forward, args, stream=self.stream, capture_error_mode="thread_local")
         self.replays += 1
-        return self.outputs
-
-    def _capture(self, args: list, key: tuple) -> None:
-        with torch.cuda.stream(self.stream):
-            self.inputs = [None if a is None else a.clone() for a in args]
-        graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads (the next batch's text towers, SAE steps) go on launching meanwhile
-        with torch.cuda.graph(graph, stream=self.stream, capture_error_mode="thread_local"):
-            self.outputs = self._forward(*self.inputs)
-        self.graph, self.key = graph, key
+        return self.graph(args)

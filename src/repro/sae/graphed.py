@@ -19,17 +19,16 @@ among those with counter_s + 2B > threshold. Each replay counts these into pinne
 host reads step s's count before launching step s + 2, when step s has long finished. A C that
 changes by more than its rounding captures another graph (kept, one per C).
 
-The first `warmup` calls run eagerly on a side stream (what capture needs: cuBLAS and the
-allocator warmed), the next one is captured; every later call copies x into the captured
-input and replays. A batch of another shape, a CPU device, or `impl="fast"` fall back to the
-eager `train_step`. The `LossOutput` tensors of a replay are overwritten by the next one:
-read or accumulate them (on the GPU, in stream order) before the next call.
+The first `warmup` calls run eagerly, the next is captured, later ones replay (`repro.cuda_graph`).
+A batch of another shape, a CPU device, or `impl="fast"` run the eager `train_step`. A replay's
+`LossOutput` is overwritten by the next one: read or accumulate it (in stream order) before then.
 """
 
 from __future__ import annotations
 
 import torch
 
+from repro.cuda_graph import GraphedCall, side_stream
 from repro.errors import ReproError
 from repro.sae.fused import slot_capacity
 from repro.sae.losses import LossOutput
@@ -124,7 +123,7 @@ class GraphedStep:
         self.slotted = impl == "fused" and cfg.k_aux > 0 and cfg.auxk_coef > 0  # AuxK over C slots
         self.eager_steps = 0
         self.captures = 0
-        self.graphs: dict[int | None, tuple[torch.cuda.CUDAGraph, LossOutput]] = {}  # by AuxK slots C
+        self.graphs: dict[int | None, GraphedCall] = {}  # by AuxK slots C; each returns its LossOutput
         self.capacity: int | None = None  # the C of the graph last replayed
         self.bound: DeadBound | None = None
         self.forced_dead: int | None = None  # force_dead's count
@@ -134,7 +133,7 @@ class GraphedStep:
     @property
     def graph(self) -> torch.cuda.CUDAGraph | None:
         """The graph last replayed (None before the first capture)."""
-        return self.graphs[self.capacity][0] if self.capacity in self.graphs else None
+        return self.graphs[self.capacity].graph if self.capacity in self.graphs else None
 
     def __call__(self, x: torch.Tensor) -> LossOutput:
         if not self.enabled or (self.x is not None and x.shape != self.x.shape):
@@ -142,7 +141,9 @@ class GraphedStep:
                 self.bound.reset()  # another batch size moves the counters by other than B
             return self._eager(x)
         if not self.graphs and self.eager_steps < self.warmup:
-            return self._warm(x)
+            self.eager_steps += 1
+            with side_stream(device=x.device):  # an eager step, as capture asks of the steps before it
+                return self._eager(x)
         if self.x is None:
             self.x = x.detach().float().clone()
             self.bound = DeadBound(self.sae, x.shape[0]) if self.slotted and self.force_dead is None else None
@@ -150,10 +151,8 @@ class GraphedStep:
             self.x.copy_(x, non_blocking=True)
         capacity = self._slots()
         if capacity not in self.graphs:
-            self._capture(capacity)  # the captured run is this step's update
-        else:
-            self.graphs[capacity][0].replay()
-        self.capacity, self.out = capacity, self.graphs[capacity][1]
+            self._capture(capacity)
+        self.capacity, self.out = capacity, self.graphs[capacity]()  # the first replay is the captured step's run
         if self.bound is not None:
             self.bound.sent()
         return self.out
@@ -173,45 +172,32 @@ class GraphedStep:
             return self.capacity
         return need
 
-    def _step(self, x: torch.Tensor) -> LossOutput:
+    def _eager(self, x: torch.Tensor) -> LossOutput:
+        self.opt.zero_grad(set_to_none=True)  # after a replay the grads still hold its values
         return train_step(self.sae, self.opt, x, impl=self.impl, compute_dtype=self.cdt, force_dead=self.force_dead,
                           loss_kw=self.loss_kw)
 
-    def _eager(self, x: torch.Tensor) -> LossOutput:
-        self.opt.zero_grad(set_to_none=True)  # after a replay the grads still hold its values
-        return self._step(x)
-
-    def _warm(self, x: torch.Tensor) -> LossOutput:
-        """An eager step on a side stream, as capture asks of the steps before it."""
-        side = torch.cuda.Stream(device=x.device)
-        side.wait_stream(torch.cuda.current_stream(x.device))
-        with torch.cuda.stream(side):
-            out = self._eager(x)
-        torch.cuda.current_stream(x.device).wait_stream(side)
-        self.eager_steps += 1
-        return out
-
     def _capture(self, capacity: int | None) -> None:
-        """Capture the step with `capacity` AuxK slots from `self.x`, then run it (capture does not)."""
+        """Capture the step with `capacity` AuxK slots from `self.x` (it runs at the graph's first replay)."""
         if len(self.graphs) >= self.MAX_GRAPHS:
             self.graphs.pop(next(iter(self.graphs)))  # the oldest
         self.opt.zero_grad(set_to_none=True)  # backward then allocates the grads from the graph's pool
-        graph = torch.cuda.CUDAGraph()
         kw = {**self.loss_kw, **({"aux_capacity": capacity} if capacity is not None else {})}
-        # thread_local: a generating thread (StreamSource(prefetch=1)) may allocate or wait meanwhile
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+
+        def step() -> LossOutput:  # apply_update without its zero_grad: the grads must stay where the graph wrote them
             out = loss_fn(self.impl)(self.sae, self.x, compute_dtype=self.cdt, force_dead=self.force_dead, **kw)
             out.loss.backward()
-            # apply_update without its zero_grad: the captured grads must stay where the graph wrote them
             self.sae.remove_parallel_grad_()
             self.opt.step()
             self.sae.normalize_decoder_()
             self.sae.update_fire_counters_(out.fired, self.x.shape[0])
             if self.bound is not None:
                 self.bound.record(out.overflow)
-        self.graphs[capacity] = (graph, out)
+            return out
+
+        # thread_local: a generating thread (StreamSource(prefetch=1)) may allocate or wait meanwhile
+        self.graphs[capacity] = GraphedCall(step, capture_error_mode="thread_local")
         self.captures += 1
-        graph.replay()  # capture records without running: this is the step's update
 
 
 __all__ = ["CAPTURABLE_IMPLS", "DeadBound", "GraphedStep", "graph_capturable"]

@@ -22,6 +22,8 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from repro.cuda_graph import GraphedCall, side_stream
+
 ACCELS = ("auto", "eager", "graph", "compile")
 WARMUP_STEPS = 3  # eager steps on a side stream before capture (cuBLAS/cuDNN handles, autotuning)
 
@@ -77,38 +79,29 @@ class TrainStep:
         self.params, self.opt, self.grad_clip, self.mode = params, opt, grad_clip, mode
         self.grad_sync = grad_sync
         self.calls = 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.update_graph: torch.cuda.CUDAGraph | None = None  # clip + AdamW, when grad_sync splits the step
-        self.static: dict[str, torch.Tensor] = {}
-        self.static_loss: torch.Tensor | None = None
+        self.graph: GraphedCall | None = None  # batch -> loss, gradients (and the update without grad_sync)
+        self.update_graph: GraphedCall | None = None  # clip + AdamW, when grad_sync splits the step
 
     def _update(self) -> None:
         if self.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip, foreach=True)
         self.opt.step()
 
-    def _eager(self, batch: dict) -> torch.Tensor:
-        self.opt.zero_grad(set_to_none=True)
+    def _loss_and_grads(self, batch: dict) -> torch.Tensor:
+        """Loss and backward, and the update too unless grad_sync runs first: the step's first graph."""
         loss = self.loss_fn(batch)
         loss.backward()
+        if self.grad_sync is None:
+            self._update()
+        return loss
+
+    def _eager(self, batch: dict) -> torch.Tensor:
+        self.opt.zero_grad(set_to_none=True)
+        loss = self._loss_and_grads(batch)
         if self.grad_sync is not None:
             self.grad_sync(self.params)
-        self._update()
+            self._update()
         return loss.detach()
-
-    def _capture(self) -> None:
-        self.opt.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.static_loss = self.loss_fn(self.static)
-            self.static_loss.backward()
-            if self.grad_sync is None:
-                self._update()
-        if self.grad_sync is not None:
-            # the gradients are the first graph's outputs; the update graph reads them from the same pool
-            self.update_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.update_graph, pool=self.graph.pool()):
-                self._update()
 
     def __call__(self, batch: dict, lr: float) -> torch.Tensor:
         set_lr(self.opt, lr)
@@ -116,19 +109,15 @@ class TrainStep:
         if self.mode != "graph":
             return self._eager(batch)
         if self.calls <= WARMUP_STEPS:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                loss = self._eager(batch)
-            torch.cuda.current_stream().wait_stream(side)
-            return loss
+            with side_stream():
+                return self._eager(batch)
         if self.graph is None:
-            self.static = {k: v.clone() for k, v in batch.items()}
-            self._capture()
-        for k, v in batch.items():
-            self.static[k].copy_(v, non_blocking=True)
-        self.graph.replay()
+            self.opt.zero_grad(set_to_none=True)
+            self.graph = GraphedCall(lambda **static: self._loss_and_grads(static), batch)
+            if self.grad_sync is not None:  # the update graph reads the first graph's outputs, the grads, from its pool
+                self.update_graph = GraphedCall(self._update, pool=self.graph.graph.pool())
+        loss = self.graph(batch)
         if self.update_graph is not None:
             self.grad_sync(self.params)
-            self.update_graph.replay()
-        return self.static_loss.detach().clone()  # the graph overwrites static_loss on the next replay
+            self.update_graph()
+        return loss.detach().clone()  # the graph overwrites its loss on the next replay

@@ -15,9 +15,12 @@ OUTDIR/paper_profile.json, so a run cut short keeps what it measured.
 #17 asks `04_evaluate` to finish at its defaults within 10 minutes and 32 GB of host memory);
 `--skip-done` leaves out chapters that OUTDIR/paper_profile.json already records as ok (a
 second device call resumes). Every chapter's host memory is also measured from outside:
-the peak of the kernel's RSS sampled every 0.2 s (`peak_rss_sampled_gib`, kept even when the
+the peak of the kernel's memory sampled every 0.2 s (`peak_rss_sampled_gib`, kept even when the
 chapter is killed by a time limit: SIGTERM stops the kernel and records the chapter as
-timed out) and, once the kernel has exited, its `ru_maxrss` (`peak_rss_children_gib`).
+timed out) and, once the kernel has exited, its `ru_maxrss` (`peak_rss_children_gib`). The
+sample sums the proportional set size (PSS) of the kernel and its children where Linux gives it:
+forked workers (ShapesWorld's renderer) share the kernel's pages, and summing their RSS counted
+those pages once per worker (55 GiB for a 05 whose kernel held ~4 GiB).
 
 `report` turns one or more such files into the markdown table, with the full-scale
 projection (1.5M prompts, 93,750 SAE steps of 4096 tokens) computed from the rates.
@@ -75,11 +78,20 @@ class _RssSampler(threading.Thread):
             total = 0
             for child in me.children(recursive=True):
                 try:
-                    total += child.memory_info().rss
-                except psutil.Error:
+                    total += _pss(child.pid) or child.memory_info().rss
+                except (psutil.Error, OSError):
                     pass
             self.peak = max(self.peak, total)
             self.stop.wait(self.period)
+
+
+def _pss(pid: int) -> int | None:
+    """Proportional set size of `pid` in bytes (shared pages split among their users), None off Linux."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+    except (OSError, StopIteration):
+        return None
 
 
 def _kill_children() -> None:

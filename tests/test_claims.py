@@ -81,3 +81,17 @@ def test_05s_own_block_claims_name_their_blocks_and_headlines_take_a_prefix():
     heads = causal_headlines(power_table(cz), prefix="own_")
     assert heads == {"own_causal_planted": "1 of 1", "own_causal_sae": "0 of 1", "own_causal_shaped": "none tested"}
     assert set(causal_headlines(None)) == {"causal_planted", "causal_sae", "causal_shaped"}
+
+
+def test_records_turn_nan_into_null_and_keep_the_rest():
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from repro.results import records
+
+    df = pd.DataFrame({"x": [1.5, np.nan], "name": ["a", None], "n": [1, 2], "ok": [True, False]})
+    assert json.dumps(records(df)) == ('[{"x": 1.5, "name": "a", "n": 1, "ok": true}, '
+                                       '{"x": null, "name": null, "n": 2, "ok": false}]')
+    assert records(None) == []

@@ -9,6 +9,13 @@ from repro.io import provenance, write_json_atomic
 from repro.paths import results_dir
 
 
+def records(frame) -> list[dict]:
+    """A table as JSON-ready records (NaN -> None) for results/*.json; None -> []."""
+    if frame is None:
+        return []
+    return frame.astype(object).where(frame.notna(), None).to_dict(orient="records")
+
+
 def write_results(notebook: str, numbers: dict[str, Any], folder: str | Path | None = None, **context: Any) -> Path:
     """Write `{"notebook", "numbers", "context", "provenance"}` atomically; returns the path.
 

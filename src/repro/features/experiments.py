@@ -259,7 +259,8 @@ class OwnBlocks:
 
     def to_dict(self) -> dict:
         """For the results JSON: the blocks, the ranking and the tables as records."""
-        records = lambda df: df.astype(object).where(df.notna(), None).to_dict(orient="records")  # noqa: E731
+        from repro.results import records
+
         return {"blocks": self.blocks, "ranking": records(self.ranking.reset_index()),
                 "detection": records(self.detection), "causality": records(self.causality),
                 "causality_power": records(self.power())}

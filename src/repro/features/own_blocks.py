@@ -81,10 +81,9 @@ def capture_blocks(pipe, blocks: Sequence[str], sampling: Sampling, *, n: int, s
                    batch_size: int = 16) -> BlockData:
     """`blocks`' updates at the first step while generating `n` train-split scenes (captions and
     seeds as the causality tests make them)."""
+    from repro.evaluate.capture import capture_eval_updates
     from repro.features.causality import scene_prompts
     from repro.features.planted import dev_scenes
-
-    from repro.evaluate.capture import capture_eval_updates
 
     scenes = dev_scenes(n, seed=seed)
     prompts, seeds = scene_prompts(scenes, seed)
@@ -98,17 +97,16 @@ def train_block_saes(data: BlockData, profile, *, seed: int, device: str = "auto
     shuffled tokens at `sae_lr`, with per-feature statistics (mean activation: the painting rule's
     mean_f) from one pass over the data."""
     from repro.features.analysis import analyse_features
-    from repro.sae.config import SAEConfig, TrainConfig
+    from repro.sae.config import TrainConfig
+    from repro.sae.sets import block_sae
     from repro.sae.sources import TensorSource
     from repro.sae.train import train_saes
 
     saes = {}
     for i, (block, x) in enumerate(data.updates.items()):
         C = x.shape[-1]
-        n_features = profile.sae_expansion * C
-        cfg = SAEConfig(d_model=C, n_features=n_features, k=profile.sae_k, k_aux=min(256, n_features),
-                        dead_tokens_threshold=profile.dead_tokens)
-        saes[block] = TopKSAE(cfg, seed=seed + i)
+        saes[block] = block_sae(C, k=profile.sae_k, expansion=profile.sae_expansion, dead_tokens=profile.dead_tokens,
+                                seed=seed + i)
         tokens = x.reshape(-1, C)
         train_saes({block: saes[block]}, TensorSource({block: tokens}, batch_size=min(profile.sae_batch, len(tokens)),
                                                       seed=seed + i),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 
 from repro.errors import ReproError
 from repro.intervals import paired_difference, rate
@@ -133,11 +132,6 @@ def paired_comparisons(df, chosen, test_ids: Sequence[str], reference: str = "tr
                      "other_rate": float(y.mean()) if len(y) else math.nan,
                      "diff": d["diff"], "lo": d["lo"], "hi": d["hi"], "p": d["p"], "b": d["b"], "c": d["c"]})
     return pd.DataFrame(rows)
-
-
-def records(frame) -> list[dict]:
-    """A table as JSON-ready records (NaN -> None) for results/*.json."""
-    return frame.replace({np.nan: None}).to_dict(orient="records")
 
 
 def claims(paired, margin: float = 0.10) -> list:

@@ -74,24 +74,26 @@ def profile_saes(profile, saes: str | os.PathLike = "", seed_saes: str | os.Path
     return load_block_saes(saes or root / "saes", device), load_block_saes(seed_root, device) if seed_root else {}
 
 
+def block_sae(d_model: int, *, k: int, expansion: int, dead_tokens: int, seed: int, k_aux: int = 256) -> TopKSAE:
+    """A fresh TopKSAE of expansion x d_model features for one block; k_aux (AuxK's dead latents, the paper's
+    256) is capped at n_features: small toy blocks have fewer. The init seed is saved in cfg.json."""
+    n = expansion * d_model
+    cfg = SAEConfig(d_model=d_model, n_features=n, k=k, k_aux=min(k_aux, n), dead_tokens_threshold=dead_tokens)
+    sae = TopKSAE(cfg, seed=seed)
+    sae.metadata["init_seed"] = seed
+    return sae
+
+
 def build_block_saes(store, *, k: int, expansion: int, dead_tokens: int, seed: int = 0,
                      blocks: Sequence[str] | None = None, k_aux: int = 256) -> dict[str, TopKSAE]:
-    """{block: fresh TopKSAE} for `blocks` of `store` (default: all), n_features = expansion x C.
-
-    k_aux (AuxK's dead latents, the paper's 256) is capped at n_features: small toy blocks have fewer.
+    """{block: fresh `block_sae`} for `blocks` of `store` (default: all), n_features = expansion x C.
 
     Block i of the store (in its own order, whichever subset is asked for) is seeded with
     `seed + i`.
     """
     chosen = list(store.blocks) if blocks is None else [store.block_name(b) for b in blocks]
-    saes = {}
-    for block in chosen:
-        C = store.block_shape(block)[2]
-        n = expansion * C
-        cfg = SAEConfig(d_model=C, n_features=n, k=k, k_aux=min(k_aux, n), dead_tokens_threshold=dead_tokens)
-        saes[block] = TopKSAE(cfg, seed=seed + store.blocks.index(block))
-        saes[block].metadata["init_seed"] = seed + store.blocks.index(block)  # saved in cfg.json
-    return saes
+    return {block: block_sae(store.block_shape(block)[2], k=k, expansion=expansion, dead_tokens=dead_tokens,
+                             seed=seed + store.blocks.index(block), k_aux=k_aux) for block in chosen}
 
 
 def _is_sae(folder: Path) -> bool:

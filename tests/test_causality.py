@@ -199,7 +199,8 @@ def test_locality_curve_at_the_causality_strengths(pipe):
                            strengths=[0.0, 2.0])
     assert curve.change.shape[:2] == (2, 2) and curve.change[0].max() == 0 and curve.change[1].max() > 0
     single = locality_curve(pipe, _planted_sae(), "up.0.1", PLANTED, prompts, seeds, Sampling(), grid=4, strengths=[2.0])
-    assert np.allclose(single.change[0], curve.change[1])
+    # the same images up to uint8 rounding: a batch of other variants beside them may round a pixel apart
+    assert np.allclose(single.change[0], curve.change[1], atol=1e-4)
     assert set(curve.to_dict(n_boot=20)["summary"]) == {0.0, 2.0}
     assert np.allclose(curve.to_dict(n_boot=0)["mean_change"], curve.change.mean(axis=1))
 

@@ -112,3 +112,59 @@ def test_bad_mask_size_is_an_error(tiny_pipe):
         with intervene(tiny_pipe.unet, {"mid.0": Ablate(mask=torch.ones(8, 8))}):
             generate(tiny_pipe, PROMPTS[:1], SEEDS[:1])
     assert _hooks_left(tiny_pipe) == 0
+
+
+def test_batch_pieces_lay_groups_end_to_end_and_cut_batches():
+    from repro.hooks import batch_pieces
+
+    got = list(batch_pieces([3, 2, 4], 4))
+    assert got == [[(0, 3, 0, slice(0, 3)), (3, 4, 1, slice(0, 1))],
+                   [(0, 1, 1, slice(1, 2)), (1, 4, 2, slice(0, 3))],
+                   [(0, 1, 2, slice(3, 4))]]
+    assert list(batch_pieces([2, 0, 1], 8)) == [[(0, 2, 0, slice(0, 2)), (2, 3, 2, slice(0, 1))]]
+    assert list(batch_pieces([], 4)) == []
+
+
+def test_row_segments_edit_their_rows_only_and_respect_steps():
+    """by_rows on a [6, C, H, W] update equals each range's edits applied alone; rows of no piece and
+    pieces without edits are untouched; an edit outside its steps does nothing."""
+    from repro.hooks import by_rows
+
+    update = torch.randn(6, 3, 2, 2)
+    d1, d2 = torch.randn(3), torch.randn(3)
+    pieces = [(0, 2, {"b": Add(direction=d1, strength=2.0)}), (2, 3, {}),
+              (3, 6, {"b": [Add(direction=d2, mask=torch.tensor([[1.0, 0.0], [0.0, 0.0]])), Scale(factor=3.0, steps=[1])]})]
+    edits = by_rows(pieces)
+    assert list(edits) == ["b"] and len(edits["b"]) == 1
+    seg = edits["b"][0]
+    assert seg.active(0)
+    out = seg.apply(update, 0, "all")
+    torch.testing.assert_close(out[:2], update[:2] + 2.0 * d1[:, None, None])
+    torch.testing.assert_close(out[2], update[2])
+    expected = update[3:].clone()
+    expected[:, :, 0, 0] += d2
+    torch.testing.assert_close(out[3:], expected)
+    torch.testing.assert_close(seg.apply(update, 1, "all")[3:], 3.0 * expected)  # the scale acts at step 1 only
+    one = {"b": Add(direction=d1)}
+    assert by_rows([(0, 6, one)]) == {"b": [one["b"]]}  # one piece: its own edits, unwrapped
+
+
+@pytest.mark.parametrize("guidance", [0.0, 3.0])
+def test_variants_side_by_side_equal_separate_generations(tiny_pipe, guidance):
+    """generate_variants with batches cutting across variants (3 prompts, 4 images a call), per-image
+    masks and a step window equals generate_with per variant, up to uint8 rounding; edits changed the images."""
+    from repro.evaluate.in_loop import generate_variants, generate_with
+
+    sampling = Sampling(steps=2, guidance=guidance)
+    prompts, seeds = ["a red circle", "a blue square", "a green star"], [1, 2, 3]
+    masks = torch.zeros(3, 8, 8)
+    masks[0, :4], masks[1, :, :4], masks[2, 2:6, 2:6] = 1, 1, 1
+    variants = [None, {"down.1.0": Add(direction=torch.randn(64), strength=20.0, mask=masks, steps=[0])},
+                {"up.0.1": Ablate(), "mid.0": Scale(factor=0.0)}]
+    together = generate_variants(tiny_pipe, prompts, seeds, sampling, variants, batch_size=4)
+    assert [im.shape for im in together] == [(3, 64, 64, 3)] * 3
+    for edits, images in zip(variants, together):
+        alone = generate_with(tiny_pipe, prompts, seeds, sampling, edits, batch_size=3)
+        assert np.abs(alone.astype(int) - images).max() <= 1
+    assert all(np.abs(together[0].astype(int) - im).max() > 8 for im in together[1:])
+    assert _hooks_left(tiny_pipe) == 0

@@ -79,7 +79,8 @@ def test_run_benchmark_skips_bad_edits_and_continues(tiny_pipe, tmp_path):
     counts = category_block_table(df, "n_selected")
     assert set(counts.columns) == set(BLOCKS) and set(counts.index) == {"change_colour", "change_style"}
     assert category_block_table(df, "pixel_outside").shape == (1, 4)  # style: nothing lies outside (NaN)
-    assert (good[good["method"] == "per_block"]["batch"] == 4).all()  # the four per-block runs share one batch
+    edited = good[~good["method"].isin(["source", "target"])]
+    assert len(edited) == 7 and (edited["batch"] == 7).all()  # every method's settings of the edit share one batch
     out = res.save_jsonl(tmp_path / "r.jsonl")
     lines = out.read_text().splitlines()
     assert "settings" in json.loads(lines[0]) and len(lines) == 1 + len(res.rows)

@@ -305,6 +305,67 @@ class Add(Edit):
         return update + sign * self.strength * d
 
 
+@dataclass
+class RowSegments(Edit):
+    """Different edits on consecutive row ranges of one batch (`parts`: [(start, stop, edits)], the
+    edits applied in order to rows start:stop; rows outside every part unchanged): one generation
+    runs several variants of the same prompts side by side (`by_rows`). Any edit with
+    `apply(x, step, half)` fits, block edits and GEGLU-neuron edits alike; under guidance each half
+    holds the same rows in the same order, so the ranges hold in both."""
+
+    parts: list = field(default_factory=list)
+
+    def active(self, step: int) -> bool:
+        return any(_live(e, step) for _, _, edits in self.parts for e in edits)
+
+    def apply(self, update: torch.Tensor, step: int, half: Half) -> torch.Tensor:
+        out, at = [], 0
+        for start, stop, edits in self.parts:
+            if start > at:
+                out.append(update[at:start])
+            part = update[start:stop]
+            for e in edits:
+                if _live(e, step):
+                    part = e.apply(part, step, half)
+            out.append(part)
+            at = stop
+        if at < update.shape[0]:
+            out.append(update[at:])
+        return torch.cat(out)
+
+
+def _live(edit, step: int) -> bool:
+    return edit.active(step) if hasattr(edit, "active") else True
+
+
+def batch_pieces(sizes: list[int], batch_size: int) -> Iterator[list[tuple[int, int, int, slice]]]:
+    """Groups of `sizes` rows laid end to end (variants of the same prompts, a method's settings...),
+    cut into batches of `batch_size` rows: per batch, its pieces [(start, stop, group, the group's
+    rows)], rows start:stop of the batch being those rows of that group."""
+    rows = [(g, i) for g, size in enumerate(sizes) for i in range(size)]
+    for first in range(0, len(rows), batch_size):
+        chunk, pieces, a = rows[first : first + batch_size], [], 0
+        while a < len(chunk):
+            g, i0 = chunk[a]
+            b = min(len(chunk), a + sizes[g] - i0)
+            pieces.append((a, b, g, slice(i0, i0 + b - a)))
+            a = b
+        yield pieces
+
+
+def by_rows(pieces: list[tuple[int, int, dict]]) -> dict:
+    """Per-range edits -> one edit dict for the batch: `pieces` [(start, stop, {key: edit or list})]
+    (key: a block, or a (block, layer) for neuron edits), ranges in order, disjoint and covering the
+    batch -> {key: [RowSegments]}; one piece (one variant fills the batch) keeps its own edits."""
+    keys = list(dict.fromkeys(k for _, _, edits in pieces for k in edits))
+    out = {}
+    for key in keys:
+        parts = [(a, b, e if isinstance(e, list) else [e]) for a, b, edits in pieces if (e := edits.get(key))]
+        whole = len(pieces) == 1 and len(parts) == 1
+        out[key] = parts[0][2] if whole else [RowSegments(parts=parts)]
+    return out
+
+
 def edits_for_rows(edits: dict[str, "Edit | list[Edit]"], sl: slice) -> dict[str, list["Edit"]]:
     """`edits` ({block: edit or list}) for the images `sl` of the prompts (`Edit.rows` on each)."""
     return {b: [e.rows(sl) for e in (v if isinstance(v, list) else [v])] for b, v in edits.items()}

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from repro.generate import Sampling, generate
-from repro.hooks import Ablate, Edit, Replace, edits_for_rows, intervene
+from repro.hooks import Ablate, Edit, Replace, batch_pieces, by_rows, edits_for_rows, intervene
 
 
 def generate_with(pipe, prompts: Sequence[str], seeds: Sequence[int], sampling: Sampling,
@@ -23,12 +23,29 @@ def generate_with(pipe, prompts: Sequence[str], seeds: Sequence[int], sampling: 
     """uint8 images [N, H, W, 3], generated in batches with `edits` on their blocks.
 
     An edit's per-image mask [N, H, W] is sliced to each batch's images."""
+    return generate_variants(pipe, prompts, seeds, sampling, [edits], batch_size)[0]
+
+
+def generate_variants(pipe, prompts: Sequence[str], seeds: Sequence[int], sampling: Sampling,
+                      variants: Sequence[dict | None], batch_size: int = 16, desc: str | None = None) -> list[np.ndarray]:
+    """uint8 images [N, H, W, 3] of `prompts` per variant ({block: edit or list}, or None: unedited).
+
+    The variants run side by side, `batch_size` images a call (`hooks.by_rows` gives each variant's
+    rows its own edits): on a GPU a small model is launch-bound at small batches, so many variants
+    of a few prompts cost about one large generation. An image depends only on its prompt, seed and
+    edits, not on the variants beside it. `desc`: show a progress bar (images/s) under that name."""
+    n = len(prompts)
     out = []
-    for start in range(0, len(prompts), batch_size):
-        sl = slice(start, start + batch_size)
-        with intervene(pipe.unet, edits_for_rows(edits or {}, sl), cfg=sampling.cfg):
-            out.append(generate(pipe, prompts[sl], seeds[sl], sampling))
-    return np.concatenate(out)
+    bar = tqdm(total=n * len(variants), desc=desc, unit="image", leave=False, disable=desc is None)
+    for pieces in batch_pieces([n] * len(variants), batch_size):
+        edits = by_rows([(a, b, edits_for_rows(variants[v] or {}, sl)) for a, b, v, sl in pieces])
+        idx = [i for _, _, _, sl in pieces for i in range(sl.start, sl.stop)]
+        with intervene(pipe.unet, edits, cfg=sampling.cfg):
+            out.append(generate(pipe, [prompts[i] for i in idx], [seeds[i] for i in idx], sampling))
+        bar.update(len(idx))
+    bar.close()
+    images = np.concatenate(out) if out else np.zeros((0, 0, 0, 3), np.uint8)
+    return [images[v * n : (v + 1) * n] for v in range(len(variants))]
 
 
 def mean_update_edit(mean_update: torch.Tensor) -> Edit:
@@ -53,11 +70,10 @@ def in_loop_comparison(
     Metrics default to the Manhattan distance; add e.g. LPIPS or oracle agreement.
     """
     metrics = {"manhattan": manhattan, **(metrics or {})}
-    images = {"original": generate_with(pipe, prompts, seeds, sampling, None, batch_size)}
-    table: dict[str, dict[str, float]] = {}
-    for name, edits in tqdm(variants.items(), desc="in the loop", unit="variant", leave=False):
-        images[name] = generate_with(pipe, prompts, seeds, sampling, edits, batch_size)
-        table[name] = {m: float(np.mean(fn(images["original"], images[name]))) for m, fn in metrics.items()}
+    generated = generate_variants(pipe, prompts, seeds, sampling, [None, *variants.values()], batch_size, "in the loop")
+    images = dict(zip(["original", *variants], generated))
+    table = {name: {m: float(np.mean(fn(images["original"], images[name]))) for m, fn in metrics.items()}
+             for name in variants}
     return images, table
 
 
@@ -94,11 +110,8 @@ def intervention_timing(pipe, prompts: Sequence[str], seeds: Sequence[int], samp
     images, if already generated) saves one generation. The paper: early windows change
     the image strongly, late ones subtly.
     """
+    variants = [{block: make_edit(list(window))} for window in windows]
+    edited = generate_variants(pipe, prompts, seeds, sampling, ([] if plain is not None else [None]) + variants, batch_size)
     if plain is None:
-        plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size)
-    out = {}
-    for window in windows:
-        steps = list(window)
-        edited = generate_with(pipe, prompts, seeds, sampling, {block: make_edit(steps)}, batch_size)
-        out[f"{steps[0]}-{steps[-1]}"] = manhattan(plain, edited)
-    return out
+        plain, *edited = edited
+    return {f"{w[0]}-{w[-1]}": manhattan(plain, images) for w, images in zip(windows, edited)}

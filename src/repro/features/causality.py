@@ -24,13 +24,13 @@ SAE with the feature's decoder direction replaced by a random one of the same no
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 
 from repro.features.interventions import FeatureAdd, FeatureOff
-from repro.evaluate.in_loop import generate_with
+from repro.evaluate.in_loop import generate_variants, generate_with
 from repro.generate import Sampling
 from repro.sae.model import TopKSAE
 
@@ -162,6 +162,28 @@ def switch_on(plain: Sequence[dict], edited: Sequence[dict], scenes: Sequence, l
     return SwitchOn(float(strength), hits=sum(success), preserved=sum(kept), n=len(scenes), success=success, kept=kept)
 
 
+def switch_on_curves(pipe, directions: Mapping[str, tuple[TopKSAE, int]], block: str, label: str, scenes: Sequence,
+                     oracle, sampling: Sampling, grid: int, strengths: Sequence[float], seed: int = 0,
+                     batch_size: int = 16, plain: Sequence[dict] | None = None,
+                     ) -> tuple[list[dict], dict[str, list[SwitchOn]]]:
+    """Switch each of `directions` ({name: (sae, feature)}) on in `scenes` (without the value) at
+    every strength, all in one batched generation (`generate_variants`) with the unedited images
+    unless their readings `plain` are given: (plain readings, {name: [SwitchOn per strength]})."""
+    prompts, seeds = scene_prompts(scenes, seed)
+    masks = _masks(scenes, label, grid)  # [N, grid, grid], sliced per batch by generate_variants
+    if plain is not None and len(plain) != len(scenes):
+        raise ValueError(f"{len(plain)} plain readings for {len(scenes)} scenes: pass plain_readings(scenes)")
+    runs = [(name, s) for name in directions for s in strengths]
+    variants = [{block: painting_edit(*directions[name], s, masks)} for name, s in runs]
+    images = generate_variants(pipe, prompts, seeds, sampling, ([None] if plain is None else []) + variants, batch_size)
+    if plain is None:
+        plain = oracle.read(images.pop(0))
+    curves: dict[str, list[SwitchOn]] = {name: [] for name in directions}
+    for (name, s), edited in zip(runs, images):
+        curves[name].append(switch_on(plain, oracle.read(edited), scenes, label, s))
+    return plain, curves
+
+
 def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_scenes: Sequence, off_scenes: Sequence,
                 oracle, sampling: Sampling, grid: int, strengths: Sequence[float] = (1.0,), seed: int = 0,
                 batch_size: int = 16, plain: Sequence[dict] | None = None) -> CausalResult:
@@ -170,22 +192,14 @@ def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_sce
     readings of `on_scenes`' unedited images (`plain_readings`, same seed), if already made."""
     result = CausalResult(label, n_on=len(on_scenes), baseline_on=0, n_off=len(off_scenes))
     if on_scenes:
-        prompts, seeds = scene_prompts(on_scenes, seed)
-        masks = _masks(on_scenes, label, grid)  # [N, grid, grid], sliced per batch by generate_with
-        if plain is None:
-            plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
-        elif len(plain) != len(on_scenes):
-            raise ValueError(f"{len(plain)} plain readings for {len(on_scenes)} scenes: pass plain_readings(on_scenes)")
+        plain, curves = switch_on_curves(pipe, {"feature": (sae, feature)}, block, label, on_scenes, oracle, sampling,
+                                         grid, strengths, seed, batch_size, plain)
         result.baseline_on = sum(reads_value(r, s, label) for r, s in zip(plain, on_scenes))
-        for strength in strengths:
-            edit = painting_edit(sae, feature, strength, masks)
-            edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size))
-            result.on.append(switch_on(plain, edited, on_scenes, label, strength))
+        result.on = curves["feature"]
     if off_scenes:
         prompts, seeds = scene_prompts(off_scenes, seed + 10_000)
-        plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
-        edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: FeatureOff(sae=sae, features=feature)},
-                                           batch_size))
+        plain, edited = (oracle.read(images) for images in generate_variants(
+            pipe, prompts, seeds, sampling, [None, {block: FeatureOff(sae=sae, features=feature)}], batch_size))
         result.baseline_off = sum(not reads_value(r, s, label) for r, s in zip(plain, off_scenes))
         result.off_hits = sum(not reads_value(r, s, label) for r, s in zip(edited, off_scenes))
     return result
@@ -222,14 +236,12 @@ def causal_timing(pipe, sae: TopKSAE, block: str, feature: int, label: str, scen
     windows. The paper: early steps change the image strongly, late ones subtly."""
     prompts, seeds = scene_prompts(scenes, seed)
     masks = _masks(scenes, label, grid)  # [N, grid, grid]
-    plain = oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
+    variants = [{block: painting_edit(sae, feature, strength, masks, steps=list(w))} for w in windows]
+    plain, *edited = (oracle.read(images) for images in
+                      generate_variants(pipe, prompts, seeds, sampling, [None, *variants], batch_size))
     result = TimingResult(label, n=len(scenes), baseline=sum(reads_value(r, s, label) for r, s in zip(plain, scenes)))
-    for window in windows:
-        edit = painting_edit(sae, feature, strength, masks, steps=list(window))
-        edited = oracle.read(generate_with(pipe, prompts, seeds, sampling, {block: edit}, batch_size))
-        result.windows[window_name(window)] = SwitchOn(
-            float(strength), hits=sum(reads_value(r, s, label) for r, s in zip(edited, scenes)),
-            preserved=sum(preserved(a, b, label) for a, b in zip(plain, edited)), n=len(scenes))
+    for window, readings in zip(windows, edited):
+        result.windows[window_name(window)] = switch_on(plain, readings, scenes, label, strength)
     return result
 
 
@@ -304,10 +316,10 @@ def locality_curve(pipe, sae: TopKSAE, block: str, feature: int, prompts: Sequen
     cell = cell or (grid // 2, grid // 2)
     mask = torch.zeros(grid, grid)
     mask[cell] = 1.0
+    variants = [{block: painting_edit(sae, feature, s, mask)} for s in strengths]
+    edited = generate_variants(pipe, prompts, seeds, sampling, ([None] if plain is None else []) + variants, batch_size)
     if plain is None:
-        plain = generate_with(pipe, prompts, seeds, sampling, None, batch_size)
+        plain = edited.pop(0)
     bins = _distance_bins(plain.shape[1], plain.shape[2], grid, cell)
-    change = [_change_by_distance(plain, generate_with(pipe, prompts, seeds, sampling,
-                                                       {block: painting_edit(sae, feature, s, mask)}, batch_size), bins)
-              for s in strengths]
+    change = [_change_by_distance(plain, images, bins) for images in edited]
     return LocalityCurve([float(s) for s in strengths], np.stack(change), far_from=far_from)

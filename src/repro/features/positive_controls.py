@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from repro.errors import ReproError
-from repro.features.causality import causal_test, has_value, is_testable, plain_readings, reads_value
+from repro.features.causality import (CausalResult, causal_test, has_value, is_testable, reads_value,
+                                      switch_on_curves)
 from repro.features.controls import data_shaped_twin, random_direction_twin, update_covariance
 from repro.features.planted import (FAMILIES, capture_block, carrier_sae, dev_scenes, ground_truth, parse_label,
                                     planted_feature, with_planted)
@@ -82,9 +83,7 @@ def calibrate_norm(pipe, oracle, block: str, label: str, scenes: Sequence, sampl
     sae = with_planted(carrier_sae(d_model), torch.ones(d_model), 1.0)
     f = planted_feature(sae)
     iso = random_direction_twin(sae, f, seed=seed)
-    plain = plain_readings(pipe, scenes, oracle, sampling, seed, batch_size)
-    res = causal_test(pipe, iso, block, f, label, scenes, [], oracle, sampling, grid, sorted(norms), seed, batch_size,
-                      plain=plain)
+    res = causal_test(pipe, iso, block, f, label, scenes, [], oracle, sampling, grid, sorted(norms), seed, batch_size)
     out = Calibration(block, label, norm=float(min(norms)), threshold=threshold)
     out.tried = {r.strength: rate(r.preserved, r.n) for r in res.on}
     passing = [a for a, r in out.tried.items() if r["rate"] >= threshold]
@@ -186,8 +185,6 @@ def positive_controls(pipe, oracle, blocks: Sequence[str], labels: Sequence[str]
             on = [s for s in pool if not has_value(s, label)][:n]
             if len(on) < n:
                 raise ReproError(f"only {len(on)} test scenes without {label}: ask for fewer than n={n}")
-            plain = plain_readings(pipe, on, oracle, sampling, seed, batch_size)
-            unedited = [bool(reads_value(r, s, label)) for r, s in zip(plain, on)]  # the rest is kept trivially
             planted = with_planted(carrier_sae(d_model) if saes is None or block not in saes else saes[block],
                                    gt.direction, gt.scale)
             f = planted_feature(planted)
@@ -196,8 +193,11 @@ def positive_controls(pipe, oracle, blocks: Sequence[str], labels: Sequence[str]
             variants = {k: v for k, v in variants.items() if k in kinds}
             if sae_features and (block, label) in sae_features:
                 variants[SAE_FEATURE] = (saes[block], sae_features[(block, label)])
-            results = {k: causal_test(pipe, sae, block, feat, label, on, [], oracle, sampling, grid, grid_s, seed,
-                                      batch_size, plain=plain) for k, (sae, feat) in variants.items()}
+            plain, curves = switch_on_curves(pipe, variants, block, label, on, oracle, sampling, grid, grid_s, seed,
+                                             batch_size)  # every kind and strength in one batched generation
+            unedited = [bool(reads_value(r, s, label)) for r, s in zip(plain, on)]  # the rest is kept trivially
+            results = {k: CausalResult(label, n_on=len(on), baseline_on=sum(unedited), on=curve)
+                       for k, curve in curves.items()}
             for kind, res in results.items():
                 sae, feat = variants[kind]
                 mean_f = float(sae.feature_stats.mean[feat]) if sae.feature_stats is not None else 1.0

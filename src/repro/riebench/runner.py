@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from repro.blocks import by_short_name, resolve_blocks
 from repro.errors import ReproError
 from repro.generate import Sampling
-from repro.hooks import intervene
+from repro.hooks import batch_pieces, by_rows, intervene
 from repro.riebench.data import RIEEdit, whole_image_masks
 from repro.riebench.methods import METHODS, Grid, Setting, plans, reference_pass
 from repro.riebench.neurons import edit_neurons
@@ -58,7 +58,7 @@ class RIEBenchConfig:
     mask_threshold: float = 0.0
     """A grid cell is in the mask when more than this share of its pixels is (0: any pixel)."""
     batch_size: int = 8
-    """Edited images per generation call (settings of one method are batched)."""
+    """Edited images per generation call (the settings of every method of an edit, side by side)."""
     strict_sign: bool = False
     """Select only units with positive (top) / negative (bottom) scores (paper: plain top/bottom k)."""
     keep_images: bool = False
@@ -217,18 +217,18 @@ def _run_edit(pipe, saes, edit, blocks, methods, grid, scorers, config, segmente
         row = _row(edit, None, method=name)
         row.update(_scored(edit, ref.images[i : i + 1], ref, scorers)[0])
         _keep(results, row, ref.images[i], config)
-    for plan in edit_plans:
-        n = len(plan.settings)
-        for start in range(0, n, config.batch_size):
-            sl = slice(start, min(start + config.batch_size, n))
-            with intervene(pipe.unet, plan.block_edits(sl), cfg=sampling.cfg), \
-                    edit_neurons(pipe.unet, plan.neuron_edits(sl), cfg=sampling.cfg):
-                images = generate(pipe, [edit.original_prompt] * (sl.stop - sl.start),
-                                  [edit.seed] * (sl.stop - sl.start), sampling)
-            for setting, image, scores in zip(plan.settings[sl], images, _scored(edit, images, ref, scorers)):
-                row = _row(edit, setting)
-                row.update(scores)
-                _keep(results, row, image, config)
+    # every method's settings side by side, `batch_size` edited images a call (each its own edits)
+    for pieces in batch_pieces([len(plan.settings) for plan in edit_plans], config.batch_size):
+        blocks_by_rows = by_rows([(a, b, edit_plans[p].block_edits(sl)) for a, b, p, sl in pieces])
+        neurons_by_rows = by_rows([(a, b, edit_plans[p].neuron_edits(sl)) for a, b, p, sl in pieces])
+        settings = [s for _, _, p, sl in pieces for s in edit_plans[p].settings[sl]]
+        with intervene(pipe.unet, blocks_by_rows, cfg=sampling.cfg), \
+                edit_neurons(pipe.unet, neurons_by_rows, cfg=sampling.cfg):
+            images = generate(pipe, [edit.original_prompt] * len(settings), [edit.seed] * len(settings), sampling)
+        for setting, image, scores in zip(settings, images, _scored(edit, images, ref, scorers)):
+            row = _row(edit, setting)
+            row.update(scores)
+            _keep(results, row, image, config)
 
 
 def _keep(results: RIEBenchResults, row: dict, image: np.ndarray, config: RIEBenchConfig) -> None:

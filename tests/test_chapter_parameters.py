@@ -149,9 +149,8 @@ def test_the_stage_config_holds_the_chapters_defaults(chapter):
     prof, cfg = stage_settings(chapter, {})
     assert prof == PROFILES["toy"] and cfg == dataclass_of(FIELDS[chapter][0])()
     prof, changed = stage_settings(chapter, {"profile": "paper", "batch_size": 3, "seed": "5"})
-    # 04's generation batch is its stage's field; 05's the profile's features_batch (toy-full: 64)
-    batch = changed.batch_size if chapter == "04_evaluate" else prof.features_batch
-    assert (batch, changed.seed) == (3, 5) and prof.name == "paper"
+    # 04's and 05's generation batch is the profile's image_batch (toy-full: 1024)
+    assert (prof.image_batch, changed.seed) == (3, 5) and prof.name == "paper"
 
 
 @pytest.mark.parametrize("chapter", ["04_evaluate", "05_features"])

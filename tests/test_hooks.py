@@ -168,3 +168,17 @@ def test_variants_side_by_side_equal_separate_generations(tiny_pipe, guidance):
         assert np.abs(alone.astype(int) - images).max() <= 1
     assert all(np.abs(together[0].astype(int) - im).max() > 8 for im in together[1:])
     assert _hooks_left(tiny_pipe) == 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_variants_side_by_side_on_a_gpu():
+    from repro.evaluate.in_loop import generate_variants, generate_with
+    from repro.models.loading import load_pipeline
+
+    pipe = load_pipeline("tiny-random", device="cuda", dtype="float32")
+    masks = torch.ones(2, 8, 8)
+    variants = [None, {"down.1.0": Add(direction=torch.randn(64), strength=20.0, mask=masks)}, {"mid.0": Ablate()}]
+    together = generate_variants(pipe, PROMPTS, SEEDS, Sampling(), variants, batch_size=5)
+    for edits, images in zip(variants, together):
+        assert np.abs(generate_with(pipe, PROMPTS, SEEDS, Sampling(), edits).astype(int) - images).max() <= 2
+    assert np.abs(together[0].astype(int) - together[1]).max() > 8

@@ -85,8 +85,10 @@ class Profile:
     """Scenes per feature and window in 05's intervention-timing sweep (4-step turbo)."""
     timing_prompts: int = 16
     """Prompts of 04's intervention-timing sweep on the base model (each window x block)."""
-    features_batch: int = 16
-    """Images per generation call in 05's experiments (a GPU with the toy's small UNet fills only with many)."""
+    image_batch: int = 16
+    """Images per generation call in 04's and 05's experiments, whose variants (strengths, directions,
+    blocks) run side by side (`evaluate.in_loop.generate_variants`): the CPU gains nothing past a
+    few dozen; a GPU with the toy's small UNet fills only with a thousand or so."""
     own_blocks: int = 0
     """With ground truth: the toy's most ablation-sensitive blocks outside the paper's four (ranked on
     `causal_dev_scenes` dev scenes) on which 05 also trains SAEs (`collect_prompts` scenes, the main SAEs'
@@ -101,7 +103,7 @@ class Profile:
     riebench_per_category: int = 0
     """Edits per category in each of the dev and test splits (0: all)."""
     riebench_batch: int = 8
-    """Edited images per generation call in 06 (the settings of one method are batched): the
+    """Edited images per generation call in 06 (every method's settings of an edit side by side): the
     CPU gains nothing past a few, a GPU with the toy's small UNet fills only with many more."""
     riebench_grid: Literal["paper", "toy"] = "paper"
     """RIEBench parameter grid (`repro.riebench.methods.Grid.named`): the paper's, or the toy's
@@ -130,7 +132,7 @@ class Profile:
         check_int("dead_tokens", self.dead_tokens, 0, None)
         check_int("riebench_per_category", self.riebench_per_category, 0, 1_000_000, why="0 runs every edit")
         check_int("own_blocks", self.own_blocks, 0, 64, why="0 tests the paper's blocks only")
-        check_int("features_batch", self.features_batch, 1, MAX_IMAGE_BATCH, why="images generated in one call")
+        check_int("image_batch", self.image_batch, 1, MAX_IMAGE_BATCH, why="images generated in one call")
         check_int("riebench_batch", self.riebench_batch, 1, MAX_IMAGE_BATCH, why="edited images generated in one call")
         check_float("sae_lr", self.sae_lr, 0.0, why="0 scales the lr to the dictionary")
 
@@ -215,8 +217,8 @@ PROFILES: dict[str, Profile] = {
         timing_scenes=16,
         timing_prompts=32,
         riebench_per_category=16,
-        features_batch=64,  # 05 generated 172 images/s on one H100 at 16 a call
-        riebench_batch=64,  # 06 took 486 s on one H100 at 8 images a call (31 images/s): launch-bound
+        image_batch=1024,  # 05 generated 172 images/s on one H100 at 16 a call: launch-bound (~2.7 GB at 1024)
+        riebench_batch=256,  # 06 took 486 s on one H100 at 8 a call (31 images/s); an edit's ~100 settings in one call
         description="the toy's models at the decisive counts of issue #27 (GPU advised: ~10 min on one H100)",
     ),
     # The paper's sampling, dtype and SAE sizes on stand-ins (random weights, built on the

@@ -43,8 +43,6 @@ class EvaluateConfig:
     """Held-out prompts for reconstruction and transfer."""
     n_loop: int = 32
     """Held-out prompts for reconstruction in the loop."""
-    batch_size: int = 16
-    """Images per generation call."""
     seed: int = 100_000
     """Seed of the first held-out prompt (prompt i: seed + i; training used 0..)."""
     device: str = "auto"
@@ -112,7 +110,7 @@ def in_loop(pipe, prompts: Sequence[str], seeds: Sequence[int], sampling, saes: 
         from repro.shapes.captions import parse_caption
         from repro.shapes.oracle import compare, load_oracle
 
-        oracle = load_oracle()
+        oracle = load_oracle(device=pipe.device)
         scenes = [parse_caption(p) for p in prompts]
         metrics["oracle all-attributes accuracy"] = lambda a, b: np.array(
             [compare(r, s)["all"] for r, s in zip(oracle.read(b), scenes)], dtype=float)

@@ -11,6 +11,7 @@ prompts themselves: every prompt is a caption the grammar can parse back into it
 
 from __future__ import annotations
 
+import functools
 import json
 import struct
 import time
@@ -33,7 +34,16 @@ def _half_row(store: ActivationStore, half: str | None) -> int:
 
 
 def _scene_concepts(prompts: list[str], grid: int) -> torch.Tensor:
-    """bool [n, c, grid, grid] ground-truth concept maps of ShapesWorld captions."""
+    """int8 three-state [n, c, grid, grid] concept labels of ShapesWorld captions (`toy_concepts.scene_concepts`;
+    a copy of the cached ones)."""
+    return _cached_concepts(tuple(prompts), grid).clone()
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_concepts(prompts: tuple[str, ...], grid: int) -> torch.Tensor:
+    """Parsing and rendering the captions is most of a detection pass on the toy (~13 ms an image on
+    one core), and 05 reads each shard's maps up to 16 times (blocks x dev/test x detectors):
+    kept per shard's prompts and grid (a 125-image shard at 16x16: ~1.3 MB)."""
     from repro.features.toy_concepts import scene_concepts
     from repro.shapes.captions import parse_caption
 

@@ -96,7 +96,8 @@ class DetectionAccumulator:
                 or scores.shape[2:] != labels.shape[2:] or labels.shape[1] != len(self.names):
             raise ReproError(f"scores must be [b, n, g, g] and labels [b, {len(self.names)}, g, g] on the same "
                              f"images and grid; got {tuple(scores.shape)} and {tuple(labels.shape)}")
-        s, lab = _cells(scores.float().cpu()), _cells(labels.cpu())
+        # counted where the scores are (the SAE's device): [P, n] x [P, c] products per chunk
+        s, lab = _cells(scores.float()), _cells(labels.to(scores.device))
         if lab.dtype == torch.bool:
             lab = lab.to(torch.int8)  # bool maps: every cell labelled
         self.tally.add(s > self.threshold, lab)
@@ -104,7 +105,7 @@ class DetectionAccumulator:
         if self.chosen is not None:
             if int(self.chosen.max()) >= s.shape[1]:
                 raise ReproError(f"chosen feature {int(self.chosen.max())} is out of range for {s.shape[1]} features")
-            self.kept.append((s[:, self.chosen], lab))
+            self.kept.append((s[:, self.chosen.to(s.device)].cpu(), lab.cpu()))
 
     def counts(self):
         """`ConceptCounts` of every feature against every concept so far."""
@@ -154,8 +155,8 @@ def f1_thresholds(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         order = s.argsort(descending=True)
         s, pos = s[order], pos[order]
         tp = pos.cumsum(0)
-        f1 = 2 * tp / (torch.arange(1, len(s) + 1, dtype=torch.float64) + pos.sum())
-        last = torch.ones(len(s), dtype=torch.bool)  # a cut only between distinct scores
+        f1 = 2 * tp / (torch.arange(1, len(s) + 1, dtype=torch.float64, device=s.device) + pos.sum())
+        last = torch.ones(len(s), dtype=torch.bool, device=s.device)  # a cut only between distinct scores
         last[:-1] = s[1:] < s[:-1]
         i = int(torch.where(last, f1, torch.full_like(f1, -1.0)).argmax())
         out[j] = float((s[i] + s[i + 1]) / 2) if i + 1 < len(s) else float(s[i]) - 1.0
@@ -172,11 +173,12 @@ class LinearProbe:
         x = x.float()
         self.mean, self.scale = x.mean(0), x.std(0).clamp_min(1e-6)
         z = (x - self.mean) / self.scale
+        labels = labels.to(x.device)
         mask = (labels >= 0).float()
         target = (labels == 1).float()
         per_concept = mask.sum(0).clamp_min(1)
-        self.weight = torch.zeros(x.shape[1], labels.shape[1], requires_grad=True)
-        self.bias = torch.zeros(labels.shape[1], requires_grad=True)
+        self.weight = torch.zeros(x.shape[1], labels.shape[1], device=x.device, requires_grad=True)
+        self.bias = torch.zeros(labels.shape[1], device=x.device, requires_grad=True)
         opt = torch.optim.LBFGS([self.weight, self.bias], max_iter=steps, history_size=20,
                                 line_search_fn="strong_wolfe")
 
@@ -191,8 +193,8 @@ class LinearProbe:
         with torch.enable_grad():
             opt.step(closure)
         self.weight, self.bias = self.weight.detach(), self.bias.detach()
-        self.threshold = torch.zeros(labels.shape[1])
-        self.threshold = f1_thresholds(self(x), labels)
+        self.threshold = torch.zeros(labels.shape[1], device=x.device)
+        self.threshold = f1_thresholds(self(x), labels).to(x.device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """[P, c] scores of x [P, C]: > 0 where the probe fires."""
@@ -243,8 +245,8 @@ def concept_detection_table(
         for x, labels in _split_chunks(chunks(block), dev=True):
             for k, s in detectors.items():
                 dev[k].add(sae_activations(s, x), labels)
-            xs.append(x.reshape(-1, x.shape[-1]).float().cpu())
-            labs.append(_cells(labels.cpu()))
+            xs.append(x.reshape(-1, x.shape[-1]).to(device=sae.device, dtype=torch.float32))  # the probe fits there
+            labs.append(_cells(labels.to(sae.device)))
         if not xs:
             raise ReproError(f"block {block}: no dev images (even ids) in the chunks; give at least two images")
         probe = LinearProbe(torch.cat(xs), torch.cat(labs), l2=probe_l2, steps=probe_steps)
@@ -255,6 +257,7 @@ def concept_detection_table(
             for k, s in detectors.items():
                 test[k].add(sae_activations(s, x), labels)
             b, h, w, c = x.shape
+            x = x.to(sae.device)
             test["linear probe"].add(probe(x.reshape(-1, c)).reshape(b, h, w, -1).permute(0, 3, 1, 2), labels)
         if test["linear probe"].tally.both is None:
             raise ReproError(f"block {block}: no test images (odd ids) in the chunks; give at least two images")

@@ -203,7 +203,8 @@ def causality(pipe, saes: Mapping[str, TopKSAE], det: pd.DataFrame, profile, *, 
 
     labels = causal_labels(profile)
     chosen = {(b, lab): f for b in saes for lab in labels if (f := sae_feature_for(det, b, lab)) is not None}
-    table = positive_controls(pipe, load_oracle(), list(saes), labels, profile.turbo, n=profile.causal_scenes,
+    oracle = load_oracle(device=pipe.device)
+    table = positive_controls(pipe, oracle, list(saes), labels, profile.turbo, n=profile.causal_scenes,
                               n_dev=profile.causal_dev_scenes, n_calibration=profile.causal_scenes,
                               n_strengths=profile.causal_strength_points, n_norms=profile.causal_calibration_norms,
                               saes=dict(saes), sae_features=chosen, seed=seed, batch_size=batch_size, progress=progress)
@@ -276,8 +277,9 @@ def own_block_experiments(pipe, profile, *, seed: int, device: str = "auto", pro
 
     if not profile.own_blocks:
         return None
-    batch = profile.features_batch
-    ranking = rank_blocks(pipe, load_oracle(), profile.turbo, n=profile.causal_dev_scenes, seed=seed, batch_size=batch)
+    batch = profile.image_batch
+    ranking = rank_blocks(pipe, load_oracle(device=pipe.device), profile.turbo, n=profile.causal_dev_scenes, seed=seed,
+                          batch_size=batch)
     blocks = own_blocks(ranking, profile.own_blocks)
     data = capture_blocks(pipe, blocks, profile.turbo, n=profile.collect_prompts, seed=seed, batch_size=batch)
     saes = train_block_saes(data, profile, seed=seed, device=device)
@@ -297,7 +299,8 @@ def timing(pipe, saes: Mapping[str, TopKSAE], det: pd.DataFrame, profile, streng
     from repro.shapes.oracle import load_oracle
     from repro.shapes.splits import split_scenes
 
-    oracle, label, sampling, seed = load_oracle(), causal_labels(profile)[0], profile.turbo_multistep, seed + 20_000
+    oracle, label, sampling = load_oracle(device=pipe.device), causal_labels(profile)[0], profile.turbo_multistep
+    seed += 20_000
     windows = [[t] for t in range(sampling.steps)] + [list(range(sampling.steps))]
     on = [s for s in split_scenes("test", 400, seed=seed) if not has_value(s, label)][:profile.timing_scenes]
     rows = {}

@@ -236,14 +236,17 @@ class Oracle:
             raise ReproError(f"oracle.read wants uint8 images (0..255), got {x.dtype}; convert with "
                              "(img.clamp(0, 1) * 255).round().to(torch.uint8) or similar")
         parts: list[dict] = []
-        for a in range(0, x.shape[0], batch_size):
-            xb = x[a : a + batch_size].to(self.device).permute(0, 3, 1, 2).float()
-            if xb.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-                xb = F.interpolate(xb, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True,
-                                   align_corners=False)
-            xb = xb.contiguous(memory_format=torch.channels_last)
-            parts.append({k: v.float().cpu() for k, v in self.net(xb).items()})
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, allow_tf32=False):  # exact fp32 on GPUs too
+            for a in range(0, x.shape[0], batch_size):
+                parts.append(self._batch_logits(x[a : a + batch_size]))
         return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+    def _batch_logits(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        xb = x.to(self.device).permute(0, 3, 1, 2).float()
+        if xb.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
+            xb = F.interpolate(xb, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
+        xb = xb.contiguous(memory_format=torch.channels_last)
+        return {k: v.float().cpu() for k, v in self.net(xb).items()}
 
     @property
     def damage_threshold(self) -> float:

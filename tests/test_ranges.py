@@ -204,7 +204,7 @@ def test_every_chapters_defaults_are_in_range():
     ("00_overview", "seed", "-1", "seed of 00_overview must be in 0..9223372036854775807"),
     ("00_overview", "seed", str(2**64), "got 18446744073709551616"),
     ("03_train", "batch_size", str(10**9), "sae_batch must be in 1..4194304, got 1000000000"),  # the profile field's range
-    ("04_evaluate", "batch_size", "0", "batch_size of 04_evaluate must be in 1..4096 (default 16), got 0"),
+    ("04_evaluate", "batch_size", "0", "image_batch must be in 1..4096, got 0"),  # the profile field's range
     ("05_features", "purity_threshold", "1.5", "must be in 0.0..1.0 (default 0.8), got 1.5"),
     ("05_features", "causal_strengths", "[1, NaN]", "must hold finite numbers"),
     ("05_features", "causal_strengths", '[1, "a"]', "must be a list of numbers"),

@@ -71,3 +71,27 @@ def test_device_and_dtype_choices():
         pick_dtype("float8", torch.device("cpu"))
     with pytest.raises(ReproError, match="unknown device"):
         pick_device("gpu-please")
+
+
+def test_the_vae_decodes_in_chunks_of_a_pixel_budget(tiny_pipe):
+    """64-px images under a budget of 3 images' pixels: 7 latents decode in calls of 3, 3 and 1, and
+    equal decoding them one at a time."""
+    from repro.models.loading import decode_in_chunks
+
+    vae = tiny_pipe.vae
+    z = torch.randn(7, vae.config.latent_channels, 16, 16)
+    with torch.no_grad():
+        alone = torch.cat([vae._decode(z[i:i + 1]).sample for i in range(7)])
+        sizes = []
+        original = vae._decode
+        vae._decode = lambda part, **kw: (sizes.append(len(part)), original(part, **kw))[1]
+        try:
+            decode_in_chunks(tiny_pipe, max_pixels=3 * 64 * 64)
+            chunked = vae.decode(z).sample
+            as_tuple = vae.decode(z[:2], return_dict=False)[0]
+        finally:
+            del vae._decode
+            decode_in_chunks(tiny_pipe)  # the loader's budget again
+    assert sizes == [3, 3, 1, 2]
+    torch.testing.assert_close(chunked, alone, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(as_tuple, alone[:2], rtol=1e-4, atol=1e-4)

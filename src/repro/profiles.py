@@ -219,7 +219,8 @@ PROFILES: dict[str, Profile] = {
         riebench_per_category=16,
         image_batch=1024,  # 05 generated 172 images/s on one H100 at 16 a call: launch-bound (~2.7 GB at 1024)
         riebench_batch=256,  # 06 took 486 s on one H100 at 8 a call (31 images/s); an edit's ~100 settings in one call
-        description="the toy's models at the decisive counts of issue #27 (GPU advised: ~10 min on one H100)",
+        description="the toy's models at the decisive counts of issue #27 (GPU advised: the whole book took 19 min "
+                    "on one H100 before 04-06 generated their variants side by side)",
     ),
     # The paper's sampling, dtype and SAE sizes on stand-ins (random weights, built on the
     # device in seconds), ShapesWorld captions as prompts (no dataset download), counts cut

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from repro.features.interventions import FeatureAdd, FeatureOff
-from repro.evaluate.in_loop import generate_variants, generate_with
+from repro.evaluate.in_loop import generate_variants
 from repro.generate import Sampling
 from repro.sae.model import TopKSAE
 
@@ -148,13 +148,6 @@ class CausalResult:
     """Scenes with the value where the unedited image already lacks it."""
 
 
-def plain_readings(pipe, scenes: Sequence, oracle, sampling: Sampling, seed: int = 0, batch_size: int = 16) -> list[dict]:
-    """Oracle readings of the unedited images of `scenes` (captions and seeds of `scene_prompts`),
-    for `causal_test(..., plain=...)` when several directions are tested on the same scenes."""
-    prompts, seeds = scene_prompts(scenes, seed)
-    return oracle.read(generate_with(pipe, prompts, seeds, sampling, None, batch_size))
-
-
 def switch_on(plain: Sequence[dict], edited: Sequence[dict], scenes: Sequence, label: str, strength: float) -> SwitchOn:
     """Counts and per-scene outcomes of one switch-on edit, from the oracle's readings."""
     success = tuple(bool(reads_value(r, s, label)) for r, s in zip(edited, scenes))
@@ -164,36 +157,31 @@ def switch_on(plain: Sequence[dict], edited: Sequence[dict], scenes: Sequence, l
 
 def switch_on_curves(pipe, directions: Mapping[str, tuple[TopKSAE, int]], block: str, label: str, scenes: Sequence,
                      oracle, sampling: Sampling, grid: int, strengths: Sequence[float], seed: int = 0,
-                     batch_size: int = 16, plain: Sequence[dict] | None = None,
-                     ) -> tuple[list[dict], dict[str, list[SwitchOn]]]:
+                     batch_size: int = 16) -> tuple[list[dict], dict[str, list[SwitchOn]]]:
     """Switch each of `directions` ({name: (sae, feature)}) on in `scenes` (without the value) at
-    every strength, all in one batched generation (`generate_variants`) with the unedited images
-    unless their readings `plain` are given: (plain readings, {name: [SwitchOn per strength]})."""
+    every strength, all in one batched generation (`generate_variants`) with the unedited images:
+    (the unedited images' readings, {name: [SwitchOn per strength]})."""
     prompts, seeds = scene_prompts(scenes, seed)
     masks = _masks(scenes, label, grid)  # [N, grid, grid], sliced per batch by generate_variants
-    if plain is not None and len(plain) != len(scenes):
-        raise ValueError(f"{len(plain)} plain readings for {len(scenes)} scenes: pass plain_readings(scenes)")
     runs = [(name, s) for name in directions for s in strengths]
     variants = [{block: painting_edit(*directions[name], s, masks)} for name, s in runs]
-    images = generate_variants(pipe, prompts, seeds, sampling, ([None] if plain is None else []) + variants, batch_size)
-    if plain is None:
-        plain = oracle.read(images.pop(0))
+    plain, *edited = generate_variants(pipe, prompts, seeds, sampling, [None, *variants], batch_size)
+    plain = oracle.read(plain)
     curves: dict[str, list[SwitchOn]] = {name: [] for name in directions}
-    for (name, s), edited in zip(runs, images):
-        curves[name].append(switch_on(plain, oracle.read(edited), scenes, label, s))
+    for (name, s), images in zip(runs, edited):
+        curves[name].append(switch_on(plain, oracle.read(images), scenes, label, s))
     return plain, curves
 
 
 def causal_test(pipe, sae: TopKSAE, block: str, feature: int, label: str, on_scenes: Sequence, off_scenes: Sequence,
                 oracle, sampling: Sampling, grid: int, strengths: Sequence[float] = (1.0,), seed: int = 0,
-                batch_size: int = 16, plain: Sequence[dict] | None = None) -> CausalResult:
+                batch_size: int = 16) -> CausalResult:
     """Switch `feature` on in `on_scenes` (without the value) at each strength, and off in
-    `off_scenes` (with it); `oracle.read(images [N, H, W, 3]) -> readings`. `plain`: the
-    readings of `on_scenes`' unedited images (`plain_readings`, same seed), if already made."""
+    `off_scenes` (with it); `oracle.read(images [N, H, W, 3]) -> readings`."""
     result = CausalResult(label, n_on=len(on_scenes), baseline_on=0, n_off=len(off_scenes))
     if on_scenes:
         plain, curves = switch_on_curves(pipe, {"feature": (sae, feature)}, block, label, on_scenes, oracle, sampling,
-                                         grid, strengths, seed, batch_size, plain)
+                                         grid, strengths, seed, batch_size)
         result.baseline_on = sum(reads_value(r, s, label) for r, s in zip(plain, on_scenes))
         result.on = curves["feature"]
     if off_scenes:

@@ -232,7 +232,7 @@ def concept_detection_table(
 
     chunks(block) yields (image_ids [b], updates [b, H, W, C], labels [b, c, H, W] int8) and is
     called twice per block, e.g. `lambda b: store_chunks(store, b, concepts=True)`. The probe
-    holds the dev split's update vectors in memory (dev images x H x W x C floats).
+    holds the dev split's update vectors on the SAE's device (dev images x H x W x C floats) and fits there.
     """
     from repro.features.controls import random_sae_like
 

@@ -16,6 +16,8 @@ Reported per (block, expansion, k):
   03's criterion (`repro.sae.stability.convergence`): training EV of the last logging interval,
     at half the steps, the gain over that last doubling (< 0.01), the median decoder cosine to
     init (<= 0.15), converged or not; the dead fraction by the trainer's counters;
+  where the cosine lives (`cosine_by_subspace`): inside the held-out updates' principal subspace
+    (99 % of their variance) or outside it, where the data never push a column;
   why the cosine is what it is: the per-column cosines to init (`init_cosines`), at the end
     and at half the steps (the checkpoint written there), split by how often each latent
     fired on the stats batches (`FeatureStats.count`, the training tokens after training):
@@ -52,6 +54,7 @@ from repro.prompts import open_prompts
 from repro.sae import TrainConfig, build_block_saes, train_saes
 from repro.sae.checkpoint import checkpoint_name
 from repro.sae.io import load_sae
+from repro.sae.model import TopKSAE
 from repro.sae.stability import convergence, init_cosines
 from repro.sae.train import CHECKPOINTS, METRICS_FILE, training_lr
 from repro.store import store_source
@@ -120,6 +123,30 @@ def cosine_by_firing(cos: torch.Tensor, cos_half: torch.Tensor, count: torch.Ten
     return rows
 
 
+def cosine_by_subspace(sae, updates: torch.Tensor, share: float = 0.99) -> dict:
+    """Where the cosine to init lives: the cosine of each decoder column with its start, split into
+    the part inside the updates' principal subspace (the fewest directions holding `share` of their
+    variance) and the part outside it, cos = cos_in + cos_out; medians over columns. A start kept
+    only outside the subspace would be a part the data never push on; kept inside, the latents
+    settled near where they began. updates [..., d] (held-out)."""
+    x = updates.reshape(-1, updates.shape[-1]).float().cpu()
+    x = x - x.mean(0)
+    eigval, eigvec = torch.linalg.eigh(x.T @ x / len(x))
+    eigval, eigvec = eigval.flip(0), eigvec.flip(1)
+    rank = int((eigval.cumsum(0) / eigval.sum() < share).sum()) + 1
+    basis = eigvec[:, :rank]  # [d, rank]
+    now = sae.W_dec.detach().float().cpu()  # [d, n]
+    start = TopKSAE(sae.cfg, seed=int(sae.metadata["init_seed"])).W_dec.detach().float()
+    inside = lambda w: basis @ (basis.T @ w)  # noqa: E731
+    norms = now.norm(dim=0) * start.norm(dim=0)
+    cos_in = (inside(now) * inside(start)).sum(0) / norms
+    cos_out = ((now - inside(now)) * (start - inside(start))).sum(0) / norms
+    return {"variance_share": share, "rank": rank, "d": int(x.shape[1]), "median_cos_inside": float(cos_in.median()),
+            "median_cos_outside": float(cos_out.median()),
+            "median_start_norm_outside": float(((start - inside(start)).norm(dim=0) / start.norm(dim=0)).median()),
+            "median_norm_outside": float(((now - inside(now)).norm(dim=0) / now.norm(dim=0)).median())}
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Rank correlation of a and b [n] (ties broken by order: enough for a sign and a size)."""
     ra, rb = (v.double().argsort().argsort().double() for v in (a, b))
@@ -160,7 +187,8 @@ def train_config(store, heldout: torch.Tensor, block: str, expansion: int, k: in
             "median_cos_to_init": float(cos.median()), "median_cos_to_init_half": float(cos_half.median()),
             "converged": bool(conv["converged"]), "ev_criterion_met": bool(conv["EV gain over the last doubling"] < 0.01),
             "cos_vs_firing_spearman": spearman(cos, count), "stats_tokens": stats.n_tokens,
-            "cos_by_firing": cosine_by_firing(cos, cos_half, count, stats.n_tokens)}
+            "cos_by_firing": cosine_by_firing(cos, cos_half, count, stats.n_tokens),
+            "cos_by_subspace": cosine_by_subspace(sae, heldout)}
 
 
 def print_row(row: dict) -> None:

@@ -95,3 +95,30 @@ def test_the_vae_decodes_in_chunks_of_a_pixel_budget(tiny_pipe):
     assert sizes == [3, 3, 1, 2]
     torch.testing.assert_close(chunked, alone, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(as_tuple, alone[:2], rtol=1e-4, atol=1e-4)
+
+
+def test_images_are_quantised_on_the_device_as_numpy_would():
+    """`to_uint8` of a tensor (quantised where it lives) equals the numpy path, at the rounding
+    edges (k/255 +- half a step), out of range, and from float16."""
+    from repro.generate import to_uint8
+
+    k = torch.arange(256, dtype=torch.float32) / 255
+    x = torch.cat([k, k + 0.5 / 255, k - 0.5 / 255, torch.tensor([-1.0, 0.0, 1.0, 2.0]), torch.rand(4000)])
+    x = x.reshape(1, -1, 1, 3 if x.numel() % 3 == 0 else 1)
+    assert np.array_equal(to_uint8(x), to_uint8(x.numpy()))
+    h = x.half()
+    assert np.array_equal(to_uint8(h), to_uint8(h.float().numpy()))
+
+
+def test_generate_returns_the_pipelines_own_images(tiny_pipe):
+    """The images `generate` quantises on the device equal the pipeline's numpy output quantised on
+    the host (what it returned before), for the same prompts and generators."""
+    from repro.generate import Sampling, generators, to_uint8
+
+    prompts, seeds = ["a red circle", "a blue square", "a green star"], [3, 1, 4]
+    ours = generate(tiny_pipe, prompts, seeds, Sampling(steps=2))
+    with torch.no_grad():
+        theirs = tiny_pipe(prompt=prompts, num_inference_steps=2, guidance_scale=0.0, height=ours.shape[1],
+                           width=ours.shape[2], generator=generators(seeds), output_type="np").images
+    assert ours.dtype == np.uint8 and ours.shape == (3, *theirs.shape[1:])
+    assert np.array_equal(ours, to_uint8(theirs))

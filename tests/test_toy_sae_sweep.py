@@ -24,6 +24,33 @@ def test_cosine_by_firing_splits_never_fired_then_quartiles_rarest_first():
     assert sweep.spearman(fired, -fired) == pytest.approx(-1.0)
 
 
+def test_cosine_by_subspace_splits_the_cosine_inside_and_outside_the_datas_span():
+    """Data in the first 2 of 4 coordinates; the decoder keeps its start outside that span and
+    replaces it inside by a fixed direction: the inside part and the outside part add up to the
+    cosine, and each is what the construction puts there."""
+    from repro.sae.config import SAEConfig
+    from repro.sae.model import TopKSAE
+
+    sweep = load("toy_sae_sweep")
+    sae = TopKSAE(SAEConfig(d_model=4, n_features=6, k=2, k_aux=0), seed=5)
+    sae.metadata = {"init_seed": 5}
+    start = sae.W_dec.detach().clone()  # [4, 6]
+    now = start.clone()
+    now[:2] = torch.tensor([[1.0], [0.0]])  # inside the span: every column now points along e0
+    sae.W_dec.data.copy_(now)
+    data = torch.zeros(500, 4)
+    data[:, :2] = torch.randn(500, 2) * torch.tensor([3.0, 1.0])
+    got = sweep.cosine_by_subspace(sae, data, share=0.999)
+    assert got["rank"] == 2 and got["d"] == 4
+    norms = now.norm(dim=0) * start.norm(dim=0)
+    cos_in = now[0] * start[0] / norms  # e1 of `now` is 0
+    cos_out = (now[2:] * start[2:]).sum(0) / norms
+    assert got["median_cos_inside"] == pytest.approx(float(cos_in.median()), abs=1e-5)
+    assert got["median_cos_outside"] == pytest.approx(float(cos_out.median()), abs=1e-5)
+    cos = torch.nn.functional.cosine_similarity(now, start, dim=0)
+    torch.testing.assert_close(cos_in + cos_out, cos)
+
+
 def test_sweep_trains_every_config_on_toy_updates_and_writes_json(tmp_path, one_thread):
     out = tmp_path / "sweep.json"
     result = load("toy_sae_sweep").main(["--device", "cpu", "--prompts", "32", "--heldout", "8", "--steps", "40",
@@ -44,3 +71,5 @@ def test_sweep_trains_every_config_on_toy_updates_and_writes_json(tmp_path, one_
         assert 0.3 < row["median_cos_to_init"] < row["median_cos_to_init_half"] < 1
         assert not row["converged"]  # 40 steps are not convergence by 03's criterion
         assert row["stats_tokens"] == 50 * 1024
+        sub = row["cos_by_subspace"]
+        assert 1 <= sub["rank"] <= sub["d"] == 128 and -1 <= sub["median_cos_inside"] <= 1

@@ -106,6 +106,16 @@ def sae_sweep(doc: dict) -> str:
             f"{sum(r['converged'] for r in rows)} of {len(rows)} converged by 03's criterion")
 
 
+def sae_subspace(doc: dict) -> str:
+    """toy_sae_sweep.py's first row: where its cosine to init lives (inside / outside the data's span)."""
+    r = doc["rows"][0]
+    sub = r["cos_by_subspace"]
+    return (f"{r['steps']:,} steps: median decoder cosine to init {r['median_cos_to_init']:.3f}; inside the held-out "
+            f"updates' {sub['variance_share']:.0%} subspace ({sub['rank']} of {sub['d']} directions) "
+            f"{sub['median_cos_inside']:.3f}, outside {sub['median_cos_outside']:.3f} (column norm outside "
+            f"{sub['median_start_norm_outside']:.2f} at init, {sub['median_norm_outside']:.2f} now)")
+
+
 def ceiling_rate(part: str, steady: str, end_to_end: str) -> Callable[[dict], str]:
     return lambda doc: (f"{doc[part][steady]['images_per_s']:.1f} images/s steady, "
                         f"{doc[part][end_to_end]['images_per_s']:.1f} end to end ({doc[part][steady]['n']:,} prompts)")
@@ -263,6 +273,8 @@ FIGURES = [
     Figure("Training SAEs", "the same, 3,000 steps", "h100_sae_quality/sae_quality_3000.json", quality),
     Figure("Training SAEs", "toy SAEs (up.0.1) trained as 03 trains them, expansion {4, 8, 16} x k {10, 16}, "
            "3,000 steps, one CPU thread", "toy_sae_sweep_cpu.json", sae_sweep),
+    Figure("Training SAEs", "the x4 k10 toy SAE's cosine to init, split at the updates' principal subspace",
+           "toy_sae_sweep_cpu_subspace.json", sae_subspace),
     Figure("Training SAEs", "block-parallel training on 2 GPUs, four 1280 x 5120 SAEs (per block)",
            "multi_gpu_h200x2.json", scaling("train_block", "tokens/s")),
     Figure("Training SAEs", "data-parallel training on 2 GPUs, one 1280 x 20480 SAE",

@@ -41,7 +41,7 @@ if [ $dry = 1 ]; then
   # a mirror of the checkout whose results/, artifacts/, book/ and build/ are its own: the dry
   # run must not overwrite this checkout's toy store, SAEs or book
   root=$state/root; mkdir -p "$root"
-  for p in notebooks models src pyproject.toml _config.yml _toc.yml; do [ -e "$root/$p" ] || ln -s "$repo/$p" "$root/$p"; done
+  for p in notebooks models src benchmarks pyproject.toml _config.yml _toc.yml; do [ -e "$root/$p" ] || ln -s "$repo/$p" "$root/$p"; done
   export REPRO_ROOT=$root
   profile=toy
   overrides='{"collect_prompts": 256, "sae_steps": 60, "control_steps": 20, "control_budgets": 2, "control_prompts": 8, "timing_prompts": 1, "dead_tokens": 20000, "causal_features": 1, "causal_scenes": 2, "timing_scenes": 1}'

@@ -24,7 +24,7 @@ if [ $dry = 1 ]; then
   PY=${PY_DRY:-.venv/bin/python}
   state=${STATE:-$out/state}
   root=$state/root; mkdir -p "$root"  # results/ and artifacts/ of its own: this checkout's stay as they are
-  for p in notebooks models src pyproject.toml _config.yml _toc.yml; do [ -e "$root/$p" ] || ln -s "$repo/$p" "$root/$p"; done
+  for p in notebooks models src benchmarks pyproject.toml _config.yml _toc.yml; do [ -e "$root/$p" ] || ln -s "$repo/$p" "$root/$p"; done
   export REPRO_ROOT=$root PYTHONPATH=$repo/src${PYTHONPATH:+:$PYTHONPATH}
   profile=toy
 else

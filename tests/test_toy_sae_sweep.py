@@ -73,3 +73,30 @@ def test_sweep_trains_every_config_on_toy_updates_and_writes_json(tmp_path, one_
         assert row["stats_tokens"] == 50 * 1024
         sub = row["cos_by_subspace"]
         assert 1 <= sub["rank"] <= sub["d"] == 128 and -1 <= sub["median_cos_inside"] <= 1
+    # what chapter 03 reads from such a file: the first row, as recorded
+    from repro.sae.stability import cosine_plateau
+
+    first = saved["rows"][0]
+    plateau = cosine_plateau(out)
+    assert (plateau["steps"], plateau["half_step"], plateau["block"]) == (40, 20, "up.0.1")
+    assert plateau["cos"] == first["median_cos_to_init"] and plateau["cos_half"] == first["median_cos_to_init_half"]
+    assert plateau["cos_inside"] == first["cos_by_subspace"]["median_cos_inside"]
+    assert plateau["ev_gain"] == first["ev_gain_last_doubling"]
+
+
+def test_cosine_plateau_names_what_a_file_lacks(tmp_path):
+    from repro.errors import ReproError
+    from repro.paths import project_root
+    from repro.sae.stability import cosine_plateau
+
+    bad = tmp_path / "old.json"
+    bad.write_text(json.dumps({"rows": [{"block": "up.0.1", "steps": 10}]}))
+    before = bad.read_bytes()
+    with pytest.raises(ReproError, match="not a toy_sae_sweep result"):
+        cosine_plateau(bad)
+    with pytest.raises(ReproError, match="not a toy_sae_sweep result"):
+        cosine_plateau(tmp_path / "missing.json")
+    assert bad.read_bytes() == before
+    # the recorded run chapter 03 cites is in the repository and reads
+    recorded = cosine_plateau(project_root() / "benchmarks/results/toy_sae_sweep_cpu_32k.json")
+    assert recorded["steps"] == 32000 and recorded["half_step"] == 16000

@@ -76,6 +76,33 @@ def convergence(log, saes: dict, max_gain: float = 0.01, max_cosine: float = 0.1
     return pd.DataFrame(rows).T
 
 
+def cosine_plateau(path) -> dict:
+    """What a recorded long run (`benchmarks/toy_sae_sweep.py`'s JSON) says of the cosine criterion:
+    its first row's steps, the median decoder cosine to init at half and all the steps, the EV gain
+    over that doubling, and the cosine's parts inside / outside the updates' principal subspace.
+    The file is checked (a ReproError names what is missing), never written."""
+    import json
+    from pathlib import Path
+
+    from repro.errors import ReproError
+
+    path = Path(path)
+    try:
+        row = json.loads(path.read_text())["rows"][0]
+        sub = row["cos_by_subspace"]
+        out = {"file": path.name, "block": str(row["block"]), "steps": int(row["steps"]),
+               "half_step": int(row["half_step"]), "cos": float(row["median_cos_to_init"]),
+               "cos_half": float(row["median_cos_to_init_half"]), "ev_gain": float(row["ev_gain_last_doubling"]),
+               "cos_inside": float(sub["median_cos_inside"]), "cos_outside": float(sub["median_cos_outside"]),
+               "rank": int(sub["rank"]), "d": int(sub["d"])}
+    except (OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        raise ReproError(f"{path} is not a toy_sae_sweep result with cos_by_subspace ({exc!r}): "
+                         "write one with benchmarks/toy_sae_sweep.py") from None
+    if not all(-1.0 <= out[k] <= 1.0 for k in ("cos", "cos_half", "cos_inside", "cos_outside")):
+        raise ReproError(f"{path}: a cosine outside [-1, 1]")
+    return out
+
+
 @dataclass
 class Stability:
     """Matched features between two SAEs of one block (shares in [0, 1], with their counts)."""

@@ -116,6 +116,14 @@ def sae_subspace(doc: dict) -> str:
             f"{sub['median_start_norm_outside']:.2f} at init, {sub['median_norm_outside']:.2f} now)")
 
 
+def sae_plateau(doc: dict) -> str:
+    """toy_sae_sweep.py's first row at half and all its steps: has the cosine to init stopped falling?"""
+    r = doc["rows"][0]
+    return (f"median decoder cosine to init {r['median_cos_to_init_half']:.3f} at {r['half_step']:,} steps, "
+            f"{r['median_cos_to_init']:.3f} at {r['steps']:,}; EV gain over that doubling "
+            f"{r['ev_gain_last_doubling']:.4f}, held-out EV {r['heldout_ev']:.3f}; " + sae_subspace(doc).split("; ", 1)[1])
+
+
 def ceiling_rate(part: str, steady: str, end_to_end: str) -> Callable[[dict], str]:
     return lambda doc: (f"{doc[part][steady]['images_per_s']:.1f} images/s steady, "
                         f"{doc[part][end_to_end]['images_per_s']:.1f} end to end ({doc[part][steady]['n']:,} prompts)")
@@ -275,6 +283,8 @@ FIGURES = [
            "3,000 steps, one CPU thread", "toy_sae_sweep_cpu.json", sae_sweep),
     Figure("Training SAEs", "the x4 k10 toy SAE's cosine to init, split at the updates' principal subspace",
            "toy_sae_sweep_cpu_subspace.json", sae_subspace),
+    Figure("Training SAEs", "the x4 k10 toy SAE on `toy-full`'s 8,000 prompts for 32,000 steps (four times "
+           "`toy-full`'s), two CPU threads", "toy_sae_sweep_cpu_32k.json", sae_plateau),
     Figure("Training SAEs", "block-parallel training on 2 GPUs, four 1280 x 5120 SAEs (per block)",
            "multi_gpu_h200x2.json", scaling("train_block", "tokens/s")),
     Figure("Training SAEs", "data-parallel training on 2 GPUs, one 1280 x 20480 SAE",

@@ -153,15 +153,15 @@ def test_probe_ceiling_on_real_toy_activations_is_far_above_a_random_sae(one_thr
     assert shape["linear probe"] > 0.15 + shape["random SAE"], shape  # 48 dev images: shape is read less well
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_the_table_on_a_gpu_equals_the_cpu_table(world):
-    """SAEs on the GPU: the tally, the probe and its thresholds run there; the table matches the CPU's."""
+def detection_tables(world, devices) -> dict:
+    """`concept_detection_table` of one SAE on updates whose first channels read the concepts, per device."""
     from repro.sae.config import SAEConfig
     from repro.sae.model import TopKSAE
 
     _, labels = world
+    d = len(NAMES) + 12  # a channel per concept, and some that read nothing
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(len(labels), 8, 8, 32, generator=gen)
+    x = torch.randn(len(labels), 8, 8, d, generator=gen)
     x[..., :len(NAMES)] += 2.0 * (labels.permute(0, 2, 3, 1) == 1).float()  # channels that read the concepts
     ids = torch.arange(len(labels))
 
@@ -169,9 +169,16 @@ def test_the_table_on_a_gpu_equals_the_cpu_table(world):
         return [(ids[i:i + 50], x[i:i + 50], labels[i:i + 50]) for i in range(0, len(ids), 50)]
 
     tables = {}
-    for device in ("cpu", "cuda"):
-        sae = TopKSAE(SAEConfig(d_model=32, n_features=64, k=4, k_aux=8), seed=0).to(device)
+    for device in devices:
+        sae = TopKSAE(SAEConfig(d_model=d, n_features=2 * d, k=4, k_aux=8), seed=0).to(device)
         tables[device] = concept_detection_table({"b": sae}, chunks, probe_steps=50)
+    return tables
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_table_on_a_gpu_equals_the_cpu_table(world):
+    """SAEs on the GPU: the tally, the probe and its thresholds run there; the table matches the CPU's."""
+    tables = detection_tables(world, ("cpu", "cuda"))
     cpu, gpu = tables["cpu"], tables["cuda"]
     sae_rows = cpu.detector != "linear probe"
     assert (cpu[sae_rows].best_feature.values == gpu[sae_rows].best_feature.values).all()

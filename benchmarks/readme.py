@@ -106,14 +106,18 @@ def sae_sweep(doc: dict) -> str:
             f"{sum(r['converged'] for r in rows)} of {len(rows)} converged by 03's criterion")
 
 
+def _inside_outside(row: dict) -> str:
+    """A toy_sae_sweep row's cosine to init, split at the held-out updates' principal subspace."""
+    sub = row["cos_by_subspace"]
+    return (f"inside the held-out updates' {sub['variance_share']:.0%} subspace ({sub['rank']} of {sub['d']} "
+            f"directions) {sub['median_cos_inside']:.3f}, outside {sub['median_cos_outside']:.3f} (column norm "
+            f"outside {sub['median_start_norm_outside']:.2f} at init, {sub['median_norm_outside']:.2f} now)")
+
+
 def sae_subspace(doc: dict) -> str:
     """toy_sae_sweep.py's first row: where its cosine to init lives (inside / outside the data's span)."""
     r = doc["rows"][0]
-    sub = r["cos_by_subspace"]
-    return (f"{r['steps']:,} steps: median decoder cosine to init {r['median_cos_to_init']:.3f}; inside the held-out "
-            f"updates' {sub['variance_share']:.0%} subspace ({sub['rank']} of {sub['d']} directions) "
-            f"{sub['median_cos_inside']:.3f}, outside {sub['median_cos_outside']:.3f} (column norm outside "
-            f"{sub['median_start_norm_outside']:.2f} at init, {sub['median_norm_outside']:.2f} now)")
+    return f"{r['steps']:,} steps: median decoder cosine to init {r['median_cos_to_init']:.3f}; {_inside_outside(r)}"
 
 
 def sae_plateau(doc: dict) -> str:
@@ -121,7 +125,7 @@ def sae_plateau(doc: dict) -> str:
     r = doc["rows"][0]
     return (f"median decoder cosine to init {r['median_cos_to_init_half']:.3f} at {r['half_step']:,} steps, "
             f"{r['median_cos_to_init']:.3f} at {r['steps']:,}; EV gain over that doubling "
-            f"{r['ev_gain_last_doubling']:.4f}, held-out EV {r['heldout_ev']:.3f}; " + sae_subspace(doc).split("; ", 1)[1])
+            f"{r['ev_gain_last_doubling']:.4f}, held-out EV {r['heldout_ev']:.3f}; {_inside_outside(r)}")
 
 
 def ceiling_rate(part: str, steady: str, end_to_end: str) -> Callable[[dict], str]:

@@ -54,8 +54,7 @@ from repro.prompts import open_prompts
 from repro.sae import TrainConfig, build_block_saes, train_saes
 from repro.sae.checkpoint import checkpoint_name
 from repro.sae.io import load_sae
-from repro.sae.model import TopKSAE
-from repro.sae.stability import convergence, init_cosines
+from repro.sae.stability import convergence, init_cosines, init_decoder
 from repro.sae.train import CHECKPOINTS, METRICS_FILE, training_lr
 from repro.store import store_source
 
@@ -136,7 +135,7 @@ def cosine_by_subspace(sae, updates: torch.Tensor, share: float = 0.99) -> dict:
     rank = int((eigval.cumsum(0) / eigval.sum() < share).sum()) + 1
     basis = eigvec[:, :rank]  # [d, rank]
     now = sae.W_dec.detach().float().cpu()  # [d, n]
-    start = TopKSAE(sae.cfg, seed=int(sae.metadata["init_seed"])).W_dec.detach().float()
+    start = init_decoder(sae)
     inside = lambda w: basis @ (basis.T @ w)  # noqa: E731
     norms = now.norm(dim=0) * start.norm(dim=0)
     cos_in = (inside(now) * inside(start)).sum(0) / norms

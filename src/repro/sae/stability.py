@@ -39,13 +39,19 @@ def fired_on(sae: TopKSAE, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_cosines(sae: TopKSAE) -> torch.Tensor | None:
-    """[n] cosine of each decoder column with its value at initialisation (from the `init_seed`
-    that `build_block_saes` records), or None without it."""
+def init_decoder(sae: TopKSAE) -> torch.Tensor | None:
+    """[d, n] float32 CPU: the decoder `sae` started from (rebuilt from the `init_seed` that
+    `build_block_saes` records), or None without it."""
     seed = sae.metadata.get("init_seed")
-    if seed is None:
+    return None if seed is None else TopKSAE(sae.cfg, seed=int(seed)).W_dec.detach().float()
+
+
+def init_cosines(sae: TopKSAE) -> torch.Tensor | None:
+    """[n] cosine of each decoder column with its value at initialisation (`init_decoder`), or None
+    without an `init_seed`."""
+    start = init_decoder(sae)
+    if start is None:
         return None
-    start = TopKSAE(sae.cfg, seed=int(seed)).W_dec
     now = sae.W_dec.detach().float().cpu()
     return torch.nn.functional.cosine_similarity(now, start, dim=0)
 
